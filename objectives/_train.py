@@ -1,0 +1,151 @@
+"""The training loop shared by teacher fine-tuning, trial fine-tuning and distillation."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from objectives._config import TrainArgs
+from objectives._data import Encoded, eval_batches, train_batches
+from objectives._metrics import accuracy, macro_f1
+from objectives._optim import build_optimizer
+
+Report = Callable[[int, float], None]
+"""Called with (step, validation accuracy) at every validation; it may raise to stop the run (pruning)."""
+
+
+class NonFiniteLoss(FloatingPointError):
+    """The training loss became NaN or infinite; the run cannot continue."""
+
+
+@dataclass
+class Evaluation:
+    loss: float
+    accuracy: float
+    f1: float
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    evaluation: Evaluation
+    stopped_early: bool
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``precision`` on ``device``; None means plain fp32."""
+    if device.type != "cuda" or precision == "fp32":
+        return None
+    if precision == "bf16" or (precision == "auto" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return torch.float16
+
+
+def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+@torch.inference_mode()
+def evaluate(model: torch.nn.Module, data: Encoded, batch_size: int, num_labels: int) -> Evaluation:
+    """Mean cross-entropy, accuracy and macro-F1 of ``model`` on ``data``."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    preds: list[int] = []
+    labels: list[int] = []
+    total_loss = torch.zeros((), device=device)
+    for batch in eval_batches(data, batch_size):
+        batch = _to(batch, device)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+        total_loss += torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="sum")
+        preds += logits.argmax(-1).tolist()
+        labels += batch["labels"].tolist()
+    model.train(was_training)
+    return Evaluation(total_loss.item() / len(labels), accuracy(preds, labels), macro_f1(preds, labels, num_labels))
+
+
+def train(
+    model: torch.nn.Module,
+    train_data: Encoded,
+    val_data: Encoded,
+    args: TrainArgs,
+    *,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor],
+    num_labels: int,
+    n_layers: int,
+    seed: int,
+    teacher: torch.nn.Module | None = None,
+    report: Report | None = None,
+) -> TrainResult:
+    """Train ``model`` for ``args.max_steps`` optimiser steps and return its final validation scores.
+
+    With ``args.patience`` set, stops once validation loss has not improved for that many validations and restores
+    the best weights seen.
+    """
+    device = next(model.parameters()).device
+    torch.manual_seed(seed)
+    optimizer, schedule = build_optimizer(model, args, n_layers, device)
+    dtype = autocast_dtype(args.precision, device)
+    # fp16 needs loss scaling to keep small gradients from underflowing; bf16 has fp32's range and does not.
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype is torch.float16)
+    amp = (lambda: torch.autocast("cuda", dtype=dtype)) if dtype else contextlib.nullcontext
+    batches = train_batches(train_data, args.batch_size, seed)
+    if teacher is not None:
+        teacher.eval()  # frozen teacher: no dropout, so its logits are a fixed function of the input
+    # Non-finite losses are accumulated on the device and checked only at validation steps: a per-step .item()
+    # would force a host sync every step.
+    nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+    best_loss, best_state, best_eval, bad_evals = math.inf, None, None, 0
+    evaluation = None
+    model.train()
+    step = 0
+    for step in range(1, args.max_steps + 1):
+        for _ in range(args.grad_accum_steps):
+            batch = _to(next(batches), device)
+            inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+            with amp():
+                logits = model(**inputs).logits
+                teacher_logits = None
+                if teacher is not None:
+                    with torch.no_grad():
+                        teacher_logits = teacher(**inputs).logits
+            loss = loss_fn(logits, batch["labels"], teacher_logits) / args.grad_accum_steps
+            nonfinite |= ~torch.isfinite(loss.detach())
+            scaler.scale(loss).backward()
+        if args.max_grad_norm is not None:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+        scaler.step(optimizer)
+        scaler.update()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        if step % args.eval_every and step != args.max_steps:
+            continue
+        if nonfinite.item():
+            raise NonFiniteLoss(f"training loss became NaN or infinite by step {step}")
+        evaluation = evaluate(model, val_data, args.eval_batch_size, num_labels)
+        if report is not None:
+            report(step, evaluation.accuracy)
+        if args.patience is None:
+            continue
+        if evaluation.loss < best_loss:
+            best_loss, best_eval, bad_evals = evaluation.loss, evaluation, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            bad_evals += 1
+            if bad_evals >= args.patience:
+                break
+    stopped_early = step < args.max_steps
+    if best_state is not None:
+        model.load_state_dict(best_state)
+        evaluation = best_eval
+    assert evaluation is not None
+    model.eval()
+    return TrainResult(step, evaluation, stopped_early)

@@ -1,0 +1,26 @@
+"""Where studies and their artifacts live: storage URLs, the Optuna study storage, the artifact directory.
+
+This package never imports torch.
+"""
+
+from storage._artifacts import ArtifactDir
+from storage._rdb import create_storage
+from storage._url import (
+    DEFAULT_STORAGE_URL,
+    engine_kwargs,
+    redact_text,
+    redact_url,
+    resolve_storage_url,
+    validate_storage_url,
+)
+
+__all__ = [
+    "DEFAULT_STORAGE_URL",
+    "ArtifactDir",
+    "create_storage",
+    "engine_kwargs",
+    "redact_text",
+    "redact_url",
+    "resolve_storage_url",
+    "validate_storage_url",
+]

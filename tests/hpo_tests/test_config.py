@@ -1,0 +1,159 @@
+"""Every shipped example validates; bad configs fail with one line that names the key."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hpo import apply_params, config_from_dict, dump_config, load_config
+from hpo._cli import main
+from objectives import ConfigError
+
+EXAMPLES = sorted((Path(__file__).parents[2] / "examples").glob("*.yaml"))
+
+
+def test_examples_exist() -> None:
+    assert len(EXAMPLES) >= 2
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_every_example_validates_and_round_trips(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", str(path)]) == 0
+    assert "valid" in capsys.readouterr().out
+    config = load_config(path)
+    assert config_from_dict(yaml.safe_load(dump_config(config))) == config
+
+
+BASE = {"name": "t", "search_space": {"train.lr": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True}}}
+
+BAD = [
+    ({"nme": "x"}, "nme: unknown key; did you mean 'name'?"),
+    ({"name": ""}, "name: is required"),
+    ({"train": {"lr": -1}}, "train.lr: must be > 0, got -1.0"),
+    ({"train": {"lr": "fast"}}, "train.lr: expected a number, got 'fast'"),
+    ({"train": {"batch_size": 8.5}}, "train.batch_size: expected a whole number, got 8.5"),
+    ({"train": {"max_stepz": 5}}, "train.max_stepz: unknown key; did you mean 'max_steps'?"),
+    ({"train": {"precision": "fp8"}}, "train.precision: must be one of auto, fp32, bf16, fp16, got 'fp8'"),
+    ({"distill": {"alpha": 1.5}}, "distill.alpha: must be in [0, 1], got 1.5"),
+    ({"distill": {"temperature": 0}}, "distill.temperature: must be > 0"),
+    ({"data": {"test_fraction": 1.0}}, "data.test_fraction: must be in [0, 1), got 1.0"),
+    ({"data": {"val_fraction": 0.5, "test_fraction": 0.5}}, "data.val_fraction: val_fraction + test_fraction"),
+    ({"student": {"hidden_size": 128}}, "student.hidden_size: changes the width, so needs init: scratch"),
+    ({"student": {"layers": [0, 0]}}, "student.layers: indices must be unique"),
+    ({"directions": {"acc": "maximize"}}, "directions.acc: unknown metric; valid: accuracy, f1"),
+    ({"directions": {"accuracy": "up"}}, "directions.accuracy: must be maximize or minimize, got 'up'"),
+    ({"objective": "prune"}, "objective: must be one of finetune, distill, got 'prune'"),
+    ({"n_trials": 0}, "n_trials: must be >= 1 or null, got 0"),
+    ({"device": "tpu"}, "device: must be auto, cpu, cuda or cuda:N"),
+    (
+        {"search_space": {"train.lrr": {"low": 1, "high": 2}}},
+        "search_space.train.lrr: train has no field 'lrr'; did you mean 'lr'?",
+    ),
+    (
+        {"search_space": {"data.max_length": {"low": 1, "high": 2}}},
+        "search_space.data.max_length: must be a dotted path into train, distill, student",
+    ),
+    (
+        {"search_space": {"distill.alpha": {"low": 0.5, "high": 1.5}}},
+        "search_space.distill.alpha: value 1.5 is invalid: distill.alpha: must be in [0, 1]",
+    ),
+    (
+        {"search_space": {"train.lr": {"type": "float", "low": 0, "high": 1, "log": True}}},
+        "search_space.train.lr.low: a log range needs low > 0",
+    ),
+    (
+        {"search_space": {"train.batch_size": {"type": "categorical"}}},
+        "search_space.train.batch_size.choices: a categorical parameter needs",
+    ),
+    (
+        {"search_space": {"train.batch_size": {"type": "categorical", "choices": [16, [1]]}}},
+        "search_space.train.batch_size.choices[1]: expected one of bool, int, float, str, got [1]",
+    ),
+    (
+        {"search_space": {"student.num_layers": {"type": "int", "low": 1.5, "high": 3}}},
+        "search_space.student.num_layers.low: an int range needs whole numbers",
+    ),
+    (
+        {"search_space": {"train.lr": {"type": "float", "low": 0.1}}},
+        "search_space.train.lr.high: a float range needs both low and high",
+    ),
+    (
+        {"search_space": {"train.lr": {"type": "normal", "low": 0.1, "high": 1}}},
+        "search_space.train.lr.type: must be one of float, int, categorical",
+    ),
+    (
+        {"search_space": {"train.lr": {"type": "float", "low": 0.1, "high": 1, "lg": True}}},
+        "search_space.train.lr.lg: unknown key; did you mean 'log'?",
+    ),
+    (
+        {"sampler": {"name": "bayes"}},
+        "sampler.name: unknown sampler 'bayes'; valid: grid, random, tpe, gp, nsga2, cmaes, qmc",
+    ),
+    (
+        {"sampler": {"name": "tpe", "options": {"n_startup": 3}}},
+        "sampler.options.n_startup: is not an option of TPESampler; valid:",
+    ),
+    ({"sampler": {"name": "tpe", "options": {"seed": 3}}}, "sampler.options.seed: is set by distill-hpo"),
+    (
+        {"sampler": {"name": "grid"}, "search_space": {"train.lr": {"type": "float", "low": 0.1, "high": 1}}},
+        "search_space.train.lr.step: a float range needs a step",
+    ),
+    (
+        {"pruner": {"name": "asha"}},
+        "pruner.name: unknown pruner 'asha'; valid: none, median, percentile, sha, hyperband, patient, threshold, wilcoxon",
+    ),
+    ({"pruner": {"name": "threshold"}}, "pruner.options: threshold needs lower and/or upper"),
+    (
+        {"pruner": {"name": "median", "options": {"warmup": 3}}},
+        "pruner.options.warmup: is not an option of MedianPruner",
+    ),
+    ({"pruner": {"name": "patient", "options": {"wrapped": "nope"}}}, "pruner.options.wrapped: unknown pruner 'nope'"),
+    (
+        {"directions": {"accuracy": "maximize", "latency_ms": "minimize"}, "pruner": {"name": "median"}},
+        "pruner.name: median cannot prune a multi-objective study",
+    ),
+    (
+        {
+            "directions": {"accuracy": "maximize", "latency_ms": "minimize"},
+            "sampler": {"name": "cmaes"},
+            "pruner": {"name": "none"},
+        },
+        "sampler.name: cmaes is single-objective",
+    ),
+]
+
+
+@pytest.mark.parametrize(("extra", "message"), BAD, ids=[m.split(":")[0] for _, m in BAD])
+def test_bad_config_is_one_line_naming_the_key(
+    extra: dict, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({**BASE, **extra}))
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith("hpo: error: ")
+    assert message in err, err
+
+
+def test_yaml_syntax_error_and_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: [unclosed\n")
+    assert main(["validate", str(path)]) == 2
+    assert "is not valid YAML at line" in capsys.readouterr().err
+    assert main(["validate", str(tmp_path / "none.yaml")]) == 2
+    assert "cannot read" in capsys.readouterr().err
+
+
+def test_yaml_exponent_without_dot_reads_as_a_number() -> None:
+    config = config_from_dict(yaml.safe_load("name: t\ntrain: {lr: 5e-5}\n"))
+    assert config.train.lr == 5e-5
+
+
+def test_apply_params_sets_dotted_paths_and_revalidates() -> None:
+    config = config_from_dict(BASE)
+    trial = apply_params(config, {"train.lr": 3e-4, "distill.temperature": 4.0, "student.num_layers": 2})
+    assert (trial.train.lr, trial.distill.temperature, trial.student.num_layers) == (3e-4, 4.0, 2)
+    assert config.train.lr == 5e-5  # the base config is untouched
+    with pytest.raises(ConfigError, match=r"distill\.alpha: must be in"):
+        apply_params(config, {"distill.alpha": 2.0})

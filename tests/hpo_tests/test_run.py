@@ -1,0 +1,124 @@
+"""End-to-end studies through the real `hpo` CLI: real MiniLM models, real data, SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from hpo._runner import trial_seed
+from objectives import METRICS
+from tests.conftest import tiny_config
+
+
+def hpo(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env.pop("HPO_STORAGE", None)
+    return subprocess.run(
+        [sys.executable, "-m", "hpo._cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+def write(tmp_path: Path, config: dict) -> Path:
+    path = tmp_path / f"{config['name']}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def check_metrics(trial: optuna.trial.FrozenTrial) -> None:
+    a = trial.user_attrs
+    assert set(METRICS) <= set(a), set(METRICS) - set(a)
+    assert 0 <= a["accuracy"] <= 1 and 0 <= a["f1"] <= 1
+    assert 0 < a["latency_ms"] <= a["latency_ms_p95"] < 1000
+    assert a["throughput"] > 1
+    assert 10e6 < a["params"] < 23e6
+    assert a["size_mb"] == pytest.approx(a["params"] * 4 / 2**20)
+    assert a["train_seconds"] > 0 and a["peak_memory_mb"] >= 0
+    assert 0.001 < a["gflops"] < 10
+    assert a["seed"] == trial_seed(0, trial.number)
+    assert a["pid"] > 0 and a["host"]
+
+
+def test_distill_study_on_sqlite_end_to_end(tmp_path: Path) -> None:
+    config = write(tmp_path, tiny_config("e2e"))
+    url = f"sqlite:///{tmp_path}/study.db"
+    first = hpo("run", str(config), "--storage", url, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "fine-tuning the teacher" in first.stderr
+    assert "teacher (minilm-l6)" in first.stdout and "trial 0" in first.stdout
+
+    study = optuna.load_study(study_name="e2e", storage=url)
+    assert study.metric_names == ["accuracy"]
+    assert study.user_attrs["config"]["search_space"]["distill.temperature"]["high"] == 4.0
+    teacher = study.user_attrs["teacher"]
+    assert teacher["params"] == 22_713_986 and Path(teacher["path"]).is_dir()
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 2
+    for trial in complete:
+        check_metrics(trial)
+        assert trial.intermediate_values  # validation accuracy reported during training, for pruning
+        assert trial.value == trial.user_attrs["accuracy"]
+        assert trial.user_attrs["params"] < teacher["params"]
+
+    # A second run loads the study and the teacher artifact: budget spent, nothing retrained.
+    again = hpo("run", str(config), "--storage", url, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "fine-tuning the teacher" not in again.stderr and "already spent" in again.stderr
+    assert len(optuna.load_study(study_name="e2e", storage=url).trials) == 2
+
+    # The same name with another config is refused, and the difference is named.
+    changed = write(tmp_path, tiny_config("e2e", seed=7))
+    refused = hpo("run", str(changed), "--storage", url, cwd=tmp_path)
+    assert refused.returncode == 2
+    assert "study 'e2e' exists with another config (seed: 0 -> 7)" in refused.stderr
+
+    status = hpo("status", "--storage", url, cwd=tmp_path)
+    assert status.returncode == 0 and "study 'e2e': COMPLETE 2" in status.stdout and "best: trial" in status.stdout
+
+
+def test_a_pruner_that_must_prune_prunes_real_trials(tmp_path: Path) -> None:
+    # Validation accuracy can never reach 1.01, so the threshold pruner stops every trial at its first report.
+    config = tiny_config("pruned", pruner={"name": "threshold", "options": {"lower": 1.01}})
+    url = f"sqlite:///{tmp_path}/study.db"
+    result = hpo("run", str(write(tmp_path, config)), "--storage", url, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    trials = optuna.load_study(study_name="pruned", storage=url).trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.PRUNED] * 2
+    assert all(list(t.intermediate_values) == [2] for t in trials)
+    assert "PRUNED" in result.stderr
+
+
+def test_finetune_study_on_postgresql(tmp_path: Path, pg_url: str) -> None:
+    name = f"ft-{uuid.uuid4().hex[:8]}"
+    config = tiny_config(name, objective="finetune", n_trials=1, directions={"f1": "maximize"})
+    result = hpo("run", str(write(tmp_path, config)), "--storage", pg_url, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    study = optuna.load_study(study_name=name, storage=pg_url)
+    (trial,) = study.trials
+    assert trial.state == optuna.trial.TrialState.COMPLETE
+    check_metrics(trial)
+    assert trial.value == trial.user_attrs["f1"]
+    optuna.delete_study(study_name=name, storage=pg_url)
+
+
+def test_unreachable_database_fails_in_one_line_without_the_password(tmp_path: Path) -> None:
+    config = write(tmp_path, tiny_config("down"))
+    url = "postgresql+psycopg://hpo:s3cret@127.0.0.1:9/test"
+    result = hpo("run", str(config), "--storage", url, cwd=tmp_path)
+    assert result.returncode == 1
+    assert "s3cret" not in result.stdout + result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("hpo: error: --storage: database error:")
+
+
+def test_bad_config_is_rejected_before_anything_starts(tmp_path: Path) -> None:
+    config = write(tmp_path, tiny_config("bad", train={"lr": -1}))
+    result = hpo("run", str(config), "--storage", f"sqlite:///{tmp_path}/s.db", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "hpo: error: train.lr: must be > 0, got -1.0"
+    assert not (tmp_path / "s.db").exists() and not (tmp_path / "hpo-artifacts").exists()

@@ -1,0 +1,82 @@
+"""Built-in offline datasets, local files through `datasets`, seeded splits, tokenisation cache."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from objectives import ConfigError, DataArgs, load_rows, load_task
+from objectives._data import collate, encode, train_batches
+from objectives._models import load_tokenizer
+
+
+def test_rt_snippets_drops_neutral_rows_and_is_balanced() -> None:
+    rows = load_rows(DataArgs(name="rt-snippets"))
+    assert len(rows.texts) == 10_605 - 37
+    assert sum(rows.labels) == 5_242
+    assert rows.label_names == ["negative", "positive"]
+
+
+def test_sms_spam_is_imbalanced() -> None:
+    rows = load_rows(DataArgs(name="sms-spam"))
+    assert len(rows.texts) == 4_837
+    assert sum(rows.labels) == 638
+
+
+def test_splits_are_seeded_disjoint_and_cover_every_row() -> None:
+    a = load_task(DataArgs(split_seed=3))
+    b = load_task(DataArgs(split_seed=3))
+    c = load_task(DataArgs(split_seed=4))
+    assert a.train_idx == b.train_idx and a.fingerprint == b.fingerprint
+    assert a.train_idx != c.train_idx and a.fingerprint != c.fingerprint
+    parts = [set(a.train_idx), set(a.val_idx), set(a.test_idx)]
+    assert sum(map(len, parts)) == len(a.rows.texts) == len(set.union(*parts))
+    assert len(a.test_idx) == round(0.1 * len(a.rows.texts))
+
+
+def test_row_limits_keep_the_test_split_untouched() -> None:
+    full = load_task(DataArgs())
+    small = load_task(DataArgs(max_train_rows=100, max_val_rows=50))
+    assert len(small.train_idx) == 100 and len(small.val_idx) == 50
+    assert small.test_idx == full.test_idx
+    assert set(small.train_idx) <= set(full.train_idx)
+
+
+def test_local_csv_jsonl_and_string_labels(tmp_path: Path) -> None:
+    csv_path = tmp_path / "reviews.csv"
+    csv_path.write_text("review,stars\n" + "".join(f"text {i},{'pos' if i % 3 else 'neg'}\n" for i in range(30)))
+    rows = load_rows(DataArgs(name=str(csv_path), text_column="review", label_column="stars"))
+    assert rows.label_names == ["neg", "pos"] and len(rows.texts) == 30
+    assert rows.labels[0] == 0 and rows.labels[1] == 1
+    jsonl = tmp_path / "d.jsonl"
+    jsonl.write_text("".join(json.dumps({"text": f"t{i}", "label": i % 3}) + "\n" for i in range(12)))
+    assert load_rows(DataArgs(name=str(jsonl))).label_names == ["0", "1", "2"]
+    with pytest.raises(ConfigError, match="label_column: column 'label' not in the dataset"):
+        load_rows(DataArgs(name=str(csv_path), text_column="review"))
+
+
+def test_dataset_directory_goes_through_the_hub_loader(tmp_path: Path) -> None:
+    """`datasets.load_dataset(name)` is the hub path; a local dataset directory exercises it offline."""
+    (tmp_path / "train.csv").write_text("text,label\n" + "".join(f"x {i},{i % 2}\n" for i in range(20)))
+    rows = load_rows(DataArgs(name=str(tmp_path)))
+    assert len(rows.texts) == 20 and rows.label_names == ["0", "1"]
+
+
+def test_unknown_dataset_name_lists_the_valid_ones() -> None:
+    with pytest.raises(ConfigError, match=r"name: unknown dataset 'imdbb'; use one of \['rt-snippets', 'sms-spam'\]"):
+        load_rows(DataArgs(name="imdbb"))
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_rows(DataArgs(name="missing.csv"))
+
+
+def test_tokenised_once_and_padded_per_batch() -> None:
+    task = load_task(DataArgs(max_train_rows=64))
+    tok = load_tokenizer("minilm-l6")
+    first = encode(tok, task.train(), 32, key=(task.fingerprint, "train"))
+    assert encode(tok, task.train(), 32, key=(task.fingerprint, "train")) is first
+    assert max(len(ids) for ids in first.input_ids) <= 32
+    batch = next(train_batches(first, 8, seed=0))
+    lengths = batch["attention_mask"].sum(1)
+    assert batch["input_ids"].shape[1] == int(lengths.max())  # dynamic: as wide as the longest, no wider
+    whole = collate(first, list(range(8)))
+    assert whole["labels"].tolist() == first.labels[:8]

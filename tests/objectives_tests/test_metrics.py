@@ -1,0 +1,48 @@
+import pytest
+import torch
+
+from objectives._metrics import PeakMemory, accuracy, gflops, latency_ms, macro_f1, size_mb, throughput
+
+
+def test_accuracy_and_macro_f1_by_hand() -> None:
+    preds = [0, 0, 1, 1, 1, 0]
+    labels = [0, 1, 1, 1, 0, 0]
+    assert accuracy(preds, labels) == pytest.approx(4 / 6)
+    # class 0: tp 2, fp 1, fn 1 -> 4/6; class 1: tp 2, fp 1, fn 1 -> 4/6
+    assert macro_f1(preds, labels, 2) == pytest.approx(4 / 6)
+    # imbalanced: always predicting the majority gives high accuracy, low macro-F1
+    assert accuracy([0] * 10, [0] * 9 + [1]) == 0.9
+    assert macro_f1([0] * 10, [0] * 9 + [1], 2) == pytest.approx((2 * 9 / (18 + 1)) / 2)
+
+
+def test_size_is_fp32_bytes_in_mib() -> None:
+    assert size_mb(2**18) == 1.0
+
+
+class _Tiny(torch.nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.emb = torch.nn.Embedding(100, width)
+        self.lin = torch.nn.Linear(width, 2)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.lin(self.emb(input_ids)).mean(1)
+
+
+def test_cost_metrics_are_plausible_and_flops_scale_with_width() -> None:
+    one = {"input_ids": torch.randint(0, 100, (1, 16))}
+    batch = {"input_ids": torch.randint(0, 100, (32, 16))}
+    p50, p95 = latency_ms(_Tiny(64), one, min_repeats=10, max_repeats=50)
+    assert 0 < p50 <= p95
+    assert throughput(_Tiny(64), batch, repeats=2) > 0
+    # a Linear(width, 2) over 16 tokens: 2 * 16 * width * 2 FLOPs
+    assert gflops(_Tiny(64), one) == pytest.approx(2 * 16 * 64 * 2 / 1e9)
+    assert gflops(_Tiny(128), one) == pytest.approx(2 * gflops(_Tiny(64), one))
+
+
+def test_peak_memory_sees_a_large_allocation() -> None:
+    with PeakMemory(torch.device("cpu"), interval=0.005) as memory:
+        block = torch.ones(64 * 2**20 // 4)  # 64 MiB
+        block += 1
+        del block
+    assert memory.peak_mb >= 48
