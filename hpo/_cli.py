@@ -14,6 +14,9 @@ from storage import redact_text
 log = logging.getLogger("hpo")
 
 
+STORAGE_HELP = "storage URL (default: HPO_STORAGE, then the config, then sqlite:///hpo.db)"
+
+
 class _RedactingFormatter(logging.Formatter):
     """Every log line goes through URL password redaction."""
 
@@ -43,28 +46,107 @@ def _storage_url(flag: str | None, config_value: str | None = None) -> str:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from hpo._config import load_config
-    from hpo._pruners import make_pruner
-    from hpo._samplers import make_sampler
+    from hpo._study import validate_search
 
     config = load_config(args.config)
-    n = len(config.directions)
-    make_sampler(config.sampler.name, config.sampler.options, config.search_space, config.seed, n)
-    make_pruner(config.pruner.name, config.pruner.options, n)
+    validate_search(config)
     print(f"{args.config}: valid ({config.objective} study {config.name!r}, {len(config.search_space)} parameters)")
     return 0
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
+def _load(args: argparse.Namespace) -> tuple[object, str]:
     from hpo._config import load_config
-    from hpo._run import run
+    from hpo._study import validate_search
 
     config = load_config(args.config)
-    if args.n_trials is not None:
+    if getattr(args, "n_trials", None) is not None:
         if args.n_trials < 1:
             raise ConfigError("--n-trials", f"must be >= 1, got {args.n_trials}")
         config.n_trials = args.n_trials
-    url = _storage_url(args.storage, config.storage)
-    print(run(config, url, threads=args.threads))
+    validate_search(config)
+    return config, _storage_url(args.storage, config.storage)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from hpo._run import run
+    from hpo._worker import StopFlag
+
+    config, url = _load(args)
+    stop = StopFlag()
+    stop.install()
+    print(run(config, url, threads=args.threads, stop=stop))
+    return 0
+
+
+def _cmd_create(args: argparse.Namespace) -> int:
+    from optuna.trial import TrialState
+
+    from hpo._run import create
+    from storage import redact_url
+
+    config, url = _load(args)
+    study = create(config, url)
+    queued = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    print(f"study {config.name!r} ready on {redact_url(url)} (budget {config.n_trials}, {queued} queued trials)")
+    return 0
+
+
+def _cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from storage import redact_url, upgrade_schema
+
+    url = _storage_url(args.storage)
+    before, after = upgrade_schema(url)
+    print(f"{redact_url(url)}: schema {before} -> {after}")
+    return 0
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from hpo._slots import launch, parse_gpus, plan_slots
+
+    url = _storage_url(args.storage)
+    for flag in ("per_gpu", "procs", "n_trials"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{flag.replace('_', '-')}", f"must be >= 1, got {value}")
+    if args.timeout is not None and args.timeout <= 0:
+        raise ConfigError("--timeout", f"must be > 0 seconds, got {args.timeout}")
+    if args.slot_gpu is not None or (args.gpus == "none" and args.procs == 1):
+        return _run_slot(args, url)
+    visible = 0
+    if args.gpus != "none":
+        import torch
+
+        visible = torch.cuda.device_count()
+    try:
+        gpus = parse_gpus(args.gpus, visible)
+    except ValueError as exc:
+        flag, _, message = str(exc).partition(": ")
+        raise ConfigError(flag, message) from None
+    slots = plan_slots(gpus, args.per_gpu, args.procs, args.threads or os.cpu_count() or 1)
+    child = ["--study", args.study]
+    if args.n_trials is not None:
+        child += ["--n-trials", str(args.n_trials)]
+    if args.timeout is not None:
+        child += ["--timeout", str(args.timeout)]
+    return launch(slots, child, url)
+
+
+def _run_slot(args: argparse.Namespace, url: str) -> int:
+    from hpo._run import run_slot
+    from hpo._worker import StopFlag
+
+    stop = StopFlag()
+    stop.install()
+    ran = run_slot(
+        url,
+        args.study,
+        gpu=args.slot_gpu,
+        threads=args.threads or os.cpu_count() or 1,
+        max_trials=args.n_trials,
+        timeout=args.timeout,
+        stop=stop,
+    )
+    log.info("worker %d ran %d trials%s", os.getpid(), ran, " (stopped)" if stop.requested else "")
     return 0
 
 
@@ -80,12 +162,36 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="create or load a study and run its trials here")
+    run = sub.add_parser("run", help="create or load a study and run its trials in this process")
     run.add_argument("config", help="YAML study config")
-    run.add_argument("--storage", help="storage URL (default: HPO_STORAGE, then the config, then sqlite:///hpo.db)")
+    run.add_argument("--storage", help=STORAGE_HELP)
     run.add_argument("--n-trials", type=int, help="study trial budget (finished trials), overriding the config")
     run.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
     run.set_defaults(func=_cmd_run)
+
+    create = sub.add_parser("create", help="validate a config and create its study (idempotent)")
+    create.add_argument("config", help="YAML study config")
+    create.add_argument("--storage", help=STORAGE_HELP)
+    create.add_argument("--n-trials", type=int, help="study trial budget (finished trials), overriding the config")
+    create.set_defaults(func=_cmd_create)
+
+    db = sub.add_parser("db", help="database schema")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    upgrade = db_sub.add_parser("upgrade", help="run Optuna's schema migration")
+    upgrade.add_argument("--storage", help=STORAGE_HELP)
+    upgrade.set_defaults(func=_cmd_db_upgrade)
+
+    worker = sub.add_parser("worker", help="run trials of an existing study (one process per GPU slot or CPU proc)")
+    worker.add_argument("--storage", help="storage URL (default: HPO_STORAGE, then sqlite:///hpo.db)")
+    worker.add_argument("--study", required=True, help="study name (created with hpo create)")
+    worker.add_argument("--gpus", default="none", help="all, none (default) or indices like 0,1,3")
+    worker.add_argument("--per-gpu", type=int, default=1, help="worker processes per GPU (small students)")
+    worker.add_argument("--procs", type=int, default=1, help="worker processes on a CPU-only node")
+    worker.add_argument("--n-trials", type=int, help="trials each process runs at most (the study budget rules)")
+    worker.add_argument("--timeout", type=float, help="seconds after which no new trial starts")
+    worker.add_argument("--threads", type=int, help="torch CPU threads per process (default: cores / processes)")
+    worker.add_argument("--slot-gpu", type=int, help=argparse.SUPPRESS)
+    worker.set_defaults(func=_cmd_worker)
 
     status = sub.add_parser("status", help="trial counts by state and the best values")
     status.add_argument("--storage", help="storage URL (default: HPO_STORAGE, then sqlite:///hpo.db)")
@@ -113,6 +219,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         from sqlalchemy.exc import SQLAlchemyError
 
+        from hpo._worker import StorageUnavailable
+
+        if isinstance(exc, StorageUnavailable):
+            print(f"hpo: error: --storage: {exc}", file=sys.stderr)
+            return 1
         if not isinstance(exc, SQLAlchemyError):
             raise
         first = str(exc).strip().splitlines()[0]

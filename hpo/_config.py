@@ -18,13 +18,23 @@ from typing import Any, Literal
 import yaml
 
 from hpo._search_space import ParamSpec
-from objectives import METRICS, ConfigError, DataArgs, DistillArgs, StudentArgs, TeacherArgs, TrainArgs
+from objectives import (
+    METRICS,
+    ConfigError,
+    DataArgs,
+    DistillArgs,
+    StudentArgs,
+    SyntheticArgs,
+    TeacherArgs,
+    TrainArgs,
+)
 
 SEARCHABLE_SECTIONS = ("train", "distill", "student")
 """Config sections whose fields a search space may vary per trial (data and teacher are fixed per study)."""
 
-OBJECTIVES = ("finetune", "distill")
-"""What a trial does: fine-tune the student on labels, or distil it from the study's teacher."""
+OBJECTIVES = ("finetune", "distill", "synthetic")
+"""What a trial does: fine-tune the student on labels, distil it from the study's teacher, or evaluate the fast
+analytic ``synthetic`` function (for testing orchestration)."""
 
 RUN_CONTROL = ("n_trials", "timeout", "storage", "device")
 """Fields that may differ between runs of the same study (they do not change what a trial computes)."""
@@ -51,13 +61,40 @@ class PrunerArgs:
 
 
 @dataclass
+class WorkerArgs:
+    """How workers detect each other's crashes and retry."""
+
+    heartbeat_interval: int = 10
+    """Seconds between heartbeats of a running trial."""
+    grace_period: int = 60
+    """A running trial without a heartbeat for this long is stale: marked FAIL and retried."""
+    max_retries: int = 3
+    """Times a trial lost to a crashed or stopped worker is re-run with the same parameters."""
+    storage_retries: int = 8
+    """Attempts (with exponential backoff, 0.5 s doubling to 30 s) when the database is unreachable."""
+
+    def __post_init__(self) -> None:
+        if self.heartbeat_interval < 1:
+            raise ConfigError("heartbeat_interval", f"must be >= 1 second, got {self.heartbeat_interval}")
+        if self.grace_period <= self.heartbeat_interval:
+            raise ConfigError(
+                "grace_period", f"must exceed heartbeat_interval ({self.heartbeat_interval}), got {self.grace_period}"
+            )
+        if self.max_retries < 0:
+            raise ConfigError("max_retries", f"must be >= 0, got {self.max_retries}")
+        if self.storage_retries < 1:
+            raise ConfigError("storage_retries", f"must be >= 1, got {self.storage_retries}")
+
+
+@dataclass
 class Config:
     """A study: what each trial trains, what it is scored on, and how the search proceeds."""
 
     name: str = ""
     """Study name, unique within the storage."""
-    objective: Literal["finetune", "distill"] = "distill"
-    """``distill``: students learn from the study's fine-tuned teacher; ``finetune``: students learn from labels."""
+    objective: Literal["finetune", "distill", "synthetic"] = "distill"
+    """``distill``: students learn from the study's fine-tuned teacher; ``finetune``: students learn from labels;
+    ``synthetic``: a fast analytic function of the parameters, for testing orchestration."""
     directions: dict[str, str] = field(default_factory=lambda: {"accuracy": "maximize"})
     """Study objectives: metric name -> maximize/minimize, in order. Several make a multi-objective study."""
     n_trials: int | None = 10
@@ -86,6 +123,10 @@ class Config:
     """How each trial trains its student (defaults of searchable fields)."""
     distill: DistillArgs = field(default_factory=DistillArgs)
     """Distillation loss settings (defaults of searchable fields)."""
+    synthetic: SyntheticArgs = field(default_factory=SyntheticArgs)
+    """Behaviour of the ``synthetic`` objective (ignored by the others)."""
+    worker: WorkerArgs = field(default_factory=WorkerArgs)
+    """Heartbeats, retries and database reconnection of workers."""
     search_space: dict[str, ParamSpec] = field(default_factory=dict)
     """Parameters searched per trial, by dotted path, e.g. ``distill.temperature: {type: float, low: 1, high: 8}``."""
 

@@ -1,18 +1,21 @@
-"""``hpo run``: one process that creates or loads the study, prepares the teacher once, and runs trials."""
+"""Running trials in this process: ``hpo run`` (create or load, then work) and one ``hpo worker`` slot."""
 
 from __future__ import annotations
 
 import logging
 import os
+import time
+from typing import Any
 
 import optuna
 import torch
 
 from hpo._config import Config
-from hpo._runner import TrialRunner, budget_left, describe, run_trials
-from hpo._study import open_study
+from hpo._runner import TrialRunner, describe
+from hpo._study import is_grid, load_study, open_study
 from hpo._table import results_table, state_counts
 from hpo._teacher import ensure_teacher
+from hpo._worker import Budget, Retry, StopFlag, Worker
 from objectives import prepare_workload
 from storage import ArtifactDir, create_storage, redact_url
 
@@ -20,38 +23,124 @@ log = logging.getLogger("hpo")
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` is the first CUDA device when there is one, else the CPU."""
+    """``auto`` is the first visible CUDA device when there is one, else the CPU."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
 
 
-def run(config: Config, storage_url: str, threads: int | None = None) -> str:
-    """Run the study's remaining trial budget in this process and return the results table."""
-    # A fixed thread count keeps latency measurements comparable between trials.
-    torch.set_num_threads(threads or os.cpu_count() or 1)
+def prepare_runner(config: Config, study: optuna.Study, attrs: dict[str, Any] | None = None) -> TrialRunner:
+    """The trial runner of ``config``: data tokenised once for this process, the teacher trained once per study."""
+    if config.objective == "synthetic":
+        return TrialRunner(config, attrs=attrs)
     device = resolve_device(config.device)
-    log.info("study %r on %s, device %s", config.name, redact_url(storage_url), device)
-    study = open_study(config, create_storage(storage_url))
-    left = budget_left(study, config.n_trials)
     work = prepare_workload(config.data, config.teacher.model, device)
     log.info(
-        "data %s: %d train / %d validation rows (test split of %d rows held out)",
+        "data %s: %d train / %d validation rows (test split of %d rows held out), device %s",
         config.data.name,
         len(work.train),
         len(work.validation),
         len(work.task.test_idx),
+        device,
     )
-    teacher_dir, teacher = ensure_teacher(config, work, ArtifactDir(config.artifacts_dir, config.name), study)
-    log.info("teacher: validation accuracy %.4f, f1 %.4f, %s", teacher["accuracy"], teacher["f1"], teacher_dir)
-    runner = TrialRunner(config, work, teacher_dir)
-    budget = config.n_trials
+    teacher_dir = None
+    if config.objective == "distill":
+        teacher_dir, teacher = ensure_teacher(config, work, ArtifactDir(config.artifacts_dir, config.name), study)
+        log.info("teacher: validation accuracy %.4f, f1 %.4f (%s)", teacher["accuracy"], teacher["f1"], teacher_dir)
+    return TrialRunner(config, work, teacher_dir, attrs)
+
+
+def _storage(url: str, config: Config, *, create_tables: bool) -> optuna.storages.RDBStorage:
+    w = config.worker
+    return Retry(w.storage_retries)(
+        create_storage,
+        url,
+        heartbeat_interval=w.heartbeat_interval,
+        grace_period=w.grace_period,
+        max_retries=w.max_retries,
+        create_tables=create_tables,
+        what=f"connecting to {redact_url(url)}",
+    )
+
+
+def work(
+    study: optuna.Study,
+    config: Config,
+    runner: TrialRunner,
+    *,
+    max_trials: int | None = None,
+    timeout: float | None = None,
+    stop: StopFlag | None = None,
+) -> int:
+    """Run trials of ``study`` in this process until its budget is spent; returns how many this process ran."""
+    budget = Budget(
+        n_trials=config.n_trials,
+        grid=is_grid(config),
+        max_trials=max_trials,
+        deadline=None if timeout is None else time.monotonic() + timeout,
+    )
 
     def progress(trial: optuna.trial.FrozenTrial) -> None:
-        done = budget and budget - (budget_left(study, budget) or 0)
-        log.info("[%s/%s] %s", done, budget or "-", describe(trial, config.metric_names))
+        finished = study._storage.get_n_trials(
+            study._study_id, (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+        )
+        log.info("[%s/%s] %s", finished, config.n_trials or "-", describe(trial, config.metric_names))
 
-    if left == 0:
-        log.info("study budget of %d trials already spent; showing results", budget)
-    run_trials(study, runner, config.n_trials, config.timeout, progress)
+    w = config.worker
+    worker = Worker(
+        study,
+        runner,
+        budget,
+        max_retries=w.max_retries,
+        retry=Retry(w.storage_retries),
+        stop=stop,
+        on_trial=progress,
+        poll=min(1.0, w.heartbeat_interval),
+        idle_limit=w.grace_period + 3 * w.heartbeat_interval,
+    )
+    return worker.run()
+
+
+def create(config: Config, url: str) -> optuna.Study:
+    """``hpo create``: the study with its config stored (idempotent for the same config)."""
+    log.info("study %r on %s", config.name, redact_url(url))
+    return open_study(config, _storage(url, config, create_tables=True))
+
+
+def run(config: Config, url: str, threads: int | None = None, stop: StopFlag | None = None) -> str:
+    """``hpo run``: create or load the study, run its remaining budget here, return the results table."""
+    # A fixed thread count keeps latency measurements comparable between trials.
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+    study = create(config, url)
+    runner = prepare_runner(config, study)
+    if work(study, config, runner, timeout=config.timeout, stop=stop) == 0:
+        log.info("study budget of %s trials already spent; showing results", config.n_trials)
     return f"study {config.name!r}: {state_counts(study)}\n\n{results_table(study)}"
+
+
+def run_slot(
+    url: str,
+    study_name: str,
+    *,
+    gpu: int | None,
+    threads: int,
+    max_trials: int | None,
+    timeout: float | None,
+    stop: StopFlag,
+) -> int:
+    """One ``hpo worker`` slot: load the study's stored config, then work. Returns trials run."""
+    torch.set_num_threads(threads)
+    # The stored config carries the study's heartbeat and retry settings, so read it first, then reconnect with them.
+    bootstrap = Config(name=study_name)
+    plain = _storage(url, bootstrap, create_tables=False)
+    _, config = Retry(bootstrap.worker.storage_retries)(load_study, plain, study_name, what="loading the study")
+    plain.engine.dispose()
+    study, _ = Retry(config.worker.storage_retries)(
+        load_study, _storage(url, config, create_tables=False), study_name, what="loading the study"
+    )
+    if gpu is not None:
+        config.device = "cuda:0"  # CUDA_VISIBLE_DEVICES pins this process to its GPU
+    runner = prepare_runner(config, study, {"gpu": gpu if gpu is not None else "cpu"})
+    ran = work(study, config, runner, max_trials=max_trials, timeout=timeout, stop=stop)
+    study._storage.remove_session()
+    return ran

@@ -1,6 +1,6 @@
 """The trial runner: turns an Optuna trial into a training run and records what happened.
 
-Each trial records every metric as a user attribute, plus its seed, host and process; a failure records
+Each trial records every metric as a user attribute, plus its seed, host, GPU and process; a failure records
 ``fail_reason`` (``nan``, ``oom`` or the exception) and the worker goes on with the next trial.
 """
 
@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import gc
 import hashlib
-import logging
 import os
 import socket
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,11 +19,9 @@ import torch
 
 from hpo._config import Config, apply_params
 from hpo._search_space import suggest_params
-from objectives import METRICS, NonFiniteLoss, Workload, run_distill, run_finetune
-
-log = logging.getLogger("hpo")
-
-FAIL_REASON = "fail_reason"
+from hpo._worker import FAIL_REASON
+from objectives import METRICS, NonFiniteLoss, Workload, run_distill, run_finetune, run_synthetic
+from storage import is_storage_error
 
 
 def trial_seed(study_seed: int, trial_number: int) -> int:
@@ -34,17 +30,34 @@ def trial_seed(study_seed: int, trial_number: int) -> int:
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
-def _is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, torch.OutOfMemoryError | MemoryError) or "out of memory" in str(exc).lower()
+def is_oom(exc: BaseException) -> bool:
+    """Whether ``exc`` is an out-of-memory error (CUDA OOM, a refused CPU allocation, MemoryError)."""
+    message = str(exc).lower()
+    return (
+        isinstance(exc, torch.OutOfMemoryError | MemoryError)
+        or "out of memory" in message
+        or "can't allocate memory" in message
+    )
 
 
 class TrialRunner:
-    """The objective passed to ``study.optimize``: one call trains and scores one student."""
+    """The objective of a study: one call trains and scores one student.
 
-    def __init__(self, config: Config, work: Workload, teacher_dir: Path | None) -> None:
+    ``work`` (the tokenised data) is needed by the real objectives, ``teacher_dir`` by ``distill``; ``attrs`` are
+    recorded on every trial (e.g. the GPU of the worker slot).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        work: Workload | None = None,
+        teacher_dir: Path | None = None,
+        attrs: dict[str, Any] | None = None,
+    ) -> None:
         self.config = config
         self.work = work
         self.teacher_dir = teacher_dir
+        self.attrs = {"host": socket.gethostname(), "pid": os.getpid(), **(attrs or {})}
 
     def _report(self, trial: optuna.Trial) -> Callable[[int, float], None]:
         multi = self.config.is_multi_objective
@@ -59,8 +72,15 @@ class TrialRunner:
 
         return report
 
-    def train(self, config: Config, seed: int, report: Callable[[int, float], None] | None) -> dict[str, float]:
-        """Run the configured objective with ``config`` (a trial's parameters already applied)."""
+    def train(
+        self, config: Config, params: dict[str, Any], seed: int, trial_number: int, report: Callable | None = None
+    ) -> dict[str, float]:
+        """Run the configured objective with ``config`` (the trial's ``params`` already applied)."""
+        if config.objective == "synthetic":
+            space = config.search_space
+            normalised = {name: space[name].normalise(value) for name, value in params.items()}
+            return run_synthetic(normalised, config.synthetic, trial_number, seed, report)
+        assert self.work is not None
         if config.objective == "distill":
             assert self.teacher_dir is not None
             return run_distill(self.work, self.teacher_dir, config.student, config.train, config.distill, seed, report)
@@ -68,43 +88,29 @@ class TrialRunner:
 
     def __call__(self, trial: optuna.Trial) -> list[float]:
         params = suggest_params(trial, self.config.search_space)
-        config = apply_params(self.config, params)
         seed = trial_seed(self.config.seed, trial.number)
-        for key, value in {
-            "seed": seed,
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "device": str(self.work.device),
-        }.items():
+        trial.set_user_attr("seed", seed)
+        for key, value in self.attrs.items():
             trial.set_user_attr(key, value)
         try:
-            metrics = self.train(config, seed, self._report(trial))
+            metrics = self.train(apply_params(self.config, params), params, seed, trial.number, self._report(trial))
         except optuna.TrialPruned:
             raise
         except NonFiniteLoss as exc:
             trial.set_user_attr(FAIL_REASON, "nan")
             raise optuna.TrialPruned(str(exc)) from None
         except Exception as exc:
-            reason = "oom" if _is_oom(exc) else f"{type(exc).__name__}: {exc}"
-            trial.set_user_attr(FAIL_REASON, reason[:1000])
+            if is_storage_error(exc):
+                raise  # the database is away: nothing can be recorded now; the worker retries
+            trial.set_user_attr(FAIL_REASON, "oom" if is_oom(exc) else f"{type(exc).__name__}: {exc}"[:1000])
             raise
         finally:
-            gc.collect()
+            gc.collect()  # free the trial's model and optimiser before the next one
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
         for key in (*METRICS, "val_loss", "steps"):
             trial.set_user_attr(key, metrics[key])
         return [metrics[m] for m in self.config.metric_names]
-
-
-def budget_left(study: optuna.Study, n_trials: int | None) -> int | None:
-    """Trials still to run for a study budget of ``n_trials`` finished (COMPLETE or PRUNED) trials."""
-    if n_trials is None:
-        return None
-    done = len(
-        study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
-    )
-    return max(0, n_trials - done)
 
 
 def describe(trial: optuna.trial.FrozenTrial, metric_names: list[str]) -> str:
@@ -122,25 +128,3 @@ def describe(trial: optuna.trial.FrozenTrial, metric_names: list[str]) -> str:
 
 def _short(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
-
-
-def run_trials(
-    study: optuna.Study,
-    runner: TrialRunner,
-    n_trials: int | None,
-    timeout: float | None,
-    on_trial: Callable[[optuna.trial.FrozenTrial], None],
-) -> None:
-    """Run trials in this process until the study budget ``n_trials`` is spent or ``timeout`` passes."""
-    left = budget_left(study, n_trials)
-    if left == 0:
-        return
-    callbacks = [lambda study, trial: on_trial(trial)]
-    if n_trials is not None:
-        states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-        callbacks.append(optuna.study.MaxTrialsCallback(n_trials, states=states))
-    start = time.monotonic()
-    study.optimize(
-        runner, n_trials=left, timeout=timeout, catch=(Exception,), callbacks=callbacks, gc_after_trial=False
-    )
-    log.debug("trials ran for %.0f s", time.monotonic() - start)

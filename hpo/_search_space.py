@@ -83,6 +83,18 @@ class ParamSpec:
         count = math.floor((self.high - self.low) / self.step + 1e-9) + 1
         return [round(self.low + i * self.step, 12) for i in range(count)]
 
+    def normalise(self, value: Choice) -> float:
+        """``value`` mapped to [0, 1]: position in the range (log-scaled when ``log``), or the choice's index."""
+        if self.type == "categorical":
+            assert self.choices is not None
+            return self.choices.index(value) / max(1, len(self.choices) - 1)
+        assert self.low is not None and self.high is not None
+        if self.high == self.low:
+            return 0.0
+        if self.log:
+            return math.log(float(value) / self.low) / math.log(self.high / self.low)
+        return (float(value) - self.low) / (self.high - self.low)
+
     def suggest(self, trial: optuna.Trial, name: str) -> Choice:
         """Ask ``trial`` for this parameter's value under ``name``."""
         if self.type == "categorical":

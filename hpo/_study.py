@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import warnings
 
 import optuna
@@ -9,10 +10,15 @@ import optuna
 from hpo._config import RUN_CONTROL, Config, config_diff, config_to_dict
 from hpo._pruners import make_pruner
 from hpo._samplers import make_sampler
+from hpo._search_space import grid_of
 from objectives import ConfigError
 
 CONFIG_ATTR = "config"
 """Study user attribute holding the study's config (without run-control fields such as the storage URL)."""
+
+BUDGET_ATTR = "n_trials"
+"""Study user attribute holding the trial budget that workers follow; the latest ``hpo create`` / ``hpo run`` sets
+it."""
 
 
 def stored_config(config: Config) -> dict:
@@ -23,11 +29,38 @@ def stored_config(config: Config) -> dict:
     return data
 
 
-def open_study(config: Config, storage: optuna.storages.BaseStorage | str) -> optuna.Study:
-    """Create the study named ``config.name`` or load it, after checking the stored config is the same."""
+def is_grid(config: Config) -> bool:
+    return config.sampler.name == "grid"
+
+
+def study_sampler(config: Config) -> optuna.samplers.BaseSampler:
+    """The sampler a process uses for the study.
+
+    A grid study's points are queued once when it is created and claimed from the queue by workers (each point runs
+    exactly once); GridSampler itself would repeat points under concurrency, so the queue replaces it.
+    """
+    if is_grid(config):
+        return optuna.samplers.RandomSampler(seed=config.seed)
     n_objectives = len(config.directions)
-    sampler = make_sampler(config.sampler.name, config.sampler.options, config.search_space, config.seed, n_objectives)
-    pruner = make_pruner(config.pruner.name, config.pruner.options, n_objectives)
+    return make_sampler(config.sampler.name, config.sampler.options, config.search_space, config.seed, n_objectives)
+
+
+def validate_search(config: Config) -> None:
+    """Build the sampler and pruner once, so their errors surface before anything runs."""
+    n_objectives = len(config.directions)
+    make_sampler(config.sampler.name, config.sampler.options, config.search_space, config.seed, n_objectives)
+    make_pruner(config.pruner.name, config.pruner.options, n_objectives)
+
+
+def open_study(config: Config, storage: optuna.storages.BaseStorage | str) -> optuna.Study:
+    """Create the study named ``config.name`` or load it, after checking the stored config is the same.
+
+    On creation the config is stored in the study (workers need only the storage URL and the name) and a grid
+    study's points are queued.
+    """
+    validate_search(config)
+    sampler = study_sampler(config)
+    pruner = make_pruner(config.pruner.name, config.pruner.options, len(config.directions))
     directions = [config.directions[m] for m in config.metric_names]
     study = optuna.create_study(
         study_name=config.name,
@@ -44,6 +77,10 @@ def open_study(config: Config, storage: optuna.storages.BaseStorage | str) -> op
         with warnings.catch_warnings():  # set_metric_names is marked experimental but stable since Optuna 3.2
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(config.metric_names)
+        if is_grid(config):
+            grid = grid_of(config.search_space)
+            for values in itertools.product(*grid.values()):
+                study.enqueue_trial(dict(zip(grid, values, strict=True)))
     elif existing != wanted:
         diff = config_diff(existing, wanted)
         raise ConfigError(
@@ -51,4 +88,25 @@ def open_study(config: Config, storage: optuna.storages.BaseStorage | str) -> op
             f"study {config.name!r} exists with another config ({'; '.join(diff[:5])}); "
             "use a new name or the same config",
         )
+    if study.user_attrs.get(BUDGET_ATTR, -1) != config.n_trials:
+        study.set_user_attr(BUDGET_ATTR, config.n_trials)
     return study
+
+
+def load_study(storage: optuna.storages.BaseStorage, name: str) -> tuple[optuna.Study, Config]:
+    """Load study ``name`` created by ``hpo create`` / ``hpo run``, with its stored config."""
+    from hpo._config import config_from_dict
+
+    summaries = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    if name not in summaries:
+        known = ", ".join(sorted(summaries)) or "none"
+        raise ConfigError(
+            "--study", f"no study named {name!r} in this storage (studies: {known}); run hpo create first"
+        )
+    stored = summaries[name].user_attrs.get(CONFIG_ATTR)
+    if stored is None:
+        raise ConfigError("--study", f"study {name!r} was not created by hpo (it has no stored config)")
+    config = config_from_dict(stored)
+    config.n_trials = summaries[name].user_attrs.get(BUDGET_ATTR, config.n_trials)
+    pruner = make_pruner(config.pruner.name, config.pruner.options, len(config.directions))
+    return optuna.load_study(study_name=name, storage=storage, sampler=study_sampler(config), pruner=pruner), config

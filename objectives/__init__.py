@@ -14,6 +14,7 @@ from objectives._config import (
     DataArgs,
     DistillArgs,
     StudentArgs,
+    SyntheticArgs,
     TeacherArgs,
     TrainArgs,
 )
@@ -28,6 +29,7 @@ _LAZY = {
     "run_distill": "objectives._trial",
     "run_finetune": "objectives._trial",
     "NonFiniteLoss": "objectives._train",
+    "run_synthetic": "objectives._synthetic",
 }
 
 
@@ -47,6 +49,7 @@ __all__ = [
     "NonFiniteLoss",
     "Rows",
     "StudentArgs",
+    "SyntheticArgs",
     "Task",
     "TeacherArgs",
     "TrainArgs",
@@ -61,5 +64,6 @@ __all__ = [
     "resolve_model",
     "run_distill",
     "run_finetune",
+    "run_synthetic",
     "student_layers",
 ]

@@ -234,3 +234,29 @@ class DistillArgs:
     def __post_init__(self) -> None:
         _check(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature}")
         _check_fraction(self.alpha, "alpha")
+
+
+@dataclass
+class SyntheticArgs:
+    """Behaviour of the synthetic objective."""
+
+    target: float = 0.3
+    """Where, in normalised units, every parameter is best."""
+    steps: int = 5
+    """Intermediate reports per trial."""
+    sleep: float = 0.0
+    """Seconds one trial takes, spread over its steps."""
+    noise: float = 0.0
+    """Standard deviation of Gaussian noise on accuracy (seeded by the trial seed)."""
+    oom_trials: list[int] = field(default_factory=list)
+    """Trial numbers that run out of memory (a real failed allocation)."""
+    nan_trials: list[int] = field(default_factory=list)
+    """Trial numbers whose loss becomes NaN."""
+    crash_trials: list[int] = field(default_factory=list)
+    """Trial numbers that raise an ordinary exception."""
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.target <= 1, "target", f"must be in [0, 1], got {self.target}")
+        _check(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
+        _check(self.sleep >= 0, "sleep", f"must be >= 0, got {self.sleep}")
+        _check(self.noise >= 0, "noise", f"must be >= 0, got {self.noise}")

@@ -4,7 +4,7 @@ This package never imports torch.
 """
 
 from storage._artifacts import ArtifactDir
-from storage._rdb import create_storage
+from storage._rdb import create_storage, is_storage_error, upgrade_schema
 from storage._url import (
     DEFAULT_STORAGE_URL,
     engine_kwargs,
@@ -19,8 +19,10 @@ __all__ = [
     "ArtifactDir",
     "create_storage",
     "engine_kwargs",
+    "is_storage_error",
     "redact_text",
     "redact_url",
     "resolve_storage_url",
+    "upgrade_schema",
     "validate_storage_url",
 ]

@@ -42,7 +42,7 @@ BAD = [
     ({"student": {"layers": [0, 0]}}, "student.layers: indices must be unique"),
     ({"directions": {"acc": "maximize"}}, "directions.acc: unknown metric; valid: accuracy, f1"),
     ({"directions": {"accuracy": "up"}}, "directions.accuracy: must be maximize or minimize, got 'up'"),
-    ({"objective": "prune"}, "objective: must be one of finetune, distill, got 'prune'"),
+    ({"objective": "prune"}, "objective: must be one of finetune, distill, synthetic, got 'prune'"),
     ({"n_trials": 0}, "n_trials: must be >= 1 or null, got 0"),
     ({"device": "tpu"}, "device: must be auto, cpu, cuda or cuda:N"),
     (

@@ -107,13 +107,16 @@ def test_finetune_study_on_postgresql(tmp_path: Path, pg_url: str) -> None:
     optuna.delete_study(study_name=name, storage=pg_url)
 
 
-def test_unreachable_database_fails_in_one_line_without_the_password(tmp_path: Path) -> None:
-    config = write(tmp_path, tiny_config("down"))
+def test_unreachable_database_is_retried_then_fails_in_one_line_without_the_password(tmp_path: Path) -> None:
+    config = write(tmp_path, tiny_config("down", worker={"storage_retries": 3}))
     url = "postgresql+psycopg://hpo:s3cret@127.0.0.1:9/test"
     result = hpo("run", str(config), "--storage", url, cwd=tmp_path)
     assert result.returncode == 1
     assert "s3cret" not in result.stdout + result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith("hpo: error: --storage: database error:")
+    assert result.stderr.count("retry ") == 2  # backoff between the three tries
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("hpo: error: --storage: connecting to postgresql+psycopg://hpo:***@127.0.0.1:9/test: ")
+    assert "did not answer after 3 tries" in last and "Connection refused" in last
 
 
 def test_bad_config_is_rejected_before_anything_starts(tmp_path: Path) -> None:

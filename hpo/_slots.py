@@ -1,0 +1,83 @@
+"""``hpo worker`` slots: one process per GPU slot (K per GPU) or N CPU processes, each running the worker loop.
+
+Children get the storage URL through the environment (``HPO_STORAGE``), never on their command line, where any
+user could read its password with ``ps``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+log = logging.getLogger("hpo")
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where one worker process runs: a GPU index (pinned with CUDA_VISIBLE_DEVICES) or the CPU."""
+
+    gpu: int | None
+    threads: int
+
+
+def parse_gpus(value: str, visible: int) -> list[int]:
+    """``all`` -> every visible GPU, ``none`` -> [], ``0,1,3`` -> those indices (checked against ``visible``)."""
+    if value == "none":
+        return []
+    if value == "all":
+        return list(range(visible))
+    try:
+        gpus = [int(part) for part in value.split(",")]
+    except ValueError:
+        raise ValueError(f"--gpus: expected all, none or indices like 0,1,3, got {value!r}") from None
+    missing = [g for g in gpus if not 0 <= g < visible]
+    if missing:
+        raise ValueError(f"--gpus: GPUs {missing} do not exist here ({visible} visible)")
+    return gpus
+
+
+def plan_slots(gpus: list[int], per_gpu: int, procs: int, cores: int) -> list[Slot]:
+    """K slots per listed GPU, or ``procs`` CPU slots sharing the cores (so they do not oversubscribe them)."""
+    if gpus:
+        return [Slot(gpu, max(1, cores // (len(gpus) * per_gpu))) for gpu in gpus for _ in range(per_gpu)]
+    return [Slot(None, max(1, cores // procs)) for _ in range(procs)]
+
+
+def launch(slots: list[Slot], child_args: list[str], storage_url: str, stop_timeout: float = 120.0) -> int:
+    """Start one child ``hpo worker`` per slot and wait. SIGTERM / SIGINT are passed on to every child; children
+    still alive ``stop_timeout`` seconds later are killed. Returns 0 when every child exited 0."""
+    children = []
+    for slot in slots:
+        env = {**os.environ, "HPO_STORAGE": storage_url}
+        args = [*child_args, "--threads", str(slot.threads)]
+        if slot.gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = str(slot.gpu)
+            args += ["--slot-gpu", str(slot.gpu)]
+        children.append(subprocess.Popen([sys.executable, "-m", "hpo._cli", "worker", *args], env=env))
+    log.info("started %d worker processes: %s", len(children), ", ".join(str(c.pid) for c in children))
+
+    stopping = {"at": None}
+
+    def forward(signum: int, frame: object) -> None:
+        stopping["at"] = stopping["at"] or time.monotonic()
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    while any(c.poll() is None for c in children):
+        if stopping["at"] is not None and time.monotonic() - stopping["at"] > stop_timeout:
+            for child in children:
+                if child.poll() is None:
+                    log.warning("worker %d did not stop in %.0f s; killing it", child.pid, stop_timeout)
+                    child.kill()
+        time.sleep(0.2)
+    codes = [c.returncode for c in children]
+    log.info("worker processes exited with %s", codes)
+    return 0 if all(code == 0 for code in codes) else 1

@@ -1,0 +1,251 @@
+"""The worker loop: claim or create a trial, run it under a heartbeat, record it; survive faults.
+
+Many workers (processes, GPUs, nodes) run this loop against one study in one database:
+
+- Trials queued as WAITING (grid points, retries of trials lost to a crashed or stopped worker) are claimed first;
+  claiming is atomic in the database, so each is run by exactly one worker. A grid study never creates trials
+  beyond its queue, so every grid point runs exactly once.
+- Running trials send heartbeats; a trial whose worker was killed is found stale by the next worker that looks,
+  marked FAIL and re-queued with the same parameters (Optuna's ``RetryHeartbeatStaleTrialCallback``).
+- SIGTERM / Ctrl-C: the running trial is interrupted, marked FAIL with ``fail_reason = worker stopped`` and
+  re-queued, and the loop ends.
+- Database errors (a restart, a dropped connection) are retried with exponential backoff; a finished trial's
+  result is held until the database takes it. After ``storage_retries`` failures the worker gives up with one line.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any, TypeVar
+
+import optuna
+from optuna.storages._heartbeat import get_heartbeat_thread
+from optuna.trial import TrialState
+
+from storage import is_storage_error, redact_text
+
+log = logging.getLogger("hpo")
+T = TypeVar("T")
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+FAIL_REASON = "fail_reason"
+"""User attribute of a failed (or NaN-pruned) trial: ``nan``, ``oom``, ``worker stopped`` or the exception."""
+
+
+class WorkerStopped(KeyboardInterrupt):
+    """SIGTERM or Ctrl-C asked the worker to stop (a KeyboardInterrupt, so no ``except Exception`` swallows it)."""
+
+
+class StorageUnavailable(RuntimeError):
+    """The database stayed unreachable through every retry."""
+
+
+class StopFlag:
+    """Set by SIGTERM / SIGINT. While a trial runs, the signal also interrupts it by raising WorkerStopped."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.in_trial = False
+
+    @property
+    def requested(self) -> bool:
+        return self.event.is_set()
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        log.info("received %s: stopping after this trial is recorded", signal.Signals(signum).name)
+        self.event.set()
+        if self.in_trial:
+            raise WorkerStopped(signal.Signals(signum).name)
+
+    def install(self) -> None:
+        """Handle SIGTERM and SIGINT in this (main) thread."""
+        signal.signal(signal.SIGTERM, self._handle)
+        signal.signal(signal.SIGINT, self._handle)
+
+
+@dataclass
+class Retry:
+    """Exponential backoff for database calls: 0.5 s doubling up to 30 s, ``attempts`` tries in all."""
+
+    attempts: int = 8
+    first_delay: float = 0.5
+    max_delay: float = 30.0
+
+    def __call__(self, fn: Callable[..., T], *args: Any, what: str = "database call", **kwargs: Any) -> T:
+        delay = self.first_delay
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:
+                if not is_storage_error(exc):
+                    raise
+                first_line = redact_text(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+                if attempt == self.attempts:
+                    raise StorageUnavailable(
+                        f"{what}: the database did not answer after {self.attempts} tries: {first_line}"
+                    ) from None
+                log.warning(
+                    "%s failed (%s); retry %d/%d in %.1f s", what, first_line, attempt, self.attempts - 1, delay
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, self.max_delay)
+        raise AssertionError("unreachable")
+
+
+def claim_waiting(study: optuna.Study) -> int | None:
+    """Atomically move one WAITING trial to RUNNING and return its id; None when the queue is empty.
+
+    The database decides: ``set_trial_state_values(RUNNING)`` succeeds for exactly one of the workers racing for
+    a trial (row lock on PostgreSQL/MySQL, the write lock on SQLite).
+    """
+    storage = study._storage
+    for trial in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,)):
+        try:
+            if storage.set_trial_state_values(trial._trial_id, state=TrialState.RUNNING):
+                return trial._trial_id
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+    return None
+
+
+def requeue(study: optuna.Study, trial_id: int, max_retries: int) -> None:
+    """Queue a failed trial again with the same parameters (as Optuna does for stale trials)."""
+    frozen = study._storage.get_trial(trial_id)
+    optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retries)(study, frozen)
+
+
+def _tell(study: optuna.Study, trial: optuna.Trial, state: TrialState, values: list[float] | None) -> None:
+    """Record the outcome; a retry after a commit whose answer was lost finds the trial finished and stops."""
+    try:
+        if state == TrialState.COMPLETE:
+            study.tell(trial, values, skip_if_finished=True)
+        else:
+            study.tell(trial, state=state, skip_if_finished=True)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        pass
+
+
+@dataclass
+class Budget:
+    """When a worker stops taking trials."""
+
+    n_trials: int | None
+    """Finished (COMPLETE or PRUNED) trials the study wants; None for no limit."""
+    grid: bool = False
+    """Only run queued trials (grid points); never create new ones."""
+    max_trials: int | None = None
+    """Trials this worker runs at most."""
+    deadline: float | None = None
+    """``time.monotonic()`` after which no new trial starts."""
+
+
+class Worker:
+    """Runs trials of one study until the budget is spent, the deadline passes, or it is stopped."""
+
+    def __init__(
+        self,
+        study: optuna.Study,
+        objective: Callable[[optuna.Trial], list[float]],
+        budget: Budget,
+        *,
+        max_retries: int,
+        retry: Retry,
+        stop: StopFlag | None = None,
+        on_trial: Callable[[optuna.trial.FrozenTrial], None] | None = None,
+        poll: float = 1.0,
+        idle_limit: float = 120.0,
+    ) -> None:
+        self.study = study
+        self.objective = objective
+        self.budget = budget
+        self.max_retries = max_retries
+        self.retry = retry
+        self.stop = stop or StopFlag()
+        self.on_trial = on_trial or (lambda trial: None)
+        self.poll = poll
+        self.idle_limit = idle_limit
+        self.ran = 0
+
+    def _count(self, states: tuple[TrialState, ...]) -> int:
+        return self.retry(self.study._storage.get_n_trials, self.study._study_id, states, what="counting trials")
+
+    def _next_trial(self) -> int | None:
+        """A trial id to run now, or None when this worker should wait (-1 is never returned)."""
+        storage = self.study._storage
+        self.retry(optuna.storages.fail_stale_trials, self.study, what="checking for stale trials")
+        n = self.budget.n_trials
+        if n is not None and self._count(FINISHED) >= n:
+            return None
+        trial_id = self.retry(claim_waiting, self.study, what="claiming a queued trial")
+        if trial_id is not None or self.budget.grid:
+            return trial_id
+        if n is not None and self._count((*FINISHED, TrialState.RUNNING, TrialState.WAITING)) >= n:
+            return None
+        return self.retry(storage.create_new_trial, self.study._study_id, what="creating a trial")
+
+    def _done(self) -> bool:
+        b = self.budget
+        return (
+            self.stop.requested
+            or (b.max_trials is not None and self.ran >= b.max_trials)
+            or (b.deadline is not None and time.monotonic() >= b.deadline)
+        )
+
+    def run(self) -> int:
+        """The loop. Returns the number of trials this worker ran."""
+        idle_since = None
+        while not self._done():
+            trial_id = self._next_trial()
+            if trial_id is not None:
+                idle_since = None
+                self._run_one(trial_id)
+                continue
+            # Nothing to claim or create: finished, unless trials still run elsewhere. Those may end FAIL (a worker
+            # crashed) and come back as retries, so wait for them, for a bounded time without progress.
+            running = self._count((TrialState.RUNNING,))
+            if running == 0 and self._count((TrialState.WAITING,)) == 0:
+                break
+            idle_since = idle_since or time.monotonic()
+            if time.monotonic() - idle_since > self.idle_limit:
+                log.warning("%d trials still RUNNING elsewhere after %.0f s; leaving them", running, self.idle_limit)
+                break
+            self.stop.event.wait(self.poll)
+        return self.ran
+
+    def _run_one(self, trial_id: int) -> None:
+        trial = optuna.Trial(self.study, trial_id)
+        state, values, requeue_it, storage_exc = TrialState.FAIL, None, False, None
+        with get_heartbeat_thread(trial_id, self.study._storage):
+            self.stop.in_trial = True
+            try:
+                if self.stop.requested:  # the signal came between claiming and starting
+                    raise WorkerStopped("stop requested")
+                values = self.objective(trial)
+                state = TrialState.COMPLETE
+            except optuna.TrialPruned:
+                state = TrialState.PRUNED
+            except WorkerStopped:
+                requeue_it = True
+                self.retry(trial.set_user_attr, FAIL_REASON, "worker stopped", what="recording the stop")
+            except Exception as exc:
+                if is_storage_error(exc):
+                    storage_exc, requeue_it = exc, True
+                else:
+                    log.debug("trial %d failed", trial.number, exc_info=True)
+            finally:
+                self.stop.in_trial = False
+        if storage_exc is not None:
+            reason = f"storage error: {redact_text(str(storage_exc).strip().splitlines()[0])}"[:1000]
+            self.retry(trial.set_user_attr, FAIL_REASON, reason, what="recording the storage error")
+        self.retry(_tell, self.study, trial, state, values, what=f"recording trial {trial.number}")
+        if requeue_it:
+            self.retry(requeue, self.study, trial_id, self.max_retries, what=f"re-queueing trial {trial.number}")
+        self.ran += 1
+        self.on_trial(self.retry(self.study._storage.get_trial, trial_id, what="reading the trial"))

@@ -1,0 +1,71 @@
+"""The ``synthetic`` objective: a known analytic function of the trial's parameters, in milliseconds.
+
+It exists so that tests and benchmarks exercise orchestration (storage, samplers, pruners, workers, faults) at
+scale; the real objectives are tested on real models. Parameters arrive normalised to [0, 1] (u_i).
+
+    quality  = 1 - mean_i (u_i - target)^2                    (1 at u_i = target for every i)
+    accuracy = 0.5 + 0.45 * quality + noise,  f1 = accuracy - 0.02
+    cost     = 1 + 9 * mean_i u_i                             (larger settings: slower, bigger students)
+    latency_ms = cost,  params = 1e6 * cost,  size_mb = params * 4 / 2^20
+
+Intermediate accuracies rise as sqrt(step / steps) toward the final value. Switches raise a real allocation
+failure (``oom_trials``), a non-finite loss (``nan_trials``) or a crash (``crash_trials``) on chosen trial numbers.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+
+from objectives._config import ConfigError, SyntheticArgs
+from objectives._metrics import size_mb
+from objectives._train import NonFiniteLoss
+
+
+def _allocate_too_much() -> None:
+    import torch
+
+    torch.empty(2**50, dtype=torch.uint8)  # 1 PiB: the allocator refuses it, as in a real OOM
+
+
+def run_synthetic(
+    normalised: dict[str, float],
+    args: SyntheticArgs,
+    trial_number: int,
+    seed: int,
+    report: Callable[[int, float], None] | None = None,
+) -> dict[str, float]:
+    """Evaluate the synthetic objective; returns every metric of ``METRICS`` plus ``val_loss`` and ``steps``."""
+    if not normalised:
+        raise ConfigError("search_space", "the synthetic objective needs at least one parameter")
+    start = time.perf_counter()
+    values = list(normalised.values())
+    quality = 1 - sum((u - args.target) ** 2 for u in values) / len(values)
+    accuracy = 0.5 + 0.45 * quality + random.Random(seed).gauss(0, args.noise)
+    for step in range(1, args.steps + 1):
+        time.sleep(args.sleep / args.steps)
+        if step == max(1, args.steps // 2):
+            if trial_number in args.oom_trials:
+                _allocate_too_much()
+            if trial_number in args.nan_trials:
+                raise NonFiniteLoss(f"training loss became NaN or infinite by step {step}")
+            if trial_number in args.crash_trials:
+                raise RuntimeError(f"synthetic crash in trial {trial_number}")
+        if report is not None:
+            report(step, accuracy * (step / args.steps) ** 0.5)
+    cost = 1 + 9 * sum(values) / len(values)
+    return {
+        "accuracy": accuracy,
+        "f1": accuracy - 0.02,
+        "val_loss": 1 - accuracy,
+        "steps": float(args.steps),
+        "latency_ms": cost,
+        "latency_ms_p95": cost * 1.1,
+        "throughput": 1000 / cost,
+        "params": 1e6 * cost,
+        "size_mb": size_mb(round(1e6 * cost)),
+        "gflops": 0.1 * cost,
+        "train_seconds": time.perf_counter() - start,
+        "peak_memory_mb": 0.0,
+    }
