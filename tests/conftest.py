@@ -42,3 +42,14 @@ def tiny_config(name: str, **overrides: object) -> dict:
     }
     config.update(overrides)
     return config
+
+
+@pytest.fixture
+def mysql_url() -> str:
+    """The real MariaDB of the test machine (``HPO_TEST_MYSQL_URL``); CI always sets it."""
+    url = os.environ.get("HPO_TEST_MYSQL_URL")
+    if not url:
+        if os.environ.get("CI"):
+            pytest.fail("HPO_TEST_MYSQL_URL must be set in CI")
+        pytest.skip("HPO_TEST_MYSQL_URL is not set")
+    return url

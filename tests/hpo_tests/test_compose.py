@@ -4,20 +4,29 @@ from pathlib import Path
 
 import yaml
 
+from hpo import load_config
 from hpo._cli import _parser
 
 ROOT = Path(__file__).parents[2]
 
 
-def test_compose_services_run_valid_hpo_commands_on_shipped_examples() -> None:
+def test_compose_runs_valid_hpo_commands_on_a_shipped_example() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
+    assert set(services) == {"postgres", "create", "dashboard", "worker"}
     assert services["postgres"]["ports"] == ["127.0.0.1:5432:5432"]  # published on loopback only
+    assert services["dashboard"]["ports"] == ["127.0.0.1:8080:8080"]
     assert "healthcheck" in services["postgres"]
-    commands = [s["command"] for s in services.values() if s.get("build") == "."]
-    assert commands
-    for command in commands:
-        args = _parser().parse_args(command)
-        if hasattr(args, "config"):
-            assert (ROOT / args.config).is_file()
-    assert (ROOT / "Dockerfile").read_text().count('ENTRYPOINT ["hpo"]') == 1
+    assert services["create"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert services["worker"]["depends_on"]["create"]["condition"] == "service_completed_successfully"
+    assert services["worker"]["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+
+    create = _parser().parse_args(services["create"]["command"])
+    assert create.command == "create"
+    config = load_config(ROOT / create.config)  # a shipped example, valid
+    worker = _parser().parse_args(services["worker"]["command"])
+    assert (worker.command, worker.study, worker.gpus) == ("worker", config.name, "all")
+    for service in ("create", "dashboard", "worker"):
+        assert "HPO_STORAGE" in services[service]["environment"]
+        assert "--storage" not in services[service].get("command", [])  # no password on a command line
+    assert 'ENTRYPOINT ["hpo"]' in (ROOT / "Dockerfile").read_text()

@@ -10,10 +10,15 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
 import yaml
 
+from hpo import apply_params
+from hpo._run import prepare_runner
 from hpo._runner import trial_seed
+from hpo._study import load_study
 from objectives import METRICS
+from storage import create_storage
 from tests.conftest import tiny_config
 
 
@@ -45,7 +50,7 @@ def check_metrics(trial: optuna.trial.FrozenTrial) -> None:
     assert a["pid"] > 0 and a["host"]
 
 
-def test_distill_study_on_sqlite_end_to_end(tmp_path: Path) -> None:
+def test_distill_study_on_sqlite_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = write(tmp_path, tiny_config("e2e"))
     url = f"sqlite:///{tmp_path}/study.db"
     first = hpo("run", str(config), "--storage", url, cwd=tmp_path)
@@ -80,6 +85,16 @@ def test_distill_study_on_sqlite_end_to_end(tmp_path: Path) -> None:
 
     status = hpo("status", "--storage", url, cwd=tmp_path)
     assert status.returncode == 0 and "study 'e2e': COMPLETE 2" in status.stdout and "best: trial" in status.stdout
+
+    # Re-running a finished trial's parameters with its recorded seed reproduces its metrics on CPU.
+    monkeypatch.chdir(tmp_path)  # the teacher artifact lives under ./hpo-artifacts
+    torch.set_num_threads(os.cpu_count() or 1)  # as the worker ran it
+    study, config = load_study(create_storage(url), "e2e")  # the config as stored in the study
+    runner = prepare_runner(config, study)
+    for trial in complete:
+        again = runner.train(apply_params(config, trial.params), trial.params, trial.user_attrs["seed"], trial.number)
+        for key in ("accuracy", "f1", "val_loss"):
+            assert again[key] == pytest.approx(trial.user_attrs[key], abs=1e-6), key
 
 
 def test_a_pruner_that_must_prune_prunes_real_trials(tmp_path: Path) -> None:
