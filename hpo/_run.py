@@ -16,8 +16,8 @@ from hpo._study import is_grid, load_study, open_study
 from hpo._table import results_table, state_counts
 from hpo._teacher import ensure_teacher
 from hpo._worker import Budget, Retry, StopFlag, Worker
-from objectives import prepare_workload
-from storage import ArtifactDir, create_storage, redact_url
+from objectives import ConfigError, prepare_workload
+from storage import ArtifactDir, create_storage, redact_url, schema_exists
 
 log = logging.getLogger("hpo")
 
@@ -130,8 +130,12 @@ def run_slot(
 ) -> int:
     """One ``hpo worker`` slot: load the study's stored config, then work. Returns trials run."""
     torch.set_num_threads(threads)
-    # The stored config carries the study's heartbeat and retry settings, so read it first, then reconnect with them.
     bootstrap = Config(name=study_name)
+    if not Retry(bootstrap.worker.storage_retries)(schema_exists, url, what=f"connecting to {redact_url(url)}"):
+        raise ConfigError(
+            "--storage", f"{redact_url(url)} has no study tables; run hpo create (or hpo db upgrade) first"
+        )
+    # The stored config carries the study's heartbeat and retry settings, so read it first, then reconnect with them.
     plain = _storage(url, bootstrap, create_tables=False)
     _, config = Retry(bootstrap.worker.storage_retries)(load_study, plain, study_name, what="loading the study")
     plain.engine.dispose()

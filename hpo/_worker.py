@@ -19,6 +19,7 @@ import logging
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
@@ -28,7 +29,7 @@ import optuna
 from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import TrialState
 
-from storage import is_storage_error, redact_text
+from storage import driver_error, is_storage_error, redact_text
 
 log = logging.getLogger("hpo")
 T = TypeVar("T")
@@ -86,7 +87,7 @@ class Retry:
             except Exception as exc:
                 if not is_storage_error(exc):
                     raise
-                first_line = redact_text(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+                first_line = error_line(exc)
                 if attempt == self.attempts:
                     raise StorageUnavailable(
                         f"{what}: the database did not answer after {self.attempts} tries: {first_line}"
@@ -97,6 +98,13 @@ class Retry:
                 time.sleep(delay)
                 delay = min(delay * 2, self.max_delay)
         raise AssertionError("unreachable")
+
+
+def error_line(exc: BaseException) -> str:
+    """The first line of the driver's message behind ``exc`` (not Optuna's wrapper), password redacted."""
+    root = driver_error(exc) or exc
+    text = str(root).strip()
+    return redact_text(text.splitlines()[0] if text else type(root).__name__)
 
 
 def claim_waiting(study: optuna.Study) -> int | None:
@@ -177,9 +185,11 @@ class Worker:
         return self.retry(self.study._storage.get_n_trials, self.study._study_id, states, what="counting trials")
 
     def _next_trial(self) -> int | None:
-        """A trial id to run now, or None when this worker should wait (-1 is never returned)."""
+        """A trial id to run now: a claimed queued trial or a new one; None when there is none to run."""
         storage = self.study._storage
-        self.retry(optuna.storages.fail_stale_trials, self.study, what="checking for stale trials")
+        with warnings.catch_warnings():  # fail_stale_trials is marked experimental since Optuna 2.9
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self.retry(optuna.storages.fail_stale_trials, self.study, what="checking for stale trials")
         n = self.budget.n_trials
         if n is not None and self._count(FINISHED) >= n:
             return None
@@ -242,7 +252,7 @@ class Worker:
             finally:
                 self.stop.in_trial = False
         if storage_exc is not None:
-            reason = f"storage error: {redact_text(str(storage_exc).strip().splitlines()[0])}"[:1000]
+            reason = f"storage error: {error_line(storage_exc)}"[:1000]
             self.retry(trial.set_user_attr, FAIL_REASON, reason, what="recording the storage error")
         self.retry(_tell, self.study, trial, state, values, what=f"recording trial {trial.number}")
         if requeue_it:

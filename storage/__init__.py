@@ -4,7 +4,7 @@ This package never imports torch.
 """
 
 from storage._artifacts import ArtifactDir
-from storage._rdb import create_storage, is_storage_error, upgrade_schema
+from storage._rdb import create_storage, driver_error, is_storage_error, schema_exists, upgrade_schema
 from storage._url import (
     DEFAULT_STORAGE_URL,
     engine_kwargs,
@@ -18,11 +18,13 @@ __all__ = [
     "DEFAULT_STORAGE_URL",
     "ArtifactDir",
     "create_storage",
+    "driver_error",
     "engine_kwargs",
     "is_storage_error",
     "redact_text",
     "redact_url",
     "resolve_storage_url",
+    "schema_exists",
     "upgrade_schema",
     "validate_storage_url",
 ]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import warnings
+
 import optuna
 
 from storage._url import engine_kwargs, validate_storage_url
@@ -22,16 +25,18 @@ def create_storage(
     times. Workers pass ``create_tables=False``: only ``hpo create`` / ``hpo db upgrade`` change the schema.
     """
     validate_storage_url(url)
-    return optuna.storages.RDBStorage(
-        url,
-        engine_kwargs=engine_kwargs(url),
-        heartbeat_interval=heartbeat_interval,
-        grace_period=grace_period,
-        heartbeat_stale_trial_callback=(
-            optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retries) if heartbeat_interval else None
-        ),
-        skip_table_creation=not create_tables,
-    )
+    with warnings.catch_warnings():  # heartbeats and their retry callback are marked experimental since Optuna 2
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(
+            url,
+            engine_kwargs=engine_kwargs(url),
+            heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period,
+            heartbeat_stale_trial_callback=(
+                optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retries) if heartbeat_interval else None
+            ),
+            skip_table_creation=not create_tables,
+        )
 
 
 def upgrade_schema(url: str) -> tuple[str, str]:
@@ -43,14 +48,40 @@ def upgrade_schema(url: str) -> tuple[str, str]:
     return before, storage.get_current_version()
 
 
-def is_storage_error(exc: BaseException) -> bool:
-    """Whether ``exc`` came from the database driver (connection lost, server restarting, ...), directly or
-    wrapped (Optuna re-raises driver errors as ``StorageInternalError``)."""
+_NOT_TRANSIENT = re.compile(r"no such table|does not exist|doesn't exist|unknown column|syntax error", re.IGNORECASE)
+
+
+def driver_error(exc: BaseException) -> BaseException | None:
+    """The database driver's error behind ``exc`` (Optuna re-raises them as ``StorageInternalError``), if any."""
     from sqlalchemy.exc import DBAPIError
 
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, DBAPIError):
-            return True
+            return seen.orig if seen.orig is not None else seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def is_storage_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is a database error worth retrying: a lost connection, a server restarting, a lock
+    timeout. Missing tables and bad SQL are not: retrying cannot fix them."""
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OperationalError | InterfaceError):
+            return not _NOT_TRANSIENT.search(str(seen))
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+def schema_exists(url: str) -> bool:
+    """Whether ``url`` holds Optuna's tables (workers never create them: ``hpo create`` / ``hpo db upgrade`` do)."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url, **engine_kwargs(url))
+    try:
+        return {"studies", "version_info"} <= set(sqlalchemy.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()

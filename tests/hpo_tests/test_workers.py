@@ -112,10 +112,16 @@ def test_create_is_idempotent_and_keeps_no_password(tmp_path: Path, pg_url: str,
     assert upgrade.returncode == 0 and "schema" in upgrade.stdout and "s3cret" not in upgrade.stdout
 
 
-def test_worker_needs_an_existing_study(tmp_path: Path, pg_url: str) -> None:
+def test_worker_needs_an_existing_study_and_never_creates_tables(tmp_path: Path, pg_url: str) -> None:
     result = run_cli("worker", "--study", "no-such-study", url=pg_url, cwd=tmp_path)
     assert result.returncode == 2
     assert "--study: no study named 'no-such-study'" in result.stderr and "hpo create" in result.stderr
+    empty = f"sqlite:///{tmp_path}/empty.db"
+    result = run_cli("worker", "--study", "x", url=empty, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"hpo: error: --storage: {empty} has no study tables; run hpo create (or hpo db upgrade) first"
+    )
 
 
 def test_eight_workers_four_hundred_trials(tmp_path: Path, pg_url: str, name: str) -> None:
