@@ -29,6 +29,7 @@ _LAZY = {
     "run_distill": "objectives._trial",
     "run_finetune": "objectives._trial",
     "NonFiniteLoss": "objectives._train",
+    "report_steps": "objectives._train",
     "run_synthetic": "objectives._synthetic",
 }
 
@@ -61,6 +62,7 @@ __all__ = [
     "load_task",
     "measure_cost",
     "prepare_workload",
+    "report_steps",
     "resolve_model",
     "run_distill",
     "run_finetune",

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,25 @@ from objectives._optim import build_optimizer
 
 Report = Callable[[int, float], None]
 """Called with (step, validation accuracy) at every validation; it may raise to stop the run (pruning)."""
+
+StepCallback = Callable[[int, int, "float | None", "float | None"], None]
+"""Called after every optimiser step with (step, max_steps, loss, validation accuracy): the mean training loss since
+the last logging step at logging steps (every ``LOG_EVERY`` steps and at validations; None between, so there is no
+per-step host sync), the validation accuracy at validation steps (else None). For progress display."""
+
+LOG_EVERY = 10
+
+_ON_STEP: contextvars.ContextVar[StepCallback | None] = contextvars.ContextVar("on_step", default=None)
+
+
+@contextlib.contextmanager
+def report_steps(callback: StepCallback | None) -> Iterator[None]:
+    """Make ``callback`` the default ``on_step`` of every ``train`` call inside the block (e.g. a whole trial)."""
+    token = _ON_STEP.set(callback)
+    try:
+        yield
+    finally:
+        _ON_STEP.reset(token)
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -82,12 +102,14 @@ def train(
     seed: int,
     teacher: torch.nn.Module | None = None,
     report: Report | None = None,
+    on_step: StepCallback | None = None,
 ) -> TrainResult:
     """Train ``model`` for ``args.max_steps`` optimiser steps and return its final validation scores.
 
     With ``args.patience`` set, stops once validation loss has not improved for that many validations and restores
-    the best weights seen.
+    the best weights seen. ``on_step`` (default: the callback of an enclosing ``report_steps``) follows progress.
     """
+    on_step = on_step if on_step is not None else _ON_STEP.get()
     device = next(model.parameters()).device
     torch.manual_seed(seed)
     optimizer, schedule = build_optimizer(model, args, n_layers, device)
@@ -101,6 +123,7 @@ def train(
     # Non-finite losses are accumulated on the device and checked only at validation steps: a per-step .item()
     # would force a host sync every step.
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+    running_loss, logged_step = torch.zeros((), device=device), 0
     best_loss, best_state, best_eval, bad_evals = math.inf, None, None, 0
     evaluation = None
     model.train()
@@ -117,6 +140,8 @@ def train(
                         teacher_logits = teacher(**inputs).logits
             loss = loss_fn(logits, batch["labels"], teacher_logits) / args.grad_accum_steps
             nonfinite |= ~torch.isfinite(loss.detach())
+            if on_step is not None:
+                running_loss += loss.detach().float()
             scaler.scale(loss).backward()
         if args.max_grad_norm is not None:
             scaler.unscale_(optimizer)
@@ -126,11 +151,21 @@ def train(
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
 
-        if step % args.eval_every and step != args.max_steps:
+        validating = not (step % args.eval_every and step != args.max_steps)
+        mean_loss = None
+        if on_step is not None and (validating or step % LOG_EVERY == 0):
+            mean_loss = running_loss.item() / (step - logged_step)  # the one host sync, at logging steps only
+            running_loss.zero_()
+            logged_step = step
+        if not validating:
+            if on_step is not None:
+                on_step(step, args.max_steps, mean_loss, None)
             continue
         if nonfinite.item():
             raise NonFiniteLoss(f"training loss became NaN or infinite by step {step}")
         evaluation = evaluate(model, val_data, args.eval_batch_size, num_labels)
+        if on_step is not None:
+            on_step(step, args.max_steps, mean_loss, evaluation.accuracy)
         if report is not None:
             report(step, evaluation.accuracy)
         if args.patience is None:
