@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
+from hpo._constraints import Constraint, parse_constraint
 from hpo._search_space import ParamSpec
 from objectives import (
     METRICS,
@@ -72,6 +73,9 @@ class WorkerArgs:
     """Times a trial lost to a crashed or stopped worker is re-run with the same parameters."""
     storage_retries: int = 8
     """Attempts (with exponential backoff, 0.5 s doubling to 30 s) when the database is unreachable."""
+    max_consecutive_failures: int = 10
+    """A worker stops (exit 1, naming the last failure) after this many failed trials in a row: a broken config
+    or environment, not bad luck."""
 
     def __post_init__(self) -> None:
         if self.heartbeat_interval < 1:
@@ -84,6 +88,8 @@ class WorkerArgs:
             raise ConfigError("max_retries", f"must be >= 0, got {self.max_retries}")
         if self.storage_retries < 1:
             raise ConfigError("storage_retries", f"must be >= 1, got {self.storage_retries}")
+        if self.max_consecutive_failures < 1:
+            raise ConfigError("max_consecutive_failures", f"must be >= 1, got {self.max_consecutive_failures}")
 
 
 @dataclass
@@ -123,6 +129,9 @@ class Config:
     """How each trial trains its student (defaults of searchable fields)."""
     distill: DistillArgs = field(default_factory=DistillArgs)
     """Distillation loss settings (defaults of searchable fields)."""
+    constraints: dict[str, str] = field(default_factory=dict)
+    """Feasibility bounds on metrics, e.g. ``{latency_ms: "<= 5", size_mb: "<= 40"}``; recorded with
+    ``Trial.set_constraint`` so TPE, NSGA-II and GP prefer feasible trials; infeasible ones are kept and marked."""
     synthetic: SyntheticArgs = field(default_factory=SyntheticArgs)
     """Behaviour of the ``synthetic`` objective (ignored by the others)."""
     worker: WorkerArgs = field(default_factory=WorkerArgs)
@@ -152,6 +161,12 @@ class Config:
             raise ConfigError("device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         for name, spec in self.search_space.items():
             _check_searchable(self, name, spec)
+        for metric, expr in self.constraints.items():
+            parse_constraint(expr, f"constraints.{metric}", metric)
+
+    def parsed_constraints(self) -> list[Constraint]:
+        """The ``constraints`` as :class:`Constraint` objects."""
+        return [parse_constraint(expr, f"constraints.{metric}", metric) for metric, expr in self.constraints.items()]
 
     @property
     def metric_names(self) -> list[str]:

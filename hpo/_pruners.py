@@ -1,4 +1,5 @@
-"""Pruners by name. Each stops a single-objective trial early from its reported validation accuracy."""
+"""Pruners by name. Optuna's stop single-objective trials from their reported validation accuracy; ``pareto``
+prunes multi-objective trials by dominance at successive-halving rungs (see :mod:`hpo._pareto_pruner`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 
 import optuna
 
+from hpo._pareto_pruner import ParetoRungPruner
 from hpo._samplers import _construct
 from objectives import ConfigError
 
@@ -36,17 +38,20 @@ PRUNERS: dict[str, Callable[[dict[str, Any]], optuna.pruners.BasePruner]] = {
     "patient": _patient,
     "threshold": _threshold,
     "wilcoxon": lambda options: _construct(optuna.pruners.WilcoxonPruner, options),
+    "pareto": lambda options: _construct(ParetoRungPruner, options),
 }
 
 
-def make_pruner(name: str, options: dict[str, Any], n_objectives: int) -> optuna.pruners.BasePruner:
-    """The pruner ``name``; multi-objective studies take only ``none`` (Optuna cannot prune them)."""
+def make_pruner(name: str, options: dict[str, Any], n_objectives: int) -> optuna.pruners.BasePruner | ParetoRungPruner:
+    """The pruner ``name``; multi-objective studies take ``pareto`` or ``none`` (Optuna's cannot prune them)."""
     if name not in PRUNERS:
         raise ConfigError("pruner.name", f"unknown pruner {name!r}; valid: {', '.join(PRUNERS)}")
-    if n_objectives > 1 and name != "none":
+    if n_objectives > 1 and name not in ("none", "pareto"):
         raise ConfigError(
-            "pruner.name", f"{name} cannot prune a multi-objective study (Optuna reports one value); use none"
+            "pruner.name", f"{name} cannot prune a multi-objective study (Optuna reports one value); use pareto or none"
         )
+    if n_objectives == 1 and name == "pareto":
+        raise ConfigError("pruner.name", "pareto is for multi-objective studies; use median, sha, hyperband, ...")
     try:
         return PRUNERS[name](dict(options))
     except ConfigError as exc:

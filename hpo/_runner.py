@@ -18,6 +18,8 @@ import optuna
 import torch
 
 from hpo._config import Config, apply_params
+from hpo._pareto_pruner import ParetoRungPruner
+from hpo._pruners import make_pruner
 from hpo._search_space import suggest_params
 from hpo._worker import FAIL_REASON
 from objectives import METRICS, NonFiniteLoss, Workload, run_distill, run_finetune, run_synthetic
@@ -58,13 +60,18 @@ class TrialRunner:
         self.work = work
         self.teacher_dir = teacher_dir
         self.attrs = {"host": socket.gethostname(), "pid": os.getpid(), **(attrs or {})}
+        pruner = make_pruner(config.pruner.name, config.pruner.options, len(config.directions))
+        self.pareto = pruner if isinstance(pruner, ParetoRungPruner) else None
+        self.constraints = config.parsed_constraints()
 
     def _report(self, trial: optuna.Trial) -> Callable[[int, float], None]:
         multi = self.config.is_multi_objective
 
         def report(step: int, value: float) -> None:
-            if multi:  # Optuna rejects trial.report on multi-objective studies; keep the curve anyway
+            if multi:  # Optuna rejects trial.report on multi-objective studies: keep the curve ourselves
                 trial.set_user_attr(f"val_accuracy_step_{step}", value)
+                if self.pareto and self.pareto.should_prune(trial.study, trial, step, value, self.config.directions):
+                    raise optuna.TrialPruned(f"dominated at step {step} (validation accuracy {value:.4f})")
                 return
             trial.report(value, step)
             if trial.should_prune():
@@ -72,28 +79,52 @@ class TrialRunner:
 
         return report
 
+    def _record(self, trial: optuna.Trial, metrics: dict[str, float]) -> None:
+        """Store ``metrics`` as user attributes and set every constraint they decide (each only once)."""
+        for key, value in metrics.items():
+            trial.set_user_attr(key, value)
+        for constraint in self.constraints:
+            if constraint.metric in metrics and constraint.metric not in self._constrained:
+                trial.set_constraint(constraint.metric, constraint.violation(metrics[constraint.metric]))
+                self._constrained.add(constraint.metric)
+
     def train(
-        self, config: Config, params: dict[str, Any], seed: int, trial_number: int, report: Callable | None = None
+        self,
+        config: Config,
+        params: dict[str, Any],
+        seed: int,
+        trial_number: int,
+        report: Callable[[int, float], None] | None = None,
+        on_cost: Callable[[dict[str, float]], None] | None = None,
     ) -> dict[str, float]:
         """Run the configured objective with ``config`` (the trial's ``params`` already applied)."""
         if config.objective == "synthetic":
             space = config.search_space
             normalised = {name: space[name].normalise(value) for name, value in params.items()}
-            return run_synthetic(normalised, config.synthetic, trial_number, seed, report)
+            return run_synthetic(normalised, config.synthetic, trial_number, seed, report, on_cost)
         assert self.work is not None
         if config.objective == "distill":
             assert self.teacher_dir is not None
-            return run_distill(self.work, self.teacher_dir, config.student, config.train, config.distill, seed, report)
-        return run_finetune(self.work, config.teacher.model, config.student, config.train, seed, report)
+            d = config.distill
+            return run_distill(self.work, self.teacher_dir, config.student, config.train, d, seed, report, on_cost)
+        return run_finetune(self.work, config.teacher.model, config.student, config.train, seed, report, on_cost)
 
     def __call__(self, trial: optuna.Trial) -> list[float]:
+        self._constrained: set[str] = set()  # constraints this trial has set (Optuna keeps the first value)
         params = suggest_params(trial, self.config.search_space)
         seed = trial_seed(self.config.seed, trial.number)
         trial.set_user_attr("seed", seed)
         for key, value in self.attrs.items():
             trial.set_user_attr(key, value)
         try:
-            metrics = self.train(apply_params(self.config, params), params, seed, trial.number, self._report(trial))
+            metrics = self.train(
+                apply_params(self.config, params),
+                params,
+                seed,
+                trial.number,
+                self._report(trial),
+                lambda cost: self._record(trial, cost),
+            )
         except optuna.TrialPruned:
             raise
         except NonFiniteLoss as exc:
@@ -108,8 +139,9 @@ class TrialRunner:
             gc.collect()  # free the trial's model and optimiser before the next one
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-        for key in (*METRICS, "val_loss", "steps"):
-            trial.set_user_attr(key, metrics[key])
+        self._record(trial, {key: metrics[key] for key in (*METRICS, "val_loss", "steps")})
+        if self.constraints:
+            trial.set_user_attr("feasible", all(c.violation(metrics[c.metric]) <= 0 for c in self.constraints))
         return [metrics[m] for m in self.config.metric_names]
 
 

@@ -45,6 +45,12 @@ def study_sampler(config: Config) -> optuna.samplers.BaseSampler:
     return make_sampler(config.sampler.name, config.sampler.options, config.search_space, config.seed, n_objectives)
 
 
+def study_pruner(config: Config) -> optuna.pruners.BasePruner:
+    """The Optuna pruner of the study; ``pareto`` prunes inside the trial runner, so Optuna's is a no-op then."""
+    pruner = make_pruner(config.pruner.name, config.pruner.options, len(config.directions))
+    return pruner if isinstance(pruner, optuna.pruners.BasePruner) else optuna.pruners.NopPruner()
+
+
 def validate_search(config: Config) -> None:
     """Build the sampler and pruner once, so their errors surface before anything runs."""
     n_objectives = len(config.directions)
@@ -60,7 +66,7 @@ def open_study(config: Config, storage: optuna.storages.BaseStorage | str) -> op
     """
     validate_search(config)
     sampler = study_sampler(config)
-    pruner = make_pruner(config.pruner.name, config.pruner.options, len(config.directions))
+    pruner = study_pruner(config)
     directions = [config.directions[m] for m in config.metric_names]
     study = optuna.create_study(
         study_name=config.name,
@@ -108,5 +114,7 @@ def load_study(storage: optuna.storages.BaseStorage, name: str) -> tuple[optuna.
         raise ConfigError("--study", f"study {name!r} was not created by hpo (it has no stored config)")
     config = config_from_dict(stored)
     config.n_trials = summaries[name].user_attrs.get(BUDGET_ATTR, config.n_trials)
-    pruner = make_pruner(config.pruner.name, config.pruner.options, len(config.directions))
-    return optuna.load_study(study_name=name, storage=storage, sampler=study_sampler(config), pruner=pruner), config
+    study = optuna.load_study(
+        study_name=name, storage=storage, sampler=study_sampler(config), pruner=study_pruner(config)
+    )
+    return study, config

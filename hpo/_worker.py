@@ -48,6 +48,10 @@ class StorageUnavailable(RuntimeError):
     """The database stayed unreachable through every retry."""
 
 
+class TooManyFailures(RuntimeError):
+    """Trial after trial failed: the worker stops instead of burning through the queue."""
+
+
 class StopFlag:
     """Set by SIGTERM / SIGINT. While a trial runs, the signal also interrupts it by raising WorkerStopped."""
 
@@ -152,6 +156,8 @@ class Budget:
     """Trials this worker runs at most."""
     deadline: float | None = None
     """``time.monotonic()`` after which no new trial starts."""
+    max_consecutive_failures: int = 10
+    """Give up after this many FAIL trials in a row."""
 
 
 class Worker:
@@ -180,6 +186,7 @@ class Worker:
         self.poll = poll
         self.idle_limit = idle_limit
         self.ran = 0
+        self.failures = 0
 
     def _count(self, states: tuple[TrialState, ...]) -> int:
         return self.retry(self.study._storage.get_n_trials, self.study._study_id, states, what="counting trials")
@@ -258,4 +265,9 @@ class Worker:
         if requeue_it:
             self.retry(requeue, self.study, trial_id, self.max_retries, what=f"re-queueing trial {trial.number}")
         self.ran += 1
-        self.on_trial(self.retry(self.study._storage.get_trial, trial_id, what="reading the trial"))
+        frozen = self.retry(self.study._storage.get_trial, trial_id, what="reading the trial")
+        self.on_trial(frozen)
+        self.failures = self.failures + 1 if state == TrialState.FAIL and not requeue_it else 0
+        if self.failures >= self.budget.max_consecutive_failures:
+            reason = frozen.user_attrs.get(FAIL_REASON, "see the log")
+            raise TooManyFailures(f"{self.failures} trials failed in a row; the last: {reason}")

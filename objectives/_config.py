@@ -8,6 +8,7 @@ This module imports nothing heavy: configs validate without torch.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 METRICS = (
@@ -229,11 +230,26 @@ class DistillArgs:
     temperature: float = 2.0
     """Softmax temperature T applied to teacher and student logits in the KD term."""
     alpha: float = 0.5
-    """Weight of the KD term; 1 - alpha weighs the cross-entropy on hard labels."""
+    """Weight of the KD term; 1 - alpha weighs the cross-entropy on hard labels (integrated approach)."""
+    approach: Literal["integrated", "sequential"] = "integrated"
+    """``integrated``: one run with the combined loss; ``sequential``: distil on the unlabelled transfer set with
+    the KD loss only, then fine-tune on the labels."""
+    transfer_ratio: float = 0.5
+    """Sequential approach: share of ``train.max_steps`` spent distilling on the transfer set."""
+    transfer_files: list[str] = field(default_factory=list)
+    """Sequential approach: text files (one text per line) added to the training texts as the transfer set."""
 
     def __post_init__(self) -> None:
         _check(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature}")
         _check_fraction(self.alpha, "alpha")
+        _check(
+            self.approach in ("integrated", "sequential"),
+            "approach",
+            f"must be integrated or sequential, got {self.approach!r}",
+        )
+        _check_fraction(self.transfer_ratio, "transfer_ratio", low_open=True, high_open=True)
+        for i, path in enumerate(self.transfer_files):
+            _check(Path(path).expanduser().is_file(), f"transfer_files[{i}]", f"file {path!r} does not exist")
 
 
 @dataclass

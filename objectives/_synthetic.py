@@ -35,12 +35,24 @@ def run_synthetic(
     trial_number: int,
     seed: int,
     report: Callable[[int, float], None] | None = None,
+    on_cost: Callable[[dict[str, float]], None] | None = None,
 ) -> dict[str, float]:
     """Evaluate the synthetic objective; returns every metric of ``METRICS`` plus ``val_loss`` and ``steps``."""
     if not normalised:
         raise ConfigError("search_space", "the synthetic objective needs at least one parameter")
     start = time.perf_counter()
     values = list(normalised.values())
+    cost = 1 + 9 * sum(values) / len(values)
+    costs = {
+        "latency_ms": cost,
+        "latency_ms_p95": cost * 1.1,
+        "throughput": 1000 / cost,
+        "params": 1e6 * cost,
+        "size_mb": size_mb(round(1e6 * cost)),
+        "gflops": 0.1 * cost,
+    }
+    if on_cost is not None:
+        on_cost(costs)
     quality = 1 - sum((u - args.target) ** 2 for u in values) / len(values)
     accuracy = 0.5 + 0.45 * quality + random.Random(seed).gauss(0, args.noise)
     for step in range(1, args.steps + 1):
@@ -54,18 +66,12 @@ def run_synthetic(
                 raise RuntimeError(f"synthetic crash in trial {trial_number}")
         if report is not None:
             report(step, accuracy * (step / args.steps) ** 0.5)
-    cost = 1 + 9 * sum(values) / len(values)
     return {
         "accuracy": accuracy,
         "f1": accuracy - 0.02,
         "val_loss": 1 - accuracy,
         "steps": float(args.steps),
-        "latency_ms": cost,
-        "latency_ms_p95": cost * 1.1,
-        "throughput": 1000 / cost,
-        "params": 1e6 * cost,
-        "size_mb": size_mb(round(1e6 * cost)),
-        "gflops": 0.1 * cost,
         "train_seconds": time.perf_counter() - start,
         "peak_memory_mb": 0.0,
+        **costs,
     }

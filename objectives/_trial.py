@@ -7,14 +7,15 @@ plain dict of metrics back.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from objectives._config import DataArgs, DistillArgs, StudentArgs, TeacherArgs, TrainArgs
-from objectives._data import Encoded, Task, collate, encode, load_task
+from objectives._data import Encoded, Rows, Task, collate, encode, load_task
 from objectives._losses import get_loss
 from objectives._metrics import PeakMemory, gflops, latency_ms, size_mb, throughput
 from objectives._models import (
@@ -72,41 +73,64 @@ def measure_cost(model: torch.nn.Module, work: Workload) -> dict[str, float]:
     }
 
 
+CostHook = Callable[[dict[str, float]], None]
+"""Called once with the cost metrics (latency, throughput, params, size, FLOPs) before training starts: they
+depend on the architecture only, so multi-objective pruning can compare trials on them early."""
+
+
+@dataclass
+class Stage:
+    """One training phase of a trial: data, settings, loss and (for distillation) the frozen teacher."""
+
+    data: Encoded
+    args: TrainArgs
+    loss_fn: Any
+    teacher: torch.nn.Module | None = None
+
+
 def _fit(
     model: torch.nn.Module,
     work: Workload,
-    args: TrainArgs,
+    stages: list[Stage],
     *,
-    loss_fn: Any,
     seed: int,
-    teacher: torch.nn.Module | None = None,
     report: Report | None = None,
+    on_cost: CostHook | None = None,
 ) -> dict[str, float]:
-    """Train ``model`` and return every metric of :data:`METRICS` plus ``val_loss`` and ``steps``."""
+    """Train ``model`` through ``stages`` and return every metric of :data:`METRICS` plus ``val_loss``, ``steps``.
+
+    Steps are numbered across stages, so reports of a later stage continue where the earlier one ended.
+    """
     model.to(work.device)
+    cost = measure_cost(model, work)
+    if on_cost is not None:
+        on_cost(cost)
     start = time.perf_counter()
+    done = 0
     with PeakMemory(work.device) as memory:
-        result = train(
-            model,
-            work.train,
-            work.validation,
-            args,
-            loss_fn=loss_fn,
-            num_labels=work.num_labels,
-            n_layers=num_layers(model),
-            seed=seed,
-            teacher=teacher,
-            report=report,
-        )
-    seconds = time.perf_counter() - start
+        for stage in stages:
+            offset = done
+            result = train(
+                model,
+                stage.data,
+                work.validation,
+                stage.args,
+                loss_fn=stage.loss_fn,
+                num_labels=work.num_labels,
+                n_layers=num_layers(model),
+                seed=seed,
+                teacher=stage.teacher,
+                report=None if report is None else (lambda step, value, o=offset: report(o + step, value)),
+            )
+            done += result.steps
     return {
         "accuracy": result.evaluation.accuracy,
         "f1": result.evaluation.f1,
         "val_loss": result.evaluation.loss,
-        "steps": float(result.steps),
-        "train_seconds": seconds,
+        "steps": float(done),
+        "train_seconds": time.perf_counter() - start,
         "peak_memory_mb": memory.peak_mb,
-        **measure_cost(model, work),
+        **cost,
     }
 
 
@@ -114,7 +138,7 @@ def finetune_teacher(work: Workload, args: TeacherArgs, seed: int, out_dir: Path
     """Fine-tune the base model on the task, save it (model and tokenizer) to ``out_dir``, return its metrics."""
     torch.manual_seed(seed)
     model = load_classifier(args.model, work.num_labels, args.train.dropout)
-    metrics = _fit(model, work, args.train, loss_fn=get_loss("ce"), seed=seed)
+    metrics = _fit(model, work, [Stage(work.train, args.train, get_loss("ce"))], seed=seed)
     model.save_pretrained(out_dir)
     work.tokenizer.save_pretrained(out_dir)
     return metrics
@@ -140,6 +164,7 @@ def run_finetune(
     args: TrainArgs,
     seed: int,
     report: Report | None = None,
+    on_cost: CostHook | None = None,
 ) -> dict[str, float]:
     """Objective ``finetune``: the student architecture, initialised from the base (pretrained, not fine-tuned)
     model, trained on hard labels with cross-entropy."""
@@ -148,7 +173,16 @@ def run_finetune(
     base = load_classifier(base_model, work.num_labels)
     model = build_student(base, student, args.dropout)
     del base
-    return _fit(model, work, args, loss_fn=get_loss("ce"), seed=seed, report=report)
+    return _fit(model, work, [Stage(work.train, args, get_loss("ce"))], seed=seed, report=report, on_cost=on_cost)
+
+
+def transfer_set(work: Workload, files: list[str], max_length: int) -> Encoded:
+    """Unlabelled texts for sequential distillation: the training texts and every line of ``files``."""
+    texts = list(work.task.train().texts)
+    for path in files:
+        texts += [line.strip() for line in Path(path).expanduser().read_text().splitlines() if line.strip()]
+    # Labels are placeholders: the KD-only loss (alpha = 1) never reads them.
+    return encode(work.tokenizer, Rows(texts, [0] * len(texts), work.task.rows.label_names), max_length)
 
 
 def run_distill(
@@ -159,11 +193,30 @@ def run_distill(
     distill: DistillArgs,
     seed: int,
     report: Report | None = None,
+    on_cost: CostHook | None = None,
 ) -> dict[str, float]:
-    """Objective ``distill`` (integrated): a student initialised from the fine-tuned teacher, trained with
-    alpha * T^2 * KL(teacher || student) + (1 - alpha) * CE against the frozen teacher."""
+    """Objective ``distill``: a student initialised from the fine-tuned teacher, then either
+
+    - ``integrated``: one run with alpha * T^2 * KL(teacher || student) + (1 - alpha) * CE, or
+    - ``sequential``: KD only (alpha = 1) on the transfer set for ``transfer_ratio`` of the step budget, then
+      fine-tuning on the labels with CE for the rest (the same total budget as integrated).
+    """
     torch.manual_seed(seed)
     teacher = load_teacher(teacher_dir, work.num_labels, work.device)
     model = build_student(teacher, student, args.dropout)
-    loss_fn = get_loss("kd", temperature=distill.temperature, alpha=distill.alpha)
-    return _fit(model, work, args, loss_fn=loss_fn, seed=seed, teacher=teacher, report=report)
+    if distill.approach == "integrated":
+        loss_fn = get_loss("kd", temperature=distill.temperature, alpha=distill.alpha)
+        stages = [Stage(work.train, args, loss_fn, teacher)]
+    else:
+        kd_steps = max(1, round(args.max_steps * distill.transfer_ratio))
+        transfer = transfer_set(work, distill.transfer_files, work.task.args.max_length)
+        stages = [
+            Stage(
+                transfer,
+                replace(args, max_steps=kd_steps, patience=None),
+                get_loss("kd", temperature=distill.temperature, alpha=1.0),
+                teacher,
+            ),
+            Stage(work.train, replace(args, max_steps=max(1, args.max_steps - kd_steps)), get_loss("ce")),
+        ]
+    return _fit(model, work, stages, seed=seed, report=report, on_cost=on_cost)
