@@ -74,7 +74,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     config, url = _load(args)
     stop = StopFlag()
     stop.install()
-    print(run(config, url, threads=args.threads, stop=stop))
+    print(run(config, url, threads=args.threads, stop=stop, progress=sys.stderr.isatty()))
     return 0
 
 
@@ -145,15 +145,72 @@ def _run_slot(args: argparse.Namespace, url: str) -> int:
         max_trials=args.n_trials,
         timeout=args.timeout,
         stop=stop,
+        # Bars only for one process writing to a terminal (slots started by hpo worker share their parent's).
+        progress=args.slot_gpu is None and sys.stderr.isatty(),
     )
     log.info("worker %d ran %d trials%s", os.getpid(), ran, " (stopped)" if stop.requested else "")
     return 0
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    import time
+
     from hpo._status import status
 
-    print(status(_storage_url(args.storage), args.study))
+    url = _storage_url(args.storage)
+    if args.watch is None:
+        print(status(url, args.study))
+        return 0
+    if args.watch <= 0:
+        raise ConfigError("--watch", f"must be > 0 seconds, got {args.watch}")
+    clear = "\033[H\033[2J" if sys.stdout.isatty() else ""
+    try:
+        while True:
+            text = status(url, args.study)
+            stamp = time.strftime("%H:%M:%S")
+            print(f"{clear}{text}\n\n(refreshed {stamp}, every {args.watch:g}s; Ctrl-C to stop)", flush=True)
+            time.sleep(args.watch)
+    except KeyboardInterrupt:
+        return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import optuna
+
+    from hpo._report import write_report
+    from storage import create_storage, redact_url, schema_exists
+
+    url = _storage_url(args.storage)
+    if not schema_exists(url):
+        raise ConfigError("--storage", f"{redact_url(url)} has no studies; run hpo create or hpo run first")
+    storage = create_storage(url, create_tables=False)
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+    if args.study not in names:
+        known = ", ".join(sorted(names)) or "none"
+        raise ConfigError("--study", f"no study named {args.study!r} in {redact_url(url)} (studies: {known})")
+    study = optuna.load_study(study_name=args.study, storage=storage)
+    report = write_report(study, Path(args.out), Path(args.png) if args.png else None)
+    shown = sum(f.figure is not None for f in report.figures)
+    print(f"{report.html}: {shown} figures ({report.html.stat().st_size / 2**20:.1f} MB, opens offline)")
+    for fig in report.figures:
+        if fig.figure is None:
+            print(f"  {fig.title}: {fig.missing}")
+    if report.pngs:
+        print(f"{len(report.pngs)} PNGs in {args.png}")
+    return 0
+
+
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    from hpo._dashboard import serve
+
+    if not 0 <= args.port <= 65535:
+        raise ConfigError("--port", f"must be 0-65535, got {args.port}")
+    try:
+        serve(_storage_url(args.storage), args.host, args.port)
+    except KeyboardInterrupt:
+        return 0
     return 0
 
 
@@ -196,7 +253,23 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="trial counts by state and the best values")
     status.add_argument("--storage", help="storage URL (default: HPO_STORAGE, then sqlite:///hpo.db)")
     status.add_argument("--study", help="study name (default: every study in the storage)")
+    status.add_argument(
+        "--watch", type=float, nargs="?", const=5.0, metavar="SECONDS", help="refresh every SECONDS (default 5)"
+    )
     status.set_defaults(func=_cmd_status)
+
+    report = sub.add_parser("report", help="write a self-contained HTML report of a study (plots and tables)")
+    report.add_argument("--storage", help="storage URL (default: HPO_STORAGE, then sqlite:///hpo.db)")
+    report.add_argument("--study", required=True, help="study name")
+    report.add_argument("--out", default="report.html", help="HTML file to write (default: report.html)")
+    report.add_argument("--png", metavar="DIR", help="also write each figure as a PNG here (needs the png extra)")
+    report.set_defaults(func=_cmd_report)
+
+    dashboard = sub.add_parser("dashboard", help="serve optuna-dashboard on the study storage")
+    dashboard.add_argument("--storage", help="storage URL (default: HPO_STORAGE, then sqlite:///hpo.db)")
+    dashboard.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine)")
+    dashboard.add_argument("--port", type=int, default=8080, help="port (default: 8080; 0 picks a free one)")
+    dashboard.set_defaults(func=_cmd_dashboard)
 
     validate = sub.add_parser("validate", help="check a config without running anything")
     validate.add_argument("config", help="YAML study config")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -11,6 +12,7 @@ import optuna
 import torch
 
 from hpo._config import Config
+from hpo._progress import Progress
 from hpo._runner import TrialRunner, describe
 from hpo._study import is_grid, load_study, open_study
 from hpo._table import results_table, state_counts
@@ -71,13 +73,18 @@ def work(
     max_trials: int | None = None,
     timeout: float | None = None,
     stop: StopFlag | None = None,
+    bars: Progress | None = None,
 ) -> int:
-    """Run trials of ``study`` in this process until its budget is spent; returns how many this process ran."""
+    """Run trials of ``study`` in this process until its budget is spent; returns how many this process ran.
+
+    With ``bars``, progress bars follow the study's finished trials and each trial's training steps.
+    """
     budget = Budget(
         n_trials=config.n_trials,
         grid=is_grid(config),
         max_trials=max_trials,
         deadline=None if timeout is None else time.monotonic() + timeout,
+        max_consecutive_failures=config.worker.max_consecutive_failures,
     )
 
     def progress(trial: optuna.trial.FrozenTrial) -> None:
@@ -85,11 +92,19 @@ def work(
             study._study_id, (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
         )
         log.info("[%s/%s] %s", finished, config.n_trials or "-", describe(trial, config.metric_names))
+        if bars is not None:
+            bars.finished(finished)
+
+    def objective(trial: optuna.Trial) -> list[float]:
+        if bars is None:
+            return runner(trial)
+        with bars.training(f"trial {trial.number}"):
+            return runner(trial)
 
     w = config.worker
     worker = Worker(
         study,
-        runner,
+        objective,
         budget,
         max_retries=w.max_retries,
         retry=Retry(w.storage_retries),
@@ -107,13 +122,35 @@ def create(config: Config, url: str) -> optuna.Study:
     return open_study(config, _storage(url, config, create_tables=True))
 
 
-def run(config: Config, url: str, threads: int | None = None, stop: StopFlag | None = None) -> str:
-    """``hpo run``: create or load the study, run its remaining budget here, return the results table."""
+def _bars(study: optuna.Study, config: Config, show: bool) -> Progress | None:
+    if not show:
+        return None
+    finished = study._storage.get_n_trials(
+        study._study_id, (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    )
+    return Progress(config.n_trials, finished)
+
+
+def _prepare_and_work(study: optuna.Study, config: Config, bars: Progress | None, attrs: Any = None, **kw: Any) -> int:
+    try:
+        with bars.training("teacher") if bars is not None else contextlib.nullcontext():
+            runner = prepare_runner(config, study, attrs)
+        return work(study, config, runner, bars=bars, **kw)
+    finally:
+        if bars is not None:
+            bars.close()
+
+
+def run(
+    config: Config, url: str, threads: int | None = None, stop: StopFlag | None = None, progress: bool = False
+) -> str:
+    """``hpo run``: create or load the study, run its remaining budget here, return the results table.
+
+    ``progress`` shows progress bars (for a terminal)."""
     # A fixed thread count keeps latency measurements comparable between trials.
     torch.set_num_threads(threads or os.cpu_count() or 1)
     study = create(config, url)
-    runner = prepare_runner(config, study)
-    if work(study, config, runner, timeout=config.timeout, stop=stop) == 0:
+    if _prepare_and_work(study, config, _bars(study, config, progress), timeout=config.timeout, stop=stop) == 0:
         log.info("study budget of %s trials already spent; showing results", config.n_trials)
     return f"study {config.name!r}: {state_counts(study)}\n\n{results_table(study)}"
 
@@ -127,8 +164,11 @@ def run_slot(
     max_trials: int | None,
     timeout: float | None,
     stop: StopFlag,
+    progress: bool = False,
 ) -> int:
-    """One ``hpo worker`` slot: load the study's stored config, then work. Returns trials run."""
+    """One ``hpo worker`` slot: load the study's stored config, then work. Returns trials run.
+
+    ``progress`` shows progress bars (for a terminal)."""
     torch.set_num_threads(threads)
     bootstrap = Config(name=study_name)
     if not Retry(bootstrap.worker.storage_retries)(schema_exists, url, what=f"connecting to {redact_url(url)}"):
@@ -144,7 +184,14 @@ def run_slot(
     )
     if gpu is not None:
         config.device = "cuda:0"  # CUDA_VISIBLE_DEVICES pins this process to its GPU
-    runner = prepare_runner(config, study, {"gpu": gpu if gpu is not None else "cpu"})
-    ran = work(study, config, runner, max_trials=max_trials, timeout=timeout, stop=stop)
+    ran = _prepare_and_work(
+        study,
+        config,
+        _bars(study, config, progress),
+        {"gpu": gpu if gpu is not None else "cpu"},
+        max_trials=max_trials,
+        timeout=timeout,
+        stop=stop,
+    )
     study._storage.remove_session()
     return ran

@@ -84,7 +84,7 @@ def test_distill_study_on_sqlite_end_to_end(tmp_path: Path, monkeypatch: pytest.
     assert "study 'e2e' exists with another config (seed: 0 -> 7)" in refused.stderr
 
     status = hpo("status", "--storage", url, cwd=tmp_path)
-    assert status.returncode == 0 and "study 'e2e': COMPLETE 2" in status.stdout and "best: trial" in status.stdout
+    assert status.returncode == 0 and "study 'e2e': COMPLETE 2" in status.stdout and "\n  best " in status.stdout
 
     # Re-running a finished trial's parameters with its recorded seed reproduces its metrics on CPU.
     monkeypatch.chdir(tmp_path)  # the teacher artifact lives under ./hpo-artifacts
