@@ -152,6 +152,66 @@ def _run_slot(args: argparse.Namespace, url: str) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from hpo._constraints import parse_constraint
+    from hpo._export import export, front_table
+    from hpo._study import load_study
+    from objectives import METRICS
+    from storage import create_storage
+
+    for flag, metric in (("--objective", args.objective), ("--prefer", args.prefer)):
+        if metric is not None and metric not in METRICS:
+            raise ConfigError(flag, f"unknown metric {metric!r}; valid: {', '.join(METRICS)}")
+    if args.objective is not None and (args.pick or args.prefer):
+        raise ConfigError("--objective", "choose either --objective METRIC or --pick ... --prefer METRIC, not both")
+    picks = [parse_constraint(text, "--pick") for text in args.pick]
+    study, _ = load_study(create_storage(_storage_url(args.storage), create_tables=False), args.study)
+    if args.list:
+        print(front_table(study, picks))
+    if args.out is None:
+        if not args.list:
+            raise ConfigError("--out", "is required (the YAML file to write), unless only --list is wanted")
+        return 0
+    if args.objective is None and not args.pick and args.prefer is None:
+        raise ConfigError(
+            "--objective", "say what to pick: --objective METRIC, or --pick 'METRIC <= X' --prefer METRIC"
+        )
+    if args.steps_factor <= 0:
+        raise ConfigError("--steps-factor", f"must be > 0, got {args.steps_factor}")
+    trial, job = export(
+        study,
+        Path(args.out),
+        objective=args.objective,
+        picks=picks,
+        prefer=args.prefer,
+        steps_factor=args.steps_factor,
+        patience=args.patience,
+    )
+    shown = ", ".join(
+        f"{k}={v:.4g}" for k, v in job.source.metrics.items() if k in ("accuracy", "f1", "latency_ms", "size_mb")
+    )
+    print(
+        f"trial {trial.number} ({shown}) -> {args.out}: {job.train.max_steps} steps; run: hpo train {args.out} --out DIR"
+    )
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from hpo._config import load_job
+    from hpo._training import train_job
+
+    job = load_job(args.job)
+    result = train_job(job, Path(args.out), threads=args.threads)
+    print(f"{args.out}: model, tokenizer, metrics.json and README.md (model card)")
+    print(Path(args.out, "README.md").read_text().split("```")[1].strip())
+    print(result["student"], "on the test split:", f"accuracy {result['test'][result['student']]['accuracy']:.4f}")
+    return 0
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     import time
 
@@ -271,6 +331,24 @@ def _parser() -> argparse.ArgumentParser:
     dashboard.add_argument("--port", type=int, default=8080, help="port (default: 8080; 0 picks a free one)")
     dashboard.set_defaults(func=_cmd_dashboard)
 
+    export = sub.add_parser("export", help="write a trial as a full-training job for hpo train")
+    export.add_argument("--storage", help="storage URL (default: HPO_STORAGE, then sqlite:///hpo.db)")
+    export.add_argument("--study", required=True, help="study name")
+    export.add_argument("--out", help="YAML file to write")
+    export.add_argument("--objective", help="pick the best trial by this metric, e.g. accuracy")
+    export.add_argument("--pick", action="append", default=[], help="a bound, e.g. 'latency_ms <= 3' (repeatable)")
+    export.add_argument("--prefer", help="among feasible Pareto points, the best by this metric")
+    export.add_argument("--list", action="store_true", help="print the Pareto front first")
+    export.add_argument("--steps-factor", type=float, default=4.0, help="full training steps / trial steps (4)")
+    export.add_argument("--patience", type=int, default=3, help="early stopping: validations without improvement")
+    export.set_defaults(func=_cmd_export)
+
+    train = sub.add_parser("train", help="full training of an exported job: model dir, metrics.json, model card")
+    train.add_argument("job", help="YAML job written by hpo export")
+    train.add_argument("--out", required=True, help="output model directory")
+    train.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
+    train.set_defaults(func=_cmd_train)
+
     validate = sub.add_parser("validate", help="check a config without running anything")
     validate.add_argument("config", help="YAML study config")
     validate.set_defaults(func=_cmd_validate)
@@ -292,10 +370,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         from sqlalchemy.exc import SQLAlchemyError
 
-        from hpo._worker import StorageUnavailable
+        from hpo._worker import StorageUnavailable, TooManyFailures
 
         if isinstance(exc, StorageUnavailable):
             print(f"hpo: error: --storage: {exc}", file=sys.stderr)
+            return 1
+        if isinstance(exc, TooManyFailures):
+            print(f"hpo: error: {exc}", file=sys.stderr)
             return 1
         if not isinstance(exc, SQLAlchemyError):
             raise

@@ -177,6 +177,70 @@ class Config:
         return len(self.directions) > 1
 
 
+@dataclass
+class SourceArgs:
+    """Where an exported configuration came from."""
+
+    study: str = ""
+    """Study name."""
+    trial: int | None = None
+    """Trial number in that study."""
+    params: dict[str, Any] = field(default_factory=dict)
+    """The trial's searched parameters (already applied to the sections of the job)."""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    """The trial's validation metrics."""
+
+
+@dataclass
+class TrainJob:
+    """A full training run: ``hpo export`` writes it from a trial, ``hpo train`` runs it.
+
+    Besides the chosen student it trains the same student without the teacher, and evaluates both and the teacher
+    on the held-out test split for the model card.
+    """
+
+    name: str = ""
+    """Name of the trained model (used in the model card)."""
+    objective: Literal["finetune", "distill"] = "distill"
+    """How the student learns: from the teacher (``distill``) or from labels only (``finetune``)."""
+    seed: int = 0
+    """Seed of the run (the source trial's seed, so full training starts where the trial did)."""
+    device: str = "auto"
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``."""
+    teacher_path: str | None = None
+    """The study's fine-tuned teacher (a model directory); fine-tuned again from ``teacher`` when missing."""
+    data: DataArgs = field(default_factory=DataArgs)
+    """The data and its fixed splits (the same split seed as the study)."""
+    teacher: TeacherArgs = field(default_factory=TeacherArgs)
+    """The base model and how it was fine-tuned into the teacher."""
+    student: StudentArgs = field(default_factory=StudentArgs)
+    """The student architecture."""
+    train: TrainArgs = field(default_factory=TrainArgs)
+    """Full-training settings: more steps, early stopping on validation loss, best checkpoint kept."""
+    distill: DistillArgs = field(default_factory=DistillArgs)
+    """Distillation settings."""
+    source: SourceArgs = field(default_factory=SourceArgs)
+    """The study and trial this job was exported from."""
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ConfigError("name", "is required: the model's name, e.g. name: movie-student")
+        if self.objective not in ("finetune", "distill"):
+            raise ConfigError("objective", f"must be finetune or distill, got {self.objective!r}")
+        if self.device != "auto" and self.device != "cpu" and not self.device.startswith("cuda"):
+            raise ConfigError("device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+
+
+def load_job(path: str | Path) -> TrainJob:
+    """Read and validate a full-training YAML file (as written by ``hpo export``)."""
+    return build(TrainJob, _read_yaml(path))
+
+
+def dump_job(job: TrainJob) -> str:
+    """``job`` as YAML that :func:`load_job` reads back to an equal job."""
+    return yaml.safe_dump(dataclasses.asdict(job), sort_keys=False)
+
+
 def _check_searchable(config: Config, name: str, spec: ParamSpec) -> None:
     section, _, key = name.partition(".")
     if section not in SEARCHABLE_SECTIONS or not key:
@@ -287,6 +351,10 @@ def config_from_dict(data: Any) -> Config:
 
 def load_config(path: str | Path) -> Config:
     """Read and validate a YAML config file (``yaml.safe_load``)."""
+    return config_from_dict(_read_yaml(path))
+
+
+def _read_yaml(path: str | Path) -> Any:
     try:
         text = Path(path).read_text()
     except OSError as exc:
@@ -297,7 +365,7 @@ def load_config(path: str | Path) -> Config:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError("CONFIG", f"{path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
-    return config_from_dict(data)
+    return data
 
 
 def config_to_dict(config: Config) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import importlib
 from typing import Any
 
 from objectives._config import (
+    HIGHER_IS_BETTER,
     METRICS,
     ConfigError,
     DataArgs,
@@ -31,6 +32,10 @@ _LAZY = {
     "NonFiniteLoss": "objectives._train",
     "report_steps": "objectives._train",
     "run_synthetic": "objectives._synthetic",
+    "distill_student": "objectives._trial",
+    "finetune_student": "objectives._trial",
+    "load_teacher": "objectives._trial",
+    "heldout_metrics": "objectives._trial",
 }
 
 
@@ -42,6 +47,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "DATASETS",
+    "HIGHER_IS_BETTER",
     "METRICS",
     "MODELS",
     "ConfigError",
@@ -56,10 +62,13 @@ __all__ = [
     "TrainArgs",
     "Workload",
     "build_student",
+    "distill_student",
+    "finetune_student",
     "finetune_teacher",
     "load_classifier",
     "load_rows",
     "load_task",
+    "load_teacher",
     "measure_cost",
     "prepare_workload",
     "report_steps",
@@ -68,4 +77,5 @@ __all__ = [
     "run_finetune",
     "run_synthetic",
     "student_layers",
+    "heldout_metrics",
 ]

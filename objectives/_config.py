@@ -26,6 +26,9 @@ METRICS = (
 """Metrics every finished trial records as user attributes (and the teacher baseline too); objectives are chosen
 from these names."""
 
+HIGHER_IS_BETTER = frozenset({"accuracy", "f1", "throughput"})
+"""Metrics where more is better; for every other metric of :data:`METRICS` less is better."""
+
 
 class ConfigError(ValueError):
     """A config value is wrong. ``key`` is the dotted path of the field, the message says how to fix it."""

@@ -26,7 +26,7 @@ from objectives._models import (
     num_layers,
     quiet_transformers,
 )
-from objectives._train import Report, train
+from objectives._train import Report, evaluate, train
 
 
 @dataclass
@@ -157,6 +157,26 @@ def load_teacher(path: Path, num_labels: int, device: torch.device) -> torch.nn.
     return _TEACHERS[key]
 
 
+def finetune_student(
+    work: Workload,
+    base_model: str,
+    student: StudentArgs,
+    args: TrainArgs,
+    seed: int,
+    report: Report | None = None,
+    on_cost: CostHook | None = None,
+) -> tuple[torch.nn.Module, dict[str, float]]:
+    """The student architecture, initialised from the base (pretrained, not fine-tuned) model, trained on hard
+    labels with cross-entropy; returns the trained model and its metrics."""
+    torch.manual_seed(seed)
+    quiet_transformers()
+    base = load_classifier(base_model, work.num_labels)
+    model = build_student(base, student, args.dropout)
+    del base
+    stages = [Stage(work.train, args, get_loss("ce"))]
+    return model, _fit(model, work, stages, seed=seed, report=report, on_cost=on_cost)
+
+
 def run_finetune(
     work: Workload,
     base_model: str,
@@ -166,14 +186,8 @@ def run_finetune(
     report: Report | None = None,
     on_cost: CostHook | None = None,
 ) -> dict[str, float]:
-    """Objective ``finetune``: the student architecture, initialised from the base (pretrained, not fine-tuned)
-    model, trained on hard labels with cross-entropy."""
-    torch.manual_seed(seed)
-    quiet_transformers()
-    base = load_classifier(base_model, work.num_labels)
-    model = build_student(base, student, args.dropout)
-    del base
-    return _fit(model, work, [Stage(work.train, args, get_loss("ce"))], seed=seed, report=report, on_cost=on_cost)
+    """Objective ``finetune``: :func:`finetune_student`, keeping only the metrics."""
+    return finetune_student(work, base_model, student, args, seed, report, on_cost)[1]
 
 
 def transfer_set(work: Workload, files: list[str], max_length: int) -> Encoded:
@@ -185,7 +199,7 @@ def transfer_set(work: Workload, files: list[str], max_length: int) -> Encoded:
     return encode(work.tokenizer, Rows(texts, [0] * len(texts), work.task.rows.label_names), max_length)
 
 
-def run_distill(
+def distill_student(
     work: Workload,
     teacher_dir: Path,
     student: StudentArgs,
@@ -194,12 +208,14 @@ def run_distill(
     seed: int,
     report: Report | None = None,
     on_cost: CostHook | None = None,
-) -> dict[str, float]:
-    """Objective ``distill``: a student initialised from the fine-tuned teacher, then either
+) -> tuple[torch.nn.Module, dict[str, float]]:
+    """A student initialised from the fine-tuned teacher, then either
 
     - ``integrated``: one run with alpha * T^2 * KL(teacher || student) + (1 - alpha) * CE, or
     - ``sequential``: KD only (alpha = 1) on the transfer set for ``transfer_ratio`` of the step budget, then
       fine-tuning on the labels with CE for the rest (the same total budget as integrated).
+
+    Returns the trained model and its metrics.
     """
     torch.manual_seed(seed)
     teacher = load_teacher(teacher_dir, work.num_labels, work.device)
@@ -219,4 +235,26 @@ def run_distill(
             ),
             Stage(work.train, replace(args, max_steps=max(1, args.max_steps - kd_steps)), get_loss("ce")),
         ]
-    return _fit(model, work, stages, seed=seed, report=report, on_cost=on_cost)
+    return model, _fit(model, work, stages, seed=seed, report=report, on_cost=on_cost)
+
+
+def run_distill(
+    work: Workload,
+    teacher_dir: Path,
+    student: StudentArgs,
+    args: TrainArgs,
+    distill: DistillArgs,
+    seed: int,
+    report: Report | None = None,
+    on_cost: CostHook | None = None,
+) -> dict[str, float]:
+    """Objective ``distill``: :func:`distill_student`, keeping only the metrics."""
+    return distill_student(work, teacher_dir, student, args, distill, seed, report, on_cost)[1]
+
+
+def heldout_metrics(model: torch.nn.Module, work: Workload) -> dict[str, float]:
+    """Quality on the held-out test split and cost, for full-training reports (never called by a trial)."""
+    test = encode(work.tokenizer, work.task.test(), work.task.args.max_length)
+    model.to(work.device)
+    evaluation = evaluate(model, test, 128, work.num_labels)
+    return {"accuracy": evaluation.accuracy, "f1": evaluation.f1, "loss": evaluation.loss, **measure_cost(model, work)}

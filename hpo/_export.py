@@ -1,0 +1,145 @@
+"""``hpo export``: choose a trial (best by one metric, or the best feasible Pareto point by a preference) and write
+it as a full-training job for ``hpo train``."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from hpo._config import SourceArgs, TrainJob, apply_params, dump_job
+from hpo._constraints import Constraint
+from hpo._study import load_study
+from hpo._table import render
+from hpo._teacher import TEACHER_ATTR
+from objectives import HIGHER_IS_BETTER, METRICS, ConfigError
+
+EXPORT_ATTR = "export"
+"""Study user attribute recording the last export: the trial number, the pick and the output path."""
+
+
+def _better(metric: str, a: float, b: float) -> bool:
+    return a > b if metric in HIGHER_IS_BETTER else a < b
+
+
+def _key(metric: str, trial: FrozenTrial) -> float:
+    value = trial.user_attrs[metric]
+    return -value if metric in HIGHER_IS_BETTER else value
+
+
+def _dominates(a: FrozenTrial, b: FrozenTrial, metrics: list[str]) -> bool:
+    av, bv = [a.user_attrs[m] for m in metrics], [b.user_attrs[m] for m in metrics]
+    no_worse = all(not _better(m, y, x) for m, x, y in zip(metrics, av, bv, strict=True))
+    return no_worse and any(_better(m, x, y) for m, x, y in zip(metrics, av, bv, strict=True))
+
+
+def pareto_front(trials: list[FrozenTrial], metrics: list[str]) -> list[FrozenTrial]:
+    """Trials no other trial dominates on ``metrics``."""
+    return [t for t in trials if not any(_dominates(o, t, metrics) for o in trials if o is not t)]
+
+
+def complete_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Finished trials that carry every metric."""
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return [t for t in done if all(m in t.user_attrs for m in METRICS)]
+
+
+def pick_trial(
+    study: optuna.Study,
+    *,
+    objective: str | None = None,
+    picks: list[Constraint] | None = None,
+    prefer: str | None = None,
+) -> FrozenTrial:
+    """The best trial by ``objective``; or among trials meeting every pick, the Pareto-optimal ones (on the study's
+    objectives), and of those the best by ``prefer``. Raises ConfigError listing the closest points if none fits."""
+    trials = complete_trials(study)
+    if not trials:
+        raise ConfigError("--study", f"study {study.study_name!r} has no completed trials yet")
+    if objective is not None:
+        return min(trials, key=lambda t: _key(objective, t))
+    picks = picks or []
+    feasible = [t for t in trials if all(c.violation(t.user_attrs[c.metric]) <= 0 for c in picks)]
+    if not feasible:
+        closest = sorted(trials, key=lambda t: sum(max(0.0, c.violation(t.user_attrs[c.metric])) for c in picks))
+        shown = "; ".join(
+            f"trial {t.number}: " + ", ".join(f"{c.metric}={t.user_attrs[c.metric]:.4g}" for c in picks)
+            for t in closest[:3]
+        )
+        wanted = " and ".join(str(c) for c in picks)
+        raise ConfigError("--pick", f"no completed trial has {wanted}; closest: {shown}")
+    metrics = study.metric_names or ["accuracy"]
+    front = pareto_front(feasible, metrics)
+    return min(front, key=lambda t: _key(prefer or metrics[0], t))
+
+
+def front_table(study: optuna.Study, picks: list[Constraint] | None = None) -> str:
+    """The Pareto front of the completed trials as a table, with a feasibility column for ``picks``."""
+    metrics = study.metric_names or ["accuracy"]
+    front = sorted(pareto_front(complete_trials(study), metrics), key=lambda t: t.number)
+    extra = [m for m in ("accuracy", "f1", "latency_ms", "size_mb", "params") if m not in metrics]
+    header = ["trial", *metrics, *extra, "feasible" if picks else "", "searched parameters"]
+    rows = []
+    for t in front:
+        ok = all(c.violation(t.user_attrs[c.metric]) <= 0 for c in picks or [])
+        params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items())
+        values = [f"{t.user_attrs[m]:.4g}" for m in (*metrics, *extra)]
+        rows.append([str(t.number), *values, ("yes" if ok else "no") if picks else "", params])
+    return render(header, rows)
+
+
+def build_job(study: optuna.Study, trial: FrozenTrial, *, steps_factor: float, patience: int) -> TrainJob:
+    """The full-training job of ``trial``: its parameters applied to the study config, the whole training split,
+    ``steps_factor`` times the trial's steps, early stopping on validation loss with the best checkpoint kept."""
+    _, config = load_study(study._storage, study.study_name)
+    if config.objective == "synthetic":
+        raise ConfigError("--study", "a synthetic study has nothing to train; export from a finetune or distill study")
+    chosen = apply_params(config, trial.params)
+    steps = max(1, round(chosen.train.max_steps * steps_factor))
+    train = dataclasses.replace(chosen.train, max_steps=steps, patience=patience, eval_every=max(1, steps // 10))
+    data = dataclasses.replace(chosen.data, max_train_rows=None, max_val_rows=None)
+    teacher = study.user_attrs.get(TEACHER_ATTR, {})
+    metrics = {m: trial.user_attrs[m] for m in (*METRICS, "val_loss") if m in trial.user_attrs}
+    return TrainJob(
+        name=f"{study.study_name}-trial-{trial.number}",
+        objective=chosen.objective,
+        seed=trial.user_attrs.get("seed", config.seed),
+        device=config.device,
+        teacher_path=teacher.get("path") if chosen.objective == "distill" else None,
+        data=data,
+        teacher=chosen.teacher,
+        student=chosen.student,
+        train=train,
+        distill=chosen.distill,
+        source=SourceArgs(study=study.study_name, trial=trial.number, params=dict(trial.params), metrics=metrics),
+    )
+
+
+def export(
+    study: optuna.Study,
+    out: Path,
+    *,
+    objective: str | None,
+    picks: list[Constraint],
+    prefer: str | None,
+    steps_factor: float = 4.0,
+    patience: int = 3,
+) -> tuple[FrozenTrial, TrainJob]:
+    """Pick a trial, write its job to ``out`` and record the export on the study."""
+    trial = pick_trial(study, objective=objective, picks=picks, prefer=prefer)
+    job = build_job(study, trial, steps_factor=steps_factor, patience=patience)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(dump_job(job))
+    study.set_user_attr(
+        EXPORT_ATTR,
+        {
+            "trial": trial.number,
+            "out": str(out),
+            "objective": objective,
+            "pick": [str(c) for c in picks],
+            "prefer": prefer,
+        },
+    )
+    return trial, job

@@ -1,0 +1,225 @@
+"""Picking, exporting and fully training a trial; multi-objective pruning; the test split stays unread."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+import yaml
+from optuna.distributions import FloatDistribution
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from hpo import config_from_dict
+from hpo._constraints import parse_constraint
+from hpo._export import pick_trial
+from hpo._pareto_pruner import rung_attr
+from hpo._run import run
+from hpo._study import open_study
+from objectives import METRICS, ConfigError
+from objectives._data import Task
+from tests.conftest import tiny_config
+
+
+def _metrics(accuracy: float, latency: float, size: float) -> dict[str, float]:
+    base = dict.fromkeys(METRICS, 1.0)
+    return {**base, "accuracy": accuracy, "f1": accuracy - 0.01, "latency_ms": latency, "size_mb": size}
+
+
+@pytest.fixture
+def prepared(tmp_path: Path) -> optuna.Study:
+    """A multi-objective study (accuracy up, latency down) with hand-made trials."""
+    config = config_from_dict(
+        {
+            "name": "prepared",
+            "objective": "synthetic",
+            "directions": {"accuracy": "maximize", "latency_ms": "minimize"},
+            "pruner": {"name": "none"},
+            "search_space": {"train.lr": {"type": "float", "low": 1e-5, "high": 1e-3}},
+        }
+    )
+    study = open_study(config, f"sqlite:///{tmp_path}/p.db")
+    rows = [(0.90, 5.0, 60.0), (0.85, 2.5, 50.0), (0.80, 1.5, 40.0), (0.84, 2.9, 30.0), (0.95, 9.0, 90.0)]
+    for accuracy, latency, size in rows:
+        study.add_trial(
+            optuna.trial.create_trial(
+                values=[accuracy, latency],
+                params={"train.lr": 1e-4},
+                distributions={"train.lr": FloatDistribution(1e-5, 1e-3)},
+                user_attrs=_metrics(accuracy, latency, size),
+            )
+        )
+    return study
+
+
+def test_pick_under_constraints_chooses_the_right_trial(prepared: optuna.Study) -> None:
+    pick = parse_constraint("latency_ms <= 3", "--pick")
+    assert pick_trial(prepared, picks=[pick], prefer="accuracy").number == 1
+    assert pick_trial(prepared, picks=[pick], prefer="latency_ms").number == 2
+    assert pick_trial(prepared, objective="accuracy").number == 4
+    assert pick_trial(prepared, objective="latency_ms").number == 2
+    # trial 3 is dominated on the study's objectives, but it is the only one small enough
+    assert pick_trial(prepared, picks=[parse_constraint("size_mb <= 35", "--pick")], prefer="accuracy").number == 3
+    with pytest.raises(
+        ConfigError, match=r"--pick: no completed trial has latency_ms <= 1; closest: trial 2: latency_ms=1\.5"
+    ):
+        pick_trial(prepared, picks=[parse_constraint("latency_ms <= 1", "--pick")], prefer="accuracy")
+
+
+def test_bad_pick_expressions() -> None:
+    with pytest.raises(ConfigError, match="--pick: expected 'METRIC <= NUMBER'"):
+        parse_constraint("latency < 3", "--pick")
+    with pytest.raises(ConfigError, match="--pick: unknown metric 'latency'"):
+        parse_constraint("latency <= 3", "--pick")
+
+
+def _pareto_config(name: str, **pruner: int) -> dict:
+    config = tiny_config(
+        name,
+        n_trials=40,
+        objective="synthetic",
+        directions={"accuracy": "maximize", "latency_ms": "minimize"},
+        sampler={"name": "random"},
+        pruner={"name": "pareto", "options": {"min_resource": 2, "reduction_factor": 2, **pruner}},
+        synthetic={"steps": 8},
+    )
+    config["search_space"] = {
+        "train.lr": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True},
+        "distill.temperature": {"type": "float", "low": 1.0, "high": 8.0},
+    }
+    return config
+
+
+def test_pareto_pruner_prunes_only_dominated_trials_and_spares_fast_ones(tmp_path: Path) -> None:
+    config = config_from_dict(_pareto_config("mo", min_trials=3, min_dominating=2))
+    run(config, f"sqlite:///{tmp_path}/mo.db")
+    study = optuna.load_study(study_name="mo", storage=f"sqlite:///{tmp_path}/mo.db")
+    trials = study.trials
+    pruned = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert 5 <= len(pruned) < len(trials)
+    for t in pruned:
+        rung = max(int(k.split("_")[1]) for k in t.user_attrs if k.startswith("rung_"))
+        key = rung_attr(rung)
+        peers = [o for o in trials if o.number < t.number and key in o.user_attrs]
+        dominating = [
+            o
+            for o in peers
+            if o.user_attrs[key] >= t.user_attrs[key]
+            and o.user_attrs["latency_ms"] <= t.user_attrs["latency_ms"]
+            and (o.user_attrs[key] > t.user_attrs[key] or o.user_attrs["latency_ms"] < t.user_attrs["latency_ms"])
+        ]
+        assert len(peers) >= 3 and len(dominating) >= 2, t.number
+        assert any(k.startswith("val_accuracy_step_") for k in t.user_attrs)  # its curve is stored
+    fastest = min(trials, key=lambda t: t.user_attrs["latency_ms"])
+    assert fastest.state == optuna.trial.TrialState.COMPLETE  # nothing is faster, so nothing can dominate it
+
+
+def test_real_multi_objective_trial_is_pruned_with_its_curve_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    raw = tiny_config(
+        "mo-real",
+        n_trials=2,
+        directions={"accuracy": "maximize", "size_mb": "minimize"},
+        pruner={"name": "pareto", "options": {"min_resource": 2, "min_trials": 1, "min_dominating": 1}},
+        search_space={"distill.temperature": {"type": "float", "low": 1.0, "high": 4.0}},
+    )
+    url = f"sqlite:///{tmp_path}/s.db"
+    config = config_from_dict(raw)
+    study = open_study(config, url)
+    # A finished peer that reached rung 0 with perfect accuracy and a tiny size dominates any real student there.
+    study.add_trial(
+        optuna.trial.create_trial(
+            values=[1.0, 1.0],
+            params={"distill.temperature": 2.0},
+            distributions={"distill.temperature": FloatDistribution(1.0, 4.0)},
+            user_attrs={**_metrics(1.0, 1.0, 1.0), rung_attr(0): 1.0},
+        )
+    )
+    run(config, url)
+    real = optuna.load_study(study_name="mo-real", storage=url).trials[1]
+    assert real.state == optuna.trial.TrialState.PRUNED
+    assert rung_attr(0) in real.user_attrs and "val_accuracy_step_2" in real.user_attrs
+    assert real.user_attrs["size_mb"] > 1  # cost was recorded before training
+
+
+def hpo(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "hpo._cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900
+    )
+
+
+def test_study_export_and_full_training_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    url = f"sqlite:///{tmp_path}/s.db"
+    raw = tiny_config("roundtrip", n_trials=2, sampler={"name": "grid"})
+    raw["search_space"] = {"distill.approach": {"type": "categorical", "choices": ["integrated", "sequential"]}}
+    raw["distill"] = {"transfer_ratio": 0.5}
+
+    # The study never reads the test split: make reading it an error while the study runs.
+    def forbidden(self: Task) -> None:
+        raise AssertionError("the test split was read during the study")
+
+    monkeypatch.setattr(Task, "test", forbidden)
+    run(config_from_dict(raw), url)
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    trials = optuna.load_study(study_name="roundtrip", storage=url).trials
+    assert {t.params["distill.approach"]: t.state.name for t in trials} == {
+        "integrated": "COMPLETE",
+        "sequential": "COMPLETE",
+    }
+    sequential = next(t for t in trials if t.params["distill.approach"] == "sequential")
+    assert max(sequential.intermediate_values) == 4  # both stages: KD steps then label steps, numbered on
+
+    listed = hpo("export", "--storage", url, "--study", "roundtrip", "--list", cwd=tmp_path)
+    assert listed.returncode == 0 and "searched parameters" in listed.stdout
+    for trial in trials:
+        job_path = tmp_path / f"job-{trial.number}.yaml"
+        exported = hpo(
+            "export", "--storage", url, "--study", "roundtrip", "--out", str(job_path),
+            "--pick", "accuracy >= 0", "--prefer", "accuracy", "--steps-factor", "1.5", cwd=tmp_path,
+        )  # fmt: skip
+        assert exported.returncode == 0, exported.stderr
+        job = yaml.safe_load(job_path.read_text())
+        job["source"]["trial"] = trial.number  # train each approach: point the job at this trial's parameters
+        job["distill"]["approach"] = trial.params["distill.approach"]
+        job["train"]["eval_every"] = 3
+        job_path.write_text(yaml.safe_dump(job))
+        assert (
+            job["data"]["max_train_rows"] is None and job["train"]["max_steps"] == 6 and job["train"]["patience"] == 3
+        )
+        assert Path(job["teacher_path"]).is_dir() and job["source"]["study"] == "roundtrip"
+
+        out = tmp_path / f"model-{trial.number}"
+        trained = hpo("train", str(job_path), "--out", str(out), cwd=tmp_path)
+        assert trained.returncode == 0, trained.stderr[-3000:]
+        assert "validation accuracy" in trained.stderr  # progress during training
+        metrics = json.loads((out / "metrics.json").read_text())
+        rows = metrics["test"]
+        assert set(rows) == {"teacher", "distilled student", "student without teacher"}
+        for row in rows.values():
+            assert {"accuracy", "f1", "latency_ms", "latency_ms_p95", "throughput", "params", "size_mb"} <= set(row)
+        assert rows["distilled student"]["params"] < rows["teacher"]["params"]
+        card = (out / "README.md").read_text()
+        for name in rows:
+            assert name in card
+        assert "of the teacher's test accuracy" in card and "x its speed" in card and "smaller" in card
+
+        model = AutoModelForSequenceClassification.from_pretrained(out)
+        tokenizer = AutoTokenizer.from_pretrained(out)
+        with torch.no_grad():
+            logits = model(
+                **tokenizer(["a gorgeous, moving film", "a dull mess"], return_tensors="pt", padding=True)
+            ).logits
+        assert logits.shape == (2, 2)
+        assert model.config.id2label == {0: "negative", 1: "positive"}
+    study = optuna.load_study(study_name="roundtrip", storage=url)
+    assert study.user_attrs["export"]["prefer"] == "accuracy"
