@@ -65,6 +65,7 @@ __all__ = [
     "distill_student",
     "finetune_student",
     "finetune_teacher",
+    "heldout_metrics",
     "load_classifier",
     "load_rows",
     "load_task",
@@ -77,5 +78,4 @@ __all__ = [
     "run_finetune",
     "run_synthetic",
     "student_layers",
-    "heldout_metrics",
 ]
