@@ -216,8 +216,11 @@ def _cmd_status(args: argparse.Namespace) -> int:
     import time
 
     from hpo._status import status
+    from storage import redact_url, schema_exists
 
     url = _storage_url(args.storage)
+    if not schema_exists(url):
+        raise ConfigError("--storage", f"{redact_url(url)} has no studies; run hpo create or hpo run first")
     if args.watch is None:
         print(status(url, args.study))
         return 0

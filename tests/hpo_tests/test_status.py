@@ -76,3 +76,7 @@ def test_watch_refreshes_until_interrupted_and_rejects_a_bad_interval(tmp_path: 
 
     bad = hpo("status", "--storage", url, "--watch", "0", cwd=tmp_path)
     assert bad.returncode == 2 and bad.stderr.strip() == "hpo: error: --watch: must be > 0 seconds, got 0.0"
+    empty = f"sqlite:///{tmp_path / 'empty.db'}"
+    none = hpo("status", "--storage", empty, cwd=tmp_path)
+    assert none.returncode == 2
+    assert none.stderr.strip() == f"hpo: error: --storage: {empty} has no studies; run hpo create or hpo run first"
