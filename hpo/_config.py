@@ -157,8 +157,7 @@ class Config:
             raise ConfigError("n_trials", "is null and so is timeout: set one so the study ends")
         if self.timeout is not None and self.timeout <= 0:
             raise ConfigError("timeout", f"must be > 0 seconds or null, got {self.timeout}")
-        if self.device != "auto" and self.device != "cpu" and not self.device.startswith("cuda"):
-            raise ConfigError("device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        _check_device(self.device)
         for name, spec in self.search_space.items():
             _check_searchable(self, name, spec)
         for metric, expr in self.constraints.items():
@@ -227,8 +226,7 @@ class TrainJob:
             raise ConfigError("name", "is required: the model's name, e.g. name: movie-student")
         if self.objective not in ("finetune", "distill"):
             raise ConfigError("objective", f"must be finetune or distill, got {self.objective!r}")
-        if self.device != "auto" and self.device != "cpu" and not self.device.startswith("cuda"):
-            raise ConfigError("device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        _check_device(self.device)
 
 
 def load_job(path: str | Path) -> TrainJob:
@@ -239,6 +237,11 @@ def load_job(path: str | Path) -> TrainJob:
 def dump_job(job: TrainJob) -> str:
     """``job`` as YAML that :func:`load_job` reads back to an equal job."""
     return yaml.safe_dump(dataclasses.asdict(job), sort_keys=False)
+
+
+def _check_device(device: str) -> None:
+    if device not in ("auto", "cpu") and not device.startswith("cuda"):
+        raise ConfigError("device", f"must be auto, cpu, cuda or cuda:N, got {device!r}")
 
 
 def _check_searchable(config: Config, name: str, spec: ParamSpec) -> None:

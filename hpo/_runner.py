@@ -22,7 +22,7 @@ from hpo._pareto_pruner import ParetoRungPruner
 from hpo._pruners import make_pruner
 from hpo._search_space import suggest_params
 from hpo._worker import FAIL_REASON
-from objectives import METRICS, NonFiniteLoss, Workload, run_distill, run_finetune, run_synthetic
+from objectives import METRICS, NonFiniteLoss, Workload, distill_student, finetune_student, run_synthetic
 from storage import is_storage_error
 
 
@@ -106,8 +106,10 @@ class TrialRunner:
         if config.objective == "distill":
             assert self.teacher_dir is not None
             d = config.distill
-            return run_distill(self.work, self.teacher_dir, config.student, config.train, d, seed, report, on_cost)
-        return run_finetune(self.work, config.teacher.model, config.student, config.train, seed, report, on_cost)
+            return distill_student(self.work, self.teacher_dir, config.student, config.train, d, seed, report, on_cost)[
+                1
+            ]
+        return finetune_student(self.work, config.teacher.model, config.student, config.train, seed, report, on_cost)[1]
 
     def __call__(self, trial: optuna.Trial) -> list[float]:
         self._constrained: set[str] = set()  # constraints this trial has set (Optuna keeps the first value)

@@ -80,6 +80,8 @@ def _construct(cls: type, options: dict[str, Any], *args: Any, **fixed: Any) -> 
             raise ConfigError(f"options.{key}", f"{why} of {cls.__name__}; valid: {', '.join(sorted(accepted))}")
     try:
         return cls(*args, **fixed, **options)
+    except ConfigError:
+        raise
     except (TypeError, ValueError) as exc:
         raise ConfigError("options", f"{cls.__name__} rejected them: {exc}") from None
 

@@ -27,8 +27,6 @@ _LAZY = {
     "finetune_teacher": "objectives._trial",
     "measure_cost": "objectives._trial",
     "prepare_workload": "objectives._trial",
-    "run_distill": "objectives._trial",
-    "run_finetune": "objectives._trial",
     "NonFiniteLoss": "objectives._train",
     "report_steps": "objectives._train",
     "run_synthetic": "objectives._synthetic",
@@ -74,8 +72,6 @@ __all__ = [
     "prepare_workload",
     "report_steps",
     "resolve_model",
-    "run_distill",
-    "run_finetune",
     "run_synthetic",
     "student_layers",
 ]

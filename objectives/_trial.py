@@ -177,19 +177,6 @@ def finetune_student(
     return model, _fit(model, work, stages, seed=seed, report=report, on_cost=on_cost)
 
 
-def run_finetune(
-    work: Workload,
-    base_model: str,
-    student: StudentArgs,
-    args: TrainArgs,
-    seed: int,
-    report: Report | None = None,
-    on_cost: CostHook | None = None,
-) -> dict[str, float]:
-    """Objective ``finetune``: :func:`finetune_student`, keeping only the metrics."""
-    return finetune_student(work, base_model, student, args, seed, report, on_cost)[1]
-
-
 def transfer_set(work: Workload, files: list[str], max_length: int) -> Encoded:
     """Unlabelled texts for sequential distillation: the training texts and every line of ``files``."""
     texts = list(work.task.train().texts)
@@ -236,20 +223,6 @@ def distill_student(
             Stage(work.train, replace(args, max_steps=max(1, args.max_steps - kd_steps)), get_loss("ce")),
         ]
     return model, _fit(model, work, stages, seed=seed, report=report, on_cost=on_cost)
-
-
-def run_distill(
-    work: Workload,
-    teacher_dir: Path,
-    student: StudentArgs,
-    args: TrainArgs,
-    distill: DistillArgs,
-    seed: int,
-    report: Report | None = None,
-    on_cost: CostHook | None = None,
-) -> dict[str, float]:
-    """Objective ``distill``: :func:`distill_student`, keeping only the metrics."""
-    return distill_student(work, teacher_dir, student, args, distill, seed, report, on_cost)[1]
 
 
 def heldout_metrics(model: torch.nn.Module, work: Workload) -> dict[str, float]:

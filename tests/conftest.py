@@ -11,15 +11,26 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
-@pytest.fixture
-def pg_url() -> str:
-    """The real PostgreSQL of the test machine (``HPO_TEST_PG_URL``); CI always sets it, so these tests run there."""
-    url = os.environ.get("HPO_TEST_PG_URL")
+def _database_url(variable: str) -> str:
+    """A real database of the test machine named by ``variable``; CI always sets it, so these tests run there."""
+    url = os.environ.get(variable)
     if not url:
         if os.environ.get("CI"):
-            pytest.fail("HPO_TEST_PG_URL must be set in CI")
-        pytest.skip("HPO_TEST_PG_URL is not set")
+            pytest.fail(f"{variable} must be set in CI")
+        pytest.skip(f"{variable} is not set")
     return url
+
+
+@pytest.fixture
+def pg_url() -> str:
+    """The real PostgreSQL (``HPO_TEST_PG_URL``)."""
+    return _database_url("HPO_TEST_PG_URL")
+
+
+@pytest.fixture
+def mysql_url() -> str:
+    """The real MariaDB (``HPO_TEST_MYSQL_URL``)."""
+    return _database_url("HPO_TEST_MYSQL_URL")
 
 
 def tiny_config(name: str, **overrides: object) -> dict:
@@ -42,14 +53,3 @@ def tiny_config(name: str, **overrides: object) -> dict:
     }
     config.update(overrides)
     return config
-
-
-@pytest.fixture
-def mysql_url() -> str:
-    """The real MariaDB of the test machine (``HPO_TEST_MYSQL_URL``); CI always sets it."""
-    url = os.environ.get("HPO_TEST_MYSQL_URL")
-    if not url:
-        if os.environ.get("CI"):
-            pytest.fail("HPO_TEST_MYSQL_URL must be set in CI")
-        pytest.skip("HPO_TEST_MYSQL_URL is not set")
-    return url

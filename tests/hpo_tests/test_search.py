@@ -6,6 +6,8 @@ import optuna
 import pytest
 
 from hpo import PRUNERS, SAMPLERS, ParamSpec, grid_of, make_pruner, make_sampler, suggest_params
+from hpo._pareto_pruner import ParetoRungPruner
+from objectives import ConfigError
 
 SPACE = {
     "distill.temperature": ParamSpec(type="float", low=1.0, high=4.0, step=1.0),
@@ -53,10 +55,18 @@ def test_tpe_is_multivariate_with_constant_liar() -> None:
     assert sampler._multivariate is True and sampler._constant_liar is True
 
 
-@pytest.mark.parametrize("name", list(PRUNERS))
-def test_every_pruner_builds(name: str) -> None:
+@pytest.mark.parametrize("name", [n for n in PRUNERS if n != "pareto"])
+def test_every_single_objective_pruner_builds(name: str) -> None:
     options = {"lower": 0.5} if name == "threshold" else {}
     assert isinstance(make_pruner(name, options, 1), optuna.pruners.BasePruner)
+
+
+def test_pareto_pruner_is_for_multi_objective_studies() -> None:
+    assert isinstance(make_pruner("pareto", {"min_trials": 2}, 2), ParetoRungPruner)
+    with pytest.raises(ConfigError, match=r"pruner\.name: pareto is for multi-objective studies"):
+        make_pruner("pareto", {}, 1)
+    with pytest.raises(ConfigError, match=r"pruner.options.reduction_factor: must be >= 2"):
+        make_pruner("pareto", {"reduction_factor": 1}, 2)
 
 
 def test_threshold_pruner_prunes_in_a_real_study() -> None:
