@@ -16,7 +16,7 @@ from hpo._progress import Progress
 from hpo._runner import TrialRunner, describe
 from hpo._study import is_grid, load_study, open_study
 from hpo._table import results_table, state_counts
-from hpo._teacher import ensure_teacher
+from hpo._teacher import LogitCache, ensure_teacher
 from hpo._worker import Budget, Retry, StopFlag, Worker
 from objectives import ConfigError, prepare_workload
 from storage import ArtifactDir, create_storage, redact_url, schema_exists
@@ -45,11 +45,12 @@ def prepare_runner(config: Config, study: optuna.Study, attrs: dict[str, Any] | 
         len(work.task.test_idx),
         device,
     )
-    teacher_dir = None
-    if config.objective == "distill":
-        teacher_dir, teacher = ensure_teacher(config, work, ArtifactDir(config.artifacts_dir, config.name), study)
-        log.info("teacher: validation accuracy %.4f, f1 %.4f (%s)", teacher["accuracy"], teacher["f1"], teacher_dir)
-    return TrialRunner(config, work, teacher_dir, attrs)
+    if config.objective != "distill":
+        return TrialRunner(config, work, None, attrs)
+    artifacts = ArtifactDir(config.artifacts_dir, config.name)
+    teacher_dir, teacher = ensure_teacher(config, work, artifacts, study)
+    log.info("teacher: validation accuracy %.4f, f1 %.4f (%s)", teacher["accuracy"], teacher["f1"], teacher_dir)
+    return TrialRunner(config, work, teacher_dir, attrs, LogitCache(artifacts, teacher_dir))
 
 
 def _storage(url: str, config: Config, *, create_tables: bool) -> optuna.storages.RDBStorage:

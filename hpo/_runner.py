@@ -22,7 +22,7 @@ from hpo._pareto_pruner import ParetoRungPruner
 from hpo._pruners import make_pruner
 from hpo._search_space import suggest_params
 from hpo._worker import FAIL_REASON
-from objectives import METRICS, NonFiniteLoss, Workload, distill_student, finetune_student, run_synthetic
+from objectives import METRICS, LogitSource, NonFiniteLoss, Workload, distill_student, finetune_student, run_synthetic
 from storage import is_storage_error
 
 
@@ -55,10 +55,12 @@ class TrialRunner:
         work: Workload | None = None,
         teacher_dir: Path | None = None,
         attrs: dict[str, Any] | None = None,
+        logits: LogitSource | None = None,
     ) -> None:
         self.config = config
         self.work = work
         self.teacher_dir = teacher_dir
+        self.logits = logits
         self.attrs = {"host": socket.gethostname(), "pid": os.getpid(), **(attrs or {})}
         pruner = make_pruner(config.pruner.name, config.pruner.options, len(config.directions))
         self.pareto = pruner if isinstance(pruner, ParetoRungPruner) else None
@@ -105,10 +107,9 @@ class TrialRunner:
         assert self.work is not None
         if config.objective == "distill":
             assert self.teacher_dir is not None
-            d = config.distill
-            return distill_student(self.work, self.teacher_dir, config.student, config.train, d, seed, report, on_cost)[
-                1
-            ]
+            logits = self.logits if config.distill.cache_teacher_logits else None
+            args = (config.student, config.train, config.distill, seed, report, on_cost, logits)
+            return distill_student(self.work, self.teacher_dir, *args)[1]
         return finetune_student(self.work, config.teacher.model, config.student, config.train, seed, report, on_cost)[1]
 
     def __call__(self, trial: optuna.Trial) -> list[float]:
@@ -116,6 +117,9 @@ class TrialRunner:
         params = suggest_params(trial, self.config.search_space)
         seed = trial_seed(self.config.seed, trial.number)
         trial.set_user_attr("seed", seed)
+        if self.config.objective == "distill":  # which teacher path the trial used
+            cached = self.config.distill.cache_teacher_logits and self.logits is not None
+            trial.set_user_attr("teacher_logits", "cache" if cached else "live")
         for key, value in self.attrs.items():
             trial.set_user_attr(key, value)
         try:

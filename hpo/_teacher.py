@@ -8,9 +8,10 @@ import logging
 from pathlib import Path
 
 import optuna
+import torch
 
 from hpo._config import Config, config_to_dict
-from objectives import Workload, finetune_teacher
+from objectives import Encoded, Workload, finetune_teacher, teacher_logits
 from storage import ArtifactDir
 
 log = logging.getLogger("hpo")
@@ -50,3 +51,42 @@ def ensure_teacher(config: Config, work: Workload, artifacts: ArtifactDir, study
     if TEACHER_ATTR not in study.user_attrs:
         study.set_user_attr(TEACHER_ATTR, {"path": str(path), "model": config.teacher.model, **metrics})
     return path, metrics
+
+
+class LogitCache:
+    """The teacher's logits over a data set, computed once per (teacher weights, token ids) and shared by every
+    trial and worker through the study's artifact directory.
+
+    The key hashes the teacher's weight file and the exact token ids (so the tokenizer, ``max_length`` and the data
+    are all in it). The first process to need an entry computes it under the artifact lock and publishes it
+    atomically; the others wait on the lock, then read it; a half-written entry is never published.
+    """
+
+    def __init__(self, artifacts: ArtifactDir, teacher_dir: Path, batch_size: int = 128) -> None:
+        self.artifacts = artifacts
+        self.batch_size = batch_size
+        digest = hashlib.sha256()
+        for weights in sorted(teacher_dir.glob("*.safetensors")) or sorted(teacher_dir.glob("*.bin")):
+            with open(weights, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+        self.teacher_hash = digest.hexdigest()[:16]
+        self.computed = 0
+        self._memory: dict[str, torch.Tensor] = {}
+
+    def entry(self, name: str, data: Encoded) -> str:
+        """Artifact name of the logits of ``data`` (called ``name``, e.g. ``train``)."""
+        key = hashlib.sha256(f"{self.teacher_hash}:{data.fingerprint()}".encode()).hexdigest()[:16]
+        return f"logits-{name}-{key}.pt"
+
+    def __call__(self, name: str, data: Encoded, teacher: torch.nn.Module) -> torch.Tensor:
+        entry = self.entry(name, data)
+        if entry not in self._memory:
+            with self.artifacts.lock(entry):
+                if not self.artifacts.exists(entry):
+                    log.info("computing the teacher's logits on %d %s examples, once for this study", len(data), name)
+                    with self.artifacts.staging(entry) as tmp:
+                        torch.save(teacher_logits(teacher, data, self.batch_size), tmp)
+                    self.computed += 1
+            self._memory[entry] = torch.load(self.artifacts.entry(entry))
+        return self._memory[entry]

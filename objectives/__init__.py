@@ -19,7 +19,7 @@ from objectives._config import (
     TeacherArgs,
     TrainArgs,
 )
-from objectives._data import DATASETS, Rows, Task, load_rows, load_task
+from objectives._data import DATASETS, Encoded, Rows, Task, load_rows, load_task
 from objectives._models import MODELS, build_student, load_classifier, resolve_model, student_layers
 
 _LAZY = {
@@ -34,6 +34,8 @@ _LAZY = {
     "finetune_student": "objectives._trial",
     "load_teacher": "objectives._trial",
     "heldout_metrics": "objectives._trial",
+    "teacher_logits": "objectives._train",
+    "LogitSource": "objectives._trial",
 }
 
 
@@ -51,6 +53,8 @@ __all__ = [
     "ConfigError",
     "DataArgs",
     "DistillArgs",
+    "Encoded",
+    "LogitSource",
     "NonFiniteLoss",
     "Rows",
     "StudentArgs",
@@ -74,4 +78,5 @@ __all__ = [
     "resolve_model",
     "run_synthetic",
     "student_layers",
+    "teacher_logits",
 ]

@@ -241,6 +241,9 @@ class DistillArgs:
     """Sequential approach: share of ``train.max_steps`` spent distilling on the transfer set."""
     transfer_files: list[str] = field(default_factory=list)
     """Sequential approach: text files (one text per line) added to the training texts as the transfer set."""
+    cache_teacher_logits: bool = True
+    """Compute the frozen teacher's logits once per study and read them in every trial instead of running the
+    teacher on every batch (exact: the teacher is in eval mode). False runs the live teacher."""
 
     def __post_init__(self) -> None:
         _check(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature}")

@@ -189,6 +189,13 @@ class Encoded:
     def mean_length(self) -> float:
         return sum(len(ids) for ids in self.input_ids) / max(1, len(self.input_ids))
 
+    def fingerprint(self) -> str:
+        """A hash of the token ids (not the labels): equal for equal model inputs."""
+        digest = hashlib.sha256(str(self.pad_token_id).encode())
+        for ids in self.input_ids:
+            digest.update(b",".join(str(i).encode() for i in ids) + b";")
+        return digest.hexdigest()[:16]
+
 
 _ENCODED: dict[tuple[str, int, str, str], Encoded] = {}
 
@@ -208,7 +215,8 @@ def encode(tokenizer: Any, rows: Rows, max_length: int, *, key: tuple[str, str] 
 
 
 def collate(data: Encoded, idx: Sequence[int]) -> dict[str, Any]:
-    """Pad the examples ``idx`` to their longest one: ``input_ids``, ``attention_mask`` and ``labels`` tensors."""
+    """Pad the examples ``idx`` to their longest one: ``input_ids``, ``attention_mask``, ``labels`` and the
+    examples' ``index`` in ``data``."""
     import torch
 
     width = max(len(data.input_ids[i]) for i in idx)
@@ -219,7 +227,8 @@ def collate(data: Encoded, idx: Sequence[int]) -> dict[str, Any]:
         input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
         attention_mask[row, : len(ids)] = 1
     labels = torch.tensor([data.labels[i] for i in idx], dtype=torch.long)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    index = torch.tensor(list(idx), dtype=torch.long)  # rows of precomputed per-example data (teacher logits)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "index": index}
 
 
 def train_batches(data: Encoded, batch_size: int, seed: int) -> Iterator[dict[str, Any]]:

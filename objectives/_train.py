@@ -90,6 +90,21 @@ def evaluate(model: torch.nn.Module, data: Encoded, batch_size: int, num_labels:
     return Evaluation(total_loss.item() / len(labels), accuracy(preds, labels), macro_f1(preds, labels, num_labels))
 
 
+@torch.inference_mode()
+def teacher_logits(teacher: torch.nn.Module, data: Encoded, batch_size: int) -> torch.Tensor:
+    """The frozen ``teacher``'s logits for every example of ``data`` (row i for example i), in fp32 on the CPU."""
+    device = next(teacher.parameters()).device
+    teacher.eval()
+    out = None
+    for batch in eval_batches(data, batch_size):
+        batch = _to(batch, device)
+        logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float().cpu()
+        out = torch.empty((len(data), logits.shape[-1])) if out is None else out
+        out[batch["index"].cpu()] = logits
+    assert out is not None
+    return out
+
+
 def train(
     model: torch.nn.Module,
     train_data: Encoded,
@@ -100,7 +115,7 @@ def train(
     num_labels: int,
     n_layers: int,
     seed: int,
-    teacher: torch.nn.Module | None = None,
+    teacher: torch.nn.Module | torch.Tensor | None = None,
     report: Report | None = None,
     on_step: StepCallback | None = None,
 ) -> TrainResult:
@@ -108,6 +123,8 @@ def train(
 
     With ``args.patience`` set, stops once validation loss has not improved for that many validations and restores
     the best weights seen. ``on_step`` (default: the callback of an enclosing ``report_steps``) follows progress.
+    ``teacher`` is a frozen model run on every batch, or its logits for every example of ``train_data``,
+    precomputed (rows by example index): the same numbers without the teacher's forward passes.
     """
     on_step = on_step if on_step is not None else _ON_STEP.get()
     device = next(model.parameters()).device
@@ -118,8 +135,10 @@ def train(
     scaler = torch.amp.GradScaler("cuda", enabled=dtype is torch.float16)
     amp = (lambda: torch.autocast("cuda", dtype=dtype)) if dtype else contextlib.nullcontext
     batches = train_batches(train_data, args.batch_size, seed)
-    if teacher is not None:
+    if isinstance(teacher, torch.nn.Module):
         teacher.eval()  # frozen teacher: no dropout, so its logits are a fixed function of the input
+    elif teacher is not None:
+        teacher = teacher.to(device)
     # Non-finite losses are accumulated on the device and checked only at validation steps: a per-step .item()
     # would force a host sync every step.
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)
@@ -135,7 +154,9 @@ def train(
             with amp():
                 logits = model(**inputs).logits
                 teacher_logits = None
-                if teacher is not None:
+                if isinstance(teacher, torch.Tensor):
+                    teacher_logits = teacher[batch["index"]]
+                elif teacher is not None:
                     with torch.no_grad():
                         teacher_logits = teacher(**inputs).logits
             loss = loss_fn(logits, batch["labels"], teacher_logits) / args.grad_accum_steps

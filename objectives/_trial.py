@@ -85,7 +85,7 @@ class Stage:
     data: Encoded
     args: TrainArgs
     loss_fn: Any
-    teacher: torch.nn.Module | None = None
+    teacher: torch.nn.Module | torch.Tensor | None = None
 
 
 def _fit(
@@ -186,6 +186,11 @@ def transfer_set(work: Workload, files: list[str], max_length: int) -> Encoded:
     return encode(work.tokenizer, Rows(texts, [0] * len(texts), work.task.rows.label_names), max_length)
 
 
+LogitSource = Callable[[str, Encoded, torch.nn.Module], torch.Tensor]
+"""Given a name (``train``, ``transfer``), the data and the teacher, returns the teacher's logits for every example
+(e.g. from a cache shared by all trials of a study)."""
+
+
 def distill_student(
     work: Workload,
     teacher_dir: Path,
@@ -195,6 +200,7 @@ def distill_student(
     seed: int,
     report: Report | None = None,
     on_cost: CostHook | None = None,
+    logits: LogitSource | None = None,
 ) -> tuple[torch.nn.Module, dict[str, float]]:
     """A student initialised from the fine-tuned teacher, then either
 
@@ -202,24 +208,25 @@ def distill_student(
     - ``sequential``: KD only (alpha = 1) on the transfer set for ``transfer_ratio`` of the step budget, then
       fine-tuning on the labels with CE for the rest (the same total budget as integrated).
 
-    Returns the trained model and its metrics.
+    With ``logits``, the teacher's outputs come from it instead of a teacher forward pass on every batch: the teacher
+    is frozen in eval mode, so they are the same numbers. Returns the trained model and its metrics.
     """
     torch.manual_seed(seed)
     teacher = load_teacher(teacher_dir, work.num_labels, work.device)
     model = build_student(teacher, student, args.dropout)
+
+    def signal(name: str, data: Encoded) -> torch.nn.Module | torch.Tensor:
+        return teacher if logits is None else logits(name, data, teacher)
+
     if distill.approach == "integrated":
         loss_fn = get_loss("kd", temperature=distill.temperature, alpha=distill.alpha)
-        stages = [Stage(work.train, args, loss_fn, teacher)]
+        stages = [Stage(work.train, args, loss_fn, signal("train", work.train))]
     else:
         kd_steps = max(1, round(args.max_steps * distill.transfer_ratio))
         transfer = transfer_set(work, distill.transfer_files, work.task.args.max_length)
+        kd_only = get_loss("kd", temperature=distill.temperature, alpha=1.0)
         stages = [
-            Stage(
-                transfer,
-                replace(args, max_steps=kd_steps, patience=None),
-                get_loss("kd", temperature=distill.temperature, alpha=1.0),
-                teacher,
-            ),
+            Stage(transfer, replace(args, max_steps=kd_steps, patience=None), kd_only, signal("transfer", transfer)),
             Stage(work.train, replace(args, max_steps=max(1, args.max_steps - kd_steps)), get_loss("ce")),
         ]
     return model, _fit(model, work, stages, seed=seed, report=report, on_cost=on_cost)

@@ -1,0 +1,122 @@
+"""The teacher-logit cache: exact, computed once per study across processes, never read half-written."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+
+from hpo import config_from_dict
+from hpo._run import run
+from hpo._teacher import LogitCache
+from objectives import DataArgs, StudentArgs, TrainArgs, build_student, load_classifier, prepare_workload
+from objectives._data import collate
+from objectives._losses import kd_loss
+from objectives._trial import Stage, _fit
+from storage import ArtifactDir
+from tests.conftest import tiny_config
+
+DATA = DataArgs(max_train_rows=64, max_val_rows=16, max_length=32)
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("teacher")
+    load_classifier("minilm-l6", num_labels=2).save_pretrained(path)
+    return path
+
+
+def test_cached_logits_give_the_live_teachers_loss(teacher_dir: Path, tmp_path: Path) -> None:
+    work = prepare_workload(DATA, "minilm-l6")
+    teacher = load_classifier(str(teacher_dir), num_labels=2).eval()
+    cache = LogitCache(ArtifactDir(tmp_path, "s"), teacher_dir)
+    cached = cache("train", work.train, teacher)
+    assert cached.shape == (64, 2) and cache.computed == 1
+    batch = collate(work.train, [5, 17, 3, 42, 8, 60, 0, 33])  # another grouping and padding than the cache's
+    with torch.no_grad():
+        live = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    student_logits = torch.randn(8, 2)
+    for t, alpha in ((1.0, 0.5), (4.0, 0.9)):
+        a = kd_loss(student_logits, batch["labels"], live, temperature=t, alpha=alpha)
+        b = kd_loss(student_logits, batch["labels"], cached[batch["index"]], temperature=t, alpha=alpha)
+        assert a.item() == pytest.approx(b.item(), rel=1e-5, abs=1e-6)
+    # a second cache object (another trial, another process) reads the published entry instead of computing
+    again = LogitCache(ArtifactDir(tmp_path, "s"), teacher_dir)
+    assert torch.equal(again("train", work.train, teacher), cached) and again.computed == 0
+
+
+def test_training_from_the_cache_matches_the_live_teacher(teacher_dir: Path, tmp_path: Path) -> None:
+    work = prepare_workload(DATA, "minilm-l6")
+    teacher = load_classifier(str(teacher_dir), num_labels=2).eval()
+    cached = LogitCache(ArtifactDir(tmp_path, "s"), teacher_dir)("train", work.train, teacher)
+    args = TrainArgs(max_steps=4, batch_size=16, eval_every=2)
+    loss = lambda s, y, t: kd_loss(s, y, t, temperature=2.0, alpha=0.5)  # noqa: E731
+    results = []
+    for signal_ in (teacher, cached):
+        torch.manual_seed(0)
+        student = build_student(teacher, StudentArgs(num_layers=2))
+        results.append(_fit(student, work, [Stage(work.train, args, loss, signal_)], seed=3))
+    live, from_cache = results
+    assert from_cache["val_loss"] == pytest.approx(live["val_loss"], rel=1e-4)
+    assert from_cache["accuracy"] == live["accuracy"]
+
+
+def _compute(root: str, teacher_dir: str, out: multiprocessing.Queue) -> None:
+    work = prepare_workload(DATA, "minilm-l6")
+    teacher = load_classifier(teacher_dir, num_labels=2).eval()
+    cache = LogitCache(ArtifactDir(root, "s"), Path(teacher_dir))
+    cache("train", work.train, teacher)
+    out.put(cache.computed)
+
+
+def _die_mid_write(root: str, name: str) -> None:
+    artifacts = ArtifactDir(root, "s")
+    with artifacts.lock(name), artifacts.staging(name) as tmp:
+        tmp.write_bytes(b"half a tensor")
+        time.sleep(60)  # killed here
+
+
+def test_two_processes_compute_once_and_a_killed_writer_publishes_nothing(teacher_dir: Path, tmp_path: Path) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    work = prepare_workload(DATA, "minilm-l6")
+    artifacts = ArtifactDir(tmp_path, "s")
+    name = LogitCache(artifacts, teacher_dir).entry("train", work.train)
+    # A writer killed mid-write publishes nothing (its temporary file stays aside) and its lock dies with it.
+    dying = ctx.Process(target=_die_mid_write, args=(str(tmp_path), name))
+    dying.start()
+    deadline = time.monotonic() + 60
+    while not list(artifacts.path.glob(f".{name}.tmp-*")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    os.kill(dying.pid, signal.SIGKILL)
+    dying.join()
+    assert list(artifacts.path.glob(f".{name}.tmp-*")) and not artifacts.exists(name)
+
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_compute, args=(str(tmp_path), str(teacher_dir), out)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    computed = sorted(out.get(timeout=300) for _ in procs)
+    for p in procs:
+        p.join(60)
+    assert computed == [0, 1]  # one process computed, the other waited on the lock and read its result
+    teacher = load_classifier(str(teacher_dir), num_labels=2).eval()
+    live = LogitCache(ArtifactDir(tmp_path / "fresh", "s"), teacher_dir)("train", work.train, teacher)
+    assert torch.allclose(torch.load(artifacts.entry(name)), live, atol=1e-5)
+
+
+def test_trials_record_which_teacher_path_they_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    url = f"sqlite:///{tmp_path}/s.db"
+    run(config_from_dict(tiny_config("cached", n_trials=1)), url)
+    run(config_from_dict(tiny_config("live", n_trials=1, distill={"cache_teacher_logits": False})), url)
+    cached = optuna.load_study(study_name="cached", storage=url).trials[0]
+    live = optuna.load_study(study_name="live", storage=url).trials[0]
+    assert cached.user_attrs["teacher_logits"] == "cache" and live.user_attrs["teacher_logits"] == "live"
+    assert list((tmp_path / "hpo-artifacts" / "cached").glob("logits-train-*.pt"))
+    assert not list((tmp_path / "hpo-artifacts" / "live").glob("logits-*.pt"))
