@@ -1,0 +1,76 @@
+"""Cost of one distillation trial with the teacher-logit cache, with the live teacher, and of plain fine-tuning.
+
+The same 3-layer student, steps, batch and seed in each arm, on the offline movie-review snippets; the cache is
+filled once before timing (its one-time cost is printed separately, as a study pays it once for all trials).
+
+    python bench/trial_cost.py [--steps 40] [--batch 32] [--rows 4000] [--repeats 2]
+
+Prints seconds per arm (best of ``--repeats``) and the ratios cached / fine-tune and live / cached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from hpo._teacher import LogitCache
+from objectives import (
+    DataArgs,
+    DistillArgs,
+    StudentArgs,
+    TrainArgs,
+    distill_student,
+    finetune_student,
+    load_classifier,
+    load_teacher,
+    prepare_workload,
+)
+from storage import ArtifactDir
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--rows", type=int, default=4000)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    torch.set_num_threads(os.cpu_count() or 1)
+    tmp = Path(tempfile.mkdtemp(prefix="hpo-trial-cost-"))
+    work = prepare_workload(DataArgs(max_train_rows=args.rows, max_val_rows=200), "minilm-l6")
+    teacher_dir = tmp / "teacher"
+    load_classifier("minilm-l6", work.num_labels).save_pretrained(teacher_dir)  # timing does not need a good teacher
+    teacher = load_teacher(teacher_dir, work.num_labels, work.device)
+    cache = LogitCache(ArtifactDir(tmp, "bench"), teacher_dir)
+    start = time.perf_counter()
+    cache("train", work.train, teacher)
+    fill = time.perf_counter() - start
+
+    train = TrainArgs(max_steps=args.steps, batch_size=args.batch, eval_every=args.steps, lr=1e-4)
+    student, distill = StudentArgs(num_layers=3), DistillArgs()
+    arms = {
+        "distill, cached teacher": lambda: distill_student(work, teacher_dir, student, train, distill, 0, logits=cache),
+        "distill, live teacher": lambda: distill_student(work, teacher_dir, student, train, distill, 0),
+        "fine-tune, no teacher": lambda: finetune_student(work, "minilm-l6", student, train, 0),
+    }
+    seconds = {}
+    for name, arm in arms.items():
+        seconds[name] = min(arm()[1]["train_seconds"] for _ in range(args.repeats))
+    print(
+        f"{args.steps} steps, batch {args.batch}, 3-layer student, {len(work.train)} training rows, {torch.get_num_threads()} threads"
+    )
+    print(f"cache fill (once per study): {fill:.1f} s for {len(work.train)} examples")
+    for name, value in seconds.items():
+        print(f"{name:<24} {value:7.1f} s")
+    cached, live, plain = seconds.values()
+    print(f"ratio cached / fine-tune: {cached / plain:.3f}   live / cached: {live / cached:.3f}")
+
+
+if __name__ == "__main__":
+    main()
