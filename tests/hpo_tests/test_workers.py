@@ -230,4 +230,6 @@ def test_mariadb_create_and_worker(tmp_path: Path, mysql_url: str, name: str) ->
     create(tmp_path, mysql_url, synthetic(name, n_trials=5))
     result = run_cli("worker", "--study", name, "--procs", "2", url=mysql_url, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert states(mysql_url, name) == {"COMPLETE": 5}
+    by_state = states(mysql_url, name)
+    assert set(by_state) == {"COMPLETE"}
+    assert 5 <= by_state["COMPLETE"] <= 6  # the budget; two workers racing for the last slot may both start one
