@@ -98,22 +98,38 @@ def gflops(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> float:
     return counter.get_total_flops() / inputs["input_ids"].shape[0] / 1e9
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as handle:
-        import os
+def _rss_bytes(field: str = "VmRSS") -> int:
+    """A memory line of ``/proc/self/status`` (``VmRSS`` now, ``VmHWM`` the peak since the last reset), in bytes."""
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise OSError(f"/proc/self/status has no {field}")
 
-        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+def _reset_rss_peak() -> bool:
+    """Reset the kernel's peak-RSS counter (VmHWM); False where the kernel does not allow it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
 
 
 class PeakMemory:
-    """Peak memory of a block, in MiB: CUDA max allocated on GPU; on CPU the peak growth of the process RSS,
-    sampled every ``interval`` seconds by a background thread."""
+    """Peak memory of a block, in MiB: CUDA max allocated on GPU; on CPU the peak growth of the process RSS.
+
+    On CPU the kernel's own high-water mark (VmHWM, reset through ``/proc/self/clear_refs``) is exact, so
+    a short-lived allocation is never missed; where that reset is not allowed, a background thread samples
+    the RSS every ``interval`` seconds instead."""
 
     def __init__(self, device: torch.device, interval: float = 0.02) -> None:
         self.device = device
         self.interval = interval
         self.peak_mb = 0.0
         self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
         self._start = 0
         self._peak = 0
 
@@ -125,8 +141,9 @@ class PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
             self._start = torch.cuda.memory_allocated(self.device)
-        else:
-            self._start = self._peak = _rss_bytes()
+            return self
+        self._start = self._peak = _rss_bytes()
+        if not _reset_rss_peak():
             self._thread = threading.Thread(target=self._sample, daemon=True)
             self._thread.start()
         return self
@@ -134,8 +151,11 @@ class PeakMemory:
     def __exit__(self, *exc: Any) -> None:
         if self.device.type == "cuda":
             self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+            return
+        if self._thread is None:
+            self._peak = _rss_bytes("VmHWM")
         else:
             self._stop.set()
             self._thread.join()
             self._peak = max(self._peak, _rss_bytes())
-            self.peak_mb = (self._peak - self._start) / 2**20
+        self.peak_mb = max(0, self._peak - self._start) / 2**20
