@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import statistics
 import threading
 import time
@@ -107,6 +108,14 @@ def _rss_bytes(field: str = "VmRSS") -> int:
     raise OSError(f"/proc/self/status has no {field}")
 
 
+def _release_free_heap() -> None:
+    """Hand freed heap pages back to the OS (glibc ``malloc_trim``), so that memory reused later counts as growth."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
+
+
 def _reset_rss_peak() -> bool:
     """Reset the kernel's peak-RSS counter (VmHWM); False where the kernel does not allow it."""
     try:
@@ -118,7 +127,8 @@ def _reset_rss_peak() -> bool:
 
 
 class PeakMemory:
-    """Peak memory of a block, in MiB: CUDA max allocated on GPU; on CPU the peak growth of the process RSS.
+    """Peak memory of a block, in MiB: CUDA max allocated on GPU; on CPU the peak growth of the process RSS over
+    its value at entry, with freed heap first returned to the OS.
 
     On CPU the kernel's own high-water mark (VmHWM, reset through ``/proc/self/clear_refs``) is exact, so
     a short-lived allocation is never missed; where that reset is not allowed, a background thread samples
@@ -142,6 +152,8 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self._start = torch.cuda.memory_allocated(self.device)
             return self
+        # Freed but still-resident heap would be reused without any RSS growth: release it before the baseline.
+        _release_free_heap()
         self._start = self._peak = _rss_bytes()
         if not _reset_rss_peak():
             self._thread = threading.Thread(target=self._sample, daemon=True)
