@@ -126,6 +126,9 @@ class TrainArgs:
     """Stop after this many validations without a lower validation loss (early stopping); null disables it."""
     eval_batch_size: int = 128
     """Batch size of validation forward passes."""
+    group_by_length: bool = True
+    """Batch training examples of similar length (shuffled within pools of 50 batches, batch order shuffled), so
+    dynamic padding computes few pad tokens; false draws batches uniformly at random."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """Mixed precision: ``auto`` is bf16 autocast on GPUs that support it, fp16 with a grad scaler on older ones,
     fp32 on CPU."""

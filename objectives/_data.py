@@ -231,16 +231,30 @@ def collate(data: Encoded, idx: Sequence[int]) -> dict[str, Any]:
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "index": index}
 
 
-def train_batches(data: Encoded, batch_size: int, seed: int) -> Iterator[dict[str, Any]]:
-    """Endless shuffled training batches (reshuffled each epoch by ``seed``), padded per batch."""
+def train_batches(
+    data: Encoded, batch_size: int, seed: int, *, group_by_length: bool = True, pool: int = 50
+) -> Iterator[dict[str, Any]]:
+    """Endless shuffled training batches (reshuffled each epoch by ``seed``), padded per batch.
+
+    With ``group_by_length``, each epoch's shuffled order is cut into pools of ``pool`` batches, each pool is sorted
+    by length and cut into batches, and the batches are shuffled: batches hold examples of similar length (little
+    padding computed) while which examples share a batch, and the batch order, stay random."""
     import random
 
     rng = random.Random(seed)
     order = list(range(len(data)))
+    pool_size = pool * batch_size if group_by_length else max(1, len(order))
     while True:
         rng.shuffle(order)
-        for start in range(0, len(order) - batch_size + 1 if len(order) >= batch_size else 1, batch_size):
-            yield collate(data, order[start : start + batch_size])
+        used = order[: len(order) - len(order) % batch_size] or order  # whole batches (one short one if that is all)
+        pools = [used[start : start + pool_size] for start in range(0, len(used), pool_size)]
+        if group_by_length:
+            pools = [sorted(members, key=lambda i: len(data.input_ids[i])) for members in pools]
+        batches = [members[k : k + batch_size] for members in pools for k in range(0, len(members), batch_size)]
+        if group_by_length:
+            rng.shuffle(batches)  # else every pool would run from its shortest batch to its longest
+        for idx in batches:
+            yield collate(data, idx)
 
 
 def eval_batches(data: Encoded, batch_size: int) -> Iterator[dict[str, Any]]:

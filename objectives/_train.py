@@ -134,7 +134,7 @@ def train(
     # fp16 needs loss scaling to keep small gradients from underflowing; bf16 has fp32's range and does not.
     scaler = torch.amp.GradScaler("cuda", enabled=dtype is torch.float16)
     amp = (lambda: torch.autocast("cuda", dtype=dtype)) if dtype else contextlib.nullcontext
-    batches = train_batches(train_data, args.batch_size, seed)
+    batches = train_batches(train_data, args.batch_size, seed, group_by_length=args.group_by_length)
     if isinstance(teacher, torch.nn.Module):
         teacher.eval()  # frozen teacher: no dropout, so its logits are a fixed function of the input
     elif teacher is not None:

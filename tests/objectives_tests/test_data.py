@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from objectives import ConfigError, DataArgs, load_rows, load_task
-from objectives._data import collate, encode, train_batches
+from objectives._data import Encoded, collate, encode, train_batches
 from objectives._models import load_tokenizer
 
 
@@ -80,3 +80,25 @@ def test_tokenised_once_and_padded_per_batch() -> None:
     assert batch["input_ids"].shape[1] == int(lengths.max())  # dynamic: as wide as the longest, no wider
     whole = collate(first, list(range(8)))
     assert whole["labels"].tolist() == first.labels[:8]
+
+
+def _epoch(data: Encoded, batch_size: int, group: bool, seed: int = 0) -> list[dict]:
+    batches = train_batches(data, batch_size, seed, group_by_length=group, pool=4)
+    return [next(batches) for _ in range(len(data) // batch_size)]
+
+
+def test_length_grouped_batches_cover_each_example_once_per_epoch_with_less_padding() -> None:
+    lengths = [1 + (i * 7919) % 60 for i in range(403)]  # 403 examples: 12 whole batches of 32, 19 left out
+    data = Encoded([[5] * n for n in lengths], [i % 2 for i in range(403)], pad_token_id=0)
+    grouped, uniform = _epoch(data, 32, True), _epoch(data, 32, False)
+    for epoch in (grouped, uniform):
+        seen = [i for batch in epoch for i in batch["index"].tolist()]
+        assert len(seen) == len(set(seen)) == 12 * 32
+    assert [b["index"].tolist() for b in grouped] == [b["index"].tolist() for b in _epoch(data, 32, True)]  # seeded
+
+    def padding(epoch: list[dict]) -> int:
+        return sum(int((b["attention_mask"] == 0).sum()) for b in epoch)
+
+    assert padding(grouped) < padding(uniform) / 3
+    widths = [b["input_ids"].shape[1] for b in grouped]
+    assert widths != sorted(widths) and widths != sorted(widths, reverse=True)  # batch order is shuffled
