@@ -50,7 +50,9 @@ def prepare_runner(config: Config, study: optuna.Study, attrs: dict[str, Any] | 
     artifacts = ArtifactDir(config.artifacts_dir, config.name)
     teacher_dir, teacher = ensure_teacher(config, work, artifacts, study)
     log.info("teacher: validation accuracy %.4f, f1 %.4f (%s)", teacher["accuracy"], teacher["f1"], teacher_dir)
-    return TrialRunner(config, work, teacher_dir, attrs, LogitCache(artifacts, teacher_dir))
+    return TrialRunner(
+        config, work, teacher_dir, attrs, LogitCache(artifacts, teacher_dir, top_k=config.distill.cache_top_k)
+    )
 
 
 def _storage(url: str, config: Config, *, create_tables: bool) -> optuna.storages.RDBStorage:

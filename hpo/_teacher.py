@@ -11,7 +11,7 @@ import optuna
 import torch
 
 from hpo._config import Config, config_to_dict
-from objectives import Encoded, Workload, finetune_teacher, teacher_logits
+from objectives import Encoded, TopKLogits, Workload, finetune_teacher, load_logits, teacher_logits
 from storage import ArtifactDir
 
 log = logging.getLogger("hpo")
@@ -58,13 +58,15 @@ class LogitCache:
     trial and worker through the study's artifact directory.
 
     The key hashes the teacher's weight file and the exact token ids (so the tokenizer, ``max_length`` and the data
-    are all in it). The first process to need an entry computes it under the artifact lock and publishes it
+    are all in it), and ``top_k``: a teacher with more outputs than that has only its top-k logits per example and
+    the remaining mass stored (:class:`objectives.TopKLogits`). The first process to need an entry computes it under the artifact lock and publishes it
     atomically; the others wait on the lock, then read it; a half-written entry is never published.
     """
 
-    def __init__(self, artifacts: ArtifactDir, teacher_dir: Path, batch_size: int = 128) -> None:
+    def __init__(self, artifacts: ArtifactDir, teacher_dir: Path, batch_size: int = 128, top_k: int = 64) -> None:
         self.artifacts = artifacts
         self.batch_size = batch_size
+        self.top_k = top_k
         digest = hashlib.sha256()
         for weights in sorted(teacher_dir.glob("*.safetensors")) or sorted(teacher_dir.glob("*.bin")):
             with open(weights, "rb") as handle:
@@ -72,21 +74,22 @@ class LogitCache:
                     digest.update(block)
         self.teacher_hash = digest.hexdigest()[:16]
         self.computed = 0
-        self._memory: dict[str, torch.Tensor] = {}
+        self._memory: dict[str, torch.Tensor | TopKLogits] = {}
 
     def entry(self, name: str, data: Encoded) -> str:
         """Artifact name of the logits of ``data`` (called ``name``, e.g. ``train``)."""
-        key = hashlib.sha256(f"{self.teacher_hash}:{data.fingerprint()}".encode()).hexdigest()[:16]
+        key = hashlib.sha256(f"{self.teacher_hash}:{data.fingerprint()}:{self.top_k}".encode()).hexdigest()[:16]
         return f"logits-{name}-{key}.pt"
 
-    def __call__(self, name: str, data: Encoded, teacher: torch.nn.Module) -> torch.Tensor:
+    def __call__(self, name: str, data: Encoded, teacher: torch.nn.Module) -> torch.Tensor | TopKLogits:
         entry = self.entry(name, data)
         if entry not in self._memory:
             with self.artifacts.lock(entry):
                 if not self.artifacts.exists(entry):
                     log.info("computing the teacher's logits on %d %s examples, once for this study", len(data), name)
                     with self.artifacts.staging(entry) as tmp:
-                        torch.save(teacher_logits(teacher, data, self.batch_size), tmp)
+                        logits = teacher_logits(teacher, data, self.batch_size, self.top_k)
+                        torch.save(logits if isinstance(logits, torch.Tensor) else logits.state(), tmp)
                     self.computed += 1
-            self._memory[entry] = torch.load(self.artifacts.entry(entry))
+            self._memory[entry] = load_logits(torch.load(self.artifacts.entry(entry)))
         return self._memory[entry]

@@ -36,6 +36,9 @@ _LAZY = {
     "heldout_metrics": "objectives._trial",
     "teacher_logits": "objectives._train",
     "LogitSource": "objectives._trial",
+    "TopKLogits": "objectives._logits",
+    "compress_logits": "objectives._logits",
+    "load_logits": "objectives._logits",
 }
 
 
@@ -61,14 +64,17 @@ __all__ = [
     "SyntheticArgs",
     "Task",
     "TeacherArgs",
+    "TopKLogits",
     "TrainArgs",
     "Workload",
     "build_student",
+    "compress_logits",
     "distill_student",
     "finetune_student",
     "finetune_teacher",
     "heldout_metrics",
     "load_classifier",
+    "load_logits",
     "load_rows",
     "load_task",
     "load_teacher",

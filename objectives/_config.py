@@ -247,6 +247,9 @@ class DistillArgs:
     cache_teacher_logits: bool = True
     """Compute the frozen teacher's logits once per study and read them in every trial instead of running the
     teacher on every batch (exact: the teacher is in eval mode). False runs the live teacher."""
+    cache_top_k: int = 64
+    """A teacher with at most this many outputs (classification) has all its logits cached, exactly; one with more
+    (a large vocabulary) has the top k per example plus the remaining probability mass cached."""
 
     def __post_init__(self) -> None:
         _check(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature}")
@@ -257,6 +260,7 @@ class DistillArgs:
             f"must be integrated or sequential, got {self.approach!r}",
         )
         _check_fraction(self.transfer_ratio, "transfer_ratio", low_open=True, high_open=True)
+        _check(self.cache_top_k >= 1, "cache_top_k", f"must be >= 1, got {self.cache_top_k}")
         for i, path in enumerate(self.transfer_files):
             _check(Path(path).expanduser().is_file(), f"transfer_files[{i}]", f"file {path!r} does not exist")
 

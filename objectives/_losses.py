@@ -8,6 +8,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from objectives._logits import TopKLogits
+
 
 def cross_entropy_loss(student_logits: torch.Tensor, labels: torch.Tensor, teacher_logits: Any = None) -> torch.Tensor:
     """Fine-tuning loss: CE(z_s, y) = -mean_n log softmax(z_s)_n[y_n]. ``teacher_logits`` is ignored."""
@@ -17,7 +19,7 @@ def cross_entropy_loss(student_logits: torch.Tensor, labels: torch.Tensor, teach
 def kd_loss(
     student_logits: torch.Tensor,
     labels: torch.Tensor,
-    teacher_logits: torch.Tensor,
+    teacher_logits: torch.Tensor | TopKLogits,
     *,
     temperature: float,
     alpha: float,
@@ -27,11 +29,17 @@ def kd_loss(
     loss = alpha * T^2 * KL(softmax(z_t / T) || softmax(z_s / T)) + (1 - alpha) * CE(z_s, y)
 
     KL is averaged over the batch (``batchmean``). T^2 keeps the soft-target gradients on the same scale as the
-    hard-label term when T changes. alpha = 0 is plain cross-entropy, alpha = 1 pure distillation.
+    hard-label term when T changes. alpha = 0 is plain cross-entropy, alpha = 1 pure distillation. With
+    :class:`TopKLogits` (a large vocabulary), the KL is taken over the k + 1 buckets (the teacher's top k, the rest)
+    that both distributions are folded into.
     """
     t = temperature
     log_p_student = F.log_softmax(student_logits.float() / t, dim=-1)
-    log_q_teacher = F.log_softmax(teacher_logits.float() / t, dim=-1)
+    if isinstance(teacher_logits, TopKLogits):
+        log_p_student = teacher_logits.collapse(log_p_student)
+        log_q_teacher = teacher_logits.log_probs(t)
+    else:
+        log_q_teacher = F.log_softmax(teacher_logits.float() / t, dim=-1)
     kd = F.kl_div(log_p_student, log_q_teacher, reduction="batchmean", log_target=True)
     ce = F.cross_entropy(student_logits.float(), labels)
     return alpha * t * t * kd + (1 - alpha) * ce

@@ -14,6 +14,7 @@ import torch
 
 from objectives._config import TrainArgs
 from objectives._data import Encoded, eval_batches, train_batches
+from objectives._logits import TopKLogits, cat_logits, compress_logits
 from objectives._metrics import accuracy, macro_f1
 from objectives._optim import build_optimizer
 
@@ -91,18 +92,20 @@ def evaluate(model: torch.nn.Module, data: Encoded, batch_size: int, num_labels:
 
 
 @torch.inference_mode()
-def teacher_logits(teacher: torch.nn.Module, data: Encoded, batch_size: int) -> torch.Tensor:
-    """The frozen ``teacher``'s logits for every example of ``data`` (row i for example i), in fp32 on the CPU."""
+def teacher_logits(
+    teacher: torch.nn.Module, data: Encoded, batch_size: int, top_k: int | None = None
+) -> torch.Tensor | TopKLogits:
+    """The frozen ``teacher``'s logits for every example of ``data`` (row i for example i), in fp32 on the CPU; with
+    ``top_k``, compressed batch by batch (:func:`compress_logits`), so the full (N, V) array never exists."""
     device = next(teacher.parameters()).device
     teacher.eval()
-    out = None
+    parts, rows = [], []
     for batch in eval_batches(data, batch_size):
         batch = _to(batch, device)
         logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float().cpu()
-        out = torch.empty((len(data), logits.shape[-1])) if out is None else out
-        out[batch["index"].cpu()] = logits
-    assert out is not None
-    return out
+        parts.append(logits if top_k is None else compress_logits(logits, top_k))
+        rows.append(batch["index"].cpu())
+    return cat_logits(parts)[torch.cat(rows).argsort()]
 
 
 def train(
@@ -115,7 +118,7 @@ def train(
     num_labels: int,
     n_layers: int,
     seed: int,
-    teacher: torch.nn.Module | torch.Tensor | None = None,
+    teacher: torch.nn.Module | torch.Tensor | TopKLogits | None = None,
     report: Report | None = None,
     on_step: StepCallback | None = None,
 ) -> TrainResult:
@@ -124,7 +127,8 @@ def train(
     With ``args.patience`` set, stops once validation loss has not improved for that many validations and restores
     the best weights seen. ``on_step`` (default: the callback of an enclosing ``report_steps``) follows progress.
     ``teacher`` is a frozen model run on every batch, or its logits for every example of ``train_data``,
-    precomputed (rows by example index): the same numbers without the teacher's forward passes.
+    precomputed (rows by example index; :class:`TopKLogits` for large vocabularies): the same numbers without the
+    teacher's forward passes.
     """
     on_step = on_step if on_step is not None else _ON_STEP.get()
     device = next(model.parameters()).device
@@ -154,11 +158,11 @@ def train(
             with amp():
                 logits = model(**inputs).logits
                 teacher_logits = None
-                if isinstance(teacher, torch.Tensor):
-                    teacher_logits = teacher[batch["index"]]
-                elif teacher is not None:
+                if isinstance(teacher, torch.nn.Module):
                     with torch.no_grad():
                         teacher_logits = teacher(**inputs).logits
+                elif teacher is not None:
+                    teacher_logits = teacher[batch["index"]]
             loss = loss_fn(logits, batch["labels"], teacher_logits) / args.grad_accum_steps
             nonfinite |= ~torch.isfinite(loss.detach())
             if on_step is not None:

@@ -16,6 +16,7 @@ import torch
 
 from objectives._config import DataArgs, DistillArgs, StudentArgs, TeacherArgs, TrainArgs
 from objectives._data import Encoded, Rows, Task, collate, encode, load_task
+from objectives._logits import TopKLogits
 from objectives._losses import get_loss
 from objectives._metrics import PeakMemory, gflops, latency_ms, size_mb, throughput
 from objectives._models import (
@@ -85,7 +86,7 @@ class Stage:
     data: Encoded
     args: TrainArgs
     loss_fn: Any
-    teacher: torch.nn.Module | torch.Tensor | None = None
+    teacher: torch.nn.Module | torch.Tensor | TopKLogits | None = None
 
 
 def _fit(
@@ -186,7 +187,7 @@ def transfer_set(work: Workload, files: list[str], max_length: int) -> Encoded:
     return encode(work.tokenizer, Rows(texts, [0] * len(texts), work.task.rows.label_names), max_length)
 
 
-LogitSource = Callable[[str, Encoded, torch.nn.Module], torch.Tensor]
+LogitSource = Callable[[str, Encoded, torch.nn.Module], "torch.Tensor | TopKLogits"]
 """Given a name (``train``, ``transfer``), the data and the teacher, returns the teacher's logits for every example
 (e.g. from a cache shared by all trials of a study)."""
 
@@ -215,7 +216,7 @@ def distill_student(
     teacher = load_teacher(teacher_dir, work.num_labels, work.device)
     model = build_student(teacher, student, args.dropout)
 
-    def signal(name: str, data: Encoded) -> torch.nn.Module | torch.Tensor:
+    def signal(name: str, data: Encoded) -> torch.nn.Module | torch.Tensor | TopKLogits:
         return teacher if logits is None else logits(name, data, teacher)
 
     if distill.approach == "integrated":

@@ -15,7 +15,7 @@ import torch
 from hpo import config_from_dict
 from hpo._run import run
 from hpo._teacher import LogitCache
-from objectives import DataArgs, StudentArgs, TrainArgs, build_student, load_classifier, prepare_workload
+from objectives import DataArgs, StudentArgs, TopKLogits, TrainArgs, build_student, load_classifier, prepare_workload
 from objectives._data import collate
 from objectives._losses import kd_loss
 from objectives._trial import Stage, _fit
@@ -120,3 +120,21 @@ def test_trials_record_which_teacher_path_they_used(tmp_path: Path, monkeypatch:
     assert cached.user_attrs["teacher_logits"] == "cache" and live.user_attrs["teacher_logits"] == "live"
     assert list((tmp_path / "hpo-artifacts" / "cached").glob("logits-train-*.pt"))
     assert not list((tmp_path / "hpo-artifacts" / "live").glob("logits-*.pt"))
+
+
+def test_a_large_output_teacher_is_cached_as_top_k_and_trains_a_student(tmp_path: Path) -> None:
+    work = prepare_workload(DATA, "minilm-l6")
+    big_dir = tmp_path / "teacher-300"
+    load_classifier("minilm-l6", num_labels=300).save_pretrained(big_dir)  # 300 outputs stand in for a vocabulary
+    teacher = load_classifier(str(big_dir), num_labels=300).eval()
+    cache = LogitCache(ArtifactDir(tmp_path, "s"), big_dir, top_k=8)
+    stored = cache("train", work.train, teacher)
+    assert isinstance(stored, TopKLogits) and stored.values.shape == (64, 8) and stored.vocab == 300
+    again = LogitCache(ArtifactDir(tmp_path, "s"), big_dir, top_k=8)("train", work.train, teacher)
+    assert torch.equal(again.indices, stored.indices) and torch.equal(again.rest, stored.rest)
+    # the training loop reads rows of it by example index, like full logits
+    args = TrainArgs(max_steps=3, batch_size=16, eval_every=3)
+    loss = lambda s, y, t: kd_loss(s, y, t, temperature=2.0, alpha=0.7)  # noqa: E731
+    student = build_student(teacher, StudentArgs(num_layers=1))
+    result = _fit(student, work, [Stage(work.train, args, loss, stored)], seed=0)
+    assert result["steps"] == 3 and torch.isfinite(torch.tensor(result["val_loss"]))

@@ -1,0 +1,77 @@
+"""Stored teacher logits: all of them for classification, the top k plus the remaining mass for large vocabularies."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class TopKLogits:
+    """A teacher's logits over a large output space (an LM vocabulary), kept as the ``k`` largest per example plus
+    the log-sum-exp of all the others (the remaining mass at T = 1): O(k) instead of O(V) per example.
+
+    At temperature T the distilled distribution has k + 1 buckets: the top-k tokens and "everything else". The
+    top-k logits are exact; the tail's tempered mass is taken as if its V - k logits were equal, i.e.
+    log sum_tail exp(z_j / T) ~ (rest - log(V - k)) / T + log(V - k): exact at T = 1 and for a flat tail.
+    """
+
+    values: torch.Tensor
+    """(N, k) the largest logits of each example, fp32."""
+    indices: torch.Tensor
+    """(N, k) their output indices."""
+    rest: torch.Tensor
+    """(N,) log sum_{j not in top-k} exp(z_j): the remaining mass at T = 1, in log space."""
+    vocab: int
+    """V, the size of the teacher's output space."""
+
+    def __len__(self) -> int:
+        return self.values.shape[0]
+
+    def __getitem__(self, rows: Any) -> TopKLogits:
+        return TopKLogits(self.values[rows], self.indices[rows], self.rest[rows], self.vocab)
+
+    def to(self, device: torch.device | str) -> TopKLogits:
+        return TopKLogits(self.values.to(device), self.indices.to(device), self.rest.to(device), self.vocab)
+
+    def log_probs(self, temperature: float) -> torch.Tensor:
+        """(N, k + 1) the teacher's log-probabilities at ``temperature``: top-k buckets, then the tail bucket."""
+        tail = math.log(self.vocab - self.values.shape[-1])
+        rest = (self.rest - tail) / temperature + tail
+        return torch.cat([self.values / temperature, rest[:, None]], dim=-1).log_softmax(-1)
+
+    def collapse(self, log_probs: torch.Tensor) -> torch.Tensor:
+        """(N, k + 1) a full (N, V) log-distribution (the student's) folded into the same buckets: the mass at this
+        example's top-k indices, then all the rest, exactly."""
+        top = log_probs.gather(-1, self.indices)
+        rest = log_probs.scatter(-1, self.indices, -math.inf).logsumexp(-1)
+        return torch.cat([top, rest[:, None]], dim=-1)
+
+    def state(self) -> dict[str, Any]:
+        """Plain tensors and ints, loadable with ``torch.load(weights_only=True)``."""
+        return {"values": self.values, "indices": self.indices, "rest": self.rest, "vocab": self.vocab}
+
+
+def compress_logits(logits: torch.Tensor, top_k: int) -> torch.Tensor | TopKLogits:
+    """``logits`` (N, V) unchanged when V <= ``top_k`` (classification: exact), else their :class:`TopKLogits`."""
+    if logits.shape[-1] <= top_k:
+        return logits
+    values, indices = logits.float().topk(top_k, dim=-1)
+    rest = logits.float().scatter(-1, indices, -math.inf).logsumexp(-1)
+    return TopKLogits(values, indices, rest, logits.shape[-1])
+
+
+def cat_logits(parts: list[torch.Tensor] | list[TopKLogits]) -> torch.Tensor | TopKLogits:
+    """Batches of stored logits, all plain or all top-k, joined along the example axis."""
+    if isinstance(parts[0], torch.Tensor):
+        return torch.cat(parts)
+    fields = ("values", "indices", "rest")
+    return TopKLogits(*(torch.cat([getattr(p, f) for p in parts]) for f in fields), parts[0].vocab)
+
+
+def load_logits(state: torch.Tensor | dict[str, Any]) -> torch.Tensor | TopKLogits:
+    """The inverse of storing ``compress_logits(...)`` (a tensor, or ``TopKLogits.state()``)."""
+    return state if isinstance(state, torch.Tensor) else TopKLogits(**state)
