@@ -59,9 +59,10 @@ def measure_cost(model: torch.nn.Module, work: Workload) -> dict[str, float]:
     device = next(model.parameters()).device
     mean = work.validation.mean_length()
     typical = min(range(len(work.validation)), key=lambda i: abs(len(work.validation.input_ids[i]) - mean))
-    one = {k: v.to(device) for k, v in collate(work.validation, [typical]).items() if k != "labels"}
+    inputs = ("input_ids", "attention_mask")
+    one = {k: v.to(device) for k, v in collate(work.validation, [typical]).items() if k in inputs}
     batch = collate(work.validation, list(range(min(32, len(work.validation)))))
-    batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+    batch = {k: v.to(device) for k, v in batch.items() if k in inputs}
     p50, p95 = latency_ms(model, one)
     params = count_parameters(model)
     return {
