@@ -5,7 +5,8 @@ filled once before timing (its one-time cost is printed separately, as a study p
 
     python bench/trial_cost.py [--steps 40] [--batch 32] [--rows 4000] [--repeats 2]
 
-Prints seconds per arm (best of ``--repeats``) and the ratios cached / fine-tune and live / cached.
+Prints seconds per arm (best of ``--repeats``) and the ratios cached / fine-tune, live / cached, fine-tuning with
+length-grouped batches (the default) / unsorted batches, and with ``torch.compile`` / eager (first run and warm).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import argparse
 import os
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -53,23 +55,32 @@ def main() -> None:
     fill = time.perf_counter() - start
 
     train = TrainArgs(max_steps=args.steps, batch_size=args.batch, eval_every=args.steps, lr=1e-4)
+    uniform = replace(train, group_by_length=False)  # batches drawn without grouping by length
+    compiled = replace(train, compile=True)  # torch.compile; its first run in this process pays the compile
     student, distill = StudentArgs(num_layers=3), DistillArgs()
     arms = {
         "distill, cached teacher": lambda: distill_student(work, teacher_dir, student, train, distill, 0, logits=cache),
         "distill, live teacher": lambda: distill_student(work, teacher_dir, student, train, distill, 0),
         "fine-tune, no teacher": lambda: finetune_student(work, "minilm-l6", student, train, 0),
+        "fine-tune, unsorted": lambda: finetune_student(work, "minilm-l6", student, uniform, 0),
+        "fine-tune, compiled": lambda: finetune_student(work, "minilm-l6", student, compiled, 0),
     }
-    seconds = {}
-    for name, arm in arms.items():
-        seconds[name] = min(arm()[1]["train_seconds"] for _ in range(args.repeats))
+    runs = {name: [arm()[1]["train_seconds"] for _ in range(args.repeats)] for name, arm in arms.items()}
+    seconds = {name: min(times) for name, times in runs.items()}
+    threads = torch.get_num_threads()
     print(
-        f"{args.steps} steps, batch {args.batch}, 3-layer student, {len(work.train)} training rows, {torch.get_num_threads()} threads"
+        f"{args.steps} steps, batch {args.batch}, 3-layer student, {len(work.train)} training rows, {threads} threads"
     )
     print(f"cache fill (once per study): {fill:.1f} s for {len(work.train)} examples")
     for name, value in seconds.items():
         print(f"{name:<24} {value:7.1f} s")
-    cached, live, plain = seconds.values()
-    print(f"ratio cached / fine-tune: {cached / plain:.3f}   live / cached: {live / cached:.3f}")
+    print(f"{'(compiled, first run)':<24} {runs['fine-tune, compiled'][0]:7.1f} s  (includes compiling)")
+    cached, live, plain, unsorted, warm = seconds.values()
+    print(
+        f"ratio cached / fine-tune: {cached / plain:.3f}   live / cached: {live / cached:.3f}   "
+        f"length-grouped / unsorted: {plain / unsorted:.3f}   compiled (warm) / eager: {warm / plain:.3f}   "
+        f"compiled (first) / eager: {runs['fine-tune, compiled'][0] / plain:.3f}"
+    )
 
 
 if __name__ == "__main__":

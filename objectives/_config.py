@@ -129,6 +129,9 @@ class TrainArgs:
     group_by_length: bool = True
     """Batch training examples of similar length (shuffled within pools of 50 batches, batch order shuffled), so
     dynamic padding computes few pad tokens; false draws batches uniformly at random."""
+    compile: bool = False
+    """Run the training forward/backward through ``torch.compile`` (dynamic shapes). Each trial pays the compile
+    time (inductor's disk cache shortens it for later trials); see ``bench/trial_cost.py`` before turning it on."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """Mixed precision: ``auto`` is bf16 autocast on GPUs that support it, fp16 with a grad scaler on older ones,
     fp32 on CPU."""

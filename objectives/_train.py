@@ -138,6 +138,8 @@ def train(
     # fp16 needs loss scaling to keep small gradients from underflowing; bf16 has fp32's range and does not.
     scaler = torch.amp.GradScaler("cuda", enabled=dtype is torch.float16)
     amp = (lambda: torch.autocast("cuda", dtype=dtype)) if dtype else contextlib.nullcontext
+    # Compiled forward for the training steps only: validation runs rarely and its batch shapes vary more.
+    forward = torch.compile(model, dynamic=True) if args.compile else model
     batches = train_batches(train_data, args.batch_size, seed, group_by_length=args.group_by_length)
     if isinstance(teacher, torch.nn.Module):
         teacher.eval()  # frozen teacher: no dropout, so its logits are a fixed function of the input
@@ -156,7 +158,7 @@ def train(
             batch = _to(next(batches), device)
             inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
             with amp():
-                logits = model(**inputs).logits
+                logits = forward(**inputs).logits
                 teacher_logits = None
                 if isinstance(teacher, torch.nn.Module):
                     with torch.no_grad():

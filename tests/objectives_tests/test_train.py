@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from objectives import DataArgs, StudentArgs, TrainArgs, build_student, load_classifier, load_task, report_steps
@@ -50,3 +51,19 @@ def test_step_callback_sees_every_step_loss_at_logging_steps_and_validation_accu
 
 def _plain() -> dict:
     return {"loss_fn": get_loss("ce"), "num_labels": 2, "n_layers": 1, "seed": 0}
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager() -> None:
+    task = load_task(DataArgs(max_train_rows=48, max_val_rows=16))
+    tok = load_tokenizer("minilm-l6")
+    train_data, val_data = encode(tok, task.train(), 24), encode(tok, task.validation(), 24)
+    teacher = load_classifier("minilm-l6", 2)
+    results = []
+    for compile_ in (False, True):
+        torch.manual_seed(0)
+        model = build_student(teacher, StudentArgs(num_layers=1), 0.0)
+        args = TrainArgs(max_steps=3, batch_size=8, eval_every=3, compile=compile_)
+        results.append(train(model, train_data, val_data, args, **_plain()).evaluation)
+    eager, compiled = results
+    assert compiled.loss == pytest.approx(eager.loss, rel=1e-3)
