@@ -1,0 +1,17 @@
+"""What one trial measures: cost metrics, once per architecture in a process."""
+
+import torch
+
+from objectives import DataArgs, StudentArgs, build_student, load_classifier, measure_cost, prepare_workload
+
+
+def test_cost_is_measured_once_per_architecture_and_reused() -> None:
+    work = prepare_workload(DataArgs(max_train_rows=32, max_val_rows=24, max_length=24), "minilm-l6")
+    teacher = load_classifier("minilm-l6", 2)
+    torch.manual_seed(0)
+    first = measure_cost(build_student(teacher, StudentArgs(num_layers=2), dropout=0.1), work)
+    torch.manual_seed(1)  # other weights and dropout, same architecture: the same measured numbers, reused
+    again = measure_cost(build_student(teacher, StudentArgs(layers=[1, 4]), dropout=0.3), work)
+    assert again == first and first["latency_ms"] > 0
+    deeper = measure_cost(build_student(teacher, StudentArgs(num_layers=3)), work)
+    assert deeper["params"] > first["params"] and deeper["latency_ms"] != first["latency_ms"]
