@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import time
 from typing import Any
 
@@ -182,8 +183,10 @@ def run_slot(
     plain = _storage(url, bootstrap, create_tables=False)
     _, config = Retry(bootstrap.worker.storage_retries)(load_study, plain, study_name, what="loading the study")
     plain.engine.dispose()
+    # Seeded apart: workers seeded alike would all propose the same parameters.
+    salt = f"{socket.gethostname()}:{os.getpid()}"
     study, _ = Retry(config.worker.storage_retries)(
-        load_study, _storage(url, config, create_tables=False), study_name, what="loading the study"
+        load_study, _storage(url, config, create_tables=False), study_name, salt, what="loading the study"
     )
     if gpu is not None:
         config.device = "cuda:0"  # CUDA_VISIBLE_DEVICES pins this process to its GPU

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import warnings
 
@@ -33,16 +34,26 @@ def is_grid(config: Config) -> bool:
     return config.sampler.name == "grid"
 
 
-def study_sampler(config: Config) -> optuna.samplers.BaseSampler:
-    """The sampler a process uses for the study.
+def sampler_seed(seed: int, salt: str = "") -> int:
+    """The sampler seed of one process: the study seed itself without ``salt``, else one derived from both."""
+    if not salt:
+        return seed
+    return int.from_bytes(hashlib.sha256(f"{seed}:{salt}".encode()).digest()[:4], "big") >> 1
 
-    A grid study's points are queued once when it is created and claimed from the queue by workers (each point runs
-    exactly once); GridSampler itself would repeat points under concurrency, so the queue replaces it.
+
+def study_sampler(config: Config, salt: str = "") -> optuna.samplers.BaseSampler:
+    """The sampler a process uses for the study, seeded with :func:`sampler_seed` of the study seed and ``salt``.
+
+    Processes sampling one study at once, or a run resuming it, must not share a seed: seeded alike, they would
+    propose the same parameters (every worker's first random trial would be the same). A grid study's points are
+    queued once when it is created and claimed from the queue by workers (each point runs exactly once); GridSampler
+    itself would repeat points under concurrency, so the queue replaces it.
     """
+    seed = sampler_seed(config.seed, salt)
     if is_grid(config):
-        return optuna.samplers.RandomSampler(seed=config.seed)
+        return optuna.samplers.RandomSampler(seed=seed)
     n_objectives = len(config.directions)
-    return make_sampler(config.sampler.name, config.sampler.options, config.search_space, config.seed, n_objectives)
+    return make_sampler(config.sampler.name, config.sampler.options, config.search_space, seed, n_objectives)
 
 
 def study_pruner(config: Config) -> optuna.pruners.BasePruner:
@@ -62,7 +73,8 @@ def open_study(config: Config, storage: optuna.storages.BaseStorage | str) -> op
     """Create the study named ``config.name`` or load it, after checking the stored config is the same.
 
     On creation the config is stored in the study (workers need only the storage URL and the name) and a grid
-    study's points are queued.
+    study's points are queued. A fresh study is sampled with the study seed (reproducible); a resumed one with a
+    seed derived from it and the trials it holds, so that it does not propose the first run's parameters again.
     """
     validate_search(config)
     sampler = study_sampler(config)
@@ -96,11 +108,15 @@ def open_study(config: Config, storage: optuna.storages.BaseStorage | str) -> op
         )
     if study.user_attrs.get(BUDGET_ATTR, -1) != config.n_trials:
         study.set_user_attr(BUDGET_ATTR, config.n_trials)
+    held = len(study.get_trials(deepcopy=False))
+    if held:
+        study.sampler = study_sampler(config, salt=f"resumed-at-{held}")
     return study
 
 
-def load_study(storage: optuna.storages.BaseStorage, name: str) -> tuple[optuna.Study, Config]:
-    """Load study ``name`` created by ``hpo create`` / ``hpo run``, with its stored config."""
+def load_study(storage: optuna.storages.BaseStorage, name: str, salt: str = "") -> tuple[optuna.Study, Config]:
+    """Load study ``name`` created by ``hpo create`` / ``hpo run``, with its stored config; its sampler is seeded
+    from the study seed and ``salt`` (a worker passes its host and process id)."""
     from hpo._config import config_from_dict
 
     summaries = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
@@ -115,6 +131,6 @@ def load_study(storage: optuna.storages.BaseStorage, name: str) -> tuple[optuna.
     config = config_from_dict(stored)
     config.n_trials = summaries[name].user_attrs.get(BUDGET_ATTR, config.n_trials)
     study = optuna.load_study(
-        study_name=name, storage=storage, sampler=study_sampler(config), pruner=study_pruner(config)
+        study_name=name, storage=storage, sampler=study_sampler(config, salt), pruner=study_pruner(config)
     )
     return study, config

@@ -81,3 +81,25 @@ def test_threshold_pruner_prunes_in_a_real_study() -> None:
 
     study.optimize(objective, n_trials=2)
     assert all(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
+
+
+def _params(url: str, name: str) -> list[tuple]:
+    return [tuple(sorted(t.params.items())) for t in optuna.load_study(study_name=name, storage=url).trials]
+
+
+def test_a_fresh_study_is_reproducible_and_a_resumed_one_proposes_new_parameters(tmp_path: Path) -> None:
+    from hpo import config_from_dict
+    from hpo._run import run
+
+    def config(n_trials: int) -> object:
+        space = {"train.lr": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True}}
+        data = {"name": "s", "objective": "synthetic", "n_trials": n_trials, "sampler": {"name": "random"}}
+        return config_from_dict({**data, "pruner": {"name": "none"}, "search_space": space})
+
+    first, other = f"sqlite:///{tmp_path}/a.db", f"sqlite:///{tmp_path}/b.db"
+    run(config(3), first)
+    run(config(3), other)
+    assert _params(first, "s") == _params(other, "s")  # same seed, fresh study: the same trials
+    run(config(6), first)  # resumed with a larger budget: a seeded sampler must not replay the first three
+    params = _params(first, "s")
+    assert len(params) == 6 and len(set(params)) == 6

@@ -136,6 +136,9 @@ def test_eight_workers_four_hundred_trials(tmp_path: Path, pg_url: str, name: st
     assert by_state["COMPLETE"] >= 400  # nothing lost; a race at the very end may add one or two
     assert len(all_trials) <= 408
     assert len({t.user_attrs["pid"] for t in all_trials}) == 8
+    # each worker samples with its own seed: seeded alike, the eight would propose the same parameters
+    params = [tuple(sorted(t.params.items())) for t in all_trials]
+    assert len(set(params)) == len(params)
 
 
 def test_grid_runs_every_point_exactly_once_with_eight_workers(tmp_path: Path, pg_url: str, name: str) -> None:
