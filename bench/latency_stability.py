@@ -1,10 +1,10 @@
 """Stability of the latency objective: the same model measured in separate processes, as separate trials are.
 
 Each of ``--procs`` fresh processes (one after another, so they do not compete for cores) builds the same 3-layer
-student of the bundled all-MiniLM-L6-v2 with the same seed, fixes its thread count as a worker does, and measures
-latency exactly as a trial does (``measure_cost``: batch 1, an example of the validation set's mean length, warm-up,
-rounds until the p50 is stable). The coefficient of variation of the p50 across processes is the noise that
-latency adds to a Pareto front.
+student of the bundled all-MiniLM-L6-v2 with the same seed and measures latency exactly as a trial does
+(``measure_cost``: batch 1, an example of the validation set's mean length, warm-up, rounds until the p50 is
+stable, ``COST_THREADS`` torch threads on the CPU; ``--threads`` overrides that to compare). The coefficient of
+variation of the p50 across processes is the noise that latency adds to a Pareto front.
 
     python bench/latency_stability.py [--procs 20] [--threads 1]
 
@@ -24,9 +24,9 @@ import torch
 
 
 def child(threads: int) -> None:
-    from objectives import DataArgs, StudentArgs, build_student, load_classifier, measure_cost, prepare_workload
+    from objectives import DataArgs, StudentArgs, _trial, build_student, load_classifier, measure_cost, prepare_workload
 
-    torch.set_num_threads(threads)
+    _trial.COST_THREADS = threads
     torch.manual_seed(0)
     work = prepare_workload(DataArgs(max_train_rows=64, max_val_rows=200), "minilm-l6")
     model = build_student(load_classifier("minilm-l6", work.num_labels), StudentArgs(num_layers=3))

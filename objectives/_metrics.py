@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import statistics
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -33,6 +34,17 @@ def size_mb(params: int) -> float:
     return params * 4 / 2**20
 
 
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` torch intra-op threads, then restore the previous count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -50,8 +62,10 @@ def latency_ms(
 ) -> tuple[float, float]:
     """(p50, p95) forward latency in ms for ``inputs`` (batch 1) after ``warmup`` calls.
 
-    Repeats in rounds of ``min_repeats`` until the p50 moves by less than ``rel_tol`` between rounds or
-    ``max_repeats`` is reached; synchronises the GPU around each call so the time is the kernel's, not the launch's.
+    Calls run in rounds of ``min_repeats``; p50 is the lowest round median, so a round slowed by another process
+    on the machine does not count (as ``timeit`` takes the minimum), and rounds go on until it has improved by less
+    than ``rel_tol`` over the last two rounds, or ``max_repeats`` calls. p95 is over all calls. The GPU is
+    synchronised around each call so the time is the kernel's, not the launch's.
     """
     device = next(model.parameters()).device
     model.eval()
@@ -59,19 +73,20 @@ def latency_ms(
         model(**inputs)
     _sync(device)
     times: list[float] = []
-    previous = None
+    best: list[float] = []  # the lowest round median after each round
     while len(times) < max_repeats:
+        round_times = []
         for _ in range(min_repeats):
             start = time.perf_counter()
             model(**inputs)
             _sync(device)
-            times.append((time.perf_counter() - start) * 1000)
-        p50 = statistics.median(times)
-        if previous is not None and abs(p50 - previous) <= rel_tol * previous:
+            round_times.append((time.perf_counter() - start) * 1000)
+        times += round_times
+        best.append(min([statistics.median(round_times), *best[-1:]]))
+        if len(best) >= 3 and best[-3] - best[-1] <= rel_tol * best[-1]:
             break
-        previous = p50
     ordered = sorted(times)
-    return statistics.median(ordered), ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+    return best[-1], ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
 
 
 @torch.inference_mode()

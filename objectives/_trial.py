@@ -19,7 +19,7 @@ from objectives._config import DataArgs, DistillArgs, StudentArgs, TeacherArgs, 
 from objectives._data import Encoded, Rows, Task, collate, encode, load_task
 from objectives._logits import TopKLogits
 from objectives._losses import get_loss
-from objectives._metrics import PeakMemory, gflops, latency_ms, size_mb, throughput
+from objectives._metrics import PeakMemory, gflops, latency_ms, size_mb, throughput, torch_threads
 from objectives._models import (
     build_student,
     count_parameters,
@@ -69,8 +69,15 @@ def _architecture(model: torch.nn.Module) -> str:
     return json.dumps({**config, "dtype": str(dtype), "params": count_parameters(model)}, sort_keys=True, default=str)
 
 
+COST_THREADS = 1
+"""Torch threads for cost measurements on the CPU, whatever the worker trains with: workers started with different
+``--threads`` then report comparable latencies, and one thread is the steadiest measurement on a shared machine
+(``bench/latency_stability.py``)."""
+
+
 def measure_cost(model: torch.nn.Module, work: Workload) -> dict[str, float]:
-    """Latency (batch 1, example of the validation set's mean length), throughput (batch 32), size and FLOPs.
+    """Latency (batch 1, example of the validation set's mean length), throughput (batch 32), size and FLOPs; on
+    the CPU with :data:`COST_THREADS` threads.
 
     They depend on the architecture, not the weights, so they are measured once per architecture, device and
     input in a process and reused: later trials of the same student skip the measurement and report the same
@@ -82,15 +89,17 @@ def measure_cost(model: torch.nn.Module, work: Workload) -> dict[str, float]:
     one = {k: v.to(device) for k, v in collate(work.validation, [typical]).items() if k in inputs}
     batch = collate(work.validation, list(range(min(32, len(work.validation)))))
     batch = {k: v.to(device) for k, v in batch.items() if k in inputs}
-    measured = (one["input_ids"].tolist(), list(batch["input_ids"].shape), torch.get_num_threads())
-    key = (_architecture(model), str(device), json.dumps(measured))
+    key = (_architecture(model), str(device), json.dumps((one["input_ids"].tolist(), list(batch["input_ids"].shape))))
     if key not in _COSTS:
-        p50, p95 = latency_ms(model, one)
+        threads = COST_THREADS if device.type == "cpu" else torch.get_num_threads()
+        with torch_threads(threads):
+            p50, p95 = latency_ms(model, one)
+            per_second = throughput(model, batch)
         params = count_parameters(model)
         _COSTS[key] = {
             "latency_ms": p50,
             "latency_ms_p95": p95,
-            "throughput": throughput(model, batch),
+            "throughput": per_second,
             "params": float(params),
             "size_mb": size_mb(params),
             "gflops": gflops(model, one),

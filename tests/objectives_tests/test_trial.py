@@ -13,5 +13,7 @@ def test_cost_is_measured_once_per_architecture_and_reused() -> None:
     torch.manual_seed(1)  # other weights and dropout, same architecture: the same measured numbers, reused
     again = measure_cost(build_student(teacher, StudentArgs(layers=[1, 4]), dropout=0.3), work)
     assert again == first and first["latency_ms"] > 0
+    torch.set_num_threads(2)  # what the worker trains with; costs are measured with COST_THREADS, then it is back
     deeper = measure_cost(build_student(teacher, StudentArgs(num_layers=3)), work)
     assert deeper["params"] > first["params"] and deeper["latency_ms"] != first["latency_ms"]
+    assert torch.get_num_threads() == 2
