@@ -15,6 +15,9 @@ log = logging.getLogger("hpo")
 
 
 STORAGE_HELP = "storage URL (default: HPO_STORAGE, then the config, then sqlite:///hpo.db)"
+MEMORY_HELP = (
+    "cap on CPU data memory in MiB; a trial that needs more ends FAIL (fail_reason oom) and the worker goes on"
+)
 
 
 class _RedactingFormatter(logging.Formatter):
@@ -72,6 +75,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from hpo._worker import StopFlag
 
     config, url = _load(args)
+    _limit_memory(args.memory_limit)
     stop = StopFlag()
     stop.install()
     print(run(config, url, threads=args.threads, stop=stop, progress=sys.stderr.isatty()))
@@ -128,13 +132,28 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         child += ["--n-trials", str(args.n_trials)]
     if args.timeout is not None:
         child += ["--timeout", str(args.timeout)]
+    if args.memory_limit is not None:
+        child += ["--memory-limit", str(args.memory_limit)]
     return launch(slots, child, url)
+
+
+def _limit_memory(mib: int | None) -> None:
+    from hpo._slots import limit_memory
+
+    if mib is None:
+        return
+    try:
+        limit_memory(mib)
+    except ValueError as exc:
+        flag, _, message = str(exc).partition(": ")
+        raise ConfigError(flag, message) from None
 
 
 def _run_slot(args: argparse.Namespace, url: str) -> int:
     from hpo._run import run_slot
     from hpo._worker import StopFlag
 
+    _limit_memory(args.memory_limit)
     stop = StopFlag()
     stop.install()
     ran = run_slot(
@@ -287,6 +306,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--storage", help=STORAGE_HELP)
     run.add_argument("--n-trials", type=int, help="study trial budget (finished trials), overriding the config")
     run.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
+    run.add_argument("--memory-limit", type=int, metavar="MIB", help=MEMORY_HELP)
     run.set_defaults(func=_cmd_run)
 
     create = sub.add_parser("create", help="validate a config and create its study (idempotent)")
@@ -310,6 +330,7 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--n-trials", type=int, help="trials each process runs at most (the study budget rules)")
     worker.add_argument("--timeout", type=float, help="seconds after which no new trial starts")
     worker.add_argument("--threads", type=int, help="torch CPU threads per process (default: cores / processes)")
+    worker.add_argument("--memory-limit", type=int, metavar="MIB", help=MEMORY_HELP + " (per process)")
     worker.add_argument("--slot-gpu", type=int, help=argparse.SUPPRESS)
     worker.set_defaults(func=_cmd_worker)
 

@@ -41,6 +41,29 @@ def parse_gpus(value: str, visible: int) -> list[int]:
     return gpus
 
 
+def _data_mib() -> int:
+    with open("/proc/self/status") as handle:
+        line = next(line for line in handle if line.startswith("VmData:"))
+    return int(line.split()[1]) // 1024
+
+
+def limit_memory(mib: int) -> None:
+    """Cap this process's data memory (heap and private mappings: Linux ``RLIMIT_DATA``) at ``mib`` MiB.
+
+    An allocation past the cap fails where it is made (torch: "can't allocate memory"), so the trial that made it
+    ends FAIL with ``fail_reason`` ``oom``, its memory is freed, and the worker goes on to the next trial."""
+    import resource
+
+    used = _data_mib()
+    if mib <= used:
+        raise ValueError(f"--memory-limit: {mib} MiB is not above what the worker already holds ({used} MiB)")
+    _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    if hard != resource.RLIM_INFINITY and mib * 2**20 > hard:
+        raise ValueError(f"--memory-limit: {mib} MiB is above this process's hard limit ({hard // 2**20} MiB)")
+    resource.setrlimit(resource.RLIMIT_DATA, (mib * 2**20, hard))
+    log.info("memory limit: %d MiB of data per worker process", mib)
+
+
 def plan_slots(gpus: list[int], per_gpu: int, procs: int, cores: int) -> list[Slot]:
     """K slots per listed GPU, or ``procs`` CPU slots sharing the cores (so they do not oversubscribe them)."""
     if gpus:

@@ -282,6 +282,9 @@ class SyntheticArgs:
     """Standard deviation of Gaussian noise on accuracy (seeded by the trial seed)."""
     oom_trials: list[int] = field(default_factory=list)
     """Trial numbers that run out of memory (a real failed allocation)."""
+    oom_mib: float | None = None
+    """With a value, ``oom_trials`` allocate and fill this many MiB instead of an impossible amount: they run out
+    of memory only under a worker's ``--memory-limit``."""
     nan_trials: list[int] = field(default_factory=list)
     """Trial numbers whose loss becomes NaN."""
     crash_trials: list[int] = field(default_factory=list)
@@ -292,3 +295,4 @@ class SyntheticArgs:
         _check(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
         _check(self.sleep >= 0, "sleep", f"must be >= 0, got {self.sleep}")
         _check(self.noise >= 0, "noise", f"must be >= 0, got {self.noise}")
+        _check(self.oom_mib is None or self.oom_mib > 0, "oom_mib", f"must be > 0 or null, got {self.oom_mib}")

@@ -9,7 +9,7 @@ scale; the real objectives are tested on real models. Parameters arrive normalis
     latency_ms = cost,  params = 1e6 * cost,  size_mb = params * 4 / 2^20
 
 Intermediate accuracies rise as sqrt(step / steps) toward the final value. Switches raise a real allocation
-failure (``oom_trials``), a non-finite loss (``nan_trials``) or a crash (``crash_trials``) on chosen trial numbers.
+failure (``oom_trials``, or a real allocation of ``oom_mib`` that fails only under a memory limit), a non-finite loss (``nan_trials``) or a crash (``crash_trials``) on chosen trial numbers.
 """
 
 from __future__ import annotations
@@ -23,10 +23,12 @@ from objectives._metrics import size_mb
 from objectives._train import NonFiniteLoss
 
 
-def _allocate_too_much() -> None:
+def _allocate(mib: float | None) -> None:
+    """Allocate and fill ``mib`` MiB, or 1 PiB (which the allocator refuses, as in a real OOM) without a size."""
     import torch
 
-    torch.empty(2**50, dtype=torch.uint8)  # 1 PiB: the allocator refuses it, as in a real OOM
+    size = 2**50 if mib is None else int(mib * 2**20)
+    torch.empty(size, dtype=torch.uint8).fill_(1)
 
 
 def run_synthetic(
@@ -59,7 +61,7 @@ def run_synthetic(
         time.sleep(args.sleep / args.steps)
         if step == max(1, args.steps // 2):
             if trial_number in args.oom_trials:
-                _allocate_too_much()
+                _allocate(args.oom_mib)
             if trial_number in args.nan_trials:
                 raise NonFiniteLoss(f"training loss became NaN or infinite by step {step}")
             if trial_number in args.crash_trials:

@@ -214,6 +214,33 @@ def test_oom_nan_and_crash_are_recorded_and_the_worker_goes_on(tmp_path: Path, p
 
 
 @pytest.mark.skipif(shutil.which("pg_ctlcluster") is None, reason="needs Debian's pg_ctlcluster")
+def test_memory_limit_fails_the_greedy_trial_as_oom_and_the_worker_goes_on(
+    tmp_path: Path, pg_url: str, name: str
+) -> None:
+    config = synthetic(name, n_trials=3, sampler={"name": "random"})
+    config["synthetic"] = {"steps": 2, "oom_trials": [1], "oom_mib": 3000}  # a real 3000 MiB allocation
+    create(tmp_path, pg_url, config)
+    result = run_cli("worker", "--study", name, "--procs", "2", "--memory-limit", "1500", url=pg_url, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    final = {t.number: t for t in trials(pg_url, name)}
+    assert (final[1].state, final[1].user_attrs["fail_reason"]) == (TrialState.FAIL, "oom")
+    assert sum(t.state == TrialState.COMPLETE for t in final.values()) == 3
+    # without the limit the same allocation succeeds: the limit, not the machine, failed the trial
+    create(tmp_path, pg_url, {**config, "name": name + "-free"})
+    result = run_cli("worker", "--study", name + "-free", url=pg_url, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert trials(pg_url, name + "-free")[1].state == TrialState.COMPLETE
+
+
+def test_memory_limit_below_what_a_worker_holds_is_refused(tmp_path: Path, pg_url: str, name: str) -> None:
+    create(tmp_path, pg_url, synthetic(name))
+    result = run_cli("worker", "--study", name, "--memory-limit", "10", url=pg_url, cwd=tmp_path)
+    assert (
+        result.returncode == 2 and "--memory-limit: 10 MiB is not above what the worker already holds" in result.stderr
+    )
+    assert not trials(pg_url, name)
+
+
 def test_database_restart_mid_study_loses_nothing(tmp_path: Path, pg_url: str, name: str) -> None:
     config = synthetic(name, n_trials=30, sampler={"name": "random"})
     config["synthetic"] = {"steps": 4, "sleep": 0.4}
