@@ -124,8 +124,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     try:
         gpus = parse_gpus(args.gpus, visible)
     except ValueError as exc:
-        flag, _, message = str(exc).partition(": ")
-        raise ConfigError(flag, message) from None
+        raise _flag_error(exc) from None
     slots = plan_slots(gpus, args.per_gpu, args.procs, args.threads or os.cpu_count() or 1)
     child = ["--study", args.study]
     if args.n_trials is not None:
@@ -137,6 +136,12 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     return launch(slots, child, url)
 
 
+def _flag_error(exc: ValueError) -> ConfigError:
+    """A ``--flag: message`` ValueError of the slot helpers as the CLI's one-line error for that flag."""
+    flag, _, message = str(exc).partition(": ")
+    return ConfigError(flag, message)
+
+
 def _limit_memory(mib: int | None) -> None:
     from hpo._slots import limit_memory
 
@@ -145,8 +150,7 @@ def _limit_memory(mib: int | None) -> None:
     try:
         limit_memory(mib)
     except ValueError as exc:
-        flag, _, message = str(exc).partition(": ")
-        raise ConfigError(flag, message) from None
+        raise _flag_error(exc) from None
 
 
 def _run_slot(args: argparse.Namespace, url: str) -> int:

@@ -41,12 +41,6 @@ def parse_gpus(value: str, visible: int) -> list[int]:
     return gpus
 
 
-def _data_mib() -> int:
-    with open("/proc/self/status") as handle:
-        line = next(line for line in handle if line.startswith("VmData:"))
-    return int(line.split()[1]) // 1024
-
-
 def limit_memory(mib: int) -> None:
     """Cap this process's data memory (heap and private mappings: Linux ``RLIMIT_DATA``) at ``mib`` MiB.
 
@@ -54,7 +48,9 @@ def limit_memory(mib: int) -> None:
     ends FAIL with ``fail_reason`` ``oom``, its memory is freed, and the worker goes on to the next trial."""
     import resource
 
-    used = _data_mib()
+    from objectives._metrics import process_memory
+
+    used = process_memory("VmData") // 2**20
     if mib <= used:
         raise ValueError(f"--memory-limit: {mib} MiB is not above what the worker already holds ({used} MiB)")
     _, hard = resource.getrlimit(resource.RLIMIT_DATA)

@@ -59,8 +59,9 @@ class LogitCache:
 
     The key hashes the teacher's weight file and the exact token ids (so the tokenizer, ``max_length`` and the data
     are all in it), and ``top_k``: a teacher with more outputs than that has only its top-k logits per example and
-    the remaining mass stored (:class:`objectives.TopKLogits`). The first process to need an entry computes it under the artifact lock and publishes it
-    atomically; the others wait on the lock, then read it; a half-written entry is never published.
+    the remaining mass stored (:class:`objectives.TopKLogits`). The first process to need an entry computes it under
+    the artifact lock and publishes it atomically; the others wait on the lock, then read it; a half-written entry is
+    never published.
     """
 
     def __init__(self, artifacts: ArtifactDir, teacher_dir: Path, batch_size: int = 128, top_k: int = 64) -> None:

@@ -114,8 +114,9 @@ def gflops(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> float:
     return counter.get_total_flops() / inputs["input_ids"].shape[0] / 1e9
 
 
-def _rss_bytes(field: str = "VmRSS") -> int:
-    """A memory line of ``/proc/self/status`` (``VmRSS`` now, ``VmHWM`` the peak since the last reset), in bytes."""
+def process_memory(field: str = "VmRSS") -> int:
+    """A memory line of ``/proc/self/status``, in bytes: ``VmRSS`` resident now, ``VmHWM`` the resident peak since
+    the last reset, ``VmData`` heap and private mappings (what ``RLIMIT_DATA`` caps)."""
     with open("/proc/self/status") as handle:
         for line in handle:
             if line.startswith(field + ":"):
@@ -160,7 +161,7 @@ class PeakMemory:
 
     def _sample(self) -> None:
         while not self._stop.wait(self.interval):
-            self._peak = max(self._peak, _rss_bytes())
+            self._peak = max(self._peak, process_memory())
 
     def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
@@ -169,7 +170,7 @@ class PeakMemory:
             return self
         # Freed but still-resident heap would be reused without any RSS growth: release it before the baseline.
         _release_free_heap()
-        self._start = self._peak = _rss_bytes()
+        self._start = self._peak = process_memory()
         if not _reset_rss_peak():
             self._thread = threading.Thread(target=self._sample, daemon=True)
             self._thread.start()
@@ -180,9 +181,9 @@ class PeakMemory:
             self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
             return
         if self._thread is None:
-            self._peak = _rss_bytes("VmHWM")
+            self._peak = process_memory("VmHWM")
         else:
             self._stop.set()
             self._thread.join()
-            self._peak = max(self._peak, _rss_bytes())
+            self._peak = max(self._peak, process_memory())
         self.peak_mb = max(0, self._peak - self._start) / 2**20

@@ -9,7 +9,8 @@ scale; the real objectives are tested on real models. Parameters arrive normalis
     latency_ms = cost,  params = 1e6 * cost,  size_mb = params * 4 / 2^20
 
 Intermediate accuracies rise as sqrt(step / steps) toward the final value. Switches raise a real allocation
-failure (``oom_trials``, or a real allocation of ``oom_mib`` that fails only under a memory limit), a non-finite loss (``nan_trials``) or a crash (``crash_trials``) on chosen trial numbers.
+failure (``oom_trials``; with ``oom_mib``, a real allocation of that size that fails only under a memory limit), a
+non-finite loss (``nan_trials``) or a crash (``crash_trials``) on chosen trial numbers.
 """
 
 from __future__ import annotations
