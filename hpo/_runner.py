@@ -18,11 +18,21 @@ import optuna
 import torch
 
 from hpo._config import Config, apply_params
+from hpo._costs import StudyCosts
 from hpo._pareto_pruner import ParetoRungPruner
 from hpo._pruners import make_pruner
 from hpo._search_space import suggest_params
 from hpo._worker import FAIL_REASON
-from objectives import METRICS, LogitSource, NonFiniteLoss, Workload, distill_student, finetune_student, run_synthetic
+from objectives import (
+    METRICS,
+    CostStore,
+    LogitSource,
+    NonFiniteLoss,
+    Workload,
+    distill_student,
+    finetune_student,
+    run_synthetic,
+)
 from storage import is_storage_error
 
 
@@ -65,6 +75,7 @@ class TrialRunner:
         pruner = make_pruner(config.pruner.name, config.pruner.options, len(config.directions))
         self.pareto = pruner if isinstance(pruner, ParetoRungPruner) else None
         self.constraints = config.parsed_constraints()
+        self._study_costs: StudyCosts | None = None
 
     def _report(self, trial: optuna.Trial) -> Callable[[int, float], None]:
         multi = self.config.is_multi_objective
@@ -98,8 +109,10 @@ class TrialRunner:
         trial_number: int,
         report: Callable[[int, float], None] | None = None,
         on_cost: Callable[[dict[str, float]], None] | None = None,
+        costs: CostStore | None = None,
     ) -> dict[str, float]:
-        """Run the configured objective with ``config`` (the trial's ``params`` already applied)."""
+        """Run the configured objective with ``config`` (the trial's ``params`` already applied); cost metrics are
+        kept in ``costs`` (by default this process's own store)."""
         if config.objective == "synthetic":
             space = config.search_space
             normalised = {name: space[name].normalise(value) for name, value in params.items()}
@@ -109,8 +122,15 @@ class TrialRunner:
             assert self.teacher_dir is not None
             logits = self.logits if config.distill.cache_teacher_logits else None
             args = (config.student, config.train, config.distill, seed, report, on_cost, logits)
-            return distill_student(self.work, self.teacher_dir, *args)[1]
-        return finetune_student(self.work, config.teacher.model, config.student, config.train, seed, report, on_cost)[1]
+            return distill_student(self.work, self.teacher_dir, *args, costs=costs)[1]
+        args = (config.student, config.train, seed, report, on_cost)
+        return finetune_student(self.work, config.teacher.model, *args, costs=costs)[1]
+
+    def _costs(self, study: optuna.Study) -> StudyCosts:
+        """The study's shared cost store (one per runner: a runner serves one study)."""
+        if self._study_costs is None:
+            self._study_costs = StudyCosts(study)
+        return self._study_costs
 
     def __call__(self, trial: optuna.Trial) -> list[float]:
         self._constrained: set[str] = set()  # constraints this trial has set (Optuna keeps the first value)
@@ -130,6 +150,7 @@ class TrialRunner:
                 trial.number,
                 self._report(trial),
                 lambda cost: self._record(trial, cost),
+                self._costs(trial.study),
             )
         except optuna.TrialPruned:
             raise

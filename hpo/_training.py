@@ -11,7 +11,6 @@ import dataclasses
 import json
 import logging
 import os
-import platform
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from hpo._config import TrainJob, dump_job
 from hpo._run import resolve_device
 from hpo._table import render
 from objectives import (
+    cost_hardware,
     distill_student,
     finetune_student,
     finetune_teacher,
@@ -67,7 +67,7 @@ def tradeoff(rows: dict[str, dict[str, float]], student: str) -> str:
     return text
 
 
-def model_card(job: TrainJob, rows: dict[str, dict[str, float]], student: str, n_test: int, threads: int) -> str:
+def model_card(job: TrainJob, rows: dict[str, dict[str, float]], student: str, n_test: int) -> str:
     """The model card (README.md) of the trained student."""
     table = render(
         ["model", *CARD_METRICS],
@@ -77,11 +77,6 @@ def model_card(job: TrainJob, rows: dict[str, dict[str, float]], student: str, n
     source = f"trial {src.trial} of study `{src.study}`" if src.study else "a hand-written job"
     params = "\n".join(f"- `{k}`: {v}" for k, v in src.params.items()) or "- (none)"
     device = resolve_device(job.device)
-    where = (
-        torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else f"{platform.processor() or 'CPU'}, {threads} threads"
-    )
     return f"""---
 library_name: transformers
 pipeline_tag: text-classification
@@ -98,7 +93,7 @@ with the settings of {source}.
 
 Held-out test split: {n_test} examples, never read during the hyperparameter search. Latency: batch 1 at the
 validation set's mean length, after warm-up, median (p50) and 95th percentile over repeats until the median is
-stable; throughput: batch 32. Measured on {device.type} ({where}).
+stable; throughput: batch 32. Measured on {device.type} ({cost_hardware(device)}).
 
 ```
 {table}
@@ -154,6 +149,6 @@ def train_job(job: TrainJob, out: Path, threads: int | None = None) -> dict[str,
     work.tokenizer.save_pretrained(out)
     result = {"job": dataclasses.asdict(job), "validation": validation, "test": rows, "student": name}
     (out / "metrics.json").write_text(json.dumps(result, indent=2))
-    (out / "README.md").write_text(model_card(job, rows, name, len(work.task.test_idx), threads))
+    (out / "README.md").write_text(model_card(job, rows, name, len(work.task.test_idx)))
     (out / "job.yaml").write_text(dump_job(job))
     return result

@@ -23,6 +23,7 @@ from objectives._data import DATASETS, Encoded, Rows, Task, load_rows, load_task
 from objectives._models import MODELS, build_student, load_classifier, resolve_model, student_layers
 
 _LAZY = {
+    "CostStore": "objectives._trial",
     "Workload": "objectives._trial",
     "finetune_teacher": "objectives._trial",
     "measure_cost": "objectives._trial",
@@ -34,6 +35,7 @@ _LAZY = {
     "finetune_student": "objectives._trial",
     "load_teacher": "objectives._trial",
     "heldout_metrics": "objectives._trial",
+    "cost_hardware": "objectives._trial",
     "teacher_logits": "objectives._train",
     "LogitSource": "objectives._trial",
     "TopKLogits": "objectives._logits",
@@ -54,6 +56,7 @@ __all__ = [
     "METRICS",
     "MODELS",
     "ConfigError",
+    "CostStore",
     "DataArgs",
     "DistillArgs",
     "Encoded",
@@ -69,6 +72,7 @@ __all__ = [
     "Workload",
     "build_student",
     "compress_logits",
+    "cost_hardware",
     "distill_student",
     "finetune_student",
     "finetune_teacher",

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import platform
 import statistics
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -43,6 +45,18 @@ def torch_threads(n: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def hardware(device: torch.device, threads: int) -> str:
+    """What a cost was measured on: the GPU's name, or the CPU's model name and the torch thread count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux
+        info = ""
+    names = [line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")]
+    return f"{(names or [platform.processor() or 'CPU'])[0]}, {threads} thread{'' if threads == 1 else 's'}"
 
 
 def _sync(device: torch.device) -> None:

@@ -6,12 +6,13 @@ plain dict of metrics back.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -19,7 +20,7 @@ from objectives._config import DataArgs, DistillArgs, StudentArgs, TeacherArgs, 
 from objectives._data import Encoded, Rows, Task, collate, encode, load_task
 from objectives._logits import TopKLogits
 from objectives._losses import get_loss
-from objectives._metrics import PeakMemory, gflops, latency_ms, size_mb, throughput, torch_threads
+from objectives._metrics import PeakMemory, gflops, hardware, latency_ms, size_mb, throughput, torch_threads
 from objectives._models import (
     build_student,
     count_parameters,
@@ -55,7 +56,19 @@ def prepare_workload(data: DataArgs, model: str, device: str | torch.device = "c
     return Workload(task, tokenizer, train_enc, val_enc, torch.device(device))
 
 
-_COSTS: dict[tuple[str, ...], dict[str, float]] = {}
+class CostStore(Protocol):
+    """Where measured costs are kept, by a key naming the architecture, hardware and input: a dict per process
+    by default; a study passes one shared by all its workers, so every trial of an architecture on the same
+    hardware reports the same latency, whichever worker ran it and when."""
+
+    def get(self, key: str, /) -> dict[str, float] | None: ...
+
+    def setdefault(self, key: str, value: dict[str, float], /) -> dict[str, float]:
+        """Keep ``value`` unless the key already has one (another worker measured first); return the kept one."""
+        ...
+
+
+_COSTS: dict[str, dict[str, float]] = {}
 
 
 def _architecture(model: torch.nn.Module) -> str:
@@ -75,13 +88,18 @@ COST_THREADS = 1
 (``bench/latency_stability.py``)."""
 
 
-def measure_cost(model: torch.nn.Module, work: Workload) -> dict[str, float]:
+def cost_hardware(device: torch.device) -> str:
+    """What costs on ``device`` are measured on: the GPU, or the CPU model with :data:`COST_THREADS` threads."""
+    return hardware(device, COST_THREADS if device.type == "cpu" else torch.get_num_threads())
+
+
+def measure_cost(model: torch.nn.Module, work: Workload, costs: CostStore | None = None) -> dict[str, float]:
     """Latency (batch 1, example of the validation set's mean length), throughput (batch 32), size and FLOPs; on
     the CPU with :data:`COST_THREADS` threads.
 
-    They depend on the architecture, not the weights, so they are measured once per architecture, device and
-    input in a process and reused: later trials of the same student skip the measurement and report the same
-    latency (no measurement noise between them)."""
+    They depend on the architecture, not the weights, so they are measured once per architecture, hardware and
+    input in ``costs`` (this process's store by default) and reused: later trials of the same student skip the
+    measurement and report the same latency (no measurement noise between them)."""
     device = next(model.parameters()).device
     mean = work.validation.mean_length()
     typical = min(range(len(work.validation)), key=lambda i: abs(len(work.validation.input_ids[i]) - mean))
@@ -89,14 +107,16 @@ def measure_cost(model: torch.nn.Module, work: Workload) -> dict[str, float]:
     one = {k: v.to(device) for k, v in collate(work.validation, [typical]).items() if k in inputs}
     batch = collate(work.validation, list(range(min(32, len(work.validation)))))
     batch = {k: v.to(device) for k, v in batch.items() if k in inputs}
-    key = (_architecture(model), str(device), json.dumps((one["input_ids"].tolist(), list(batch["input_ids"].shape))))
-    if key not in _COSTS:
-        threads = COST_THREADS if device.type == "cpu" else torch.get_num_threads()
-        with torch_threads(threads):
+    what = [_architecture(model), cost_hardware(device), one["input_ids"].tolist(), list(batch["input_ids"].shape)]
+    key = hashlib.sha256(json.dumps([*what, torch.__version__]).encode()).hexdigest()[:24]
+    store = _COSTS if costs is None else costs
+    cost = store.get(key)
+    if cost is None:
+        with torch_threads(COST_THREADS if device.type == "cpu" else torch.get_num_threads()):
             p50, p95 = latency_ms(model, one)
             per_second = throughput(model, batch)
         params = count_parameters(model)
-        _COSTS[key] = {
+        measured = {
             "latency_ms": p50,
             "latency_ms_p95": p95,
             "throughput": per_second,
@@ -104,7 +124,8 @@ def measure_cost(model: torch.nn.Module, work: Workload) -> dict[str, float]:
             "size_mb": size_mb(params),
             "gflops": gflops(model, one),
         }
-    return dict(_COSTS[key])
+        cost = store.setdefault(key, measured)
+    return dict(cost)
 
 
 CostHook = Callable[[dict[str, float]], None]
@@ -130,13 +151,14 @@ def _fit(
     seed: int,
     report: Report | None = None,
     on_cost: CostHook | None = None,
+    costs: CostStore | None = None,
 ) -> dict[str, float]:
     """Train ``model`` through ``stages`` and return every metric of :data:`METRICS` plus ``val_loss``, ``steps``.
 
     Steps are numbered across stages, so reports of a later stage continue where the earlier one ended.
     """
     model.to(work.device)
-    cost = measure_cost(model, work)
+    cost = measure_cost(model, work, costs)
     if on_cost is not None:
         on_cost(cost)
     start = time.perf_counter()
@@ -199,6 +221,7 @@ def finetune_student(
     seed: int,
     report: Report | None = None,
     on_cost: CostHook | None = None,
+    costs: CostStore | None = None,
 ) -> tuple[torch.nn.Module, dict[str, float]]:
     """The student architecture, initialised from the base (pretrained, not fine-tuned) model, trained on hard
     labels with cross-entropy; returns the trained model and its metrics."""
@@ -208,7 +231,7 @@ def finetune_student(
     model = build_student(base, student, args.dropout)
     del base
     stages = [Stage(work.train, args, get_loss("ce"))]
-    return model, _fit(model, work, stages, seed=seed, report=report, on_cost=on_cost)
+    return model, _fit(model, work, stages, seed=seed, report=report, on_cost=on_cost, costs=costs)
 
 
 def transfer_set(work: Workload, files: list[str], max_length: int) -> Encoded:
@@ -235,6 +258,7 @@ def distill_student(
     report: Report | None = None,
     on_cost: CostHook | None = None,
     logits: LogitSource | None = None,
+    costs: CostStore | None = None,
 ) -> tuple[torch.nn.Module, dict[str, float]]:
     """A student initialised from the fine-tuned teacher, then either
 
@@ -263,7 +287,7 @@ def distill_student(
             Stage(transfer, replace(args, max_steps=kd_steps, patience=None), kd_only, signal("transfer", transfer)),
             Stage(work.train, replace(args, max_steps=max(1, args.max_steps - kd_steps)), get_loss("ce")),
         ]
-    return model, _fit(model, work, stages, seed=seed, report=report, on_cost=on_cost)
+    return model, _fit(model, work, stages, seed=seed, report=report, on_cost=on_cost, costs=costs)
 
 
 def heldout_metrics(model: torch.nn.Module, work: Workload) -> dict[str, float]:

@@ -4,7 +4,7 @@ This package never imports torch.
 """
 
 from storage._artifacts import ArtifactDir
-from storage._rdb import create_storage, driver_error, is_storage_error, schema_exists, upgrade_schema
+from storage._rdb import claim_study_attr, create_storage, driver_error, is_storage_error, schema_exists, upgrade_schema
 from storage._url import (
     DEFAULT_STORAGE_URL,
     engine_kwargs,
@@ -17,6 +17,7 @@ from storage._url import (
 __all__ = [
     "DEFAULT_STORAGE_URL",
     "ArtifactDir",
+    "claim_study_attr",
     "create_storage",
     "driver_error",
     "engine_kwargs",

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
 import warnings
+from typing import Any
 
 import optuna
 
@@ -37,6 +39,31 @@ def create_storage(
             ),
             skip_table_creation=not create_tables,
         )
+
+
+def claim_study_attr(storage: optuna.storages.BaseStorage, study_id: int, key: str, value: Any) -> Any:
+    """Store ``value`` as the study system attribute ``key`` unless one is there already; return the one kept.
+
+    On a relational storage this is a plain INSERT that the (study_id, key) unique constraint refuses when another
+    process stored the key first, so concurrent callers all end up with the first value (Optuna's own setter
+    overwrites); on other storages (in-memory, journal), a read then a write.
+    """
+    rdb = getattr(storage, "_backend", storage)  # under Optuna's cache wrapper, if any
+    if isinstance(rdb, optuna.storages.RDBStorage):
+        from optuna.storages._rdb.models import StudySystemAttributeModel
+        from sqlalchemy.exc import IntegrityError
+
+        session = rdb.scoped_session()
+        try:
+            session.add(StudySystemAttributeModel(study_id=study_id, key=key, value_json=json.dumps(value)))
+            session.commit()
+        except IntegrityError:  # another process stored it first: keep theirs
+            session.rollback()
+        finally:
+            session.close()
+    elif key not in storage.get_study_system_attrs(study_id):
+        storage.set_study_system_attr(study_id, key, value)
+    return storage.get_study_system_attrs(study_id)[key]
 
 
 def upgrade_schema(url: str) -> tuple[str, str]:

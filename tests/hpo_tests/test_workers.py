@@ -17,6 +17,8 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
+from tests.conftest import tiny_config
+
 SPACE = {
     "train.lr": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True},
     "distill.temperature": {"type": "float", "low": 1.0, "high": 8.0},
@@ -270,3 +272,20 @@ def test_mariadb_create_and_worker(tmp_path: Path, mysql_url: str, name: str) ->
     by_state = states(mysql_url, name)
     assert set(by_state) == {"COMPLETE"}
     assert 5 <= by_state["COMPLETE"] <= 6  # the budget; two workers racing for the last slot may both start one
+
+
+def test_workers_report_one_latency_per_architecture(tmp_path: Path, pg_url: str, name: str) -> None:
+    # Real MiniLM students, one architecture, two worker processes: each would measure its own latency (a few
+    # percent apart); the first measurement stored in the study is the one every trial reports.
+    space = {"train.lr": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True}}
+    create(tmp_path, pg_url, tiny_config(name, objective="finetune", n_trials=6, search_space=space))
+    result = run_cli("worker", "--study", name, "--procs", "2", url=pg_url, cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    complete = [t for t in trials(pg_url, name) if t.state == TrialState.COMPLETE]
+    assert len(complete) >= 6 and len({t.user_attrs["pid"] for t in complete}) == 2
+    for metric in ("latency_ms", "latency_ms_p95", "throughput"):
+        assert len({t.user_attrs[metric] for t in complete}) == 1, metric
+    study = optuna.load_study(study_name=name, storage=pg_url)
+    stored = study._storage.get_study_system_attrs(study._study_id)
+    costs = [value for key, value in stored.items() if key.startswith("cost:")]
+    assert len(costs) == 1 and costs[0]["latency_ms"] == complete[0].user_attrs["latency_ms"]

@@ -1,11 +1,14 @@
 """The Optuna storage on real databases: SQLite here, PostgreSQL through HPO_TEST_PG_URL."""
 
+import multiprocessing
+import os
 import uuid
 from pathlib import Path
+from typing import Any
 
 import optuna
 
-from storage import create_storage
+from storage import claim_study_attr, create_storage
 
 
 def _roundtrip(url: str) -> None:
@@ -24,3 +27,46 @@ def test_sqlite(tmp_path: Path) -> None:
 
 def test_postgresql(pg_url: str) -> None:
     _roundtrip(pg_url)
+
+
+def _claim(url: str, name: str, key: str, start: Any, out: Any) -> None:
+    """One process: open its own storage, wait for the others, claim ``key`` with its pid, report what it kept."""
+    storage = create_storage(url, create_tables=False)
+    study_id = storage.get_study_id_from_name(name)
+    start.wait()
+    out.put(claim_study_attr(storage, study_id, key, {"pid": os.getpid()}))
+
+
+def _claim_race(url: str) -> None:
+    name = f"claim-{uuid.uuid4().hex[:8]}"
+    storage = create_storage(url)
+    study_id = optuna.create_study(study_name=name, storage=storage)._study_id
+    assert claim_study_attr(storage, study_id, "first", 1) == 1
+    assert claim_study_attr(storage, study_id, "first", 2) == 1  # a second claim keeps the first value
+    context = multiprocessing.get_context("spawn")
+    for round_ in range(3):
+        start, out = context.Barrier(6), context.Queue()
+        procs = [context.Process(target=_claim, args=(url, name, f"k{round_}", start, out)) for _ in range(6)]
+        for proc in procs:
+            proc.start()
+        kept = [out.get(timeout=120) for _ in procs]
+        for proc in procs:
+            proc.join(timeout=60)
+        # all six raced to store their own pid; every one of them came back with the same, stored value
+        assert len({k["pid"] for k in kept}) == 1
+        assert storage.get_study_system_attrs(study_id)[f"k{round_}"] == kept[0]
+    optuna.delete_study(study_name=name, storage=storage)
+
+
+def test_claim_keeps_the_first_value_across_processes_sqlite(tmp_path: Path) -> None:
+    _claim_race(f"sqlite:///{tmp_path}/s.db")
+
+
+def test_claim_keeps_the_first_value_across_processes_postgresql(pg_url: str) -> None:
+    _claim_race(pg_url)
+
+
+def test_claim_on_in_memory_storage() -> None:
+    study = optuna.create_study()
+    assert claim_study_attr(study._storage, study._study_id, "k", [1.5]) == [1.5]
+    assert claim_study_attr(study._storage, study._study_id, "k", [2.5]) == [1.5]
