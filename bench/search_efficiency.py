@@ -1,11 +1,14 @@
-"""Search efficiency: TPE with a median pruner against random search without pruning, on the offline movie reviews.
+"""Search efficiency: TPE with a pruner against random search without pruning, on the offline movie reviews.
 
-Real fine-tuning trials (a 2-layer student copied from the bundled all-MiniLM-L6-v2, a small training subset, short
-trials) run under the real trial runner and worker loop, in-memory study storage. Both arms search the same space
-with the same seeds and may spend the same number of student training steps (``--budget-trials`` full trials'
-worth); pruned trials hand their unspent steps to new trials.
+Real fine-tuning trials (a student copied from the bundled all-MiniLM-L6-v2, a small training subset, short trials)
+run under the real trial runner and worker loop, in-memory study storage. Both arms search the same space with the
+same seeds and may spend the same number of student training steps (``--budget-trials`` full trials' worth);
+pruned trials hand their unspent steps to new trials. ``--space wide`` is a first search on a new task (learning
+rates over four decades), ``narrow`` the region where nearly every setting trains well; ``--pruner`` is the
+tuned arm's pruner (``median`` or ``hyperband``).
 
-    python bench/search_efficiency.py [--seeds 3] [--budget-trials 12] [--targets 0.76 0.78 0.80]
+    python bench/search_efficiency.py [--space wide] [--pruner median] [--steps 60] [--val-rows 300]
+        [--seeds 3] [--budget-trials 12] [--targets 0.76 0.78 0.80]
 
 Prints, per target validation accuracy, the training steps (and seconds) until each search first reached it and
 the ratio of mean steps TPE+pruner / random (the goal: at most 1/3); then each arm's mean best accuracy within a
@@ -28,27 +31,51 @@ from hpo._study import open_study
 from hpo._worker import Budget, Retry, Worker
 from objectives import DataArgs, Workload, prepare_workload
 
-STEPS = 60
-SPACE = {
-    "train.lr": {"type": "float", "low": 1e-5, "high": 3e-3, "log": True},
-    "train.warmup_ratio": {"type": "float", "low": 0.0, "high": 0.3},
-    "train.weight_decay": {"type": "float", "low": 0.0, "high": 0.1},
-    "train.dropout": {"type": "float", "low": 0.0, "high": 0.3},
-    "train.lr_decay": {"type": "float", "low": 0.5, "high": 1.0},
+SPACES = {
+    # the region where nearly every setting trains well: what one searches after a first look
+    "narrow": {
+        "train.lr": {"type": "float", "low": 1e-5, "high": 3e-3, "log": True},
+        "train.warmup_ratio": {"type": "float", "low": 0.0, "high": 0.3},
+        "train.weight_decay": {"type": "float", "low": 0.0, "high": 0.1},
+        "train.dropout": {"type": "float", "low": 0.0, "high": 0.3},
+        "train.lr_decay": {"type": "float", "low": 0.5, "high": 1.0},
+    },
+    # a first search on a new task: learning rates over four decades, where many settings barely train
+    "wide": {
+        "train.lr": {"type": "float", "low": 1e-6, "high": 1e-2, "log": True},
+        "train.warmup_ratio": {"type": "float", "low": 0.0, "high": 0.5},
+        "train.weight_decay": {"type": "float", "low": 0.0, "high": 0.3},
+        "train.dropout": {"type": "float", "low": 0.0, "high": 0.5},
+        "train.lr_decay": {"type": "float", "low": 0.3, "high": 1.0},
+    },
 }
-ARMS = {
-    "random": ({"name": "random"}, {"name": "none"}),
-    "tpe+median": (
-        {"name": "tpe", "options": {"n_startup_trials": 4}},
-        {"name": "median", "options": {"n_startup_trials": 3, "n_warmup_steps": 10}},
-    ),
+PRUNERS = {
+    "median": lambda steps, every: {
+        "name": "median",
+        "options": {"n_startup_trials": 3, "n_warmup_steps": every},
+    },
+    "hyperband": lambda steps, every: {
+        "name": "hyperband",
+        "options": {"min_resource": every, "max_resource": steps, "reduction_factor": 3},
+    },
 }
+TUNED = "tpe+pruner"
 
 
-def _config(arm: str, seed: int, data: DataArgs) -> dict:
-    sampler, pruner = ARMS[arm]
+def arms(pruner: str, steps: int, every: int) -> dict[str, tuple[dict, dict]]:
+    """The two searches compared: random without pruning, and TPE with ``pruner``."""
     return {
-        "name": f"efficiency-{arm}-{seed}",
+        "random": ({"name": "random"}, {"name": "none"}),
+        TUNED: ({"name": "tpe", "options": {"n_startup_trials": 4}}, PRUNERS[pruner](steps, every)),
+    }
+
+
+def _config(
+    arm: tuple[dict, dict], name: str, seed: int, data: DataArgs, space: dict, args: argparse.Namespace
+) -> dict:
+    sampler, pruner = arm
+    return {
+        "name": f"efficiency-{name}-{seed}",
         "objective": "finetune",
         "directions": {"accuracy": "maximize"},
         "n_trials": None,
@@ -61,9 +88,9 @@ def _config(arm: str, seed: int, data: DataArgs) -> dict:
             "max_train_rows": data.max_train_rows,
             "max_val_rows": data.max_val_rows,
         },
-        "student": {"num_layers": 2},
-        "train": {"max_steps": STEPS, "batch_size": 32, "eval_every": 10},
-        "search_space": SPACE,
+        "student": {"num_layers": args.layers},
+        "train": {"max_steps": args.steps, "batch_size": args.batch_size, "eval_every": args.eval_every},
+        "search_space": space,
     }
 
 
@@ -78,9 +105,9 @@ def _accuracy(trial: optuna.trial.FrozenTrial) -> float:
     return max(values, default=0.0)
 
 
-def search(arm: str, seed: int, work: Workload, data: DataArgs, budget: int) -> list[tuple[int, float, float]]:
+def search(config_dict: dict, work: Workload, budget: int) -> list[tuple[int, float, float]]:
     """One search spending ``budget`` steps: (cumulative steps, cumulative seconds, best accuracy) after each trial."""
-    config = config_from_dict(_config(arm, seed, data))
+    config = config_from_dict(config_dict)
     study = open_study(config, optuna.storages.InMemoryStorage())
     worker = Worker(
         study, TrialRunner(config, work), Budget(n_trials=None, max_trials=1), max_retries=0, retry=Retry(1)
@@ -113,36 +140,46 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--budget-trials", type=int, default=12)
     parser.add_argument("--targets", type=float, nargs="+", default=[0.76, 0.78, 0.80])
-    parser.add_argument("--rows", type=int, default=3000)
+    parser.add_argument("--space", choices=sorted(SPACES), default="wide")
+    parser.add_argument("--pruner", choices=sorted(PRUNERS), default="median")
+    parser.add_argument("--steps", type=int, default=60, help="training steps of a full trial")
+    parser.add_argument("--eval-every", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--layers", type=int, default=2, help="student depth")
+    parser.add_argument("--max-length", type=int, default=48)
+    parser.add_argument("--rows", type=int, default=3000, help="training rows")
+    parser.add_argument("--val-rows", type=int, default=300)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     torch.set_num_threads(os.cpu_count() or 1)
-    data = DataArgs(max_length=48, max_train_rows=args.rows, max_val_rows=300)
+    data = DataArgs(max_length=args.max_length, max_train_rows=args.rows, max_val_rows=args.val_rows)
     work = prepare_workload(data, "minilm-l6")
-    budget = args.budget_trials * STEPS
+    budget = args.budget_trials * args.steps
+    compared = arms(args.pruner, args.steps, args.eval_every)
     print(
-        f"budget {budget} steps per search ({args.budget_trials} full trials of {STEPS} steps, batch 32); "
-        f"{len(work.train)} train / {len(work.validation)} validation rows"
+        f"{args.space} space, TPE + {args.pruner} pruner vs random; budget {budget} steps per search "
+        f"({args.budget_trials} full trials of {args.steps} steps, batch {args.batch_size}, {args.layers}-layer "
+        f"student); {len(work.train)} train / {len(work.validation)} validation rows"
     )
-    curves: dict[str, list] = {arm: [] for arm in ARMS}
+    curves: dict[str, list] = {name: [] for name in compared}
     for seed in range(args.seeds):
-        for arm in ARMS:
-            curve = search(arm, seed, work, data, budget)
-            curves[arm].append(curve)
-            print(f"{arm:<11} seed {seed}: {len(curve):>3} trials, {curve[-1][1]:5.0f} s, best {curve[-1][2]:.3f}")
+        for name, arm in compared.items():
+            curve = search(_config(arm, name, seed, data, SPACES[args.space], args), work, budget)
+            curves[name].append(curve)
+            print(f"{name:<11} seed {seed}: {len(curve):>3} trials, {curve[-1][1]:5.0f} s, best {curve[-1][2]:.3f}")
     print("\nsteps (seconds) until a search first reached the target; a miss counts as the whole budget, marked *")
     for target in args.targets:
         cells, means = [], {}
-        for arm in ARMS:
-            hits = [first_reaching(c, target, budget) for c in curves[arm]]
-            means[arm] = statistics.mean(h[0] for h in hits)
-            cells.append(f"{arm} " + " ".join(f"{s}{'' if ok else '*'}({t:.0f})" for s, t, ok in hits))
-        ratio = means["tpe+median"] / means["random"]
-        print(f"target {target:.2f}: " + " | ".join(cells) + f" | ratio of mean steps tpe+median/random {ratio:.3f}")
+        for name in compared:
+            hits = [first_reaching(c, target, budget) for c in curves[name]]
+            means[name] = statistics.mean(h[0] for h in hits)
+            cells.append(f"{name} " + " ".join(f"{s}{'' if ok else '*'}({t:.0f})" for s, t, ok in hits))
+        ratio = means[TUNED] / means["random"]
+        print(f"target {target:.2f}: " + " | ".join(cells) + f" | ratio of mean steps {TUNED}/random {ratio:.3f}")
     for share in (1 / 3, 1 / 2, 1):
         at = round(budget * share)
-        best = {arm: statistics.mean(best_within(c, at) for c in curves[arm]) for arm in ARMS}
+        best = {name: statistics.mean(best_within(c, at) for c in curves[name]) for name in compared}
         print(f"mean best accuracy within {at} steps: " + ", ".join(f"{a} {v:.3f}" for a, v in best.items()))
 
 
