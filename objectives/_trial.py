@@ -88,9 +88,13 @@ COST_THREADS = 1
 (``bench/latency_stability.py``)."""
 
 
+def _cost_threads(device: torch.device) -> int:
+    return COST_THREADS if device.type == "cpu" else torch.get_num_threads()
+
+
 def cost_hardware(device: torch.device) -> str:
     """What costs on ``device`` are measured on: the GPU, or the CPU model with :data:`COST_THREADS` threads."""
-    return hardware(device, COST_THREADS if device.type == "cpu" else torch.get_num_threads())
+    return hardware(device, _cost_threads(device))
 
 
 def measure_cost(model: torch.nn.Module, work: Workload, costs: CostStore | None = None) -> dict[str, float]:
@@ -112,7 +116,7 @@ def measure_cost(model: torch.nn.Module, work: Workload, costs: CostStore | None
     store = _COSTS if costs is None else costs
     cost = store.get(key)
     if cost is None:
-        with torch_threads(COST_THREADS if device.type == "cpu" else torch.get_num_threads()):
+        with torch_threads(_cost_threads(device)):
             p50, p95 = latency_ms(model, one)
             per_second = throughput(model, batch)
         params = count_parameters(model)
