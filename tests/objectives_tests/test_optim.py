@@ -55,3 +55,30 @@ def test_warmup_then_linear_decay() -> None:
     assert lrs[0] == pytest.approx(0.5) and lrs[1] == pytest.approx(1.0)
     assert lrs[2] > lrs[5] > lrs[9] > 0
     assert head["lr"] == pytest.approx(0.0)
+
+
+def test_adamw_is_fused_on_the_cpu_and_updates_as_the_per_tensor_loop_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    args = TrainArgs(lr=1e-2, max_steps=5, warmup_ratio=0.0, weight_decay=0.1, lr_decay=0.8)
+
+    def trained(fused_devices: tuple[str, ...]) -> tuple[bool, list[torch.Tensor]]:
+        monkeypatch.setattr("objectives._optim.FUSED_DEVICES", fused_devices)
+        torch.manual_seed(0)
+        model = _Encoder(2)
+        optimizer, schedule = build_optimizer(model, args, 2, torch.device("cpu"))
+        for step in range(5):
+            tokens = torch.arange(step, step + 6) % 10
+            loss = model.classifier(model.norm(model.layer[1](model.layer[0](model.embeddings(tokens))))).square()
+            loss.mean().backward()
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad()
+        return bool(optimizer.defaults["fused"]), [p.detach().clone() for p in model.parameters()]
+
+    fused, fused_params = trained(("cpu", "cuda"))
+    looped, looped_params = trained(())
+    assert fused and not looped
+    torch.manual_seed(0)
+    initial = list(_Encoder(2).parameters())
+    assert all(not torch.equal(p, q) for p, q in zip(fused_params, initial, strict=True))  # every parameter moved
+    for p, q in zip(fused_params, looped_params, strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
