@@ -11,13 +11,16 @@ tuned arm's pruner (``median`` or ``hyperband``).
         [--seeds 3] [--budget-trials 12] [--targets 0.76 0.78 0.80]
 
 Prints, per target validation accuracy, the training steps (and seconds) until each search first reached it and
-the ratio of mean steps TPE+pruner / random (the goal: at most 1/3); then each arm's mean best accuracy within a
-third, half and all of the budget.
+the ratio of mean steps TPE+pruner / random (the goal: at most 1/3); per seed, the steps TPE+pruner needed to reach
+the best accuracy random search found in its whole budget, against the steps random search took to find it; then
+each arm's mean best accuracy within a third, half and all of the budget. ``--out FILE`` also writes every
+search's curve (cumulative steps, seconds, best accuracy after each trial) as JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import time
@@ -135,6 +138,18 @@ def best_within(curve: list[tuple[int, float, float]], steps: int) -> float:
     return max((best for s, _, best in curve if s <= steps), default=0.0)
 
 
+def matching(curves: dict[str, list], budget: int) -> None:
+    """Print, per seed, the steps until TPE+pruner matched random search's final best, against random's own."""
+    cells, ratios = [], []
+    for random_curve, tuned_curve in zip(curves["random"], curves[TUNED], strict=True):
+        target = random_curve[-1][2]
+        own, tuned = first_reaching(random_curve, target, budget), first_reaching(tuned_curve, target, budget)
+        cells.append(f"{target:.3f}: random {own[0]}, {TUNED} {tuned[0]}{'' if tuned[2] else '*'}")
+        ratios.append(tuned[0] / own[0])
+    print(f"random search's best per seed, steps to reach it: {' | '.join(cells)}")
+    print(f"ratio of steps {TUNED}/random to random's best: " + " ".join(f"{r:.2f}" for r in ratios))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=3)
@@ -149,6 +164,7 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=48)
     parser.add_argument("--rows", type=int, default=3000, help="training rows")
     parser.add_argument("--val-rows", type=int, default=300)
+    parser.add_argument("--out", help="write every search's curve to this JSON file")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -177,10 +193,14 @@ def main() -> None:
             cells.append(f"{name} " + " ".join(f"{s}{'' if ok else '*'}({t:.0f})" for s, t, ok in hits))
         ratio = means[TUNED] / means["random"]
         print(f"target {target:.2f}: " + " | ".join(cells) + f" | ratio of mean steps {TUNED}/random {ratio:.3f}")
+    matching(curves, budget)
     for share in (1 / 3, 1 / 2, 1):
         at = round(budget * share)
         best = {name: statistics.mean(best_within(c, at) for c in curves[name]) for name in compared}
         print(f"mean best accuracy within {at} steps: " + ", ".join(f"{a} {v:.3f}" for a, v in best.items()))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"args": vars(args), "curves": curves}, f)
 
 
 if __name__ == "__main__":
