@@ -16,11 +16,10 @@ import argparse
 import os
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from unittest import mock
 
 import torch
 
@@ -38,19 +37,6 @@ from objectives import (
     prepare_workload,
 )
 from storage import ArtifactDir
-
-
-def per_tensor_adamw(arm: Callable[[], Any]) -> Callable[[], Any]:
-    """``arm`` with AdamW's per-tensor loop instead of the fused kernel."""
-
-    def run() -> Any:
-        fused, _optim.FUSED_DEVICES = _optim.FUSED_DEVICES, ()
-        try:
-            return arm()
-        finally:
-            _optim.FUSED_DEVICES = fused
-
-    return run
 
 
 def main() -> None:
@@ -81,7 +67,7 @@ def main() -> None:
         "distill, cached teacher": lambda: distill_student(work, teacher_dir, student, train, distill, 0, logits=cache),
         "distill, live teacher": lambda: distill_student(work, teacher_dir, student, train, distill, 0),
         "fine-tune, no teacher": finetune,
-        "fine-tune, AdamW loop": per_tensor_adamw(finetune),
+        "fine-tune, AdamW loop": mock.patch.object(_optim, "FUSED_DEVICES", ())(finetune),  # per-tensor AdamW
         "fine-tune, unsorted": lambda: finetune_student(work, "minilm-l6", student, uniform, 0),
         "fine-tune, compiled": lambda: finetune_student(work, "minilm-l6", student, compiled, 0),
     }
