@@ -49,16 +49,24 @@ def _storage_url(flag: str | None, config_value: str | None = None) -> str:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from hpo._config import load_config
+    from hpo._data_summary import summarise_data
     from hpo._study import validate_search
 
     config = load_config(args.config)
     validate_search(config)
+    data = None if args.no_data or config.objective == "synthetic" else summarise_data(config.data)
     print(f"{args.config}: valid ({config.objective} study {config.name!r}, {len(config.search_space)} parameters)")
+    if data is not None:
+        print(data)
+    elif args.no_data:
+        print(f"data {config.data.name}: not opened (--no-data)")
     return 0
 
 
 def _load(args: argparse.Namespace) -> tuple[object, str]:
+    """The config of ``hpo run`` / ``hpo create``, checked whole (its data opened too) before anything is written."""
     from hpo._config import load_config
+    from hpo._data_summary import summarise_data
     from hpo._study import validate_search
 
     config = load_config(args.config)
@@ -67,6 +75,8 @@ def _load(args: argparse.Namespace) -> tuple[object, str]:
             raise ConfigError("--n-trials", f"must be >= 1, got {args.n_trials}")
         config.n_trials = args.n_trials
     validate_search(config)
+    if config.objective != "synthetic":
+        log.info("%s", summarise_data(config.data))
     return config, _storage_url(args.storage, config.storage)
 
 
@@ -190,7 +200,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.objective is not None and (args.pick or args.prefer):
         raise ConfigError("--objective", "choose either --objective METRIC or --pick ... --prefer METRIC, not both")
     picks = [parse_constraint(text, "--pick") for text in args.pick]
-    study, _ = load_study(create_storage(_storage_url(args.storage), create_tables=False), args.study)
+    url = _storage_url(args.storage)
+    storage = create_storage(url, create_tables=False)
+    study, _ = load_study(storage, args.study or _only_study(storage, url))
     if args.list:
         print(front_table(study, picks))
     if args.out is None:
@@ -203,6 +215,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
         )
     if args.steps_factor <= 0:
         raise ConfigError("--steps-factor", f"must be > 0, got {args.steps_factor}")
+    if args.steps_factor < 1:
+        log.warning(
+            "--steps-factor %g makes the full training shorter than the trial it comes from; its scores may not "
+            "carry over (use >= 1)",
+            args.steps_factor,
+        )
     trial, job = export(
         study,
         Path(args.out),
@@ -218,6 +236,47 @@ def _cmd_export(args: argparse.Namespace) -> int:
     print(
         f"trial {trial.number} ({shown}) -> {args.out}: {job.train.max_steps} steps; run: hpo train {args.out} --out DIR"
     )
+    return 0
+
+
+def _only_study(storage: object, url: str) -> str:
+    """The name of the one study in ``storage``, the default of ``--study``; an error when there are several."""
+    import optuna
+
+    from storage import redact_url
+
+    names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False))
+    if len(names) != 1:
+        held = f"holds {len(names)} studies ({', '.join(names)})" if names else "holds no study"
+        raise ConfigError("--study", f"{redact_url(url)} {held}; name one with --study NAME")
+    return names[0]
+
+
+def _cmd_delete(args: argparse.Namespace) -> int:
+    from hpo._study import delete_study
+    from storage import create_storage, redact_url, schema_exists
+
+    url = _storage_url(args.storage)
+    if not schema_exists(url):
+        raise ConfigError("--storage", f"{redact_url(url)} has no studies")
+
+    def confirm(what: str) -> bool:
+        if args.yes:
+            return True
+        if not sys.stdin.isatty():
+            raise ConfigError("--yes", f"deleting {what} cannot be undone; pass --yes to confirm")
+        return input(f"delete {what} from {redact_url(url)}? [y/N] ").strip().lower() in ("y", "yes")
+
+    artifacts = delete_study(create_storage(url, create_tables=False), args.name, force=args.force, confirm=confirm)
+    if artifacts is None:
+        print("nothing deleted")
+        return 1
+    print(f"deleted study {args.name!r} from {redact_url(url)}")
+    if args.artifacts:
+        removed = artifacts.remove()
+        print(f"{'removed' if removed else 'no'} artifacts {artifacts.path}")
+    elif artifacts.path.exists():
+        print(f"its artifacts stay in {artifacts.path} (hpo delete --artifacts removes them)")
     return 0
 
 
@@ -359,9 +418,13 @@ def _parser() -> argparse.ArgumentParser:
     dashboard.add_argument("--port", type=int, default=8080, help="port (default: 8080; 0 picks a free one)")
     dashboard.set_defaults(func=_cmd_dashboard)
 
-    export = sub.add_parser("export", help="write a trial as a full-training job for hpo train")
+    export = sub.add_parser(
+        "export",
+        help="write a trial as a full-training job for hpo train (and record the pick in the study's user "
+        "attribute 'export')",
+    )
     export.add_argument("--storage", help="storage URL (default: HPO_STORAGE, then sqlite:///hpo.db)")
-    export.add_argument("--study", required=True, help="study name")
+    export.add_argument("--study", help="study name (default: the storage's only study)")
     export.add_argument("--out", help="YAML file to write")
     export.add_argument("--objective", help="pick the best trial by this metric, e.g. accuracy")
     export.add_argument("--pick", action="append", default=[], help="a bound, e.g. 'latency_ms <= 3' (repeatable)")
@@ -377,9 +440,20 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
     train.set_defaults(func=_cmd_train)
 
-    validate = sub.add_parser("validate", help="check a config without running anything")
+    validate = sub.add_parser(
+        "validate", help="check a config and open its data (columns, rows, classes); nothing runs, no model loads"
+    )
     validate.add_argument("config", help="YAML study config")
+    validate.add_argument("--no-data", action="store_true", help="check the config only, without opening the data")
     validate.set_defaults(func=_cmd_validate)
+
+    delete = sub.add_parser("delete", help="delete a study and its trials (refused while trials run)")
+    delete.add_argument("name", help="study name")
+    delete.add_argument("--storage", help="storage URL (default: HPO_STORAGE, then sqlite:///hpo.db)")
+    delete.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    delete.add_argument("--force", action="store_true", help="delete even while trials are running")
+    delete.add_argument("--artifacts", action="store_true", help="also remove its artifacts (teacher, logits)")
+    delete.set_defaults(func=_cmd_delete)
     return parser
 
 
@@ -387,6 +461,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hpo`` console script."""
     args = _parser().parse_args(argv)
     _setup_logging(args.verbose)
+    if not sys.stderr.isatty():  # plain logs: no `datasets` progress bars (inherited by worker processes)
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     try:
         return args.func(args)
     except ConfigError as exc:

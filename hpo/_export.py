@@ -12,7 +12,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hpo._config import SourceArgs, TrainJob, apply_params, dump_job
 from hpo._constraints import Constraint
 from hpo._study import load_study
-from hpo._table import render
+from hpo._table import format_cell, format_params, render
 from hpo._teacher import TEACHER_ATTR
 from objectives import HIGHER_IS_BETTER, METRICS, ConfigError
 
@@ -80,13 +80,12 @@ def front_table(study: optuna.Study, picks: list[Constraint] | None = None) -> s
     metrics = study.metric_names or ["accuracy"]
     front = sorted(pareto_front(complete_trials(study), metrics), key=lambda t: t.number)
     extra = [m for m in ("accuracy", "f1", "latency_ms", "size_mb", "params") if m not in metrics]
-    header = ["trial", *metrics, *extra, "feasible" if picks else "", "searched parameters"]
+    header = ["trial", *metrics, *extra, *(["feasible"] if picks else []), "searched parameters"]
     rows = []
     for t in front:
         ok = all(c.violation(t.user_attrs[c.metric]) <= 0 for c in picks or [])
-        params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items())
-        values = [f"{t.user_attrs[m]:.4g}" for m in (*metrics, *extra)]
-        rows.append([str(t.number), *values, ("yes" if ok else "no") if picks else "", params])
+        values = [format_cell(m, t.user_attrs[m]) for m in (*metrics, *extra)]
+        rows.append([str(t.number), *values, *([("yes" if ok else "no")] if picks else []), format_params(t.params)])
     return render(header, rows)
 
 
@@ -101,7 +100,7 @@ def build_job(study: optuna.Study, trial: FrozenTrial, *, steps_factor: float, p
     train = dataclasses.replace(chosen.train, max_steps=steps, patience=patience, eval_every=max(1, steps // 10))
     data = dataclasses.replace(chosen.data, max_train_rows=None, max_val_rows=None)
     teacher = study.user_attrs.get(TEACHER_ATTR, {})
-    metrics = {m: trial.user_attrs[m] for m in (*METRICS, "val_loss") if m in trial.user_attrs}
+    metrics = {m: trial.user_attrs[m] for m in (*METRICS, "val_loss", "steps") if m in trial.user_attrs}
     return TrainJob(
         name=f"{study.study_name}-trial-{trial.number}",
         objective=chosen.objective,

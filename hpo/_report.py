@@ -20,7 +20,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo._table import _cell, best_trials
+from hpo._table import PER_CLASS_HEADER, best_trials, format_cell, per_class_rows
 from hpo._teacher import TEACHER_ATTR
 from hpo._worker import FAIL_REASON
 from objectives import ConfigError
@@ -221,14 +221,28 @@ def models_table(study: optuna.Study, top: int = 5) -> str:
     rows = []
     teacher = study.user_attrs.get(TEACHER_ATTR)
     if teacher:
-        rows.append([f"teacher ({teacher.get('model', '?')})", *(_cell(m, teacher.get(m)) for m in TABLE_METRICS)])
+        rows.append(
+            [f"teacher ({teacher.get('model', '?')})", *(format_cell(m, teacher.get(m)) for m in TABLE_METRICS)]
+        )
     picked = exported_trial(study)
     for trial in best_trials(study, top):
         label = f"trial {trial.number}" + (" (exported)" if trial.number == picked else "")
-        rows.append([label, *(_cell(m, trial.user_attrs.get(m)) for m in TABLE_METRICS)])
+        rows.append([label, *(format_cell(m, trial.user_attrs.get(m)) for m in TABLE_METRICS)])
     if not rows:
         return "<p>No completed trials yet.</p>"
     return _table(["model", *_TABLE_HEADER], rows, "models")
+
+
+def per_class_table(study: optuna.Study, top: int = 5) -> str:
+    """Validation precision, recall and F1 of each class for the teacher and the best students (classes a model
+    never predicts flagged), as an HTML table."""
+    teacher = study.user_attrs.get(TEACHER_ATTR) or {}
+    models = {f"teacher ({teacher.get('model', '?')})": teacher.get("per_class")}
+    models.update({f"trial {t.number}": t.user_attrs.get("per_class") for t in best_trials(study, top)})
+    rows = per_class_rows({name: scores for name, scores in models.items() if scores})
+    if not rows:
+        return "<p>No per-class scores recorded.</p>"
+    return _table(PER_CLASS_HEADER, rows, "classes")
 
 
 def states_table(study: optuna.Study) -> str:
@@ -272,6 +286,8 @@ def render_html(study: optuna.Study, figs: list[Figure]) -> str:
         f'<p class="sub">{html.escape(directions)}; trial budget {html.escape(str(budget))}</p>',
         "<h2>Teacher and best students</h2>",
         models_table(study),
+        "<h2>Each class (validation)</h2>",
+        per_class_table(study),
         "<h2>Trials by state</h2>",
         states_table(study),
     ]

@@ -14,7 +14,7 @@ import torch
 
 from hpo._config import Config
 from hpo._progress import Progress
-from hpo._runner import TrialRunner, describe
+from hpo._runner import TrialRunner, describe, warn_never_predicted
 from hpo._study import is_grid, load_study, open_study
 from hpo._table import results_table, state_counts
 from hpo._teacher import LogitCache, ensure_teacher
@@ -51,6 +51,7 @@ def prepare_runner(config: Config, study: optuna.Study, attrs: dict[str, Any] | 
     artifacts = ArtifactDir(config.artifacts_dir, config.name)
     teacher_dir, teacher = ensure_teacher(config, work, artifacts, study)
     log.info("teacher: validation accuracy %.4f, f1 %.4f (%s)", teacher["accuracy"], teacher["f1"], teacher_dir)
+    warn_never_predicted("the teacher", teacher.get("per_class") or {})
     return TrialRunner(
         config, work, teacher_dir, attrs, LogitCache(artifacts, teacher_dir, top_k=config.distill.cache_top_k)
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import logging
 import os
 import socket
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from hpo._costs import StudyCosts
 from hpo._pareto_pruner import ParetoRungPruner
 from hpo._pruners import make_pruner
 from hpo._search_space import suggest_params
+from hpo._table import format_params
 from hpo._worker import FAIL_REASON
 from objectives import (
     METRICS,
@@ -31,9 +33,30 @@ from objectives import (
     Workload,
     distill_student,
     finetune_student,
+    never_predicted,
     run_synthetic,
 )
 from storage import is_storage_error
+
+log = logging.getLogger("hpo")
+
+PER_CLASS_ATTR = "per_class"
+"""User attribute of a finished trial (and key of the teacher's metrics): validation precision, recall, F1, support
+and predicted count of each class, by class name."""
+
+
+def warn_never_predicted(what: str, scores: dict[str, dict[str, float]]) -> list[str]:
+    """Log a warning naming the classes ``what`` (a model) never predicts on validation; returns them."""
+    missing = never_predicted(scores)
+    if missing:
+        shown = ", ".join(f"{name!r} ({scores[name]['support']:.0f} rows)" for name in missing)
+        log.warning(
+            "%s never predicts class %s on validation: accuracy hides it, read f1 (macro) and the per-class "
+            "scores; train.class_weights: balanced may help",
+            what,
+            shown,
+        )
+    return missing
 
 
 def trial_seed(study_seed: int, trial_number: int) -> int:
@@ -167,6 +190,9 @@ class TrialRunner:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
         self._record(trial, {key: metrics[key] for key in (*METRICS, "val_loss", "steps")})
+        if PER_CLASS_ATTR in metrics:  # the real objectives (the synthetic one has no classes)
+            trial.set_user_attr(PER_CLASS_ATTR, metrics[PER_CLASS_ATTR])
+            warn_never_predicted(f"trial {trial.number}", metrics[PER_CLASS_ATTR])
         if self.constraints:
             trial.set_user_attr("feasible", all(c.violation(metrics[c.metric]) <= 0 for c in self.constraints))
         return [metrics[m] for m in self.config.metric_names]
@@ -179,11 +205,7 @@ def describe(trial: optuna.trial.FrozenTrial, metric_names: list[str]) -> str:
     if not shown and trial.intermediate_values:
         step = max(trial.intermediate_values)
         shown = f"val accuracy {trial.intermediate_values[step]:.4g} at step {step}"
-    params = ", ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
+    params = format_params(trial.params)
     seconds = (trial.datetime_complete - trial.datetime_start).total_seconds() if trial.datetime_complete else 0.0
     reason = f" ({attrs[FAIL_REASON]})" if FAIL_REASON in attrs else ""
     return f"trial {trial.number} {trial.state.name}{reason} in {seconds:.0f}s: {shown or '-'} | {params}"
-
-
-def _short(value: Any) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)

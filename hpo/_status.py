@@ -9,7 +9,7 @@ from optuna.trial import TrialState
 
 from hpo._config import config_from_dict
 from hpo._study import CONFIG_ATTR
-from hpo._table import best_trials, render, state_counts
+from hpo._table import best_trials, format_cell, never_predicted_notes, render, state_counts
 from storage import create_storage, redact_url
 
 
@@ -77,12 +77,16 @@ def eta(study: optuna.Study, now: datetime.datetime | None = None) -> str:
 
 
 def _best_table(study: optuna.Study, metric_names: list[str]) -> str:
-    """Best values per objective: the best trial of a single objective, the Pareto front of several."""
+    """Best values per objective: the best trial of a single objective, the Pareto front of several; a best trial
+    that never predicts a class is flagged below the table."""
+    best = best_trials(study, top=1 if len(metric_names) == 1 else 10)
+    if not best:
+        return ""
     rows = [
-        [f"trial {t.number}", *(format(v, ".4g") for v in t.values)]
-        for t in best_trials(study, top=1 if len(metric_names) == 1 else 10)
+        [f"trial {t.number}", *(format_cell(m, v) for m, v in zip(metric_names, t.values, strict=True))] for t in best
     ]
-    return render(["best", *metric_names], rows) if rows else ""
+    notes = never_predicted_notes({f"trial {t.number}": t.user_attrs for t in best})
+    return "\n".join([render(["best", *metric_names], rows), *notes])
 
 
 def _indent(text: str) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import itertools
 import warnings
+from collections.abc import Callable
+from pathlib import Path
 
 import optuna
 
@@ -13,6 +15,7 @@ from hpo._pruners import make_pruner
 from hpo._samplers import make_sampler
 from hpo._search_space import grid_of
 from objectives import ConfigError
+from storage import ArtifactDir
 
 CONFIG_ATTR = "config"
 """Study user attribute holding the study's config (without run-control fields such as the storage URL)."""
@@ -114,23 +117,52 @@ def open_study(config: Config, storage: optuna.storages.BaseStorage | str) -> op
     return study
 
 
+def _summary(storage: optuna.storages.BaseStorage, name: str, flag: str) -> optuna.study.StudySummary:
+    summaries = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    if name not in summaries:
+        known = ", ".join(sorted(summaries)) or "none"
+        raise ConfigError(flag, f"no study named {name!r} in this storage (studies: {known}); run hpo create first")
+    return summaries[name]
+
+
 def load_study(storage: optuna.storages.BaseStorage, name: str, salt: str = "") -> tuple[optuna.Study, Config]:
     """Load study ``name`` created by ``hpo create`` / ``hpo run``, with its stored config; its sampler is seeded
     from the study seed and ``salt`` (a worker passes its host and process id)."""
     from hpo._config import config_from_dict
 
-    summaries = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
-    if name not in summaries:
-        known = ", ".join(sorted(summaries)) or "none"
-        raise ConfigError(
-            "--study", f"no study named {name!r} in this storage (studies: {known}); run hpo create first"
-        )
-    stored = summaries[name].user_attrs.get(CONFIG_ATTR)
+    summary = _summary(storage, name, "--study")
+    stored = summary.user_attrs.get(CONFIG_ATTR)
     if stored is None:
         raise ConfigError("--study", f"study {name!r} was not created by hpo (it has no stored config)")
     config = config_from_dict(stored)
-    config.n_trials = summaries[name].user_attrs.get(BUDGET_ATTR, config.n_trials)
+    config.n_trials = summary.user_attrs.get(BUDGET_ATTR, config.n_trials)
     study = optuna.load_study(
         study_name=name, storage=storage, sampler=study_sampler(config, salt), pruner=study_pruner(config)
     )
     return study, config
+
+
+def delete_study(
+    storage: optuna.storages.BaseStorage, name: str, *, force: bool, confirm: Callable[[str], bool]
+) -> ArtifactDir | None:
+    """Delete study ``name`` with its trials, after ``confirm`` (given a description) says yes; returns the study's
+    artifact directory (None when not deleted). Refuses while trials are RUNNING (workers are on it) unless
+    ``force``."""
+    from hpo._config import config_from_dict
+    from hpo._teacher import TEACHER_ATTR
+
+    summary = _summary(storage, name, "NAME")
+    study = optuna.load_study(study_name=name, storage=storage)
+    running = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
+    if running and not force:
+        raise ConfigError(
+            "--force", f"study {name!r} has {running} running trials (workers on it); stop them first or pass --force"
+        )
+    teacher = summary.user_attrs.get(TEACHER_ATTR) or {}
+    stored = summary.user_attrs.get(CONFIG_ATTR)
+    root = config_from_dict(stored).artifacts_dir if stored else "hpo-artifacts"
+    artifacts = ArtifactDir(Path(teacher["path"]).parent.parent if "path" in teacher else root, name)
+    if not confirm(f"study {name!r} ({summary.n_trials} trials, {running} running)"):
+        return None
+    optuna.delete_study(study_name=name, storage=storage)
+    return artifacts

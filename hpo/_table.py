@@ -1,7 +1,9 @@
-"""Plain-text tables of a study: the teacher baseline against the best students, and trial counts."""
+"""Plain-text tables: the one cell formatter and renderer of every table (results, status, export, model card), the
+teacher baseline against the best students, per-class scores, and trial counts."""
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -9,7 +11,7 @@ from typing import Any
 import optuna
 
 from hpo._teacher import TEACHER_ATTR
-from objectives import METRICS
+from objectives import METRICS, never_predicted
 
 _FORMATS = {
     "accuracy": ".4f",
@@ -21,10 +23,18 @@ _FORMATS = {
     "train_seconds": ".0f",
     "peak_memory_mb": ".0f",
     "gflops": ".3f",
+    "precision": ".4f",
+    "recall": ".4f",
+    "support": ".0f",
+    "predicted": ".0f",
 }
 
+_NUMBER = re.compile(r"^-?\d[\d.]*(e[-+]?\d+)?M?$|^-$")
 
-def _cell(metric: str, value: Any) -> str:
+
+def format_cell(metric: str, value: Any) -> str:
+    """A metric's value as every table shows it: ``params`` in millions (``15.6M``), scores to 4 decimals, others
+    by :data:`_FORMATS`; ``-`` when missing."""
     if value is None:
         return "-"
     if metric == "params":
@@ -32,16 +42,48 @@ def _cell(metric: str, value: Any) -> str:
     return format(value, _FORMATS.get(metric, ".4g"))
 
 
+def format_params(params: dict[str, Any]) -> str:
+    """A trial's searched parameters in one line: ``distill.temperature=7.57, student.num_layers=4``."""
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
 def render(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Columns aligned by width: the first left, the rest right."""
+    """Columns aligned by width: numbers right, text (and the first column) left; no trailing spaces."""
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    left = [i == 0 or any(not _NUMBER.match(str(r[i])) for r in rows) for i in range(len(header))]
 
     def line(cells: Sequence[str]) -> str:
         return "  ".join(
-            str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        )
+            str(c).ljust(w) if left[i] else str(c).rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
 
     return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+PER_CLASS_HEADER = ["model", "class", "precision", "recall", "f1", "support", "predicted", ""]
+
+
+def per_class_rows(models: dict[str, dict[str, dict[str, float]]]) -> list[list[str]]:
+    """Rows of :data:`PER_CLASS_HEADER` for each model's per-class scores (model name -> class name -> scores); a
+    class with rows that the model never predicts is flagged."""
+    rows = []
+    for model, scores in models.items():
+        missing = set(never_predicted(scores))
+        for name, s in scores.items():
+            cells = [format_cell(m, s[m]) for m in ("precision", "recall", "f1", "support", "predicted")]
+            rows.append([model, name, *cells, "never predicted" if name in missing else ""])
+    return rows
+
+
+def never_predicted_notes(models: dict[str, dict[str, Any]]) -> list[str]:
+    """One line per model (name -> its metrics or user attributes) whose ``per_class`` scores show a class with
+    rows that it never predicts."""
+    notes = []
+    for model, attrs in models.items():
+        missing = never_predicted(attrs.get("per_class") or {})
+        if missing:
+            notes.append(f"{model} never predicts class {', '.join(map(repr, missing))} (validation)")
+    return notes
 
 
 def best_trials(study: optuna.Study, top: int = 3) -> list[optuna.trial.FrozenTrial]:
@@ -59,16 +101,14 @@ def results_table(study: optuna.Study, top: int = 3) -> str:
     rows = []
     teacher = study.user_attrs.get(TEACHER_ATTR)
     if teacher:
-        rows.append([f"teacher ({teacher['model']})", *(_cell(m, teacher.get(m)) for m in METRICS)])
-    for trial in best_trials(study, top):
-        rows.append([f"trial {trial.number}", *(_cell(m, trial.user_attrs.get(m)) for m in METRICS)])
+        rows.append([f"teacher ({teacher['model']})", *(format_cell(m, teacher.get(m)) for m in METRICS)])
+    best = best_trials(study, top)
+    for trial in best:
+        rows.append([f"trial {trial.number}", *(format_cell(m, trial.user_attrs.get(m)) for m in METRICS)])
     table = render(header, rows)
-    params = [
-        f"trial {t.number}: "
-        + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items())
-        for t in best_trials(study, top)
-    ]
-    return table + ("\n\n" + "\n".join(params) if params else "")
+    params = [f"trial {t.number}: {format_params(t.params)}" for t in best]
+    notes = never_predicted_notes({"teacher": teacher or {}, **{f"trial {t.number}": t.user_attrs for t in best}})
+    return table + "".join("\n\n" + "\n".join(block) for block in (params, notes) if block)
 
 
 def state_counts(study: optuna.Study) -> str:

@@ -19,7 +19,7 @@ import torch
 
 from hpo._config import TrainJob, dump_job
 from hpo._run import resolve_device
-from hpo._table import render
+from hpo._table import PER_CLASS_HEADER, format_cell, per_class_rows, render
 from objectives import (
     cost_hardware,
     distill_student,
@@ -27,6 +27,7 @@ from objectives import (
     finetune_teacher,
     heldout_metrics,
     load_teacher,
+    name_labels,
     prepare_workload,
 )
 
@@ -40,12 +41,6 @@ def _progress(label: str, total: int) -> Callable[[int, float], None]:
         log.info("%s: step %d/%d, validation accuracy %.4f", label, step, total, accuracy)
 
     return report
-
-
-def _cell(metric: str, value: float) -> str:
-    if metric == "params":
-        return f"{value / 1e6:.1f}M"
-    return {"accuracy": f"{value:.4f}", "f1": f"{value:.4f}", "throughput": f"{value:.0f}"}.get(metric, f"{value:.2f}")
 
 
 def tradeoff(rows: dict[str, dict[str, float]], student: str) -> str:
@@ -67,12 +62,16 @@ def tradeoff(rows: dict[str, dict[str, float]], student: str) -> str:
     return text
 
 
-def model_card(job: TrainJob, rows: dict[str, dict[str, float]], student: str, n_test: int) -> str:
+def model_card(
+    job: TrainJob, rows: dict[str, dict[str, Any]], student: str, n_test: int, label_names: list[str]
+) -> str:
     """The model card (README.md) of the trained student."""
     table = render(
         ["model", *CARD_METRICS],
-        [[name, *(_cell(m, r[m]) for m in CARD_METRICS)] for name, r in rows.items()],
+        [[name, *(format_cell(m, r[m]) for m in CARD_METRICS)] for name, r in rows.items()],
     )
+    classes = render(PER_CLASS_HEADER, per_class_rows({name: r["per_class"] for name, r in rows.items()}))
+    labels = ", ".join(f"{i} = `{name}`" for i, name in enumerate(label_names))
     src = job.source
     source = f"trial {src.trial} of study `{src.study}`" if src.study else "a hand-written job"
     params = "\n".join(f"- `{k}`: {v}" for k, v in src.params.items()) or "- (none)"
@@ -101,6 +100,14 @@ stable; throughput: batch 32. Measured on {device.type} ({cost_hardware(device)}
 
 {tradeoff(rows, student)}
 
+Each class on the test split (precision, recall, F1; support: its rows; predicted: rows predicted as it):
+
+```
+{classes}
+```
+
+Labels (`id2label` of the model): {labels}.
+
 ## Training
 
 Searched parameters of the source trial:
@@ -112,10 +119,27 @@ after {job.train.patience} validations without a lower validation loss, best che
 """
 
 
+def warn_short_training(job: TrainJob) -> bool:
+    """Warn (and return True) when the full training's step budget is below the steps its source trial ran: its
+    scores would not carry over from the trial that picked it."""
+    trial_steps = job.source.metrics.get("steps")
+    if trial_steps is None or job.train.max_steps >= trial_steps:
+        return False
+    log.warning(
+        "full training of %d steps is shorter than the %d steps of trial %s it comes from; export with "
+        "--steps-factor >= 1 for a training at least as long as the trial",
+        job.train.max_steps,
+        trial_steps,
+        job.source.trial,
+    )
+    return True
+
+
 def train_job(job: TrainJob, out: Path, threads: int | None = None) -> dict[str, Any]:
     """Run ``job`` and write the model directory ``out``; returns what ``metrics.json`` holds."""
     threads = threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
+    warn_short_training(job)
     device = resolve_device(job.device)
     work = prepare_workload(job.data, job.teacher.model, device)
     out.mkdir(parents=True, exist_ok=True)
@@ -143,12 +167,11 @@ def train_job(job: TrainJob, out: Path, threads: int | None = None) -> dict[str,
         )
         rows[name] = heldout_metrics(model, work)
     labels = work.task.rows.label_names
-    model.config.id2label = dict(enumerate(labels))
-    model.config.label2id = {label: i for i, label in enumerate(labels)}
+    name_labels(model, labels)
     model.save_pretrained(out)
     work.tokenizer.save_pretrained(out)
     result = {"job": dataclasses.asdict(job), "validation": validation, "test": rows, "student": name}
     (out / "metrics.json").write_text(json.dumps(result, indent=2))
-    (out / "README.md").write_text(model_card(job, rows, name, len(work.task.test_idx)))
+    (out / "README.md").write_text(model_card(job, rows, name, len(work.task.test_idx), labels))
     (out / "job.yaml").write_text(dump_job(job))
     return result

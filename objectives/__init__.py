@@ -19,7 +19,7 @@ from objectives._config import (
     TeacherArgs,
     TrainArgs,
 )
-from objectives._data import DATASETS, Encoded, Rows, Task, load_rows, load_task
+from objectives._data import DATASETS, Encoded, Rows, Task, load_rows, load_task, open_data
 from objectives._models import MODELS, build_student, load_classifier, resolve_model, student_layers
 
 _LAZY = {
@@ -35,6 +35,8 @@ _LAZY = {
     "finetune_student": "objectives._trial",
     "load_teacher": "objectives._trial",
     "heldout_metrics": "objectives._trial",
+    "never_predicted": "objectives._metrics",
+    "per_class": "objectives._metrics",
     "cost_hardware": "objectives._trial",
     "teacher_logits": "objectives._train",
     "LogitSource": "objectives._trial",
@@ -83,6 +85,9 @@ __all__ = [
     "load_task",
     "load_teacher",
     "measure_cost",
+    "never_predicted",
+    "open_data",
+    "per_class",
     "prepare_workload",
     "report_steps",
     "resolve_model",

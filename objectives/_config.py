@@ -65,7 +65,13 @@ class DataArgs:
     text_column: str = "text"
     """Column holding the input text (local files and Hugging Face datasets)."""
     label_column: str = "label"
-    """Column holding the class label: integers, or strings mapped to ids in sorted order."""
+    """Column holding the class label: integers (class ids 0..max), or strings (ids in sorted order, unless
+    ``label_names`` lists them)."""
+    label_names: list[str] | dict[str, str] | None = None
+    """Names of the classes, used in every saved model's ``id2label``, the model card and the report: a list in id
+    order (integer labels index it; string labels must each be in it, which sets their ids), or a mapping from
+    label value to name, e.g. ``{0: world, 1: sports}``. Null: string labels are their own names, integer labels
+    are named by their number."""
     hf_config: str | None = None
     """Configuration name of a Hugging Face dataset, where it has several."""
     hf_split: str = "train"
@@ -92,6 +98,11 @@ class DataArgs:
             "val_fraction",
             f"val_fraction + test_fraction must leave training rows, got {self.val_fraction + self.test_fraction}",
         )
+        if self.label_names is not None:
+            names = list(self.label_names.values() if isinstance(self.label_names, dict) else self.label_names)
+            _check(len(names) >= 2, "label_names", f"must name at least 2 classes, got {names}")
+            _check(all(names), "label_names", f"names must not be empty, got {names}")
+            _check(len(set(names)) == len(names), "label_names", f"names must be unique, got {names}")
         _check(self.max_length >= 8, "max_length", f"must be >= 8 tokens, got {self.max_length}")
         for key in ("max_train_rows", "max_val_rows"):
             value = getattr(self, key)
@@ -135,6 +146,9 @@ class TrainArgs:
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """Mixed precision: ``auto`` is bf16 autocast on GPUs that support it, fp16 with a grad scaler on older ones,
     fp32 on CPU."""
+    class_weights: Literal["none", "balanced"] = "none"
+    """Weights of the classes in the cross-entropy on labels: ``none`` (all 1), or ``balanced`` (inverse frequency
+    in the training split, w_c = N / (C * n_c)), so a rare class is not given up. Searchable as a categorical."""
 
     def __post_init__(self) -> None:
         _check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
@@ -162,6 +176,11 @@ class TrainArgs:
             self.precision in ("auto", "fp32", "bf16", "fp16"),
             "precision",
             f"must be one of auto, fp32, bf16, fp16, got {self.precision!r}",
+        )
+        _check(
+            self.class_weights in ("none", "balanced"),
+            "class_weights",
+            f"must be none or balanced, got {self.class_weights!r}",
         )
 
 

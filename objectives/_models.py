@@ -71,6 +71,12 @@ def load_classifier(name: str, num_labels: int, dropout: float | None = None) ->
     return AutoModelForSequenceClassification.from_pretrained(path, config=config)
 
 
+def name_labels(model: Any, names: list[str]) -> None:
+    """Set the class names of ``model`` (``id2label`` / ``label2id`` of its config, saved with it)."""
+    model.config.id2label = dict(enumerate(names))
+    model.config.label2id = {name: i for i, name in enumerate(names)}
+
+
 def num_layers(model: Any) -> int:
     return int(model.config.num_hidden_layers)
 

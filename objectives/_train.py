@@ -7,7 +7,7 @@ import contextvars
 import copy
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -50,6 +50,10 @@ class Evaluation:
     loss: float
     accuracy: float
     f1: float
+    preds: list[int] = field(default_factory=list)
+    """Predicted class of each example (in ``eval_batches`` order), for per-class scores."""
+    labels: list[int] = field(default_factory=list)
+    """True class of each example, in the same order."""
 
 
 @dataclass
@@ -88,7 +92,8 @@ def evaluate(model: torch.nn.Module, data: Encoded, batch_size: int, num_labels:
         preds += logits.argmax(-1).tolist()
         labels += batch["labels"].tolist()
     model.train(was_training)
-    return Evaluation(total_loss.item() / len(labels), accuracy(preds, labels), macro_f1(preds, labels, num_labels))
+    loss = total_loss.item() / len(labels)
+    return Evaluation(loss, accuracy(preds, labels), macro_f1(preds, labels, num_labels), preds, labels)
 
 
 @torch.inference_mode()

@@ -17,15 +17,25 @@ from typing import Any, Protocol
 import torch
 
 from objectives._config import DataArgs, DistillArgs, StudentArgs, TeacherArgs, TrainArgs
-from objectives._data import Encoded, Rows, Task, collate, encode, load_task
+from objectives._data import Encoded, Rows, Task, collate, encode, open_data
 from objectives._logits import TopKLogits
-from objectives._losses import get_loss
-from objectives._metrics import PeakMemory, gflops, hardware, latency_ms, size_mb, throughput, torch_threads
+from objectives._losses import balanced_weights, get_loss
+from objectives._metrics import (
+    PeakMemory,
+    gflops,
+    hardware,
+    latency_ms,
+    per_class,
+    size_mb,
+    throughput,
+    torch_threads,
+)
 from objectives._models import (
     build_student,
     count_parameters,
     load_classifier,
     load_tokenizer,
+    name_labels,
     num_layers,
     quiet_transformers,
 )
@@ -46,10 +56,16 @@ class Workload:
     def num_labels(self) -> int:
         return self.task.num_labels
 
+    def class_weights(self, args: TrainArgs) -> dict[str, torch.Tensor]:
+        """The ``weight`` option of the labels' cross-entropy for ``args.class_weights`` (none: no option)."""
+        if args.class_weights == "none":
+            return {}
+        return {"weight": balanced_weights(self.train.labels, self.num_labels).to(self.device)}
+
 
 def prepare_workload(data: DataArgs, model: str, device: str | torch.device = "cpu") -> Workload:
     """Load and split the data and tokenise train/validation with ``model``'s tokenizer (cached per process)."""
-    task = load_task(data)
+    task = open_data(data)
     tokenizer = load_tokenizer(model)
     train_enc = encode(tokenizer, task.train(), data.max_length, key=(task.fingerprint, "train"))
     val_enc = encode(tokenizer, task.validation(), data.max_length, key=(task.fingerprint, "validation"))
@@ -156,8 +172,9 @@ def _fit(
     report: Report | None = None,
     on_cost: CostHook | None = None,
     costs: CostStore | None = None,
-) -> dict[str, float]:
-    """Train ``model`` through ``stages`` and return every metric of :data:`METRICS` plus ``val_loss``, ``steps``.
+) -> dict[str, Any]:
+    """Train ``model`` through ``stages`` and return every metric of :data:`METRICS` plus ``val_loss``, ``steps``
+    and ``per_class`` (validation scores of each class by name, :func:`objectives._metrics.per_class`).
 
     Steps are numbered across stages, so reports of a later stage continue where the earlier one ended.
     """
@@ -188,17 +205,21 @@ def _fit(
         "f1": result.evaluation.f1,
         "val_loss": result.evaluation.loss,
         "steps": float(done),
+        "per_class": per_class(result.evaluation.preds, result.evaluation.labels, work.task.rows.label_names),
         "train_seconds": time.perf_counter() - start,
         "peak_memory_mb": memory.peak_mb,
         **cost,
     }
 
 
-def finetune_teacher(work: Workload, args: TeacherArgs, seed: int, out_dir: Path) -> dict[str, float]:
-    """Fine-tune the base model on the task, save it (model and tokenizer) to ``out_dir``, return its metrics."""
+def finetune_teacher(work: Workload, args: TeacherArgs, seed: int, out_dir: Path) -> dict[str, Any]:
+    """Fine-tune the base model on the task, save it (model, with the class names, and tokenizer) to ``out_dir``,
+    return its metrics."""
     torch.manual_seed(seed)
     model = load_classifier(args.model, work.num_labels, args.train.dropout)
-    metrics = _fit(model, work, [Stage(work.train, args.train, get_loss("ce"))], seed=seed)
+    loss = get_loss("ce", **work.class_weights(args.train))
+    metrics = _fit(model, work, [Stage(work.train, args.train, loss)], seed=seed)
+    name_labels(model, work.task.rows.label_names)
     model.save_pretrained(out_dir)
     work.tokenizer.save_pretrained(out_dir)
     return metrics
@@ -226,7 +247,7 @@ def finetune_student(
     report: Report | None = None,
     on_cost: CostHook | None = None,
     costs: CostStore | None = None,
-) -> tuple[torch.nn.Module, dict[str, float]]:
+) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The student architecture, initialised from the base (pretrained, not fine-tuned) model, trained on hard
     labels with cross-entropy; returns the trained model and its metrics."""
     torch.manual_seed(seed)
@@ -234,7 +255,7 @@ def finetune_student(
     base = load_classifier(base_model, work.num_labels)
     model = build_student(base, student, args.dropout)
     del base
-    stages = [Stage(work.train, args, get_loss("ce"))]
+    stages = [Stage(work.train, args, get_loss("ce", **work.class_weights(args)))]
     return model, _fit(model, work, stages, seed=seed, report=report, on_cost=on_cost, costs=costs)
 
 
@@ -263,7 +284,7 @@ def distill_student(
     on_cost: CostHook | None = None,
     logits: LogitSource | None = None,
     costs: CostStore | None = None,
-) -> tuple[torch.nn.Module, dict[str, float]]:
+) -> tuple[torch.nn.Module, dict[str, Any]]:
     """A student initialised from the fine-tuned teacher, then either
 
     - ``integrated``: one run with alpha * T^2 * KL(teacher || student) + (1 - alpha) * CE, or
@@ -281,7 +302,8 @@ def distill_student(
         return teacher if logits is None else logits(name, data, teacher)
 
     if distill.approach == "integrated":
-        loss_fn = get_loss("kd", temperature=distill.temperature, alpha=distill.alpha)
+        weights = work.class_weights(args)
+        loss_fn = get_loss("kd", temperature=distill.temperature, alpha=distill.alpha, **weights)
         stages = [Stage(work.train, args, loss_fn, signal("train", work.train))]
     else:
         kd_steps = max(1, round(args.max_steps * distill.transfer_ratio))
@@ -289,14 +311,25 @@ def distill_student(
         kd_only = get_loss("kd", temperature=distill.temperature, alpha=1.0)
         stages = [
             Stage(transfer, replace(args, max_steps=kd_steps, patience=None), kd_only, signal("transfer", transfer)),
-            Stage(work.train, replace(args, max_steps=max(1, args.max_steps - kd_steps)), get_loss("ce")),
+            Stage(
+                work.train,
+                replace(args, max_steps=max(1, args.max_steps - kd_steps)),
+                get_loss("ce", **work.class_weights(args)),
+            ),
         ]
     return model, _fit(model, work, stages, seed=seed, report=report, on_cost=on_cost, costs=costs)
 
 
-def heldout_metrics(model: torch.nn.Module, work: Workload) -> dict[str, float]:
-    """Quality on the held-out test split and cost, for full-training reports (never called by a trial)."""
+def heldout_metrics(model: torch.nn.Module, work: Workload) -> dict[str, Any]:
+    """Quality (with ``per_class`` scores) on the held-out test split and cost, for full-training reports (never
+    called by a trial)."""
     test = encode(work.tokenizer, work.task.test(), work.task.args.max_length)
     model.to(work.device)
     evaluation = evaluate(model, test, 128, work.num_labels)
-    return {"accuracy": evaluation.accuracy, "f1": evaluation.f1, "loss": evaluation.loss, **measure_cost(model, work)}
+    return {
+        "accuracy": evaluation.accuracy,
+        "f1": evaluation.f1,
+        "loss": evaluation.loss,
+        "per_class": per_class(evaluation.preds, evaluation.labels, work.task.rows.label_names),
+        **measure_cost(model, work),
+    }

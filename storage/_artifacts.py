@@ -72,6 +72,12 @@ class ArtifactDir:
         """Read a JSON artifact published by :meth:`write_json`."""
         return json.loads(self.entry(name).read_text())
 
+    def remove(self) -> bool:
+        """Delete the study's whole artifact directory (teacher, cached logits, locks); False if there was none."""
+        existed = self.path.exists()
+        _remove(self.path)
+        return existed
+
 
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():

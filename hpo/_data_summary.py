@@ -1,0 +1,42 @@
+"""A study's data, opened before anything is created: ``hpo validate`` prints this summary, ``hpo run`` and
+``hpo create`` check the data with it before the study is written. No model is loaded."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from hpo._table import render
+from objectives import DataArgs, open_data
+
+RARE_SHARE = 0.02
+"""A class with less than this share of the rows is flagged as rare."""
+
+
+def summarise_data(args: DataArgs) -> str:
+    """Rows, columns and classes (with their rows in each split) of the data ``args`` names, and warnings for
+    classes that are rare or missing from a split. Raises ConfigError (``data.<key>: ...``) when the data cannot
+    be read: a missing file, a missing column, label names that do not fit."""
+    task = open_data(args)
+    rows = task.rows
+    total = len(rows.labels)
+    columns = f"columns {', '.join(rows.columns)}; " if rows.columns else ""
+    text_label = f"text {args.text_column!r}, label {args.label_column!r}" if rows.columns else "built-in"
+    lines = [f"data {args.name}: {total:,} rows ({columns}{text_label}), {task.num_labels} classes"]
+    splits = {"train": task.train_idx, "validation": task.val_idx, "test": task.test_idx}
+    counts = {split: Counter(rows.labels[i] for i in idx) for split, idx in splits.items()}
+    every = Counter(rows.labels)
+    table = [
+        [str(c), name, str(every[c]), *(str(counts[split][c]) for split in splits)]
+        for c, name in enumerate(rows.label_names)
+    ]
+    lines.append(render(["id", "class", "rows", *(f"{s} ({len(idx)})" for s, idx in splits.items())], table))
+    for c, name in enumerate(rows.label_names):
+        if every[c] < RARE_SHARE * total:
+            lines.append(
+                f"warning: class {name!r} is rare ({every[c]} of {total:,} rows, {100 * every[c] / total:.1f}%): "
+                "accuracy can hide it; read f1 (macro) and the per-class scores, or set train.class_weights: balanced"
+            )
+        for split in ("train", "validation"):
+            if counts[split][c] == 0:
+                lines.append(f"warning: class {name!r} has no {split} rows; raise data.val_fraction or add rows")
+    return "\n".join(lines)
