@@ -102,3 +102,57 @@ def test_length_grouped_batches_cover_each_example_once_per_epoch_with_less_padd
     assert padding(grouped) < padding(uniform) / 3
     widths = [b["input_ids"].shape[1] for b in grouped]
     assert widths != sorted(widths) and widths != sorted(widths, reverse=True)  # batch order is shuffled
+
+
+def _int_csv(path: Path) -> Path:
+    """A 6-class question set with integer labels 0..5; class 5 is rare (3 of 120 rows)."""
+    rows = [f"question {i},{5 if i % 40 == 0 else i % 5}\n" for i in range(120)]
+    path.write_text("question,topic\n" + "".join(rows))
+    return path
+
+
+def test_label_names_list_or_mapping_name_integer_labels(tmp_path: Path) -> None:
+    csv_path = _int_csv(tmp_path / "q.csv")
+    args = {"name": str(csv_path), "text_column": "question", "label_column": "topic"}
+    plain = load_rows(DataArgs(**args))
+    assert plain.label_names == ["0", "1", "2", "3", "4", "5"] and plain.columns == ("question", "topic")
+    names = ["business", "sports", "politics", "film", "health", "space"]
+    listed = load_rows(DataArgs(**args, label_names=names))
+    assert listed.label_names == names and listed.labels == plain.labels  # ids are the integer labels
+    mapped = load_rows(DataArgs(**args, label_names={str(i): n for i, n in enumerate(names)}))
+    assert mapped.label_names == names and mapped.labels == plain.labels
+    with pytest.raises(ConfigError, match=r"label_names: lists 5 names but the data has 6 classes"):
+        load_rows(DataArgs(**args, label_names=names[:5]))
+    with pytest.raises(ConfigError, match=r"label_names: has no name for the labels \['5'\]"):
+        load_rows(DataArgs(**args, label_names={str(i): n for i, n in enumerate(names[:5])}))
+    with pytest.raises(ConfigError, match=r"label_names: names labels \['7'\] that the data does not have"):
+        load_rows(DataArgs(**args, label_names={**{str(i): n for i, n in enumerate(names)}, "7": "x"}))
+    with pytest.raises(ConfigError, match="label_names: names must be unique"):
+        DataArgs(**args, label_names=["a", "a"])
+
+
+def test_a_list_of_string_labels_sets_their_ids_and_a_mapping_renames_them(tmp_path: Path) -> None:
+    csv_path = tmp_path / "reviews.csv"
+    csv_path.write_text("text,label\n" + "".join(f"t {i},{['neg', 'neu', 'pos'][i % 3]}\n" for i in range(30)))
+    ordered = load_rows(DataArgs(name=str(csv_path), label_names=["pos", "neu", "neg"]))
+    assert ordered.label_names == ["pos", "neu", "neg"] and ordered.labels[:3] == [2, 1, 0]
+    renamed = load_rows(
+        DataArgs(name=str(csv_path), label_names={"neg": "negative", "neu": "neutral", "pos": "positive"})
+    )
+    assert renamed.label_names == ["negative", "neutral", "positive"] and renamed.labels[:3] == [0, 1, 2]
+    with pytest.raises(ConfigError, match=r"label_names: does not list the labels \['neu'\] of column 'label'"):
+        load_rows(DataArgs(name=str(csv_path), label_names=["pos", "neg"]))
+    builtin = load_rows(DataArgs(name="sms-spam", label_names={"ham": "ok", "1": "junk"}))
+    assert builtin.label_names == ["ok", "junk"]
+
+
+def test_data_errors_name_their_key_under_the_data_section(tmp_path: Path) -> None:
+    from objectives import open_data
+
+    csv_path = _int_csv(tmp_path / "q.csv")
+    with pytest.raises(ConfigError, match=r"^data\.label_column: column 'labels' not in the dataset; its columns"):
+        open_data(DataArgs(name=str(csv_path), text_column="question", label_column="labels"))
+    with pytest.raises(ConfigError, match=r"^data\.text_column: column 'text' not in the dataset"):
+        open_data(DataArgs(name=str(csv_path), label_column="topic"))
+    with pytest.raises(ConfigError, match=r"^data\.name: file '.*gone\.csv' does not exist"):
+        open_data(DataArgs(name=str(tmp_path / "gone.csv")))

@@ -59,3 +59,21 @@ def test_registry_binds_options_and_lists_names_on_a_miss() -> None:
     with pytest.raises(KeyError, match="valid: \\['ce', 'kd'\\]"):
         get_loss("mse")
     assert set(LOSSES) == {"ce", "kd"}
+
+
+def test_balanced_class_weights_are_inverse_frequency_and_weigh_only_the_label_term() -> None:
+    from objectives._losses import balanced_weights, cross_entropy_loss
+
+    weights = balanced_weights([0, 0, 0, 1], 3)  # N = 4, C = 3: w = 4 / (3 * n_c); class 2 has no rows
+    assert torch.allclose(weights, torch.tensor([4 / 9, 4 / 3, 0.0]))
+    assert torch.allclose(balanced_weights([0, 1, 2, 0, 1, 2], 3), torch.ones(3))
+    torch.manual_seed(0)
+    logits, labels = torch.randn(4, 3), torch.tensor([0, 0, 0, 1])
+    per_row = -torch.log_softmax(logits, -1)[torch.arange(4), labels]
+    w = weights[labels]
+    assert torch.allclose(cross_entropy_loss(logits, labels, weight=weights), (w * per_row).sum() / w.sum())
+    teacher = torch.randn(4, 3)
+    unweighted = kd_loss(logits, labels, teacher, temperature=2.0, alpha=1.0)
+    assert torch.allclose(kd_loss(logits, labels, teacher, temperature=2.0, alpha=1.0, weight=weights), unweighted)
+    mixed = kd_loss(logits, labels, teacher, temperature=2.0, alpha=0.5, weight=weights)
+    assert torch.allclose(mixed, 0.5 * unweighted + 0.5 * (w * per_row).sum() / w.sum())

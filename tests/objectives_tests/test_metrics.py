@@ -62,3 +62,16 @@ def test_peak_memory_samples_where_the_peak_cannot_be_reset(monkeypatch: pytest.
         del block
     assert memory._thread is not None
     assert 48 <= memory.peak_mb < 1024
+
+
+def test_per_class_scores_by_hand_and_a_class_never_predicted() -> None:
+    from objectives._metrics import never_predicted, per_class
+
+    labels = [0, 0, 0, 1, 1, 2]
+    preds = [0, 0, 1, 1, 0, 0]  # class 2 (one row) is never predicted
+    scores = per_class(preds, labels, ["a", "b", "c"])
+    assert scores["a"] == {"precision": 2 / 4, "recall": 2 / 3, "f1": 4 / 7, "support": 3.0, "predicted": 4.0}
+    assert scores["b"] == {"precision": 1 / 2, "recall": 1 / 2, "f1": 1 / 2, "support": 2.0, "predicted": 2.0}
+    assert scores["c"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1.0, "predicted": 0.0}
+    assert never_predicted(scores) == ["c"]
+    assert never_predicted(per_class([0, 1], [0, 1], ["a", "b", "absent"])) == []  # no rows: not flagged

@@ -44,3 +44,24 @@ def test_a_cost_store_keeps_the_first_measurement_under_a_key_naming_the_hardwar
     assert cpu.endswith(", 1 thread")  # COST_THREADS, whatever the process trains with
     model_name = [line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")]
     assert cpu.startswith(model_name[0].split(":", 1)[1].strip())
+
+
+def test_balanced_class_weights_reach_the_loss_and_scores_come_per_named_class(tmp_path: Path) -> None:
+    from objectives import TrainArgs, finetune_student
+
+    csv_path = tmp_path / "q.csv"  # 3 classes with integer labels; class 2 is rare
+    csv_path.write_text("text,label\n" + "".join(f"question {i},{2 if i % 10 == 0 else i % 2}\n" for i in range(80)))
+    data = DataArgs(name=str(csv_path), label_names=["no", "yes", "maybe"], max_length=16)
+    work = prepare_workload(data, "minilm-l6")
+    counts = torch.bincount(torch.tensor(work.train.labels), minlength=3).float()
+    weights = work.class_weights(TrainArgs(class_weights="balanced"))["weight"]
+    assert torch.allclose(weights, len(work.train) / (3 * counts))  # w_c = N / (C * n_c) of the training split
+    assert work.class_weights(TrainArgs()) == {}
+    results = {}
+    for choice in ("none", "balanced"):
+        args = TrainArgs(max_steps=2, batch_size=8, eval_every=2, lr=1e-3, class_weights=choice)
+        _, results[choice] = finetune_student(work, "minilm-l6", StudentArgs(num_layers=1), args, seed=0)
+    assert results["none"]["val_loss"] != results["balanced"]["val_loss"]  # same seed: only the weights differ
+    scores = results["balanced"]["per_class"]
+    assert list(scores) == ["no", "yes", "maybe"]
+    assert sum(s["support"] for s in scores.values()) == sum(s["predicted"] for s in scores.values()) == 8
