@@ -418,11 +418,11 @@ def _parser() -> argparse.ArgumentParser:
     dashboard.add_argument("--port", type=int, default=8080, help="port (default: 8080; 0 picks a free one)")
     dashboard.set_defaults(func=_cmd_dashboard)
 
-    export = sub.add_parser(
-        "export",
-        help="write a trial as a full-training job for hpo train (and record the pick in the study's user "
-        "attribute 'export')",
+    export_help = (
+        "write a trial as a full-training job for hpo train; the pick is also recorded in the study (user "
+        "attribute 'export')"
     )
+    export = sub.add_parser("export", help=export_help, description=export_help)
     export.add_argument("--storage", help="storage URL (default: HPO_STORAGE, then sqlite:///hpo.db)")
     export.add_argument("--study", help="study name (default: the storage's only study)")
     export.add_argument("--out", help="YAML file to write")
