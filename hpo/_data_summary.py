@@ -11,6 +11,12 @@ from objectives import DataArgs, open_data
 RARE_SHARE = 0.02
 """A class with less than this share of the rows is flagged as rare."""
 
+_FIXES = {
+    "train": "no model can learn it; add rows",
+    "validation": "trials cannot score it; raise data.val_fraction or add rows",
+    "test": "the model card cannot score it; raise data.test_fraction or add rows",
+}
+
 
 def summarise_data(args: DataArgs) -> str:
     """Rows, columns and classes (with their rows in each split) of the data ``args`` names, and warnings for
@@ -36,7 +42,7 @@ def summarise_data(args: DataArgs) -> str:
                 f"warning: class {name!r} is rare ({every[c]} of {total:,} rows, {100 * every[c] / total:.1f}%): "
                 "accuracy can hide it; read f1 (macro) and the per-class scores, or set train.class_weights: balanced"
             )
-        for split in ("train", "validation"):
+        for split, fix in _FIXES.items():
             if counts[split][c] == 0:
-                lines.append(f"warning: class {name!r} has no {split} rows; raise data.val_fraction or add rows")
+                lines.append(f"warning: class {name!r} has no {split} rows; {fix}")
     return "\n".join(lines)

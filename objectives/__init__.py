@@ -20,7 +20,7 @@ from objectives._config import (
     TrainArgs,
 )
 from objectives._data import DATASETS, Encoded, Rows, Task, load_rows, load_task, open_data
-from objectives._models import MODELS, build_student, load_classifier, resolve_model, student_layers
+from objectives._models import MODELS, build_student, load_classifier, name_labels, resolve_model, student_layers
 
 _LAZY = {
     "CostStore": "objectives._trial",
@@ -85,6 +85,7 @@ __all__ = [
     "load_task",
     "load_teacher",
     "measure_cost",
+    "name_labels",
     "never_predicted",
     "open_data",
     "per_class",
