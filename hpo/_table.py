@@ -60,7 +60,7 @@ def render(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
 
 
-PER_CLASS_HEADER = ["model", "class", "precision", "recall", "f1", "support", "predicted", ""]
+PER_CLASS_HEADER = ["model", "class", "precision", "recall", "f1", "support", "predicted", "note"]
 
 
 def per_class_rows(models: dict[str, dict[str, dict[str, float]]]) -> list[list[str]]:

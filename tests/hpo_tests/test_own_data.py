@@ -250,6 +250,7 @@ def test_datasets_progress_bar_is_silent_in_plain_logs(tmp_path: Path) -> None:
     assert "Generating train split" in shown.stderr
 
 
+@pytest.mark.slow
 def test_own_csv_from_study_to_a_model_with_named_labels(tmp_path: Path) -> None:
     """Integer labels named by data.label_names, class weights searched, per-class scores of teacher and trial,
     export without --study, and a full training whose model, teacher and card carry the names."""
@@ -286,3 +287,27 @@ def test_own_csv_from_study_to_a_model_with_named_labels(tmp_path: Path) -> None
         assert any(line.startswith(f"{model_name}  ") and " space " in line for line in card.splitlines())
     metrics = json.loads((tmp_path / "model" / "metrics.json").read_text())
     assert list(metrics["test"]["distilled student"]["per_class"]) == NAMES
+
+
+def test_model_card_names_the_labels_and_scores_each_class() -> None:
+    from hpo._config import TrainJob
+    from hpo._training import model_card, warn_short_training
+
+    cost = {"latency_ms": 2.0, "latency_ms_p95": 2.5, "throughput": 300.0, "params": 15_620_000.0, "size_mb": 59.6}
+    rows = {
+        "teacher": {"accuracy": 0.9, "f1": 0.8, **cost, "per_class": _scores(10.0)},
+        "distilled student": {"accuracy": 0.9, "f1": 0.47, **cost, "per_class": _scores(0.0)},
+    }
+    job = TrainJob(name="card", objective="finetune")
+    card = model_card(job, rows, "distilled student", 100, ["ham", "spam"])
+    assert "Labels (`id2label` of the model): 0 = `ham`, 1 = `spam`." in card
+    rows_of = {line.split()[0] + " " + line.split()[-1]: line.split() for line in card.splitlines() if "spam" in line}
+    assert rows_of["distilled predicted"][1:] == ["student", "spam", "0.0000", "0.0000", "0.0000", "10", "0", "never",
+                                                 "predicted"]  # fmt: skip
+    assert rows_of["teacher 10"] == ["teacher", "spam", "0.5000", "0.5000", "0.5000", "10", "10"]
+    assert "15.6M" in card and "59.6" in card  # the shared cell formatter
+    job.source.metrics["steps"] = 60.0
+    job.train.max_steps = 30
+    assert warn_short_training(job)
+    job.train.max_steps = 60
+    assert not warn_short_training(job)

@@ -13,6 +13,7 @@ import optuna
 import yaml
 
 from hpo._status import eta
+from hpo._table import format_cell
 from tests.hpo_tests.test_workers import synthetic
 
 
@@ -38,7 +39,7 @@ def test_status_shows_best_values_and_an_eta_from_the_budget(tmp_path: Path) -> 
     assert lines[2].split() == ["best", "accuracy"]
     study = optuna.load_study(study_name="eta", storage=url)
     best = study.best_trial
-    assert lines[4].split() == ["trial", str(best.number), format(best.value, ".4g")]
+    assert lines[4].split() == ["trial", str(best.number), format_cell("accuracy", best.value)]
 
     # The ETA is the time left at the rate trials have finished since the first one started.
     start = min(t.datetime_start for t in study.trials)

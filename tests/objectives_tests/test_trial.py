@@ -47,7 +47,9 @@ def test_a_cost_store_keeps_the_first_measurement_under_a_key_naming_the_hardwar
 
 
 def test_balanced_class_weights_reach_the_loss_and_scores_come_per_named_class(tmp_path: Path) -> None:
-    from objectives import TrainArgs, finetune_student
+    from transformers import AutoConfig
+
+    from objectives import TeacherArgs, TrainArgs, finetune_student, finetune_teacher
 
     csv_path = tmp_path / "q.csv"  # 3 classes with integer labels; class 2 is rare
     csv_path.write_text("text,label\n" + "".join(f"question {i},{2 if i % 10 == 0 else i % 2}\n" for i in range(80)))
@@ -65,3 +67,7 @@ def test_balanced_class_weights_reach_the_loss_and_scores_come_per_named_class(t
     scores = results["balanced"]["per_class"]
     assert list(scores) == ["no", "yes", "maybe"]
     assert sum(s["support"] for s in scores.values()) == sum(s["predicted"] for s in scores.values()) == 8
+    # The teacher is saved with the class names: its config.json maps ids to them.
+    teacher = finetune_teacher(work, TeacherArgs(train=TrainArgs(max_steps=1, batch_size=8)), 0, tmp_path / "t")
+    assert AutoConfig.from_pretrained(tmp_path / "t").id2label == {0: "no", 1: "yes", 2: "maybe"}
+    assert list(teacher["per_class"]) == ["no", "yes", "maybe"]
