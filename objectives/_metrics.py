@@ -36,15 +36,17 @@ def per_class(preds: Sequence[int], labels: Sequence[int], names: Sequence[str])
 
     precision_c = TP_c / (TP_c + FP_c), recall_c = TP_c / (TP_c + FN_c), F1_c = 2 TP_c / (2 TP_c + FP_c + FN_c)
     (0 where the denominator is 0); support_c = TP_c + FN_c rows of the class, predicted_c = TP_c + FP_c rows
-    predicted as it. A class with support > 0 and predicted = 0 is never predicted: its recall and F1 are 0.
+    predicted as it. A class with support > 0 and predicted = 0 is never predicted: its recall and F1 are 0. A
+    prediction outside the classes (a model with more outputs than the data has classes) counts as FN_y only.
     """
     tp, fp, fn = [0] * len(names), [0] * len(names), [0] * len(names)
     for p, y in zip(preds, labels, strict=True):
         if p == y:
             tp[y] += 1
         else:
-            fp[p] += 1
             fn[y] += 1
+            if 0 <= p < len(names):  # an output beyond the data's classes is an error of row y only
+                fp[p] += 1
     return {
         name: {
             "precision": tp[c] / (tp[c] + fp[c]) if tp[c] + fp[c] else 0.0,

@@ -149,6 +149,7 @@ def test_dashboard_shows_the_real_study_its_trials_metrics_and_config(
     assert {"Trial 0", "Trial 1"} <= set(re.findall(r"Trial \d+", trials))
     for attr in ("accuracy", "f1", "latency_ms", "latency_ms_p95", "throughput", "size_mb", "params", "host"):
         assert re.search(rf">{attr} [^<]+</p>", trials), attr  # the user attribute and its value
+    assert re.search(r">per_class [^<]*negative[^<]*recall[^<]+</p>", trials)  # each class's scores, by name
 
     # The config is on the study's note.
     note = browser.dom(f"{base}/dashboard/studies/{real}/note")

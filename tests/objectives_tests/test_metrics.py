@@ -75,3 +75,5 @@ def test_per_class_scores_by_hand_and_a_class_never_predicted() -> None:
     assert scores["c"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1.0, "predicted": 0.0}
     assert never_predicted(scores) == ["c"]
     assert never_predicted(per_class([0, 1], [0, 1], ["a", "b", "absent"])) == []  # no rows: not flagged
+    beyond = per_class([7, 1], [0, 1], ["a", "b"])  # output 7 of a model wider than the data's classes
+    assert beyond["a"]["recall"] == 0.0 and beyond["a"]["predicted"] == 0.0 and beyond["b"]["precision"] == 1.0
