@@ -69,6 +69,11 @@ def _rows_from_records(records: Any, args: DataArgs) -> Rows:
             raise ConfigError(key, f"column {getattr(args, key)!r} not in the dataset; its columns are {columns}")
     texts = [str(t) for t in records[args.text_column]]
     raw = list(records[args.label_column])
+    empty = [i for i, x in enumerate(raw) if x is None]
+    if empty:
+        raise ConfigError(
+            "label_column", f"{len(empty)} rows have no label in column {args.label_column!r} (first: row {empty[0]})"
+        )
     feature = records.features.get(args.label_column)
     if hasattr(feature, "names"):
         return Rows(texts, [int(x) for x in raw], list(feature.names), tuple(columns))

@@ -154,5 +154,11 @@ def test_data_errors_name_their_key_under_the_data_section(tmp_path: Path) -> No
         open_data(DataArgs(name=str(csv_path), text_column="question", label_column="labels"))
     with pytest.raises(ConfigError, match=r"^data\.text_column: column 'text' not in the dataset"):
         open_data(DataArgs(name=str(csv_path), label_column="topic"))
+    holes = tmp_path / "holes.csv"
+    holes.write_text("text,label\n" + "".join(f"t {i},{'' if i in (3, 7) else i % 2}\n" for i in range(20)))
+    with pytest.raises(
+        ConfigError, match=r"^data\.label_column: 2 rows have no label in column 'label' \(first: row 3\)"
+    ):
+        open_data(DataArgs(name=str(holes)))
     with pytest.raises(ConfigError, match=r"^data\.name: file '.*gone\.csv' does not exist"):
         open_data(DataArgs(name=str(tmp_path / "gone.csv")))
