@@ -12,7 +12,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hpo._config import SourceArgs, TrainJob, apply_params, dump_job
 from hpo._constraints import Constraint
 from hpo._study import load_study
-from hpo._table import format_cell, format_params, render
+from hpo._table import format_cell, format_params, never_predicted_notes, render
 from hpo._teacher import TEACHER_ATTR
 from objectives import HIGHER_IS_BETTER, METRICS, ConfigError
 
@@ -76,7 +76,8 @@ def pick_trial(
 
 
 def front_table(study: optuna.Study, picks: list[Constraint] | None = None) -> str:
-    """The Pareto front of the completed trials as a table, with a feasibility column for ``picks``."""
+    """The Pareto front of the completed trials as a table, with a feasibility column for ``picks``; a trial that
+    never predicts a class is flagged below it."""
     metrics = study.metric_names or ["accuracy"]
     front = sorted(pareto_front(complete_trials(study), metrics), key=lambda t: t.number)
     extra = [m for m in ("accuracy", "f1", "latency_ms", "size_mb", "params") if m not in metrics]
@@ -86,7 +87,8 @@ def front_table(study: optuna.Study, picks: list[Constraint] | None = None) -> s
         ok = all(c.violation(t.user_attrs[c.metric]) <= 0 for c in picks or [])
         values = [format_cell(m, t.user_attrs[m]) for m in (*metrics, *extra)]
         rows.append([str(t.number), *values, *([("yes" if ok else "no")] if picks else []), format_params(t.params)])
-    return render(header, rows)
+    notes = never_predicted_notes({f"trial {t.number}": t.user_attrs for t in front})
+    return "\n".join([render(header, rows), *notes])
 
 
 def build_job(study: optuna.Study, trial: FrozenTrial, *, steps_factor: float, patience: int) -> TrainJob:

@@ -206,10 +206,11 @@ def test_a_class_never_predicted_is_flagged_in_results_status_and_report(
 def test_export_list_defaults_to_the_only_study_and_formats_like_every_table(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/s.db"
     study = open_study(config_from_dict(_synthetic("only", tmp_path / "a")), url)
-    study.add_trial(_trial(15_620_000, _scores(10.0)))
+    study.add_trial(_trial(15_620_000, _scores(0.0)))
     listed = hpo("export", "--storage", url, "--list", cwd=tmp_path)
     assert listed.returncode == 0, listed.stderr
-    header, _, row = listed.stdout.strip().splitlines()
+    header, _, row, note = listed.stdout.strip().splitlines()
+    assert note == "trial 0 never predicts class 'spam' (validation)"
     assert "15.6M" in row and "1.562e+07" not in row
     assert row.endswith("train.lr=0.000123") and header.endswith("searched parameters")
     # text columns start where their header starts (left-aligned), so lines are not ragged
