@@ -138,6 +138,11 @@ def test_dashboard_shows_the_real_study_its_trials_metrics_and_config(
     assert get(f"{base}/static/bundle.js")[0] == 200
     ids = {s["study_name"]: s["study_id"] for s in json.loads(get(f"{base}/api/studies")[1])["study_summaries"]}
     real, pareto = ids["real"], ids["pareto"]
+    # Each trial's per-class scores reach the dashboard as a user attribute (JSON, by class name).
+    detail = json.loads(get(f"{base}/api/studies/{real}")[1])
+    for trial in detail["trials"]:
+        attrs = {a["key"]: a["value"] for a in trial["user_attrs"]}
+        assert list(json.loads(attrs["per_class"])) == ["negative", "positive"]
 
     # The study page renders its plots (plotly draws SVG) with the objective named.
     page = browser.dom(f"{base}/dashboard/studies/{real}")
