@@ -33,7 +33,7 @@ from objectives import (
     finetune_student,
     run_synthetic,
 )
-from storage import is_storage_error
+from storage import is_storage_error, redact_text
 
 
 def trial_seed(study_seed: int, trial_number: int) -> int:
@@ -160,7 +160,8 @@ class TrialRunner:
         except Exception as exc:
             if is_storage_error(exc):
                 raise  # the database is away: nothing can be recorded now; the worker retries
-            trial.set_user_attr(FAIL_REASON, "oom" if is_oom(exc) else f"{type(exc).__name__}: {exc}"[:1000])
+            reason = "oom" if is_oom(exc) else redact_text(f"{type(exc).__name__}: {exc}")[:1000]
+            trial.set_user_attr(FAIL_REASON, reason)
             raise
         finally:
             gc.collect()  # free the trial's model and optimiser before the next one
