@@ -414,6 +414,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _error(message: str) -> None:
+    """Print ``hpo: error: MESSAGE`` as one line: characters that are not printable (a newline or a control
+    character inside a key from the config, say) are shown escaped."""
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+    print(f"hpo: error: {shown}", file=sys.stderr)
+
+
 def _unexpected(exc: Exception, verbose: bool) -> int:
     """A bug or an unforeseen failure, not a user error: its type and message, and the traceback with ``-v``."""
     if verbose:
@@ -421,7 +428,7 @@ def _unexpected(exc: Exception, verbose: bool) -> int:
     text = str(exc).strip()
     first = redact_text(text.splitlines()[0]) if text else ""
     hint = "" if verbose else " (run with -v for the traceback)"
-    print(f"hpo: error: unexpected {type(exc).__name__}: {first}{hint}", file=sys.stderr)
+    _error(f"unexpected {type(exc).__name__}: {first}{hint}")
     return 1
 
 
@@ -432,7 +439,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except ConfigError as exc:
-        print(f"hpo: error: {exc}", file=sys.stderr)
+        _error(str(exc))
         return 2
     except Exception as exc:
         from sqlalchemy.exc import SQLAlchemyError
@@ -440,15 +447,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         from hpo._worker import StorageUnavailable, TooManyFailures
 
         if isinstance(exc, StorageUnavailable):
-            print(f"hpo: error: --storage: {exc}", file=sys.stderr)
+            _error(f"--storage: {exc}")
             return 1
         if isinstance(exc, TooManyFailures):
-            print(f"hpo: error: {exc}", file=sys.stderr)
+            _error(str(exc))
             return 1
         if not isinstance(exc, SQLAlchemyError):
             return _unexpected(exc, args.verbose)
         first = str(exc).strip().splitlines()[0]
-        print(f"hpo: error: --storage: database error: {redact_text(first)}", file=sys.stderr)
+        _error(f"--storage: database error: {redact_text(first)}")
         return 1
     except KeyboardInterrupt:
         print("hpo: interrupted", file=sys.stderr)
