@@ -121,7 +121,8 @@ class Config:
     storage: str | None = None
     """Storage URL; overridden by --storage and HPO_STORAGE; default sqlite:///hpo.db."""
     artifacts_dir: str = "hpo-artifacts"
-    """Directory for study artifacts (the fine-tuned teacher); a shared path when workers span nodes."""
+    """Directory for study artifacts (the fine-tuned teacher); a shared path when workers span nodes. A relative path
+    is made absolute (from the creator's working directory) when the study is created."""
     device: str = "auto"
     """``auto`` (CUDA if available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
     sampler: SamplerArgs = field(default_factory=SamplerArgs)
