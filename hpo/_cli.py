@@ -202,7 +202,6 @@ def _run_slot(args: argparse.Namespace, url: str) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-
     from hpo._constraints import parse_constraint
     from hpo._export import export, front_table
     from hpo._study import load_study
@@ -251,7 +250,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-
     from hpo._config import load_job
     from hpo._training import train_job
 
@@ -261,7 +259,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError(
             "--out", f"{args.out} exists and is not an empty directory; pass --overwrite to write into it"
         )
-    result = train_job(job, Path(args.out), threads=args.threads)
+    result = train_job(job, out, threads=args.threads)
     print(f"{args.out}: model, tokenizer, metrics.json and README.md (model card)")
     print(Path(args.out, "README.md").read_text().split("```")[1].strip())
     print(result["student"], "on the test split:", f"accuracy {result['test'][result['student']]['accuracy']:.4f}")
@@ -292,7 +290,6 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-
     import optuna
 
     from hpo._report import write_report

@@ -88,13 +88,14 @@ class ParamSpec:
 
     def grid(self, name: str) -> list[Choice]:
         """Every value a grid search visits."""
-        count = self.grid_size(name)
         if self.type == "categorical":
             assert self.choices is not None
             return list(self.choices)
         assert self.low is not None and self.high is not None
         if self.type == "int":
             return list(range(int(self.low), int(self.high) + 1, int(self.step or 1)))
+        count = self.grid_size(name)  # a float range without a step has no grid: a ConfigError
+        assert self.step is not None
         return [round(self.low + i * self.step, 12) for i in range(count)]
 
     def normalise(self, value: Choice) -> float:

@@ -81,8 +81,9 @@ def open_study(config: Config, storage: optuna.storages.BaseStorage | str) -> op
 
     On creation the config is stored in the study (workers need only the storage URL and the name) and a grid
     study's points are queued, by the one process whose write-once claim of the study wins the race (a loser with
-    the same config loads the study; with another config it is refused). A fresh study is sampled with the study seed (reproducible); a resumed one with a
-    seed derived from it and the trials it holds, so that it does not propose the first run's parameters again.
+    the same config loads the study; with another config it is refused). A fresh study is sampled with the study
+    seed (reproducible); a resumed one with a seed derived from it and the trials it holds, so that it does not
+    propose the first run's parameters again.
     """
     validate_search(config)
     sampler = study_sampler(config)
