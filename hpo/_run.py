@@ -121,11 +121,7 @@ def work(
 
 
 def create(config: Config, url: str) -> optuna.Study:
-    """``hpo create``: the study with its config stored (idempotent for the same config).
-
-    A relative ``artifacts_dir`` is made absolute here (from the creator's working directory) and stored that way,
-    so workers started anywhere share one teacher."""
-    config.artifacts_dir = os.path.abspath(os.path.expanduser(config.artifacts_dir))
+    """``hpo create``: the study with its config stored (idempotent for the same config)."""
     log.info("study %r on %s", config.name, redact_url(url))
     return open_study(config, _storage(url, config, create_tables=True))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import os
 import time
 import uuid
 import warnings
@@ -83,9 +84,11 @@ def open_study(config: Config, storage: optuna.storages.BaseStorage | str) -> op
     study's points are queued, by the one process whose write-once claim of the study wins the race (a loser with
     the same config loads the study; with another config it is refused). A fresh study is sampled with the study
     seed (reproducible); a resumed one with a seed derived from it and the trials it holds, so that it does not
-    propose the first run's parameters again.
+    propose the first run's parameters again. A relative ``artifacts_dir`` is made absolute (in ``config`` too,
+    from this process's working directory) and stored that way, so workers started anywhere share one teacher.
     """
     validate_search(config)
+    config.artifacts_dir = os.path.abspath(os.path.expanduser(config.artifacts_dir))
     sampler = study_sampler(config)
     pruner = study_pruner(config)
     directions = [config.directions[m] for m in config.metric_names]
