@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from objectives import ConfigError
 from storage import redact_text
@@ -39,12 +40,37 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _storage_url(flag: str | None, config_value: str | None = None) -> str:
+    """The storage URL by precedence; ``HPO_STORAGE_PASSWORD_FILE`` (a file holding the password, e.g. a Docker
+    secret) fills in the password of a URL that has none, so it never appears in an environment or command line."""
+    from sqlalchemy.engine import make_url
+
     from storage import resolve_storage_url
 
     try:
-        return resolve_storage_url(flag, os.environ.get("HPO_STORAGE"), config_value)
+        url = resolve_storage_url(flag, os.environ.get("HPO_STORAGE"), config_value)
     except ValueError as exc:
         raise ConfigError("--storage", str(exc).removeprefix("storage: ")) from None
+    secret = os.environ.get("HPO_STORAGE_PASSWORD_FILE")
+    if not secret or make_url(url).get_backend_name() == "sqlite" or make_url(url).password is not None:
+        return url
+    try:
+        password = Path(secret).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError("HPO_STORAGE_PASSWORD_FILE", f"cannot read {secret}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError("HPO_STORAGE_PASSWORD_FILE", f"{secret} is not UTF-8 text") from None
+    if not password:
+        raise ConfigError("HPO_STORAGE_PASSWORD_FILE", f"{secret} is empty; write the database password into it")
+    return make_url(url).set(password=password).render_as_string(hide_password=False)
+
+
+def _require_studies(url: str) -> None:
+    """The one line for a storage without study tables: an empty database, or a SQLite file that is not there
+    (which is never created outside ``hpo create`` / ``hpo run``)."""
+    from storage import redact_url, schema_exists
+
+    if not schema_exists(url):
+        raise ConfigError("--storage", f"{redact_url(url)} has no studies; run hpo create or hpo run first")
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -186,8 +212,6 @@ def _run_slot(args: argparse.Namespace, url: str) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from hpo._constraints import parse_constraint
     from hpo._export import export, front_table
     from hpo._study import load_study
@@ -200,7 +224,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.objective is not None and (args.pick or args.prefer):
         raise ConfigError("--objective", "choose either --objective METRIC or --pick ... --prefer METRIC, not both")
     picks = [parse_constraint(text, "--pick") for text in args.pick]
+    if args.out is not None and Path(args.out).exists() and not args.force:
+        raise ConfigError("--out", f"{args.out} exists; pass --force to replace it")
     url = _storage_url(args.storage)
+    _require_studies(url)
     storage = create_storage(url, create_tables=False)
     study, _ = load_study(storage, args.study or _only_study(storage, url))
     if args.list:
@@ -254,11 +281,10 @@ def _only_study(storage: object, url: str) -> str:
 
 def _cmd_delete(args: argparse.Namespace) -> int:
     from hpo._study import delete_study
-    from storage import create_storage, redact_url, schema_exists
+    from storage import create_storage, redact_url
 
     url = _storage_url(args.storage)
-    if not schema_exists(url):
-        raise ConfigError("--storage", f"{redact_url(url)} has no studies")
+    _require_studies(url)
 
     def confirm(what: str) -> bool:
         if args.yes:
@@ -281,13 +307,16 @@ def _cmd_delete(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from hpo._config import load_job
     from hpo._training import train_job
 
     job = load_job(args.job)
-    result = train_job(job, Path(args.out), threads=args.threads)
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
+        raise ConfigError(
+            "--out", f"{args.out} exists and is not an empty directory; pass --overwrite to write into it"
+        )
+    result = train_job(job, out, threads=args.threads)
     print(f"{args.out}: model, tokenizer, metrics.json and README.md (model card)")
     print(Path(args.out, "README.md").read_text().split("```")[1].strip())
     print(result["student"], "on the test split:", f"accuracy {result['test'][result['student']]['accuracy']:.4f}")
@@ -298,11 +327,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
     import time
 
     from hpo._status import status
-    from storage import redact_url, schema_exists
 
     url = _storage_url(args.storage)
-    if not schema_exists(url):
-        raise ConfigError("--storage", f"{redact_url(url)} has no studies; run hpo create or hpo run first")
+    _require_studies(url)
     if args.watch is None:
         print(status(url, args.study))
         return 0
@@ -320,16 +347,13 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     import optuna
 
     from hpo._report import write_report
-    from storage import create_storage, redact_url, schema_exists
+    from storage import create_storage, redact_url
 
     url = _storage_url(args.storage)
-    if not schema_exists(url):
-        raise ConfigError("--storage", f"{redact_url(url)} has no studies; run hpo create or hpo run first")
+    _require_studies(url)
     storage = create_storage(url, create_tables=False)
     names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
     if args.study not in names:
@@ -425,7 +449,8 @@ def _parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help=export_help, description=export_help)
     export.add_argument("--storage", help="storage URL (default: HPO_STORAGE, then sqlite:///hpo.db)")
     export.add_argument("--study", help="study name (default: the storage's only study)")
-    export.add_argument("--out", help="YAML file to write")
+    export.add_argument("--out", help="YAML file to write (written whole or not at all)")
+    export.add_argument("--force", action="store_true", help="replace --out if it exists")
     export.add_argument("--objective", help="pick the best trial by this metric, e.g. accuracy")
     export.add_argument("--pick", action="append", default=[], help="a bound, e.g. 'latency_ms <= 3' (repeatable)")
     export.add_argument("--prefer", help="among feasible Pareto points, the best by this metric")
@@ -436,7 +461,8 @@ def _parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="full training of an exported job: model dir, metrics.json, model card")
     train.add_argument("job", help="YAML job written by hpo export")
-    train.add_argument("--out", required=True, help="output model directory")
+    train.add_argument("--out", required=True, help="output model directory (new or empty)")
+    train.add_argument("--overwrite", action="store_true", help="write into --out even if it holds files")
     train.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
     train.set_defaults(func=_cmd_train)
 
@@ -457,6 +483,24 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _error(message: str) -> None:
+    """Print ``hpo: error: MESSAGE`` as one line: characters that are not printable (a newline or a control
+    character inside a key from the config, say) are shown escaped."""
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+    print(f"hpo: error: {shown}", file=sys.stderr)
+
+
+def _unexpected(exc: Exception, verbose: bool) -> int:
+    """A bug or an unforeseen failure, not a user error: its type and message, and the traceback with ``-v``."""
+    if verbose:
+        log.error("unexpected error", exc_info=exc)  # through the redacting formatter
+    text = str(exc).strip()
+    first = redact_text(text.splitlines()[0]) if text else ""
+    hint = "" if verbose else " (run with -v for the traceback)"
+    _error(f"unexpected {type(exc).__name__}: {first}{hint}")
+    return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hpo`` console script."""
     args = _parser().parse_args(argv)
@@ -466,10 +510,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except ConfigError as exc:
-        print(f"hpo: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyError as exc:  # an unknown study name
-        print(f"hpo: error: {exc.args[0]}", file=sys.stderr)
+        _error(str(exc))
         return 2
     except Exception as exc:
         from sqlalchemy.exc import SQLAlchemyError
@@ -477,15 +518,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         from hpo._worker import StorageUnavailable, TooManyFailures
 
         if isinstance(exc, StorageUnavailable):
-            print(f"hpo: error: --storage: {exc}", file=sys.stderr)
+            _error(f"--storage: {exc}")
             return 1
         if isinstance(exc, TooManyFailures):
-            print(f"hpo: error: {exc}", file=sys.stderr)
+            _error(str(exc))
             return 1
         if not isinstance(exc, SQLAlchemyError):
-            raise
+            return _unexpected(exc, args.verbose)
         first = str(exc).strip().splitlines()[0]
-        print(f"hpo: error: --storage: database error: {redact_text(first)}", file=sys.stderr)
+        _error(f"--storage: database error: {redact_text(first)}")
         return 1
     except KeyboardInterrupt:
         print("hpo: interrupted", file=sys.stderr)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -39,6 +41,13 @@ analytic ``synthetic`` function (for testing orchestration)."""
 
 RUN_CONTROL = ("n_trials", "timeout", "storage", "device")
 """Fields that may differ between runs of the same study (they do not change what a trial computes)."""
+
+STUDY_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
+"""A study name: 1-128 letters, digits, ``.``, ``_`` or ``-``, not starting with a dot (it names a directory)."""
+
+MAX_CONFIG_VALUES = 100_000
+"""A loaded config holds at most this many values (mappings, lists and scalars), counted after YAML aliases are
+expanded: a few lines of aliases can stand for billions of values."""
 
 
 @dataclass
@@ -112,7 +121,8 @@ class Config:
     storage: str | None = None
     """Storage URL; overridden by --storage and HPO_STORAGE; default sqlite:///hpo.db."""
     artifacts_dir: str = "hpo-artifacts"
-    """Directory for study artifacts (the fine-tuned teacher); a shared path when workers span nodes."""
+    """Directory for study artifacts (the fine-tuned teacher); a shared path when workers span nodes. A relative path
+    is made absolute (from the creator's working directory) when the study is created."""
     device: str = "auto"
     """``auto`` (CUDA if available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
     sampler: SamplerArgs = field(default_factory=SamplerArgs)
@@ -142,6 +152,12 @@ class Config:
     def __post_init__(self) -> None:
         if not self.name:
             raise ConfigError("name", "is required: the study name, e.g. name: movie-distill")
+        if not STUDY_NAME.fullmatch(self.name):
+            raise ConfigError(
+                "name", f"must be 1-128 letters, digits, '.', '_' or '-', not starting with '.', got {self.name!r}"
+            )
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError("seed", f"must be in [0, 2**32), got {self.seed}")
         if self.objective not in OBJECTIVES:
             raise ConfigError("objective", f"must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
         if not self.directions:
@@ -229,9 +245,29 @@ class TrainJob:
         _check_device(self.device)
 
 
+def check_loaded(data: Any, key: str = "", limit: int = MAX_CONFIG_VALUES) -> None:
+    """Refuse a parsed document with more than ``limit`` values (YAML alias bombs) or a non-finite number, naming
+    the dotted key. Stops counting at the limit, so an alias bomb costs no more than ``limit`` steps."""
+    seen = 0
+    stack = [(key, data)]
+    while stack:
+        where, value = stack.pop()
+        seen += 1
+        if seen > limit:
+            raise ConfigError("CONFIG", f"holds more than {limit:,} values (YAML aliases expanded); it is not a config")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(where or "CONFIG", f"must be a finite number, got {value}")
+        if isinstance(value, dict):
+            stack += [(f"{where}.{k}" if where else str(k), v) for k, v in value.items()]
+        elif isinstance(value, list):
+            stack += [(f"{where}[{i}]", v) for i, v in enumerate(value)]
+
+
 def load_job(path: str | Path) -> TrainJob:
     """Read and validate a full-training YAML file (as written by ``hpo export``)."""
-    return build(TrainJob, _read_yaml(path))
+    data = _read_yaml(path)
+    check_loaded(data)
+    return build(TrainJob, data)
 
 
 def dump_job(job: TrainJob) -> str:
@@ -313,11 +349,13 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     if hint is float:
         if isinstance(value, str):  # YAML 1.1 reads 5e-5 (no dot) as a string
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(key, f"expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(key, f"must be a finite number, got {value}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
@@ -349,6 +387,7 @@ def build(cls: type, data: Any, prefix: str = "") -> Any:
 
 def config_from_dict(data: Any) -> Config:
     """Validate a parsed YAML document into a :class:`Config`."""
+    check_loaded(data)
     return build(Config, data)
 
 
@@ -359,9 +398,11 @@ def load_config(path: str | Path) -> Config:
 
 def _read_yaml(path: str | Path) -> Any:
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError("CONFIG", f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError("CONFIG", f"{path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import errno
 import socket
+from collections.abc import Callable
 from socketserver import ThreadingMixIn
+from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import optuna
@@ -24,6 +26,9 @@ NOTE_TITLE = "## Study config (written by hpo dashboard)"
 """First line of the note hpo writes; a note that starts otherwise was written by a person and is left alone."""
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+OPEN_HOSTS = ("0.0.0.0", "::", "")
+"""Bind addresses that open the dashboard to every name the machine answers to (``--host 0.0.0.0``)."""
 
 
 class _Server(ThreadingMixIn, WSGIServer):
@@ -68,6 +73,28 @@ def annotate(storage: optuna.storages.BaseStorage) -> int:
     return changed
 
 
+def host_check(app: Callable, bind: str) -> Callable:
+    """WSGI middleware answering 403 to a request whose ``Host`` header is not a loopback name or the bind address.
+
+    A web page on another site can make the browser send requests to 127.0.0.1 under its own name (DNS rebinding);
+    the ``Host`` header still names that site, so the dashboard's write API refuses them. A dashboard opened to the
+    network with ``--host 0.0.0.0`` accepts any name.
+    """
+    if bind in OPEN_HOSTS:
+        return app
+    allowed = {*LOCAL_HOSTS, bind.strip("[]").lower()}
+
+    def checked(environ: dict, start_response: Callable) -> Any:
+        header = environ.get("HTTP_HOST", "")
+        name = header.rsplit(":", 1)[0] if not header.endswith("]") else header  # drop the port
+        if name.strip("[]").lower() in allowed:
+            return app(environ, start_response)
+        start_response("403 Forbidden", [("Content-Type", "text/plain")])
+        return [f"Host {header!r} refused: use http://127.0.0.1 (or the address given to --host)\n".encode()]
+
+    return checked
+
+
 def _reach(host: str) -> str:
     if host in LOCAL_HOSTS:
         return "bound to this machine only; from elsewhere use an SSH tunnel, or --host 0.0.0.0 to expose it"
@@ -82,7 +109,7 @@ def serve(storage_url: str, host: str = "127.0.0.1", port: int = 8080) -> None:
         raise ConfigError("--storage", f"{redact_url(storage_url)} has no studies; run hpo create or hpo run first")
     storage = create_storage(storage_url, create_tables=False)
     annotate(storage)
-    app = wsgi(storage)
+    app = host_check(wsgi(storage), host)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     server_class = type("_Server", (_Server,), {"address_family": family})
     try:

@@ -4,6 +4,7 @@ it as a full-training job for ``hpo train``."""
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import optuna
@@ -132,7 +133,12 @@ def export(
     trial = pick_trial(study, objective=objective, picks=picks, prefer=prefer)
     job = build_job(study, trial, steps_factor=steps_factor, patience=patience)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(dump_job(job))
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:  # written whole, then renamed: a reader (or a crash) never leaves a half-written job
+        tmp.write_text(dump_job(job))
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
     study.set_user_attr(
         EXPORT_ATTR,
         {

@@ -36,7 +36,7 @@ from objectives import (
     never_predicted,
     run_synthetic,
 )
-from storage import is_storage_error
+from storage import is_storage_error, redact_text
 
 log = logging.getLogger("hpo")
 
@@ -183,7 +183,8 @@ class TrialRunner:
         except Exception as exc:
             if is_storage_error(exc):
                 raise  # the database is away: nothing can be recorded now; the worker retries
-            trial.set_user_attr(FAIL_REASON, "oom" if is_oom(exc) else f"{type(exc).__name__}: {exc}"[:1000])
+            reason = "oom" if is_oom(exc) else redact_text(f"{type(exc).__name__}: {exc}")[:1000]
+            trial.set_user_attr(FAIL_REASON, reason)
             raise
         finally:
             gc.collect()  # free the trial's model and optimiser before the next one

@@ -71,13 +71,43 @@ SAMPLERS: dict[str, Callable[[SearchSpace, int, dict[str, Any], int], optuna.sam
 }
 
 
+# What a YAML value must be for each part of a constructor annotation such as "int | None"; a part not listed
+# (Callable, BaseSampler, np.ndarray) is an object no YAML value is.
+_YAML_TYPES: dict[str, Callable[[Any], bool]] = {
+    "None": lambda v: v is None,
+    "bool": lambda v: isinstance(v, bool),
+    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "float": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+    "str": lambda v: isinstance(v, str),
+    "dict": lambda v: isinstance(v, dict),
+    "list": lambda v: isinstance(v, list),
+    "Sequence": lambda v: isinstance(v, list),
+    "Any": lambda v: True,
+}
+
+
+def _fits(value: Any, annotation: Any) -> bool:
+    """Whether a YAML ``value`` fits a constructor parameter's ``annotation`` (a type or its string)."""
+    if annotation is inspect.Parameter.empty:
+        return True
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+    parts = [part.strip().split("[")[0] for part in text.split("|")]
+    return any(_YAML_TYPES.get(part, lambda v: False)(value) for part in parts)
+
+
 def _construct(cls: type, options: dict[str, Any], *args: Any, **fixed: Any) -> Any:
-    """``cls(*args, **fixed, **options)``; an option the constructor lacks is a ConfigError listing valid ones."""
-    accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "search_space")]
-    for key in options:
+    """``cls(*args, **fixed, **options)``; an option the constructor lacks, or a value of a type it does not take,
+    is a ConfigError listing valid ones."""
+    params = inspect.signature(cls.__init__).parameters
+    accepted = [p for p in params if p not in ("self", "search_space")]
+    for key, value in options.items():
         if key not in accepted or key in fixed:
             why = "is set by distill-hpo (from the study seed)" if key in fixed else "is not an option"
             raise ConfigError(f"options.{key}", f"{why} of {cls.__name__}; valid: {', '.join(sorted(accepted))}")
+        annotation = params[key].annotation
+        if not _fits(value, annotation):
+            shown = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", annotation)
+            raise ConfigError(f"options.{key}", f"{cls.__name__} takes {shown}, got {value!r}")
     try:
         return cls(*args, **fixed, **options)
     except ConfigError:

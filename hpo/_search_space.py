@@ -12,6 +12,9 @@ from objectives import ConfigError
 
 Choice = bool | int | float | str
 
+MAX_GRID_POINTS = 100_000
+"""A grid search queues every point as a trial when the study is created; larger grids are refused."""
+
 
 @dataclass
 class ParamSpec:
@@ -67,6 +70,22 @@ class ParamSpec:
         cast = int if self.type == "int" else float
         return [cast(self.low), cast(self.high)]
 
+    def grid_size(self, name: str) -> int:
+        """How many values a grid search visits, counted without listing them."""
+        if self.type == "categorical":
+            assert self.choices is not None
+            return len(self.choices)
+        assert self.low is not None and self.high is not None
+        if self.type == "int":
+            return max(0, (int(self.high) - int(self.low)) // int(self.step or 1) + 1)
+        if self.step is None:
+            raise ConfigError(
+                f"search_space.{name}.step",
+                "a float range needs a step (or use choices) to be searched by grid",
+            )
+        ratio = (self.high - self.low) / self.step
+        return math.floor(ratio + 1e-9) + 1 if ratio < 1e18 else 10**18  # past any limit (and finite)
+
     def grid(self, name: str) -> list[Choice]:
         """Every value a grid search visits."""
         if self.type == "categorical":
@@ -75,12 +94,8 @@ class ParamSpec:
         assert self.low is not None and self.high is not None
         if self.type == "int":
             return list(range(int(self.low), int(self.high) + 1, int(self.step or 1)))
-        if self.step is None:
-            raise ConfigError(
-                f"search_space.{name}.step",
-                "a float range needs a step (or use choices) to be searched by grid",
-            )
-        count = math.floor((self.high - self.low) / self.step + 1e-9) + 1
+        count = self.grid_size(name)  # a float range without a step has no grid: a ConfigError
+        assert self.step is not None
         return [round(self.low + i * self.step, 12) for i in range(count)]
 
     def normalise(self, value: Choice) -> float:
@@ -115,5 +130,15 @@ def suggest_params(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
 
 
 def grid_of(space: SearchSpace) -> dict[str, list[Choice]]:
-    """The grid that ``GridSampler`` enumerates for ``space``."""
+    """The grid that ``GridSampler`` enumerates for ``space``; one of more than ``MAX_GRID_POINTS`` points is a
+    ConfigError naming its largest parameter (the grid is counted, never built, first)."""
+    sizes = {name: spec.grid_size(name) for name, spec in space.items()}
+    total = math.prod(sizes.values())
+    if total > MAX_GRID_POINTS:
+        largest = max(sizes, key=sizes.__getitem__)
+        raise ConfigError(
+            f"search_space.{largest}",
+            f"the grid has {total:,} points ({sizes[largest]:,} values here), above the limit of {MAX_GRID_POINTS:,}; "
+            "use a larger step, fewer choices or another sampler",
+        )
     return {name: spec.grid(name) for name, spec in space.items()}

@@ -10,7 +10,8 @@ from optuna.trial import TrialState
 from hpo._config import config_from_dict
 from hpo._study import CONFIG_ATTR
 from hpo._table import best_trials, format_cell, never_predicted_notes, render, state_counts
-from storage import create_storage, redact_url
+from objectives import ConfigError
+from storage import FAIL_REASON, create_storage, redact_url
 
 
 def _stale_ids(storage: optuna.storages.RDBStorage, study: optuna.Study) -> set[int]:
@@ -44,6 +45,13 @@ def _running_table(study: optuna.Study, stale: set[int]) -> str:
     if not rows:
         return ""
     return render(["running", "host", "gpu", "pid", "elapsed", ""], rows)
+
+
+def _failed_table(study: optuna.Study, last: int = 5) -> str:
+    """The last failed trials and why (``fail_reason``: the exception, oom, worker stopped or lost)."""
+    failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))[-last:]
+    rows = [[f"trial {t.number}", str(t.user_attrs.get(FAIL_REASON, "-"))] for t in failed]
+    return render(["failed", "reason"], rows) if rows else ""
 
 
 def _duration(seconds: float) -> str:
@@ -104,11 +112,16 @@ def status(storage_url: str, study_name: str | None = None) -> str:
         try:
             study = optuna.load_study(study_name=name, storage=storage)
         except KeyError:
-            raise KeyError(f"no study named {name!r} in {redact_url(storage_url)}") from None
+            raise ConfigError("--study", f"no study named {name!r} in {redact_url(storage_url)}") from None
         metric_names = study.metric_names or [f"objective {i}" for i in range(len(study.directions))]
         lines = [f"study {name!r}: {state_counts(study)} (budget {study.user_attrs.get('n_trials', '-')})"]
         lines.append(f"  {eta(study)}")
-        for table in (_best_table(study, metric_names), _running_table(study, _stale_ids(storage, study))):
+        tables = (
+            _best_table(study, metric_names),
+            _running_table(study, _stale_ids(storage, study)),
+            _failed_table(study),
+        )
+        for table in tables:
             if table:
                 lines.append(_indent(table))
         blocks.append("\n".join(lines))

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import os
+import time
+import uuid
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -15,10 +18,14 @@ from hpo._pruners import make_pruner
 from hpo._samplers import make_sampler
 from hpo._search_space import grid_of
 from objectives import ConfigError
-from storage import ArtifactDir
+from storage import ArtifactDir, claim_study_attr
 
 CONFIG_ATTR = "config"
 """Study user attribute holding the study's config (without run-control fields such as the storage URL)."""
+
+CLAIM_ATTR = "hpo:config"
+"""Study system attribute written once, by the first creator: the config and a token naming that creator. Only the
+creator whose token is kept stores the config and queues the grid, so concurrent ``hpo create`` queue it once."""
 
 BUDGET_ATTR = "n_trials"
 """Study user attribute holding the trial budget that workers follow; the latest ``hpo create`` / ``hpo run`` sets
@@ -76,10 +83,14 @@ def open_study(config: Config, storage: optuna.storages.BaseStorage | str) -> op
     """Create the study named ``config.name`` or load it, after checking the stored config is the same.
 
     On creation the config is stored in the study (workers need only the storage URL and the name) and a grid
-    study's points are queued. A fresh study is sampled with the study seed (reproducible); a resumed one with a
-    seed derived from it and the trials it holds, so that it does not propose the first run's parameters again.
+    study's points are queued, by the one process whose write-once claim of the study wins the race (a loser with
+    the same config loads the study; with another config it is refused). A fresh study is sampled with the study
+    seed (reproducible); a resumed one with a seed derived from it and the trials it holds, so that it does not
+    propose the first run's parameters again. A relative ``artifacts_dir`` is made absolute (in ``config`` too,
+    from this process's working directory) and stored that way, so workers started anywhere share one teacher.
     """
     validate_search(config)
+    config.artifacts_dir = os.path.abspath(os.path.expanduser(config.artifacts_dir))
     sampler = study_sampler(config)
     pruner = study_pruner(config)
     directions = [config.directions[m] for m in config.metric_names]
@@ -93,8 +104,12 @@ def open_study(config: Config, storage: optuna.storages.BaseStorage | str) -> op
     )
     wanted = stored_config(config)
     existing = study.user_attrs.get(CONFIG_ATTR)
-    if existing is None:
-        study.set_user_attr(CONFIG_ATTR, wanted)
+    won = False
+    if existing is None:  # new, or another process is creating it right now: the first claim decides
+        token = uuid.uuid4().hex
+        claim = claim_study_attr(study._storage, study._study_id, CLAIM_ATTR, {"config": wanted, "token": token})
+        won, existing = claim["token"] == token, claim["config"]
+    if won:
         with warnings.catch_warnings():  # set_metric_names is marked experimental but stable since Optuna 3.2
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(config.metric_names)
@@ -102,6 +117,7 @@ def open_study(config: Config, storage: optuna.storages.BaseStorage | str) -> op
             grid = grid_of(config.search_space)
             for values in itertools.product(*grid.values()):
                 study.enqueue_trial(dict(zip(grid, values, strict=True)))
+        study.set_user_attr(CONFIG_ATTR, wanted)  # last: workers load only a study whose grid is queued
     elif existing != wanted:
         diff = config_diff(existing, wanted)
         raise ConfigError(
@@ -109,6 +125,8 @@ def open_study(config: Config, storage: optuna.storages.BaseStorage | str) -> op
             f"study {config.name!r} exists with another config ({'; '.join(diff[:5])}); "
             "use a new name or the same config",
         )
+    else:
+        _wait_for_config(study)
     if study.user_attrs.get(BUDGET_ATTR, -1) != config.n_trials:
         study.set_user_attr(BUDGET_ATTR, config.n_trials)
     held = len(study.get_trials(deepcopy=False))
@@ -123,6 +141,19 @@ def _summary(storage: optuna.storages.BaseStorage, name: str, flag: str) -> optu
         known = ", ".join(sorted(summaries)) or "none"
         raise ConfigError(flag, f"no study named {name!r} in this storage (studies: {known}); run hpo create first")
     return summaries[name]
+
+
+def _wait_for_config(study: optuna.Study, timeout: float = 120.0) -> None:
+    """Wait until the process that won the creation race has queued the grid and stored the config."""
+    deadline = time.monotonic() + timeout
+    while CONFIG_ATTR not in study.user_attrs:
+        if time.monotonic() > deadline:
+            raise ConfigError(
+                "name",
+                f"study {study.study_name!r} is being created by another process; try again (if its creator was "
+                f"killed, remove the half-made study with hpo delete {study.study_name} --yes)",
+            )
+        time.sleep(0.2)
 
 
 def load_study(storage: optuna.storages.BaseStorage, name: str, salt: str = "") -> tuple[optuna.Study, Config]:

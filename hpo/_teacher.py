@@ -92,5 +92,7 @@ class LogitCache:
                         logits = teacher_logits(teacher, data, self.batch_size, self.top_k)
                         torch.save(logits if isinstance(logits, torch.Tensor) else logits.state(), tmp)
                     self.computed += 1
-            self._memory[entry] = load_logits(torch.load(self.artifacts.entry(entry)))
+            self._memory[entry] = load_logits(
+                torch.load(self.artifacts.entry(entry), weights_only=True)
+            )  # never unpickle
         return self._memory[entry]

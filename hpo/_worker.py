@@ -29,15 +29,12 @@ import optuna
 from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import TrialState
 
-from storage import driver_error, is_storage_error, redact_text
+from storage import FAIL_REASON, driver_error, is_storage_error, redact_text
 
 log = logging.getLogger("hpo")
 T = TypeVar("T")
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-
-FAIL_REASON = "fail_reason"
-"""User attribute of a failed (or NaN-pruned) trial: ``nan``, ``oom``, ``worker stopped`` or the exception."""
 
 
 class WorkerStopped(KeyboardInterrupt):
@@ -255,7 +252,7 @@ class Worker:
                 if is_storage_error(exc):
                     storage_exc, requeue_it = exc, True
                 else:
-                    log.debug("trial %d failed", trial.number, exc_info=True)
+                    log.warning("trial %d failed; the worker goes on", trial.number, exc_info=True)
             finally:
                 self.stop.in_trial = False
         if storage_exc is not None:

@@ -4,7 +4,16 @@ This package never imports torch.
 """
 
 from storage._artifacts import ArtifactDir
-from storage._rdb import claim_study_attr, create_storage, driver_error, is_storage_error, schema_exists, upgrade_schema
+from storage._rdb import (
+    FAIL_REASON,
+    LostWorkerCallback,
+    claim_study_attr,
+    create_storage,
+    driver_error,
+    is_storage_error,
+    schema_exists,
+    upgrade_schema,
+)
 from storage._url import (
     DEFAULT_STORAGE_URL,
     engine_kwargs,
@@ -16,7 +25,9 @@ from storage._url import (
 
 __all__ = [
     "DEFAULT_STORAGE_URL",
+    "FAIL_REASON",
     "ArtifactDir",
+    "LostWorkerCallback",
     "claim_study_attr",
     "create_storage",
     "driver_error",

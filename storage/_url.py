@@ -11,8 +11,24 @@ from sqlalchemy.exc import ArgumentError
 DEFAULT_STORAGE_URL = "sqlite:///hpo.db"
 """The embedded default: a SQLite file in the working directory."""
 
-# user:password@ with or without a scheme in front; over-redacting free text is the safe side.
-_URL_PASSWORD = re.compile(r"(?P<head>(?:[a-zA-Z][\w+.-]*://)?[^:/@\s]*:)(?P<password>[^@\s]*)(?P<tail>@)")
+# user:password@ with or without a scheme in front (but never the ``//`` of ``scheme://user@``, which has no
+# password); over-redacting free text is the safe side.
+_URL_PASSWORD = re.compile(r"(?P<head>(?:[a-zA-Z][\w+.-]*://)?[^:/@\s]*:)(?P<password>(?!//)[^@\s]*)(?P<tail>@)")
+
+SECRET_KEY = re.compile(r"pass|pwd|secret|token", re.IGNORECASE)
+"""A URL query key naming a secret (``password``, ``passwd``, ``sslpassword``, ``client_secret``, ``token``, ...)."""
+
+# key=value (in a query string, or a libpq "key=value key=value" string) whose key names a secret; the value runs
+# to the next separator, quote or space.
+_QUERY_SECRET = re.compile(
+    r"(?P<head>(?:^|[?&;\s])[^=&;\s]*(?:pass|pwd|secret|token)[^=&;\s]*=)(?P<value>[^&;\s'\"]*)", re.I
+)
+
+_DRIVERS = {
+    "mysql": "mysql+pymysql:// with pip install 'distill-hpo[mysql]'",
+    "mariadb": "mysql+pymysql:// with pip install 'distill-hpo[mysql]'",
+    "postgresql": "postgresql+psycopg:// with pip install 'distill-hpo[postgres]'",
+}
 
 
 def resolve_storage_url(flag: str | None, env: str | None, config: str | None) -> str:
@@ -27,28 +43,45 @@ def resolve_storage_url(flag: str | None, env: str | None, config: str | None) -
 def validate_storage_url(url: str) -> None:
     """Raise ``ValueError`` naming the problem when ``url`` is not a database URL SQLAlchemy understands."""
     try:
-        make_url(url)
-    except ArgumentError as exc:
+        parsed = make_url(url)
+        dialect = parsed.get_dialect()
+    except (ArgumentError, ValueError) as exc:
         raise ValueError(
             f"storage: {redact_url(url)!r} is not a database URL; use e.g. sqlite:///hpo.db or "
             "postgresql+psycopg://user@host:5432/db"
         ) from exc
+    except ImportError as exc:  # an unknown dialect (``NoSuchModuleError``) or its module
+        raise ValueError(f"storage: {redact_url(url)!r}: unknown database ({exc})") from None
+    try:
+        dialect.import_dbapi()
+    except ImportError as exc:
+        use = _DRIVERS.get(parsed.get_backend_name(), "a driver SQLAlchemy supports for it")
+        raise ValueError(
+            f"storage: {parsed.drivername}:// needs the database driver {exc.name or exc}, which is not installed; "
+            f"use {use}"
+        ) from None
 
 
 def redact_url(url: str) -> str:
-    """Return ``url`` with any password replaced by ``***``; safe to log."""
+    """Return ``url`` with its password, and every query value whose key names a secret, replaced by ``***``;
+    safe to log."""
     try:
         parsed = make_url(url)
-    except ArgumentError:
-        return _URL_PASSWORD.sub(r"\g<head>***\g<tail>", url)
-    if parsed.password is None:
+    except (ArgumentError, ValueError):
+        return redact_text(url)
+    secrets = {key: "***" for key in parsed.query if SECRET_KEY.search(key)}
+    if parsed.password is None and not secrets:
         return url
-    return parsed.render_as_string(hide_password=True)
+    # render_as_string percent-encodes the query; the stars are put back as they read.
+    shown = parsed.update_query_dict(secrets).render_as_string(hide_password=True)
+    return shown.replace("%2A%2A%2A", "***")
 
 
 def redact_text(text: str) -> str:
-    """Replace the password of every URL inside free ``text`` (e.g. an exception message) by ``***``."""
-    return _URL_PASSWORD.sub(r"\g<head>***\g<tail>", text)
+    """Replace the password of every URL inside free ``text`` (e.g. an exception message), and every
+    ``?key=value`` whose key names a secret, by ``***``."""
+    text = _URL_PASSWORD.sub(r"\g<head>***\g<tail>", text)
+    return _QUERY_SECRET.sub(r"\g<head>***", text)
 
 
 def engine_kwargs(url: str) -> dict[str, Any]:

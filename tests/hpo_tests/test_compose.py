@@ -2,10 +2,13 @@
 
 from pathlib import Path
 
+import pytest
 import yaml
+from sqlalchemy.engine import make_url
 
 from hpo import load_config
-from hpo._cli import _parser
+from hpo._cli import _parser, _storage_url
+from objectives import ConfigError
 
 ROOT = Path(__file__).parents[2]
 
@@ -26,7 +29,38 @@ def test_compose_runs_valid_hpo_commands_on_a_shipped_example() -> None:
     config = load_config(ROOT / create.config)  # a shipped example, valid
     worker = _parser().parse_args(services["worker"]["command"])
     assert (worker.command, worker.study, worker.gpus) == ("worker", config.name, "all")
+    dashboard = _parser().parse_args(services["dashboard"]["command"])
+    assert (dashboard.command, dashboard.host, dashboard.port) == ("dashboard", "0.0.0.0", 8080)
     for service in ("create", "dashboard", "worker"):
-        assert "HPO_STORAGE" in services[service]["environment"]
-        assert "--storage" not in services[service].get("command", [])  # no password on a command line
-    assert 'ENTRYPOINT ["hpo"]' in (ROOT / "Dockerfile").read_text()
+        env = services[service]["environment"]
+        assert make_url(env["HPO_STORAGE"]).password is None  # the URL holds no password
+        assert env["HPO_STORAGE_PASSWORD_FILE"] == "/run/secrets/db_password"
+        assert services[service]["secrets"] == ["db_password"]
+        assert "entrypoint" not in services[service]  # no shell expanding the URL onto a command line (ps)
+        assert not any("STORAGE" in arg or "--storage" in arg for arg in services[service].get("command", []))
+    postgres = services["postgres"]
+    assert postgres["environment"]["POSTGRES_PASSWORD_FILE"] == "/run/secrets/db_password"
+    assert "POSTGRES_PASSWORD" not in postgres["environment"] and postgres["secrets"] == ["db_password"]
+    text = (ROOT / "docker-compose.yml").read_text()
+    # The secret file is required (compose stops with this message when it is unset) and there is no default.
+    assert compose["secrets"]["db_password"]["file"].startswith("${HPO_DB_PASSWORD_FILE:?set HPO_DB_PASSWORD_FILE")
+    assert ":-" not in text
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert 'ENTRYPOINT ["hpo"]' in dockerfile
+    users = [line.split()[1] for line in dockerfile.splitlines() if line.startswith("USER ")]
+    assert users and users[-1] not in ("root", "0")  # the image does not run as root
+
+
+def test_the_password_file_fills_in_the_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = tmp_path / "db_password"
+    secret.write_text("s3cret\n")
+    monkeypatch.setenv("HPO_STORAGE", "postgresql+psycopg://hpo@db:5432/hpo")
+    monkeypatch.setenv("HPO_STORAGE_PASSWORD_FILE", str(secret))
+    assert make_url(_storage_url(None)).password == "s3cret"
+    assert _storage_url("postgresql+psycopg://u:given@db/x") == "postgresql+psycopg://u:given@db/x"  # kept
+    secret.write_text("")
+    with pytest.raises(ConfigError, match=r"HPO_STORAGE_PASSWORD_FILE: .* is empty"):
+        _storage_url(None)
+    monkeypatch.setenv("HPO_STORAGE_PASSWORD_FILE", str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match="HPO_STORAGE_PASSWORD_FILE: cannot read"):
+        _storage_url(None)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,6 +19,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
+from hpo._report import states_table
 from tests.conftest import tiny_config
 
 SPACE = {
@@ -181,6 +184,13 @@ def test_sigkill_trial_goes_stale_and_is_rerun_with_the_same_params(tmp_path: Pa
     assert retries[0].params == killed.params
     assert retries[0].user_attrs["pid"] != victim.pid
     assert states(pg_url, name) == {"COMPLETE": 3, "FAIL": 1}
+    reason = final[killed.number].user_attrs["fail_reason"]  # why it failed, and which worker held it
+    match = re.fullmatch(r"worker lost \(no heartbeat for (\d+) s; held by (\S+) pid (\d+)\)", reason)
+    assert match, reason
+    assert int(match.group(1)) >= 3 and match.group(2) == socket.gethostname() and int(match.group(3)) == victim.pid
+    shown = run_cli("status", "--study", name, url=pg_url, cwd=tmp_path)
+    assert f"trial {killed.number}  {reason}" in shown.stdout
+    assert reason in states_table(optuna.load_study(study_name=name, storage=pg_url))  # the report's table
 
 
 def test_sigterm_stops_promptly_marks_and_requeues_the_trial(tmp_path: Path, pg_url: str, name: str) -> None:

@@ -38,3 +38,42 @@ def test_url_without_password_is_unchanged() -> None:
 def test_engine_options_per_backend() -> None:
     assert engine_kwargs("sqlite:///x.db") == {"connect_args": {"timeout": 60}}
     assert engine_kwargs("postgresql+psycopg://h/db")["pool_pre_ping"] is True
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg://hpo@db:5432/hpo?password=s3cret",
+        "mysql+pymysql://root@127.0.0.1/test?passwd=s3cret&charset=utf8mb4",
+        "postgresql+psycopg://hpo@db/hpo?sslmode=verify-full&sslpassword=s3cret",
+        "postgresql+psycopg://hpo:s3cret@db/hpo?sslpassword=s3cret",
+        "postgresql://hpo@db/hpo?client_secret=s3cret&access_token=s3cret&Password=s3cret",
+    ],
+)
+def test_redaction_hides_secrets_in_the_query_string(url: str) -> None:
+    shown = redact_url(url)
+    assert "s3cret" not in shown and "=***" in shown
+    assert "s3cret" not in redact_text(f"connecting to {url} failed; retry 1/3")
+    assert "s3cret" not in redact_text(f"connection to '{url}' refused")
+
+
+def test_redaction_keeps_plain_parts_as_they_are() -> None:
+    plain = "postgresql+psycopg://hpo@db:5432/hpo?sslmode=require&application_name=w1"
+    assert redact_url(plain) == plain
+    assert redact_text(f"connecting to {plain}: refused") == f"connecting to {plain}: refused"  # user kept
+    assert redact_text("postgresql+psycopg://postgres@127.0.0.1:5432/test") == (
+        "postgresql+psycopg://postgres@127.0.0.1:5432/test"  # was mangled into postgresql+psycopg:***@127...
+    )
+    assert redact_text("host=db user=hpo password=s3cret dbname=hpo") == "host=db user=hpo password=*** dbname=hpo"
+
+
+def test_a_url_whose_driver_is_not_installed_names_the_extra() -> None:
+    pytest.importorskip("pymysql")
+    try:
+        import MySQLdb  # noqa: F401 - mysql:// defaults to mysqlclient; the mysql extra installs PyMySQL
+    except ImportError:
+        pass
+    else:
+        pytest.skip("mysqlclient is installed here")
+    with pytest.raises(ValueError, match=r"mysql:// needs the database driver MySQLdb.*use mysql\+pymysql://"):
+        resolve_storage_url("mysql://root@127.0.0.1/test", None, None)
