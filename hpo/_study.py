@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import warnings
+from typing import Any
 
 import optuna
 
@@ -20,6 +21,10 @@ CONFIG_ATTR = "config"
 BUDGET_ATTR = "n_trials"
 """Study user attribute holding the trial budget that workers follow; the latest ``hpo create`` / ``hpo run`` sets
 it."""
+
+SETTINGS = (BUDGET_ATTR, "priority", "max_parallel")
+"""Config fields kept as study user attributes of the same name, not in the stored config: the latest
+``hpo create`` / ``hpo run`` sets them (so they can change without a new study) and workers follow them."""
 
 
 def stored_config(config: Config) -> dict:
@@ -106,12 +111,22 @@ def open_study(config: Config, storage: optuna.storages.BaseStorage | str) -> op
             f"study {config.name!r} exists with another config ({'; '.join(diff[:5])}); "
             "use a new name or the same config",
         )
-    if study.user_attrs.get(BUDGET_ATTR, -1) != config.n_trials:
-        study.set_user_attr(BUDGET_ATTR, config.n_trials)
+    attrs = study.user_attrs
+    for key in SETTINGS:
+        if key not in attrs or attrs[key] != getattr(config, key):
+            study.set_user_attr(key, getattr(config, key))
     held = len(study.get_trials(deepcopy=False))
     if held:
         study.sampler = study_sampler(config, salt=f"resumed-at-{held}")
     return study
+
+
+def apply_settings(config: Config, attrs: dict[str, Any]) -> Config:
+    """``config`` (changed in place) with the :data:`SETTINGS` found in ``attrs``, a study's user attributes."""
+    for key in SETTINGS:
+        if key in attrs:
+            setattr(config, key, attrs[key])
+    return config
 
 
 def load_study(storage: optuna.storages.BaseStorage, name: str, salt: str = "") -> tuple[optuna.Study, Config]:
@@ -129,7 +144,7 @@ def load_study(storage: optuna.storages.BaseStorage, name: str, salt: str = "") 
     if stored is None:
         raise ConfigError("--study", f"study {name!r} was not created by hpo (it has no stored config)")
     config = config_from_dict(stored)
-    config.n_trials = summaries[name].user_attrs.get(BUDGET_ATTR, config.n_trials)
+    apply_settings(config, summaries[name].user_attrs)
     study = optuna.load_study(
         study_name=name, storage=storage, sampler=study_sampler(config, salt), pruner=study_pruner(config)
     )

@@ -19,7 +19,7 @@ from objectives._config import (
     TeacherArgs,
     TrainArgs,
 )
-from objectives._data import DATASETS, Encoded, Rows, Task, load_rows, load_task
+from objectives._data import DATASETS, Encoded, Rows, Task, forget_encoded, load_rows, load_task
 from objectives._models import MODELS, build_student, load_classifier, resolve_model, student_layers
 
 _LAZY = {
@@ -34,6 +34,7 @@ _LAZY = {
     "distill_student": "objectives._trial",
     "finetune_student": "objectives._trial",
     "load_teacher": "objectives._trial",
+    "unload_teachers": "objectives._trial",
     "heldout_metrics": "objectives._trial",
     "cost_hardware": "objectives._trial",
     "teacher_logits": "objectives._train",
@@ -76,6 +77,7 @@ __all__ = [
     "distill_student",
     "finetune_student",
     "finetune_teacher",
+    "forget_encoded",
     "heldout_metrics",
     "load_classifier",
     "load_logits",
@@ -89,4 +91,5 @@ __all__ = [
     "run_synthetic",
     "student_layers",
     "teacher_logits",
+    "unload_teachers",
 ]

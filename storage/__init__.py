@@ -4,7 +4,19 @@ This package never imports torch.
 """
 
 from storage._artifacts import ArtifactDir
-from storage._rdb import claim_study_attr, create_storage, driver_error, is_storage_error, schema_exists, upgrade_schema
+from storage._rdb import (
+    PAUSED_ATTR,
+    claim_study_attr,
+    create_storage,
+    driver_error,
+    is_storage_error,
+    schema_exists,
+    set_heartbeat,
+    set_paused,
+    start_trial,
+    trial_counts,
+    upgrade_schema,
+)
 from storage._url import (
     DEFAULT_STORAGE_URL,
     engine_kwargs,
@@ -16,6 +28,7 @@ from storage._url import (
 
 __all__ = [
     "DEFAULT_STORAGE_URL",
+    "PAUSED_ATTR",
     "ArtifactDir",
     "claim_study_attr",
     "create_storage",
@@ -26,6 +39,10 @@ __all__ = [
     "redact_url",
     "resolve_storage_url",
     "schema_exists",
+    "set_heartbeat",
+    "set_paused",
+    "start_trial",
+    "trial_counts",
     "upgrade_schema",
     "validate_storage_url",
 ]

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import json
 import re
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import optuna
+from optuna.trial import TrialState
 
 from storage._url import engine_kwargs, validate_storage_url
 
@@ -41,6 +45,16 @@ def create_storage(
         )
 
 
+def set_heartbeat(
+    storage: optuna.storages.RDBStorage, heartbeat_interval: int, grace_period: int, max_retries: int
+) -> None:
+    """Give ``storage`` one study's heartbeat settings (what :func:`create_storage` sets), for a process that serves
+    studies one after another on one storage; the heartbeat of a trial reads them when the trial starts."""
+    storage.heartbeat_interval = heartbeat_interval
+    storage.grace_period = grace_period
+    storage.heartbeat_stale_trial_callback = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retries)
+
+
 def claim_study_attr(storage: optuna.storages.BaseStorage, study_id: int, key: str, value: Any) -> Any:
     """Store ``value`` as the study system attribute ``key`` unless one is there already; return the one kept.
 
@@ -64,6 +78,120 @@ def claim_study_attr(storage: optuna.storages.BaseStorage, study_id: int, key: s
     elif key not in storage.get_study_system_attrs(study_id):
         storage.set_study_system_attr(study_id, key, value)
     return storage.get_study_system_attrs(study_id)[key]
+
+
+PAUSED_ATTR = "paused"
+"""Study user attribute set by ``hpo pause`` (true) and ``hpo resume`` (false): no new trial starts while true."""
+
+
+@contextlib.contextmanager
+def _locked_study(storage: optuna.storages.BaseStorage, study_id: int) -> Iterator[Any]:
+    """A session whose transaction holds the study's row lock until it commits on leaving the block.
+
+    The lock is a write of the study row (its name, unchanged): PostgreSQL and MySQL lock the row, SQLite takes its
+    write lock (it has no row locks and begins a transaction at the first write, so a read first would not do).
+    Optuna's own trial creation locks the same row, so it waits too.
+    """
+    from optuna.storages._rdb import models
+
+    rdb = getattr(storage, "_backend", storage)  # under Optuna's cache wrapper, if any
+    session = rdb.scoped_session()
+    try:
+        study = models.StudyModel
+        session.query(study).filter(study.study_id == study_id).update(
+            {study.study_name: study.study_name}, synchronize_session=False
+        )
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def start_trial(
+    storage: optuna.storages.BaseStorage,
+    study_id: int,
+    *,
+    n_trials: int | None,
+    max_running: int | None = None,
+    create: bool = True,
+) -> int | None:
+    """Start one trial of the study, or return None: move its oldest WAITING trial to RUNNING, else (``create``)
+    create a new RUNNING trial while finished + running + waiting trials stay under ``n_trials``.
+
+    Nothing starts while the study is paused (:data:`PAUSED_ATTR`), once ``n_trials`` trials are finished
+    (COMPLETE or PRUNED), or while ``max_running`` of its trials run. The decision and the start are one
+    transaction under the study's row lock, so workers racing on any number of nodes never exceed the cap or the
+    budget, and none starts a trial after :func:`set_paused` has committed.
+    """
+    from optuna.storages._rdb import models
+    from sqlalchemy import func
+
+    rdb = getattr(storage, "_backend", storage)
+    trial = models.TrialModel
+    with _locked_study(storage, study_id) as session:
+        paused = (
+            session.query(models.StudyUserAttributeModel.value_json)
+            .filter_by(study_id=study_id, key=PAUSED_ATTR)
+            .scalar()
+        )
+        if paused is not None and json.loads(paused):
+            return None
+        rows = session.query(trial.state, func.count(trial.trial_id)).filter(trial.study_id == study_id)
+        counts = dict(rows.group_by(trial.state).all())
+        finished = counts.get(TrialState.COMPLETE, 0) + counts.get(TrialState.PRUNED, 0)
+        running, waiting = counts.get(TrialState.RUNNING, 0), counts.get(TrialState.WAITING, 0)
+        if (n_trials is not None and finished >= n_trials) or (max_running is not None and running >= max_running):
+            return None
+        if waiting:
+            queued = (
+                session.query(trial)
+                .filter(trial.study_id == study_id, trial.state == TrialState.WAITING)
+                .order_by(trial.trial_id)
+                .with_for_update()
+                .first()
+            )
+            queued.state = TrialState.RUNNING
+            queued.datetime_start = datetime.datetime.now()
+            return queued.trial_id
+        if not create or (n_trials is not None and finished + running >= n_trials):
+            return None
+        return rdb._get_prepared_new_trial(study_id, None, session).trial_id
+
+
+def set_paused(storage: optuna.storages.BaseStorage, study_id: int, paused: bool) -> None:
+    """Pause or resume the study: under the lock :func:`start_trial` takes, so once this returns no worker starts
+    a trial of a paused study. Running trials are not touched."""
+    from optuna.storages._rdb import models
+
+    attr = models.StudyUserAttributeModel
+    with _locked_study(storage, study_id) as session:
+        row = session.query(attr).filter_by(study_id=study_id, key=PAUSED_ATTR).one_or_none()
+        if row is None:
+            session.add(attr(study_id=study_id, key=PAUSED_ATTR, value_json=json.dumps(paused)))
+        else:
+            row.value_json = json.dumps(paused)
+
+
+def trial_counts(storage: optuna.storages.BaseStorage) -> dict[int, dict[TrialState, int]]:
+    """Trials by study id and state, every study of the storage in one query."""
+    from optuna.storages._rdb import models
+    from sqlalchemy import func
+
+    rdb = getattr(storage, "_backend", storage)
+    trial = models.TrialModel
+    session = rdb.scoped_session()
+    try:
+        rows = session.query(trial.study_id, trial.state, func.count(trial.trial_id))
+        out: dict[int, dict[TrialState, int]] = {}
+        for study_id, state, count in rows.group_by(trial.study_id, trial.state).all():
+            out.setdefault(study_id, {})[state] = count
+        session.commit()
+        return out
+    finally:
+        session.close()
 
 
 def upgrade_schema(url: str) -> tuple[str, str]:
