@@ -178,7 +178,7 @@ class Pool:
             if self._serve(studies):
                 idle = False
                 continue
-            if self.until_idle and all(s.done or s.paused or s.study_id in self.given_up for s in studies):
+            if self.until_idle and all(s.done or s.study_id in self.given_up for s in studies):
                 log.info("no study has budget left; leaving (--until-idle)")
                 break
             if not idle:

@@ -99,7 +99,7 @@ def studies_table(storage: optuna.storages.RDBStorage) -> str:
         budget = s.config.n_trials
         finished, rate = _rate(study)
         left = None if budget is None else budget - finished
-        if s.done:
+        if s.done or s.paused:
             time_left = "-"
         elif left is None or rate <= 0:
             time_left = "?"

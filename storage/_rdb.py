@@ -126,39 +126,50 @@ def start_trial(
     transaction under the study's row lock, so workers racing on any number of nodes never exceed the cap or the
     budget, and none starts a trial after :func:`set_paused` has committed.
     """
+    with _locked_study(storage, study_id) as session:
+        trial_id = _start(getattr(storage, "_backend", storage), session, study_id, n_trials, max_running, create)
+    if trial_id is not None and hasattr(storage, "_backend"):
+        storage.get_all_trials(study_id, deepcopy=False, states=())  # Optuna's cache wrapper learns of the trial
+    return trial_id
+
+
+def _start(
+    rdb: optuna.storages.RDBStorage,
+    session: Any,
+    study_id: int,
+    n_trials: int | None,
+    max_running: int | None,
+    create: bool,
+) -> int | None:
     from optuna.storages._rdb import models
     from sqlalchemy import func
 
-    rdb = getattr(storage, "_backend", storage)
     trial = models.TrialModel
-    with _locked_study(storage, study_id) as session:
-        paused = (
-            session.query(models.StudyUserAttributeModel.value_json)
-            .filter_by(study_id=study_id, key=PAUSED_ATTR)
-            .scalar()
+    paused = (
+        session.query(models.StudyUserAttributeModel.value_json).filter_by(study_id=study_id, key=PAUSED_ATTR).scalar()
+    )
+    if paused is not None and json.loads(paused):
+        return None
+    rows = session.query(trial.state, func.count(trial.trial_id)).filter(trial.study_id == study_id)
+    counts = dict(rows.group_by(trial.state).all())
+    finished = counts.get(TrialState.COMPLETE, 0) + counts.get(TrialState.PRUNED, 0)
+    running, waiting = counts.get(TrialState.RUNNING, 0), counts.get(TrialState.WAITING, 0)
+    if (n_trials is not None and finished >= n_trials) or (max_running is not None and running >= max_running):
+        return None
+    if waiting:
+        queued = (
+            session.query(trial)
+            .filter(trial.study_id == study_id, trial.state == TrialState.WAITING)
+            .order_by(trial.trial_id)
+            .with_for_update()
+            .first()
         )
-        if paused is not None and json.loads(paused):
-            return None
-        rows = session.query(trial.state, func.count(trial.trial_id)).filter(trial.study_id == study_id)
-        counts = dict(rows.group_by(trial.state).all())
-        finished = counts.get(TrialState.COMPLETE, 0) + counts.get(TrialState.PRUNED, 0)
-        running, waiting = counts.get(TrialState.RUNNING, 0), counts.get(TrialState.WAITING, 0)
-        if (n_trials is not None and finished >= n_trials) or (max_running is not None and running >= max_running):
-            return None
-        if waiting:
-            queued = (
-                session.query(trial)
-                .filter(trial.study_id == study_id, trial.state == TrialState.WAITING)
-                .order_by(trial.trial_id)
-                .with_for_update()
-                .first()
-            )
-            queued.state = TrialState.RUNNING
-            queued.datetime_start = datetime.datetime.now()
-            return queued.trial_id
-        if not create or (n_trials is not None and finished + running >= n_trials):
-            return None
-        return rdb._get_prepared_new_trial(study_id, None, session).trial_id
+        queued.state = TrialState.RUNNING
+        queued.datetime_start = datetime.datetime.now()
+        return queued.trial_id
+    if not create or (n_trials is not None and finished + running >= n_trials):
+        return None
+    return rdb._get_prepared_new_trial(study_id, None, session).trial_id
 
 
 def set_paused(storage: optuna.storages.BaseStorage, study_id: int, paused: bool) -> None:
