@@ -5,6 +5,7 @@ study it finds)."""
 from __future__ import annotations
 
 import datetime
+import itertools
 import os
 import signal
 import subprocess
@@ -22,7 +23,7 @@ import yaml
 from optuna.trial import TrialState
 
 from hpo._config import config_from_dict
-from hpo._pool import Pool, Standing, rank, survey
+from hpo._pool import Pool, Standing, pause, rank, survey
 from hpo._run import create
 from storage import create_storage
 from tests.hpo_tests.test_workers import run_cli, synthetic, wait_for
@@ -128,19 +129,19 @@ def test_max_parallel_is_never_exceeded_across_the_pool(tmp_path: Path, pool_url
     assert max(samples["free"]) >= 2  # workers were free, yet none took a second capped trial
     capped = sorted(trials(db, "capped"), key=lambda t: t.datetime_start)
     assert [t.state for t in capped] == [TrialState.COMPLETE] * 4
-    for before, after in zip(capped, capped[1:], strict=False):  # one at a time, end to start
+    for before, after in itertools.pairwise(capped):  # one at a time, end to start
         assert before.datetime_complete <= after.datetime_start
     assert states(db, "free") == {"COMPLETE": 6}
 
 
 def test_pause_resume_a_new_study_and_status_of_every_study(tmp_path: Path, pool_url: str) -> None:
-    hpo_create(tmp_path, pool_url, study("alpha", 6, 0.8))
+    hpo_create(tmp_path, pool_url, study("alpha", 8, 1.0))
     db = create_storage(pool_url, create_tables=False)
     workers = [pool_worker(tmp_path, pool_url) for _ in range(2)]
     wait_for(lambda: states(db, "alpha").get("COMPLETE", 0) >= 2, 120, "two alpha trials")
-    paused = run_cli("pause", "alpha", url=pool_url, cwd=tmp_path)
+    message = pause(pool_url, "alpha", paused=True)  # what hpo pause runs (here without a process start's delay)
     paused_at = datetime.datetime.now()
-    assert paused.returncode == 0 and paused.stdout.startswith("study 'alpha' paused"), paused.stderr
+    assert message.startswith("study 'alpha' paused: no new trial starts")
     wait_for(lambda: running_of(db, "alpha") == 0, 60, "alpha's running trials to finish")
 
     hpo_create(tmp_path, pool_url, study("beta", 3, 0.3, priority=2))  # created while the pool runs
@@ -148,19 +149,20 @@ def test_pause_resume_a_new_study_and_status_of_every_study(tmp_path: Path, pool
     time.sleep(1.0)  # several polls with alpha paused and the pool idle
     held = trials(db, "alpha")
     assert all(t.datetime_start <= paused_at for t in held)  # nothing started after hpo pause returned
-    assert 2 <= len(held) < 6 and all(t.state == TrialState.COMPLETE for t in held)
+    assert 2 <= len(held) < 8 and all(t.state == TrialState.COMPLETE for t in held)
 
     table = run_cli("status", url=pool_url, cwd=tmp_path)
     assert table.returncode == 0, table.stderr
     header, _, *rows = table.stdout.splitlines()
     assert header.split() == ["study", "state", "priority", "finished", "running", "best", "ETA"]
     by_name = {row.split()[0]: row.split() for row in rows}
-    assert by_name["alpha"][1:6] == ["paused", "0", f"{len(held)}/6", "0", "accuracy"]
+    assert by_name["alpha"][1:6] == ["paused", "0", f"{len(held)}/8", "0", "accuracy"] and by_name["alpha"][-1] == "-"
     assert by_name["beta"][1:5] == ["done", "2", "3/3", "0"] and by_name["beta"][-1] == "-"
 
-    assert run_cli("resume", "alpha", url=pool_url, cwd=tmp_path).returncode == 0
-    wait_for(lambda: states(db, "alpha").get("COMPLETE", 0) == 6, 120, "alpha to finish after resume")
-    assert states(db, "alpha") == {"COMPLETE": 6}
+    resumed = run_cli("resume", "alpha", url=pool_url, cwd=tmp_path)
+    assert resumed.returncode == 0 and resumed.stdout.strip() == "study 'alpha' resumed: workers start its trials again"
+    wait_for(lambda: states(db, "alpha").get("COMPLETE", 0) == 8, 120, "alpha to finish after resume")
+    assert states(db, "alpha") == {"COMPLETE": 8}
     for proc, log in workers:  # without --until-idle the pool waits for new studies until stopped
         assert proc.poll() is None
         proc.send_signal(signal.SIGTERM)
