@@ -308,5 +308,5 @@ def pause(url: str, name: str, paused: bool) -> str:
     finally:
         storage.engine.dispose()
     if paused:
-        return f"study {name!r} paused: no new trial starts ({running} running finish); hpo resume {name} restarts it"
+        return f"study {name!r} paused: no new trial starts, {running} running go on; hpo resume {name} restarts it"
     return f"study {name!r} resumed: workers start its trials again"

@@ -52,7 +52,9 @@ def set_heartbeat(
     studies one after another on one storage; the heartbeat of a trial reads them when the trial starts."""
     storage.heartbeat_interval = heartbeat_interval
     storage.grace_period = grace_period
-    storage.heartbeat_stale_trial_callback = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retries)
+    with warnings.catch_warnings():  # marked experimental since Optuna 2.8
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        storage.heartbeat_stale_trial_callback = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retries)
 
 
 def claim_study_attr(storage: optuna.storages.BaseStorage, study_id: int, key: str, value: Any) -> Any:
