@@ -229,3 +229,33 @@ def test_settings_are_validated_and_change_without_a_new_study(tmp_path: Path) -
     missing = run_cli("pause", "nope", url=url, cwd=tmp_path)
     assert missing.returncode == 2
     assert missing.stderr.strip() == f"hpo: error: NAME: no study named 'nope' in {url} (studies: s)"
+
+
+def test_pool_workers_rerun_a_killed_workers_trial_and_requeue_on_sigterm(tmp_path: Path, pool_url: str) -> None:
+    hpo_create(tmp_path, pool_url, study("long", 2, 4.0))
+    db = create_storage(pool_url, create_tables=False)
+    (victim, _), (survivor, log) = pool_worker(tmp_path, pool_url), pool_worker(tmp_path, pool_url)
+
+    def running_in(pid: int) -> optuna.trial.FrozenTrial | None:
+        return next(
+            (t for t in trials(db, "long") if t.state.name == "RUNNING" and t.user_attrs.get("pid") == pid), None
+        )
+
+    killed = wait_for(lambda: running_in(victim.pid), 120, "the victim's trial")
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(10)
+    # The survivor, looking for work, finds the trial without a heartbeat and runs it again with its parameters.
+    rerun = wait_for(
+        lambda: (t := running_in(survivor.pid)) and t.system_attrs.get("failed_trial") == killed.number and t,
+        120,
+        "the killed trial's rerun",
+    )
+    assert rerun.params == killed.params
+    survivor.send_signal(signal.SIGTERM)  # mid-trial: recorded as stopped, queued again, and the worker exits 0
+    finish(survivor, log, 30)
+    final = {t.number: t for t in trials(db, "long")}
+    assert final[killed.number].state == TrialState.FAIL
+    assert final[rerun.number].state == TrialState.FAIL
+    assert final[rerun.number].user_attrs["fail_reason"] == "worker stopped"
+    (queued,) = [t for t in final.values() if t.state == TrialState.WAITING]
+    assert queued.params == killed.params and queued.system_attrs["retry_history"] == [killed.number, rerun.number]
