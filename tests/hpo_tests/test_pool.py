@@ -114,7 +114,9 @@ def test_priority_study_is_served_first_and_until_idle_workers_exit_0(tmp_path: 
 
 def test_max_parallel_is_never_exceeded_across_the_pool(tmp_path: Path, pool_url: str) -> None:
     hpo_create(tmp_path, pool_url, study("capped", 4, 1.0, priority=1, max_parallel=1))
-    hpo_create(tmp_path, pool_url, study("free", 6, 1.0))
+    free = study("free", 6, 1.0)
+    free["synthetic"]["oom_trials"] = [1]  # a real refused allocation: recorded, and the pool worker goes on
+    hpo_create(tmp_path, pool_url, free)
     db = create_storage(pool_url, create_tables=False)
     workers = [pool_worker(tmp_path, pool_url, "--until-idle") for _ in range(3)]
     samples = {"capped": [], "free": []}
@@ -131,7 +133,8 @@ def test_max_parallel_is_never_exceeded_across_the_pool(tmp_path: Path, pool_url
     assert [t.state for t in capped] == [TrialState.COMPLETE] * 4
     for before, after in itertools.pairwise(capped):  # one at a time, end to start
         assert before.datetime_complete <= after.datetime_start
-    assert states(db, "free") == {"COMPLETE": 6}
+    assert states(db, "free") == {"COMPLETE": 6, "FAIL": 1}
+    assert [t.user_attrs["fail_reason"] for t in trials(db, "free") if t.state == TrialState.FAIL] == ["oom"]
 
 
 def test_pause_resume_a_new_study_and_status_of_every_study(tmp_path: Path, pool_url: str) -> None:
