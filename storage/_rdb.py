@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import datetime
 import json
@@ -124,54 +125,74 @@ def start_trial(
     create a new RUNNING trial while finished + running + waiting trials stay under ``n_trials``.
 
     Nothing starts while the study is paused (:data:`PAUSED_ATTR`), once ``n_trials`` trials are finished
-    (COMPLETE or PRUNED), or while ``max_running`` of its trials run. The decision and the start are one
-    transaction under the study's row lock, so workers racing on any number of nodes never exceed the cap or the
-    budget, and none starts a trial after :func:`set_paused` has committed.
+    (COMPLETE or PRUNED), or while ``max_running`` of its trials run. On a relational storage the decision and the
+    start are one transaction under the study's row lock, so workers racing on any number of nodes never exceed the
+    cap or the budget, and none starts a trial after :func:`set_paused` has committed; other storages (in-memory,
+    journal: one process) decide through Optuna's API.
     """
-    with _locked_study(storage, study_id) as session:
-        trial_id = _start(getattr(storage, "_backend", storage), session, study_id, n_trials, max_running, create)
-    if trial_id is not None and hasattr(storage, "_backend"):
-        storage.get_all_trials(study_id, deepcopy=False, states=())  # Optuna's cache wrapper learns of the trial
-    return trial_id
-
-
-def _start(
-    rdb: optuna.storages.RDBStorage,
-    session: Any,
-    study_id: int,
-    n_trials: int | None,
-    max_running: int | None,
-    create: bool,
-) -> int | None:
+    rdb = getattr(storage, "_backend", storage)  # under Optuna's cache wrapper, if any
+    if not isinstance(rdb, optuna.storages.RDBStorage):
+        return _start_unlocked(storage, study_id, n_trials, max_running, create)
     from optuna.storages._rdb import models
     from sqlalchemy import func
 
     trial = models.TrialModel
-    paused = (
-        session.query(models.StudyUserAttributeModel.value_json).filter_by(study_id=study_id, key=PAUSED_ATTR).scalar()
-    )
-    if paused is not None and json.loads(paused):
-        return None
-    rows = session.query(trial.state, func.count(trial.trial_id)).filter(trial.study_id == study_id)
-    counts = dict(rows.group_by(trial.state).all())
-    finished = counts.get(TrialState.COMPLETE, 0) + counts.get(TrialState.PRUNED, 0)
-    running, waiting = counts.get(TrialState.RUNNING, 0), counts.get(TrialState.WAITING, 0)
-    if (n_trials is not None and finished >= n_trials) or (max_running is not None and running >= max_running):
-        return None
-    if waiting:
-        queued = (
-            session.query(trial)
-            .filter(trial.study_id == study_id, trial.state == TrialState.WAITING)
-            .order_by(trial.trial_id)
-            .with_for_update()
-            .first()
+    with _locked_study(storage, study_id) as session:
+        paused = (
+            session.query(models.StudyUserAttributeModel.value_json)
+            .filter_by(study_id=study_id, key=PAUSED_ATTR)
+            .scalar()
         )
-        queued.state = TrialState.RUNNING
-        queued.datetime_start = datetime.datetime.now()
-        return queued.trial_id
+        rows = session.query(trial.state, func.count(trial.trial_id)).filter(trial.study_id == study_id)
+        counts = dict(rows.group_by(trial.state).all())
+        what = _what_to_start(paused is not None and json.loads(paused), counts, n_trials, max_running, create)
+        if what == "queued":
+            queued = (
+                session.query(trial)
+                .filter(trial.study_id == study_id, trial.state == TrialState.WAITING)
+                .order_by(trial.trial_id)
+                .with_for_update()
+                .first()
+            )
+            queued.state = TrialState.RUNNING
+            queued.datetime_start = datetime.datetime.now()
+            trial_id = queued.trial_id
+        else:
+            trial_id = rdb._get_prepared_new_trial(study_id, None, session).trial_id if what == "new" else None
+    if trial_id is not None and storage is not rdb:
+        storage.get_all_trials(study_id, deepcopy=False, states=())  # Optuna's cache wrapper learns of the trial
+    return trial_id
+
+
+def _what_to_start(
+    paused: bool, counts: dict[TrialState, int], n_trials: int | None, max_running: int | None, create: bool
+) -> str | None:
+    """``queued`` (the oldest WAITING trial), ``new`` or None, given the study's trial counts by state."""
+    finished = counts.get(TrialState.COMPLETE, 0) + counts.get(TrialState.PRUNED, 0)
+    running = counts.get(TrialState.RUNNING, 0)
+    if paused or (n_trials is not None and finished >= n_trials):
+        return None
+    if max_running is not None and running >= max_running:
+        return None
+    if counts.get(TrialState.WAITING, 0):
+        return "queued"
     if not create or (n_trials is not None and finished + running >= n_trials):
         return None
-    return rdb._get_prepared_new_trial(study_id, None, session).trial_id
+    return "new"
+
+
+def _start_unlocked(
+    storage: optuna.storages.BaseStorage, study_id: int, n_trials: int | None, max_running: int | None, create: bool
+) -> int | None:
+    trials = storage.get_all_trials(study_id, deepcopy=False)
+    paused = bool(storage.get_study_user_attrs(study_id).get(PAUSED_ATTR, False))
+    what = _what_to_start(paused, collections.Counter(t.state for t in trials), n_trials, max_running, create)
+    if what == "queued":
+        for queued in (t for t in trials if t.state == TrialState.WAITING):
+            if storage.set_trial_state_values(queued._trial_id, state=TrialState.RUNNING):
+                return queued._trial_id
+        return None
+    return storage.create_new_trial(study_id) if what == "new" else None
 
 
 def set_paused(storage: optuna.storages.BaseStorage, study_id: int, paused: bool) -> None:

@@ -109,6 +109,20 @@ def test_start_trial_holds_cap_budget_and_pause_across_processes_postgresql(pg_u
     _start_race(pg_url)
 
 
+def test_start_trial_on_in_memory_storage() -> None:
+    study = optuna.create_study()
+    study.enqueue_trial({"x": 0.5})
+    storage, study_id = study._storage, study._study_id
+    first = start_trial(storage, study_id, n_trials=2, max_running=2)
+    assert storage.get_trial(first).system_attrs["fixed_params"] == {"x": 0.5}  # the queued trial first
+    second = start_trial(storage, study_id, n_trials=2, max_running=2)
+    assert second not in (None, first)
+    assert start_trial(storage, study_id, n_trials=None, max_running=2) is None  # two running: the cap
+    assert start_trial(storage, study_id, n_trials=2) is None  # two running of a budget of two
+    study.set_user_attr("paused", True)
+    assert start_trial(storage, study_id, n_trials=None) is None
+
+
 def test_claim_on_in_memory_storage() -> None:
     study = optuna.create_study()
     assert claim_study_attr(study._storage, study._study_id, "k", [1.5]) == [1.5]
