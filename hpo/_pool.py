@@ -190,17 +190,20 @@ class Pool:
     def _serve(self, studies: list[Standing]) -> bool:
         """Start and run one trial of the best study that has one to start; False when none has."""
         for standing in rank([s for s in studies if s.study_id not in self.given_up], self.current):
-            worker = self._worker(standing)
             w = standing.config.worker
             set_heartbeat(self.storage, w.heartbeat_interval, w.grace_period, w.max_retries)
-            worker.budget.n_trials = standing.config.n_trials
-            worker.budget.max_parallel = standing.config.max_parallel
             try:
+                worker = self._worker(standing)
+                worker.budget.n_trials = standing.config.n_trials
+                worker.budget.max_parallel = standing.config.max_parallel
                 started = worker.step()
             except TooManyFailures as exc:
                 log.error("study %r: %s; this worker leaves it", standing.name, exc)
                 self.given_up.add(standing.study_id)
                 return True
+            except (KeyError, ConfigError):  # deleted since the survey; the next survey forgets it
+                log.info("study %r is gone", standing.name)
+                continue
             if started:
                 self.ran += 1
                 return True

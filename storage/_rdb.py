@@ -101,9 +101,13 @@ def _locked_study(storage: optuna.storages.BaseStorage, study_id: int) -> Iterat
     session = rdb.scoped_session()
     try:
         study = models.StudyModel
-        session.query(study).filter(study.study_id == study_id).update(
-            {study.study_name: study.study_name}, synchronize_session=False
+        locked = (
+            session.query(study)
+            .filter(study.study_id == study_id)
+            .update({study.study_name: study.study_name}, synchronize_session=False)
         )
+        if not locked:
+            raise KeyError(f"no study with id {study_id} (deleted?)")
         yield session
         session.commit()
     except BaseException:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import pytest
 
 from storage import claim_study_attr, create_storage, set_paused, start_trial
 
@@ -99,6 +100,8 @@ def _start_race(url: str) -> None:
         set_paused(storage, study._study_id, False)
         assert start_trial(storage, study._study_id, n_trials=None) is not None  # resumed, no cap, no budget
         optuna.delete_study(study_name=name, storage=storage)
+        with pytest.raises(KeyError, match="deleted"):  # a pool surveyed it just before: it moves on
+            start_trial(storage, study._study_id, n_trials=None)
 
 
 def test_start_trial_holds_cap_budget_and_pause_across_processes_sqlite(tmp_path: Path) -> None:
