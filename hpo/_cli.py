@@ -150,6 +150,12 @@ def _cmd_worker(args: argparse.Namespace) -> int:
             raise ConfigError(f"--{flag.replace('_', '-')}", f"must be >= 1, got {value}")
     if args.timeout is not None and args.timeout <= 0:
         raise ConfigError("--timeout", f"must be > 0 seconds, got {args.timeout}")
+    if args.poll <= 0:
+        raise ConfigError("--poll", f"must be > 0 seconds, got {args.poll}")
+    if args.keep < 1:
+        raise ConfigError("--keep", f"must be >= 1, got {args.keep}")
+    if args.study is not None and args.until_idle:
+        raise ConfigError("--until-idle", "is for pool workers (without --study); a study's worker stops at its budget")
     if args.slot_gpu is not None or (args.gpus == "none" and args.procs == 1):
         return _run_slot(args, url)
     visible = 0
@@ -162,14 +168,19 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise _flag_error(exc) from None
     slots = plan_slots(gpus, args.per_gpu, args.procs, args.threads or os.cpu_count() or 1)
-    child = ["--study", args.study]
+    child = ["--study", args.study] if args.study is not None else _pool_flags(args)
     if args.n_trials is not None:
         child += ["--n-trials", str(args.n_trials)]
     if args.timeout is not None:
         child += ["--timeout", str(args.timeout)]
     if args.memory_limit is not None:
         child += ["--memory-limit", str(args.memory_limit)]
-    return launch(slots, child, url)
+    return launch(slots, child, url, os.environ.get("CUDA_VISIBLE_DEVICES"))
+
+
+def _pool_flags(args: argparse.Namespace) -> list[str]:
+    """The pool flags of ``hpo worker``, for its slot processes."""
+    return ["--poll", str(args.poll), "--keep", str(args.keep), *(["--until-idle"] if args.until_idle else [])]
 
 
 def _flag_error(exc: ValueError) -> ConfigError:
@@ -196,6 +207,22 @@ def _run_slot(args: argparse.Namespace, url: str) -> int:
     _limit_memory(args.memory_limit)
     stop = StopFlag()
     stop.install()
+    if args.study is None:
+        from hpo._pool import serve
+
+        ran = serve(
+            url,
+            gpu=args.slot_gpu,
+            threads=args.threads or os.cpu_count() or 1,
+            keep=args.keep,
+            poll=args.poll,
+            until_idle=args.until_idle,
+            max_trials=args.n_trials,
+            timeout=args.timeout,
+            stop=stop,
+        )
+        log.info("pool worker %d ran %d trials%s", os.getpid(), ran, " (stopped)" if stop.requested else "")
+        return 0
     ran = run_slot(
         url,
         args.study,
@@ -208,6 +235,17 @@ def _run_slot(args: argparse.Namespace, url: str) -> int:
         progress=args.slot_gpu is None and sys.stderr.isatty(),
     )
     log.info("worker %d ran %d trials%s", os.getpid(), ran, " (stopped)" if stop.requested else "")
+    return 0
+
+
+def _cmd_pause(args: argparse.Namespace) -> int:
+    from hpo._pool import pause
+    from storage import redact_url, schema_exists
+
+    url = _storage_url(args.storage)
+    if not schema_exists(url):
+        raise ConfigError("--storage", f"{redact_url(url)} has no studies; run hpo create or hpo run first")
+    print(pause(url, args.name, paused=args.command == "pause"))
     return 0
 
 
@@ -408,9 +446,13 @@ def _parser() -> argparse.ArgumentParser:
     upgrade.add_argument("--storage", help=STORAGE_HELP)
     upgrade.set_defaults(func=_cmd_db_upgrade)
 
-    worker = sub.add_parser("worker", help="run trials of an existing study (one process per GPU slot or CPU proc)")
+    worker = sub.add_parser(
+        "worker", help="run trials of a study, or of every study (a pool); one process per GPU slot or CPU proc"
+    )
     worker.add_argument("--storage", help="storage URL (default: HPO_STORAGE, then sqlite:///hpo.db)")
-    worker.add_argument("--study", required=True, help="study name (created with hpo create)")
+    worker.add_argument(
+        "--study", help="study name (created with hpo create); without it, serve every study with budget left"
+    )
     worker.add_argument("--gpus", default="none", help="all, none (default) or indices like 0,1,3")
     worker.add_argument("--per-gpu", type=int, default=1, help="worker processes per GPU (small students)")
     worker.add_argument("--procs", type=int, default=1, help="worker processes on a CPU-only node")
@@ -418,6 +460,11 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--timeout", type=float, help="seconds after which no new trial starts")
     worker.add_argument("--threads", type=int, help="torch CPU threads per process (default: cores / processes)")
     worker.add_argument("--memory-limit", type=int, metavar="MIB", help=MEMORY_HELP + " (per process)")
+    worker.add_argument(
+        "--until-idle", action="store_true", help="pool: exit 0 once no study has budget left (batch schedulers)"
+    )
+    worker.add_argument("--poll", type=float, default=5.0, help="pool: seconds between looks for new work (5)")
+    worker.add_argument("--keep", type=int, default=2, help="pool: studies whose data stay loaded in memory (2)")
     worker.add_argument("--slot-gpu", type=int, help=argparse.SUPPRESS)
     worker.set_defaults(func=_cmd_worker)
 
@@ -428,6 +475,13 @@ def _parser() -> argparse.ArgumentParser:
         "--watch", type=float, nargs="?", const=5.0, metavar="SECONDS", help="refresh every SECONDS (default 5)"
     )
     status.set_defaults(func=_cmd_status)
+
+    pause = sub.add_parser("pause", help="stop starting trials of a study (running ones finish)")
+    resume = sub.add_parser("resume", help="start trials of a paused study again")
+    for toggle in (pause, resume):
+        toggle.add_argument("name", metavar="NAME", help="study name")
+        toggle.add_argument("--storage", help="storage URL (default: HPO_STORAGE, then sqlite:///hpo.db)")
+        toggle.set_defaults(func=_cmd_pause)
 
     report = sub.add_parser("report", help="write a self-contained HTML report of a study (plots and tables)")
     report.add_argument("--storage", help="storage URL (default: HPO_STORAGE, then sqlite:///hpo.db)")

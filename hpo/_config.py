@@ -39,7 +39,7 @@ OBJECTIVES = ("finetune", "distill", "synthetic")
 """What a trial does: fine-tune the student on labels, distil it from the study's teacher, or evaluate the fast
 analytic ``synthetic`` function (for testing orchestration)."""
 
-RUN_CONTROL = ("n_trials", "timeout", "storage", "device")
+RUN_CONTROL = ("n_trials", "timeout", "storage", "device", "priority", "max_parallel")
 """Fields that may differ between runs of the same study (they do not change what a trial computes)."""
 
 STUDY_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
@@ -116,6 +116,11 @@ class Config:
     """Trial budget of the study: trials that end COMPLETE or PRUNED; null runs until ``timeout``."""
     timeout: float | None = None
     """Stop starting new trials after this many seconds; null for no limit."""
+    priority: int = 0
+    """Pool workers (``hpo worker`` without ``--study``) start the next trial from the study of highest priority
+    that has budget left; equal priorities share workers (fewest running trials first)."""
+    max_parallel: int | None = None
+    """Running trials of this study at most, across every worker; null for no limit."""
     seed: int = 0
     """Study seed: each trial's seed derives from it and the trial number; also seeds the sampler."""
     storage: str | None = None
@@ -171,6 +176,8 @@ class Config:
             raise ConfigError("n_trials", f"must be >= 1 or null, got {self.n_trials}")
         if self.n_trials is None and self.timeout is None:
             raise ConfigError("n_trials", "is null and so is timeout: set one so the study ends")
+        if self.max_parallel is not None and self.max_parallel < 1:
+            raise ConfigError("max_parallel", f"must be >= 1 or null (no limit), got {self.max_parallel}")
         if self.timeout is not None and self.timeout <= 0:
             raise ConfigError("timeout", f"must be > 0 seconds or null, got {self.timeout}")
         _check_device(self.device)

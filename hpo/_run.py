@@ -7,6 +7,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 import optuna
@@ -70,23 +71,26 @@ def _storage(url: str, config: Config, *, create_tables: bool) -> optuna.storage
     )
 
 
-def work(
+def study_worker(
     study: optuna.Study,
     config: Config,
-    runner: TrialRunner,
+    objective: Callable[[optuna.Trial], list[float]],
     *,
     max_trials: int | None = None,
     timeout: float | None = None,
     stop: StopFlag | None = None,
     bars: Progress | None = None,
-) -> int:
-    """Run trials of ``study`` in this process until its budget is spent; returns how many this process ran.
+    label: str = "",
+) -> Worker:
+    """The worker loop of ``study`` in this process, following its config's budget and worker settings.
 
-    With ``bars``, progress bars follow the study's finished trials and each trial's training steps.
+    With ``bars``, progress bars follow the study's finished trials and each trial's training steps; ``label``
+    starts each progress log line (a pool worker names the study).
     """
     budget = Budget(
         n_trials=config.n_trials,
         grid=is_grid(config),
+        max_parallel=config.max_parallel,
         max_trials=max_trials,
         deadline=None if timeout is None else time.monotonic() + timeout,
         max_consecutive_failures=config.worker.max_consecutive_failures,
@@ -96,20 +100,20 @@ def work(
         finished = study._storage.get_n_trials(
             study._study_id, (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
         )
-        log.info("[%s/%s] %s", finished, config.n_trials or "-", describe(trial, config.metric_names))
+        log.info("%s[%s/%s] %s", label, finished, config.n_trials or "-", describe(trial, config.metric_names))
         if bars is not None:
             bars.finished(finished)
 
-    def objective(trial: optuna.Trial) -> list[float]:
+    def shown(trial: optuna.Trial) -> list[float]:
         if bars is None:
-            return runner(trial)
+            return objective(trial)
         with bars.training(f"trial {trial.number}"):
-            return runner(trial)
+            return objective(trial)
 
     w = config.worker
-    worker = Worker(
+    return Worker(
         study,
-        objective,
+        shown,
         budget,
         max_retries=w.max_retries,
         retry=Retry(w.storage_retries),
@@ -118,7 +122,12 @@ def work(
         poll=min(1.0, w.heartbeat_interval),
         idle_limit=w.grace_period + 3 * w.heartbeat_interval,
     )
-    return worker.run()
+
+
+def work(study: optuna.Study, config: Config, runner: TrialRunner, **kw: Any) -> int:
+    """Run trials of ``study`` in this process until its budget is spent; returns how many this process ran.
+    Keywords as :func:`study_worker`."""
+    return study_worker(study, config, runner, **kw).run()
 
 
 def create(config: Config, url: str) -> optuna.Study:
@@ -160,6 +169,20 @@ def run(
     return f"study {config.name!r}: {state_counts(study)}\n\n{results_table(study)}"
 
 
+def require_schema(url: str) -> None:
+    """Workers never create tables: refuse a storage without them, naming the command that creates them."""
+    if not Retry()(schema_exists, url, what=f"connecting to {redact_url(url)}"):
+        raise ConfigError(
+            "--storage", f"{redact_url(url)} has no study tables; run hpo create (or hpo db upgrade) first"
+        )
+
+
+def process_salt() -> str:
+    """Seeds this process's samplers apart from other workers': seeded alike, they would propose the same
+    parameters."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 def run_slot(
     url: str,
     study_name: str,
@@ -176,18 +199,13 @@ def run_slot(
     ``progress`` shows progress bars (for a terminal)."""
     torch.set_num_threads(threads)
     bootstrap = Config(name=study_name)
-    if not Retry(bootstrap.worker.storage_retries)(schema_exists, url, what=f"connecting to {redact_url(url)}"):
-        raise ConfigError(
-            "--storage", f"{redact_url(url)} has no study tables; run hpo create (or hpo db upgrade) first"
-        )
+    require_schema(url)
     # The stored config carries the study's heartbeat and retry settings, so read it first, then reconnect with them.
     plain = _storage(url, bootstrap, create_tables=False)
     _, config = Retry(bootstrap.worker.storage_retries)(load_study, plain, study_name, what="loading the study")
     plain.engine.dispose()
-    # Seeded apart: workers seeded alike would all propose the same parameters.
-    salt = f"{socket.gethostname()}:{os.getpid()}"
     study, _ = Retry(config.worker.storage_retries)(
-        load_study, _storage(url, config, create_tables=False), study_name, salt, what="loading the study"
+        load_study, _storage(url, config, create_tables=False), study_name, process_salt(), what="loading the study"
     )
     if gpu is not None:
         config.device = "cuda:0"  # CUDA_VISIBLE_DEVICES pins this process to its GPU

@@ -67,15 +67,28 @@ def plan_slots(gpus: list[int], per_gpu: int, procs: int, cores: int) -> list[Sl
     return [Slot(None, max(1, cores // procs)) for _ in range(procs)]
 
 
-def launch(slots: list[Slot], child_args: list[str], storage_url: str, stop_timeout: float = 120.0) -> int:
+def device_of(gpu: int, visible_devices: str | None) -> str:
+    """``CUDA_VISIBLE_DEVICES`` of the slot on GPU index ``gpu``: the ``gpu``-th of this process's
+    ``visible_devices`` (Slurm and Kubernetes set them to the GPUs they allotted), else the node's GPU ``gpu``."""
+    return visible_devices.split(",")[gpu] if visible_devices else str(gpu)
+
+
+def launch(
+    slots: list[Slot],
+    child_args: list[str],
+    storage_url: str,
+    visible_devices: str | None = None,
+    stop_timeout: float = 120.0,
+) -> int:
     """Start one child ``hpo worker`` per slot and wait. SIGTERM / SIGINT are passed on to every child; children
-    still alive ``stop_timeout`` seconds later are killed. Returns 0 when every child exited 0."""
+    still alive ``stop_timeout`` seconds later are killed. Returns 0 when every child exited 0. Slots are pinned to
+    their GPU with :func:`device_of` this process's ``visible_devices``."""
     children = []
     for slot in slots:
         env = {**os.environ, "HPO_STORAGE": storage_url}
         args = [*child_args, "--threads", str(slot.threads)]
         if slot.gpu is not None:
-            env["CUDA_VISIBLE_DEVICES"] = str(slot.gpu)
+            env["CUDA_VISIBLE_DEVICES"] = device_of(slot.gpu, visible_devices)
             args += ["--slot-gpu", str(slot.gpu)]
         children.append(subprocess.Popen([sys.executable, "-m", "hpo._cli", "worker", *args], env=env))
     log.info("started %d worker processes: %s", len(children), ", ".join(str(c.pid) for c in children))

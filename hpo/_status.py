@@ -8,7 +8,8 @@ import optuna
 from optuna.trial import TrialState
 
 from hpo._config import config_from_dict
-from hpo._study import CONFIG_ATTR
+from hpo._pool import survey
+from hpo._study import BUDGET_ATTR, CONFIG_ATTR
 from hpo._table import best_trials, format_cell, never_predicted_notes, render, state_counts
 from objectives import ConfigError
 from storage import FAIL_REASON, create_storage, redact_url
@@ -63,25 +64,67 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
-def eta(study: optuna.Study, now: datetime.datetime | None = None) -> str:
-    """Time left for the trial budget at the rate trials have finished so far (all workers together)."""
-    budget = study.user_attrs.get("n_trials")
+def _rate(study: optuna.Study, now: datetime.datetime | None = None) -> tuple[int, float]:
+    """Finished trials and the rate (per second) they have finished at since the first trial started."""
     trials = study.get_trials(deepcopy=False)
-    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    if not isinstance(budget, int):
-        return "ETA: - (no trial budget)"
-    left = budget - len(finished)
-    if left <= 0:
-        return f"budget spent ({len(finished)} of {budget} trials finished)"
+    finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
     starts = [t.datetime_start for t in trials if t.datetime_start is not None]
     if not finished or not starts:
+        return finished, 0.0
+    span = ((now or datetime.datetime.now()) - min(starts)).total_seconds()
+    return finished, finished / span if span > 0 else 0.0
+
+
+def eta(study: optuna.Study, now: datetime.datetime | None = None) -> str:
+    """Time left for the trial budget at the rate trials have finished so far (all workers together)."""
+    budget = study.user_attrs.get(BUDGET_ATTR)
+    finished, rate = _rate(study, now)
+    if not isinstance(budget, int):
+        return "ETA: - (no trial budget)"
+    left = budget - finished
+    if left <= 0:
+        return f"budget spent ({finished} of {budget} trials finished)"
+    if not finished:
         return f"ETA: - ({left} of {budget} trials left, none finished yet)"
-    now = now or datetime.datetime.now()
-    span = (now - min(starts)).total_seconds()
-    rate = len(finished) / span if span > 0 else 0.0
     if rate <= 0:
         return f"ETA: - ({left} of {budget} trials left)"
     return f"ETA: {_duration(left / rate)} ({left} of {budget} trials left at {rate * 60:.3g} trials/min)"
+
+
+def _best_cell(study: optuna.Study, metric_names: list[str]) -> str:
+    if len(metric_names) > 1:
+        front = best_trials(study)
+        return f"{len(front)} on the front" if front else "-"
+    top = best_trials(study, top=1)
+    return f"{metric_names[0]} {top[0].value:.4g}" if top else "-"
+
+
+def studies_table(storage: optuna.storages.RDBStorage) -> str:
+    """One row per study: state (running, paused, done), priority, budget, running trials, best value, ETA."""
+    rows = []
+    for s in survey(storage):
+        study = optuna.load_study(study_name=s.name, storage=storage)
+        budget = s.config.n_trials
+        finished, rate = _rate(study)
+        left = None if budget is None else budget - finished
+        if s.done or s.paused:
+            time_left = "-"
+        elif left is None or rate <= 0:
+            time_left = "?"
+        else:
+            time_left = _duration(left / rate)
+        rows.append(
+            [
+                s.name,
+                s.state,
+                str(s.config.priority),
+                f"{finished}/{budget if budget is not None else '-'}",
+                str(s.running) + ("" if s.config.max_parallel is None else f" (max {s.config.max_parallel})"),
+                _best_cell(study, s.config.metric_names),
+                time_left,
+            ]
+        )
+    return render(["study", "state", "priority", "finished", "running", "best", "ETA"], rows)
 
 
 def _best_table(study: optuna.Study, metric_names: list[str]) -> str:
@@ -102,19 +145,18 @@ def _indent(text: str) -> str:
 
 
 def status(storage_url: str, study_name: str | None = None) -> str:
-    """Trial counts by state, the best values and the running trials of one study, or of every study."""
+    """Trial counts by state, the best values and the running trials (stale ones flagged) of one study; without
+    ``study_name``, one row per study (:func:`studies_table`)."""
     storage = create_storage(storage_url, create_tables=False)
-    names = [study_name] if study_name else [s.study_name for s in optuna.get_all_study_summaries(storage)]
-    if not names:
-        return f"no studies in {redact_url(storage_url)}"
-    blocks = []
-    for name in names:
+    try:
+        if not study_name:
+            return studies_table(storage) if storage.get_all_studies() else f"no studies in {redact_url(storage_url)}"
         try:
-            study = optuna.load_study(study_name=name, storage=storage)
+            study = optuna.load_study(study_name=study_name, storage=storage)
         except KeyError:
-            raise ConfigError("--study", f"no study named {name!r} in {redact_url(storage_url)}") from None
+            raise ConfigError("--study", f"no study named {study_name!r} in {redact_url(storage_url)}") from None
         metric_names = study.metric_names or [f"objective {i}" for i in range(len(study.directions))]
-        lines = [f"study {name!r}: {state_counts(study)} (budget {study.user_attrs.get('n_trials', '-')})"]
+        lines = [f"study {study_name!r}: {state_counts(study)} (budget {study.user_attrs.get(BUDGET_ATTR, '-')})"]
         lines.append(f"  {eta(study)}")
         tables = (
             _best_table(study, metric_names),
@@ -124,6 +166,6 @@ def status(storage_url: str, study_name: str | None = None) -> str:
         for table in tables:
             if table:
                 lines.append(_indent(table))
-        blocks.append("\n".join(lines))
-    storage.engine.dispose()
-    return "\n\n".join(blocks)
+        return "\n".join(lines)
+    finally:
+        storage.engine.dispose()

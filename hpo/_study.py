@@ -10,6 +10,7 @@ import uuid
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import optuna
 
@@ -30,6 +31,10 @@ creator whose token is kept stores the config and queues the grid, so concurrent
 BUDGET_ATTR = "n_trials"
 """Study user attribute holding the trial budget that workers follow; the latest ``hpo create`` / ``hpo run`` sets
 it."""
+
+SETTINGS = (BUDGET_ATTR, "priority", "max_parallel")
+"""Config fields kept as study user attributes of the same name, not in the stored config: the latest
+``hpo create`` / ``hpo run`` sets them (so they can change without a new study) and workers follow them."""
 
 
 def stored_config(config: Config) -> dict:
@@ -127,8 +132,10 @@ def open_study(config: Config, storage: optuna.storages.BaseStorage | str) -> op
         )
     else:
         _wait_for_config(study)
-    if study.user_attrs.get(BUDGET_ATTR, -1) != config.n_trials:
-        study.set_user_attr(BUDGET_ATTR, config.n_trials)
+    attrs = study.user_attrs
+    for key in SETTINGS:
+        if key not in attrs or attrs[key] != getattr(config, key):
+            study.set_user_attr(key, getattr(config, key))
     held = len(study.get_trials(deepcopy=False))
     if held:
         study.sampler = study_sampler(config, salt=f"resumed-at-{held}")
@@ -156,6 +163,14 @@ def _wait_for_config(study: optuna.Study, timeout: float = 120.0) -> None:
         time.sleep(0.2)
 
 
+def apply_settings(config: Config, attrs: dict[str, Any]) -> Config:
+    """``config`` (changed in place) with the :data:`SETTINGS` found in ``attrs``, a study's user attributes."""
+    for key in SETTINGS:
+        if key in attrs:
+            setattr(config, key, attrs[key])
+    return config
+
+
 def load_study(storage: optuna.storages.BaseStorage, name: str, salt: str = "") -> tuple[optuna.Study, Config]:
     """Load study ``name`` created by ``hpo create`` / ``hpo run``, with its stored config; its sampler is seeded
     from the study seed and ``salt`` (a worker passes its host and process id)."""
@@ -166,7 +181,7 @@ def load_study(storage: optuna.storages.BaseStorage, name: str, salt: str = "") 
     if stored is None:
         raise ConfigError("--study", f"study {name!r} was not created by hpo (it has no stored config)")
     config = config_from_dict(stored)
-    config.n_trials = summary.user_attrs.get(BUDGET_ATTR, config.n_trials)
+    apply_settings(config, summary.user_attrs)
     study = optuna.load_study(
         study_name=name, storage=storage, sampler=study_sampler(config, salt), pruner=study_pruner(config)
     )

@@ -2,9 +2,11 @@
 
 Many workers (processes, GPUs, nodes) run this loop against one study in one database:
 
-- Trials queued as WAITING (grid points, retries of trials lost to a crashed or stopped worker) are claimed first;
-  claiming is atomic in the database, so each is run by exactly one worker. A grid study never creates trials
-  beyond its queue, so every grid point runs exactly once.
+- Trials queued as WAITING (grid points, retries of trials lost to a crashed or stopped worker) are claimed first,
+  else a trial is created. Starting a trial is one transaction under the study's row lock
+  (``storage.start_trial``), so each queued trial is run by exactly one worker, the budget and the study's
+  ``max_parallel`` hold across workers, and nothing starts while the study is paused. A grid study never creates
+  trials beyond its queue, so every grid point runs exactly once.
 - Running trials send heartbeats; a trial whose worker was killed is found stale by the next worker that looks,
   marked FAIL and re-queued with the same parameters (Optuna's ``RetryHeartbeatStaleTrialCallback``).
 - SIGTERM / Ctrl-C: the running trial is interrupted, marked FAIL with ``fail_reason = worker stopped`` and
@@ -29,7 +31,7 @@ import optuna
 from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import TrialState
 
-from storage import FAIL_REASON, driver_error, is_storage_error, redact_text
+from storage import FAIL_REASON, driver_error, is_storage_error, redact_text, start_trial
 
 log = logging.getLogger("hpo")
 T = TypeVar("T")
@@ -108,22 +110,6 @@ def error_line(exc: BaseException) -> str:
     return redact_text(text.splitlines()[0] if text else type(root).__name__)
 
 
-def claim_waiting(study: optuna.Study) -> int | None:
-    """Atomically move one WAITING trial to RUNNING and return its id; None when the queue is empty.
-
-    The database decides: ``set_trial_state_values(RUNNING)`` succeeds for exactly one of the workers racing for
-    a trial (row lock on PostgreSQL/MySQL, the write lock on SQLite).
-    """
-    storage = study._storage
-    for trial in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,)):
-        try:
-            if storage.set_trial_state_values(trial._trial_id, state=TrialState.RUNNING):
-                return trial._trial_id
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue
-    return None
-
-
 def requeue(study: optuna.Study, trial_id: int, max_retries: int) -> None:
     """Queue a failed trial again with the same parameters (as Optuna does for stale trials)."""
     frozen = study._storage.get_trial(trial_id)
@@ -149,6 +135,8 @@ class Budget:
     """Finished (COMPLETE or PRUNED) trials the study wants; None for no limit."""
     grid: bool = False
     """Only run queued trials (grid points); never create new ones."""
+    max_parallel: int | None = None
+    """Running trials of the study at most, across every worker; None for no limit."""
     max_trials: int | None = None
     """Trials this worker runs at most."""
     deadline: float | None = None
@@ -189,20 +177,21 @@ class Worker:
         return self.retry(self.study._storage.get_n_trials, self.study._study_id, states, what="counting trials")
 
     def _next_trial(self) -> int | None:
-        """A trial id to run now: a claimed queued trial or a new one; None when there is none to run."""
-        storage = self.study._storage
+        """A trial id to run now: a claimed queued trial or a new one; None when there is none to run (budget spent
+        or all in flight, the study paused, or ``max_parallel`` of its trials running)."""
         with warnings.catch_warnings():  # fail_stale_trials is marked experimental since Optuna 2.9
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             self.retry(optuna.storages.fail_stale_trials, self.study, what="checking for stale trials")
-        n = self.budget.n_trials
-        if n is not None and self._count(FINISHED) >= n:
-            return None
-        trial_id = self.retry(claim_waiting, self.study, what="claiming a queued trial")
-        if trial_id is not None or self.budget.grid:
-            return trial_id
-        if n is not None and self._count((*FINISHED, TrialState.RUNNING, TrialState.WAITING)) >= n:
-            return None
-        return self.retry(storage.create_new_trial, self.study._study_id, what="creating a trial")
+        b = self.budget
+        return self.retry(
+            start_trial,
+            self.study._storage,
+            self.study._study_id,
+            n_trials=b.n_trials,
+            max_running=b.max_parallel,
+            create=not b.grid,
+            what="starting a trial",
+        )
 
     def _done(self) -> bool:
         b = self.budget
@@ -212,24 +201,36 @@ class Worker:
             or (b.deadline is not None and time.monotonic() >= b.deadline)
         )
 
+    def step(self) -> bool:
+        """Start one trial and run it to its end; False when there is none to start now."""
+        trial_id = self._next_trial()
+        if trial_id is None:
+            return False
+        self._run_one(trial_id)
+        return True
+
     def run(self) -> int:
         """The loop. Returns the number of trials this worker ran."""
         idle_since = None
         while not self._done():
-            trial_id = self._next_trial()
-            if trial_id is not None:
+            if self.step():
                 idle_since = None
-                self._run_one(trial_id)
                 continue
             # Nothing to claim or create: finished, unless trials still run elsewhere. Those may end FAIL (a worker
-            # crashed) and come back as retries, so wait for them, for a bounded time without progress.
+            # crashed) and come back as retries, so wait for them, for a bounded time without progress (but without
+            # a limit while they fill the study's max_parallel: this worker waits for a free slot).
             running = self._count((TrialState.RUNNING,))
             if running == 0 and self._count((TrialState.WAITING,)) == 0:
                 break
-            idle_since = idle_since or time.monotonic()
-            if time.monotonic() - idle_since > self.idle_limit:
-                log.warning("%d trials still RUNNING elsewhere after %.0f s; leaving them", running, self.idle_limit)
-                break
+            if self.budget.max_parallel is not None and running >= self.budget.max_parallel:
+                idle_since = None
+            else:
+                idle_since = idle_since or time.monotonic()
+                if time.monotonic() - idle_since > self.idle_limit:
+                    log.warning(
+                        "%d trials still RUNNING elsewhere after %.0f s; leaving them", running, self.idle_limit
+                    )
+                    break
             self.stop.event.wait(self.poll)
         return self.ran
 

@@ -19,7 +19,7 @@ from objectives._config import (
     TeacherArgs,
     TrainArgs,
 )
-from objectives._data import DATASETS, Encoded, Rows, Task, load_rows, load_task, open_data
+from objectives._data import DATASETS, Encoded, Rows, Task, forget_encoded, load_rows, load_task, open_data
 from objectives._models import MODELS, build_student, load_classifier, name_labels, resolve_model, student_layers
 
 _LAZY = {
@@ -34,6 +34,7 @@ _LAZY = {
     "distill_student": "objectives._trial",
     "finetune_student": "objectives._trial",
     "load_teacher": "objectives._trial",
+    "unload_teachers": "objectives._trial",
     "heldout_metrics": "objectives._trial",
     "never_predicted": "objectives._metrics",
     "per_class": "objectives._metrics",
@@ -78,6 +79,7 @@ __all__ = [
     "distill_student",
     "finetune_student",
     "finetune_teacher",
+    "forget_encoded",
     "heldout_metrics",
     "load_classifier",
     "load_logits",
@@ -95,4 +97,5 @@ __all__ = [
     "run_synthetic",
     "student_layers",
     "teacher_logits",
+    "unload_teachers",
 ]

@@ -264,6 +264,12 @@ def encode(tokenizer: Any, rows: Rows, max_length: int, *, key: tuple[str, str] 
     return encoded
 
 
+def forget_encoded(*encoded: Encoded) -> None:
+    """Drop ``encoded`` from this process's tokenisation cache (a worker done with a study's data)."""
+    for key in [k for k, v in _ENCODED.items() if any(v is e for e in encoded)]:
+        del _ENCODED[key]
+
+
 def collate(data: Encoded, idx: Sequence[int]) -> dict[str, Any]:
     """Pad the examples ``idx`` to their longest one: ``input_ids``, ``attention_mask``, ``labels`` and the
     examples' ``index`` in ``data``."""

@@ -238,6 +238,12 @@ def load_teacher(path: Path, num_labels: int, device: torch.device) -> torch.nn.
     return _TEACHERS[key]
 
 
+def unload_teachers() -> None:
+    """Drop the teachers :func:`load_teacher` keeps (their memory, on the GPU too, is freed once no trial holds
+    them); the next trial that needs one loads it again."""
+    _TEACHERS.clear()
+
+
 def finetune_student(
     work: Workload,
     base_model: str,

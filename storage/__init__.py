@@ -6,12 +6,17 @@ This package never imports torch.
 from storage._artifacts import ArtifactDir
 from storage._rdb import (
     FAIL_REASON,
+    PAUSED_ATTR,
     LostWorkerCallback,
     claim_study_attr,
     create_storage,
     driver_error,
     is_storage_error,
     schema_exists,
+    set_heartbeat,
+    set_paused,
+    start_trial,
+    trial_counts,
     upgrade_schema,
 )
 from storage._url import (
@@ -26,6 +31,7 @@ from storage._url import (
 __all__ = [
     "DEFAULT_STORAGE_URL",
     "FAIL_REASON",
+    "PAUSED_ATTR",
     "ArtifactDir",
     "LostWorkerCallback",
     "claim_study_attr",
@@ -37,6 +43,10 @@ __all__ = [
     "redact_url",
     "resolve_storage_url",
     "schema_exists",
+    "set_heartbeat",
+    "set_paused",
+    "start_trial",
+    "trial_counts",
     "upgrade_schema",
     "validate_storage_url",
 ]

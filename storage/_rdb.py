@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import datetime
 import json
 import os
 import re
 import time
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 from storage._url import engine_kwargs, validate_storage_url
 
@@ -66,7 +69,9 @@ class LostWorkerCallback:
     (``RetryHeartbeatStaleTrialCallback``)."""
 
     def __init__(self, max_retry: int) -> None:
-        self.max_retry = max_retry
+        with warnings.catch_warnings():  # marked experimental since Optuna 2.8
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self._retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         rdb = getattr(study._storage, "_backend", study._storage)
@@ -75,7 +80,7 @@ class LostWorkerCallback:
             held = f"{trial.user_attrs.get('host', '?')} pid {trial.user_attrs.get('pid', '?')}"
             since = f"no heartbeat for {silent:.0f} s" if silent is not None else "no heartbeat"
             _add_trial_attrs(rdb, trial._trial_id, {FAIL_REASON: f"worker lost ({since}; held by {held})"})
-        optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=self.max_retry)(study, trial)
+        self._retry(study, trial)
 
 
 def _heartbeat_age(rdb: optuna.storages.RDBStorage, trial_id: int) -> float | None:
@@ -111,6 +116,16 @@ def _add_trial_attrs(rdb: optuna.storages.RDBStorage, trial_id: int, attrs: dict
         session.close()
 
 
+def set_heartbeat(
+    storage: optuna.storages.RDBStorage, heartbeat_interval: int, grace_period: int, max_retries: int
+) -> None:
+    """Give ``storage`` one study's heartbeat settings (what :func:`create_storage` sets), for a process that serves
+    studies one after another on one storage; the heartbeat of a trial reads them when the trial starts."""
+    storage.heartbeat_interval = heartbeat_interval
+    storage.grace_period = grace_period
+    storage.heartbeat_stale_trial_callback = LostWorkerCallback(max_retries)
+
+
 def claim_study_attr(storage: optuna.storages.BaseStorage, study_id: int, key: str, value: Any) -> Any:
     """Store ``value`` as the study system attribute ``key`` unless one is there already; return the one kept.
 
@@ -134,6 +149,155 @@ def claim_study_attr(storage: optuna.storages.BaseStorage, study_id: int, key: s
     elif key not in storage.get_study_system_attrs(study_id):
         storage.set_study_system_attr(study_id, key, value)
     return storage.get_study_system_attrs(study_id)[key]
+
+
+PAUSED_ATTR = "paused"
+"""Study user attribute set by ``hpo pause`` (true) and ``hpo resume`` (false): no new trial starts while true."""
+
+
+@contextlib.contextmanager
+def _locked_study(storage: optuna.storages.BaseStorage, study_id: int) -> Iterator[Any]:
+    """A session whose transaction holds the study's row lock until it commits on leaving the block.
+
+    The lock is a write of the study row (its name, unchanged): PostgreSQL and MySQL lock the row, SQLite takes its
+    write lock (it has no row locks and begins a transaction at the first write, so a read first would not do).
+    Optuna's own trial creation locks the same row, so it waits too.
+    """
+    from optuna.storages._rdb import models
+
+    rdb = getattr(storage, "_backend", storage)  # under Optuna's cache wrapper, if any
+    session = rdb.scoped_session()
+    try:
+        study = models.StudyModel
+        locked = (
+            session.query(study)
+            .filter(study.study_id == study_id)
+            .update({study.study_name: study.study_name}, synchronize_session=False)
+        )
+        if not locked:
+            raise KeyError(f"no study with id {study_id} (deleted?)")
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def start_trial(
+    storage: optuna.storages.BaseStorage,
+    study_id: int,
+    *,
+    n_trials: int | None,
+    max_running: int | None = None,
+    create: bool = True,
+) -> int | None:
+    """Start one trial of the study, or return None: move its oldest WAITING trial to RUNNING, else (``create``)
+    create a new RUNNING trial while finished + running + waiting trials stay under ``n_trials``.
+
+    Nothing starts while the study is paused (:data:`PAUSED_ATTR`), once ``n_trials`` trials are finished
+    (COMPLETE or PRUNED), or while ``max_running`` of its trials run. On a relational storage the decision and the
+    start are one transaction under the study's row lock, so workers racing on any number of nodes never exceed the
+    cap or the budget, and none starts a trial after :func:`set_paused` has committed; other storages (in-memory,
+    journal: one process) decide through Optuna's API.
+    """
+    rdb = getattr(storage, "_backend", storage)  # under Optuna's cache wrapper, if any
+    if not isinstance(rdb, optuna.storages.RDBStorage):
+        return _start_unlocked(storage, study_id, n_trials, max_running, create)
+    from optuna.storages._rdb import models
+    from sqlalchemy import func
+
+    trial = models.TrialModel
+    with _locked_study(storage, study_id) as session:
+        paused = (
+            session.query(models.StudyUserAttributeModel.value_json)
+            .filter_by(study_id=study_id, key=PAUSED_ATTR)
+            .scalar()
+        )
+        rows = session.query(trial.state, func.count(trial.trial_id)).filter(trial.study_id == study_id)
+        counts = dict(rows.group_by(trial.state).all())
+        what = _what_to_start(paused is not None and json.loads(paused), counts, n_trials, max_running, create)
+        if what == "queued":
+            queued = (
+                session.query(trial)
+                .filter(trial.study_id == study_id, trial.state == TrialState.WAITING)
+                .order_by(trial.trial_id)
+                .with_for_update()
+                .first()
+            )
+            queued.state = TrialState.RUNNING
+            queued.datetime_start = datetime.datetime.now()
+            trial_id = queued.trial_id
+        else:
+            trial_id = rdb._get_prepared_new_trial(study_id, None, session).trial_id if what == "new" else None
+    if trial_id is not None and storage is not rdb:
+        storage.get_all_trials(study_id, deepcopy=False, states=())  # Optuna's cache wrapper learns of the trial
+    return trial_id
+
+
+def _what_to_start(
+    paused: bool, counts: dict[TrialState, int], n_trials: int | None, max_running: int | None, create: bool
+) -> str | None:
+    """``queued`` (the oldest WAITING trial), ``new`` or None, given the study's trial counts by state."""
+    finished = counts.get(TrialState.COMPLETE, 0) + counts.get(TrialState.PRUNED, 0)
+    running = counts.get(TrialState.RUNNING, 0)
+    if paused or (n_trials is not None and finished >= n_trials):
+        return None
+    if max_running is not None and running >= max_running:
+        return None
+    if counts.get(TrialState.WAITING, 0):
+        return "queued"
+    if not create or (n_trials is not None and finished + running >= n_trials):
+        return None
+    return "new"
+
+
+def _start_unlocked(
+    storage: optuna.storages.BaseStorage, study_id: int, n_trials: int | None, max_running: int | None, create: bool
+) -> int | None:
+    trials = storage.get_all_trials(study_id, deepcopy=False)
+    paused = bool(storage.get_study_user_attrs(study_id).get(PAUSED_ATTR, False))
+    what = _what_to_start(paused, collections.Counter(t.state for t in trials), n_trials, max_running, create)
+    if what == "queued":
+        for queued in (t for t in trials if t.state == TrialState.WAITING):
+            if storage.set_trial_state_values(queued._trial_id, state=TrialState.RUNNING):
+                return queued._trial_id
+        return None
+    return storage.create_new_trial(study_id) if what == "new" else None
+
+
+def set_paused(storage: optuna.storages.BaseStorage, study_id: int, paused: bool) -> None:
+    """Pause or resume the study: under the lock :func:`start_trial` takes, so once this returns no worker starts
+    a trial of a paused study. Running trials are not touched."""
+    from optuna.storages._rdb import models
+
+    attr = models.StudyUserAttributeModel
+    with _locked_study(storage, study_id) as session:
+        row = session.query(attr).filter_by(study_id=study_id, key=PAUSED_ATTR).one_or_none()
+        if row is None:
+            session.add(attr(study_id=study_id, key=PAUSED_ATTR, value_json=json.dumps(paused)))
+        else:
+            row.value_json = json.dumps(paused)
+
+
+def trial_counts(storage: optuna.storages.BaseStorage) -> dict[int, dict[TrialState, int]]:
+    """Trials by study id and state, every study of the storage in one query."""
+    from optuna.storages._rdb import models
+    from sqlalchemy import func
+
+    rdb = getattr(storage, "_backend", storage)
+    trial = models.TrialModel
+    session = rdb.scoped_session()
+    try:
+        rows = session.query(trial.study_id, trial.state, func.count(trial.trial_id))
+        out: dict[int, dict[TrialState, int]] = {}
+        for study_id, state, count in rows.group_by(trial.study_id, trial.state).all():
+            out.setdefault(study_id, {})[state] = count
+        session.commit()
+        return out
+    finally:
+        session.close()
 
 
 def upgrade_schema(url: str) -> tuple[str, str]:

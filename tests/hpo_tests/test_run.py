@@ -83,7 +83,7 @@ def test_distill_study_on_sqlite_end_to_end(tmp_path: Path, monkeypatch: pytest.
     assert refused.returncode == 2
     assert "study 'e2e' exists with another config (seed: 0 -> 7)" in refused.stderr
 
-    status = hpo("status", "--storage", url, cwd=tmp_path)
+    status = hpo("status", "--storage", url, "--study", "e2e", cwd=tmp_path)
     assert status.returncode == 0 and "study 'e2e': COMPLETE 2" in status.stdout and "\n  best " in status.stdout
 
     # Re-running a finished trial's parameters with its recorded seed reproduces its metrics on CPU.

@@ -1,6 +1,6 @@
 import pytest
 
-from hpo._slots import Slot, parse_gpus, plan_slots
+from hpo._slots import Slot, device_of, parse_gpus, plan_slots
 
 
 def test_parse_gpus() -> None:
@@ -17,3 +17,9 @@ def test_slots_pin_gpus_and_split_cpu_cores() -> None:
     assert plan_slots([0, 2], per_gpu=2, procs=1, cores=16) == [Slot(0, 4), Slot(0, 4), Slot(2, 4), Slot(2, 4)]
     assert plan_slots([], per_gpu=1, procs=4, cores=2) == [Slot(None, 1)] * 4  # never fewer than one thread
     assert plan_slots([], per_gpu=1, procs=2, cores=16) == [Slot(None, 8)] * 2
+
+
+def test_slots_pin_the_gpus_a_scheduler_allotted() -> None:
+    # Slurm / Kubernetes set CUDA_VISIBLE_DEVICES=3,5: slot GPU 1 is the node's GPU 5, not GPU 1.
+    assert [device_of(gpu, "3,5") for gpu in (0, 1)] == ["3", "5"]
+    assert device_of(1, None) == "1"

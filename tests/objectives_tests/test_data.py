@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from objectives import ConfigError, DataArgs, load_rows, load_task
-from objectives._data import Encoded, collate, encode, train_batches
+from objectives._data import Encoded, collate, encode, forget_encoded, train_batches
 from objectives._models import load_tokenizer
 
 
@@ -80,6 +80,9 @@ def test_tokenised_once_and_padded_per_batch() -> None:
     assert batch["input_ids"].shape[1] == int(lengths.max())  # dynamic: as wide as the longest, no wider
     whole = collate(first, list(range(8)))
     assert whole["labels"].tolist() == first.labels[:8]
+    forget_encoded(first)  # a pool worker done with the study: the cache lets go, the next call tokenises anew
+    again = encode(tok, task.train(), 32, key=(task.fingerprint, "train"))
+    assert again is not first and again.input_ids == first.input_ids
 
 
 def _epoch(data: Encoded, batch_size: int, group: bool, seed: int = 0) -> list[dict]:

@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import pytest
 
-from storage import claim_study_attr, create_storage
+from storage import claim_study_attr, create_storage, set_paused, start_trial
 
 
 def _roundtrip(url: str) -> None:
@@ -64,6 +65,65 @@ def test_claim_keeps_the_first_value_across_processes_sqlite(tmp_path: Path) -> 
 
 def test_claim_keeps_the_first_value_across_processes_postgresql(pg_url: str) -> None:
     _claim_race(pg_url)
+
+
+def _start(url: str, name: str, limits: dict[str, Any], start: Any, out: Any) -> None:
+    """One process: wait for the others, then try to start trials (never finishing them); report which it got."""
+    storage = create_storage(url, create_tables=False)
+    study_id = storage.get_study_id_from_name(name)
+    start.wait()
+    out.put([tid for _ in range(8) if (tid := start_trial(storage, study_id, **limits)) is not None])
+
+
+def _start_race(url: str) -> None:
+    """Six processes start trials at once: the cap on running trials, the budget and a pause all hold."""
+    storage = create_storage(url)
+    context = multiprocessing.get_context("spawn")
+    for limits, expected in (({"n_trials": None, "max_running": 2}, 2), ({"n_trials": 3}, 3)):
+        name = f"start-{uuid.uuid4().hex[:8]}"
+        study = optuna.create_study(study_name=name, storage=storage)
+        study.enqueue_trial({"x": 0.5})  # queued trials are started first
+        start, out = context.Barrier(6), context.Queue()
+        procs = [context.Process(target=_start, args=(url, name, limits, start, out)) for _ in range(6)]
+        for proc in procs:
+            proc.start()
+        started = [tid for _ in procs for tid in out.get(timeout=120)]
+        for proc in procs:
+            proc.join(timeout=60)
+        assert len(started) == len(set(started)) == expected, limits
+        trials = study.get_trials(deepcopy=False)
+        assert [t.state for t in trials] == [optuna.trial.TrialState.RUNNING] * expected
+        assert trials[0].system_attrs.get("fixed_params") == {"x": 0.5}
+        set_paused(storage, study._study_id, True)
+        assert study.user_attrs["paused"] is True
+        assert start_trial(storage, study._study_id, n_trials=None) is None  # paused: nothing starts
+        set_paused(storage, study._study_id, False)
+        assert start_trial(storage, study._study_id, n_trials=None) is not None  # resumed, no cap, no budget
+        optuna.delete_study(study_name=name, storage=storage)
+        with pytest.raises(KeyError, match="deleted"):  # a pool surveyed it just before: it moves on
+            start_trial(storage, study._study_id, n_trials=None)
+
+
+def test_start_trial_holds_cap_budget_and_pause_across_processes_sqlite(tmp_path: Path) -> None:
+    _start_race(f"sqlite:///{tmp_path}/s.db")
+
+
+def test_start_trial_holds_cap_budget_and_pause_across_processes_postgresql(pg_url: str) -> None:
+    _start_race(pg_url)
+
+
+def test_start_trial_on_in_memory_storage() -> None:
+    study = optuna.create_study()
+    study.enqueue_trial({"x": 0.5})
+    storage, study_id = study._storage, study._study_id
+    first = start_trial(storage, study_id, n_trials=2, max_running=2)
+    assert storage.get_trial(first).system_attrs["fixed_params"] == {"x": 0.5}  # the queued trial first
+    second = start_trial(storage, study_id, n_trials=2, max_running=2)
+    assert second not in (None, first)
+    assert start_trial(storage, study_id, n_trials=None, max_running=2) is None  # two running: the cap
+    assert start_trial(storage, study_id, n_trials=2) is None  # two running of a budget of two
+    study.set_user_attr("paused", True)
+    assert start_trial(storage, study_id, n_trials=None) is None
 
 
 def test_claim_on_in_memory_storage() -> None:
