@@ -138,11 +138,15 @@ def test_eight_workers_four_hundred_trials(tmp_path: Path, pg_url: str, name: st
     assert sorted(numbers) == list(range(len(numbers)))  # no duplicated or missing numbers
     by_state = states(pg_url, name)
     assert by_state.get("RUNNING", 0) == 0 and by_state.get("WAITING", 0) == 0
-    assert by_state["COMPLETE"] >= 400  # nothing lost; a race at the very end may add one or two
+    assert by_state["COMPLETE"] == 400  # nothing lost, and trials start under the study's lock: no overrun
     assert len(all_trials) <= 408
     assert len({t.user_attrs["pid"] for t in all_trials}) == 8
-    # each worker samples with its own seed: seeded alike, the eight would propose the same parameters
-    params = [tuple(sorted(t.params.items())) for t in all_trials]
+    # A worker starved of CPU past the grace period loses its trial (FAIL, reason recorded), which is re-run with
+    # the same parameters; those re-runs aside, each worker samples with its own seed (seeded alike, the eight
+    # would propose the same parameters).
+    for t in all_trials:
+        assert t.state != TrialState.FAIL or t.user_attrs["fail_reason"].startswith("worker lost"), t.user_attrs
+    params = [tuple(sorted(t.params.items())) for t in all_trials if "failed_trial" not in t.system_attrs]
     assert len(set(params)) == len(params)
 
 
