@@ -20,6 +20,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo._runner import CURVE_PREFIX
 from hpo._table import _cell, best_trials
 from hpo._teacher import TEACHER_ATTR
 from hpo._worker import FAIL_REASON
@@ -27,9 +28,6 @@ from objectives import ConfigError
 
 EXPORT_ATTR = "export"
 """Study user attribute written by ``hpo export``: a dict with at least ``{"trial": <trial number>}``."""
-
-MULTI_CURVE_PREFIX = "val_accuracy_step_"
-"""User attributes holding the validation curve of a multi-objective trial (Optuna refuses ``trial.report`` there)."""
 
 TABLE_METRICS = ("accuracy", "f1", "latency_ms", "latency_ms_p95", "throughput", "params", "size_mb")
 _TABLE_HEADER = ("accuracy", "F1", "latency p50 (ms)", "latency p95 (ms)", "throughput (/s)", "params", "size (MB)")
@@ -65,14 +63,14 @@ def exported_trial(study: optuna.Study) -> int | None:
 
 
 def curve(trial: FrozenTrial) -> dict[int, float]:
-    """The validation accuracy of ``trial`` by step: reported values, or the user attributes of a multi-objective
-    trial."""
+    """The validation score ``trial`` reported for pruning, by step: reported values, or the user attributes of a
+    multi-objective trial."""
     if trial.intermediate_values:
         return dict(sorted(trial.intermediate_values.items()))
     points = {
-        int(key.removeprefix(MULTI_CURVE_PREFIX)): float(value)
+        int(key.removeprefix(CURVE_PREFIX)): float(value)
         for key, value in trial.user_attrs.items()
-        if key.startswith(MULTI_CURVE_PREFIX) and key.removeprefix(MULTI_CURVE_PREFIX).isdigit()
+        if key.startswith(CURVE_PREFIX) and key.removeprefix(CURVE_PREFIX).isdigit()
     }
     return dict(sorted(points.items()))
 
@@ -165,7 +163,7 @@ def _curves(study: optuna.Study) -> Figure:
         shown.add(state)
     if not figure.data:
         return Figure("intermediate_values", title, missing="not available: no trial reported a validation score")
-    figure.update_layout(xaxis_title="step", yaxis_title="validation accuracy")
+    figure.update_layout(xaxis_title="step", yaxis_title="validation score (pruning metric)")
     return _safely("intermediate_values", title, lambda: figure)
 
 

@@ -11,7 +11,6 @@ import dataclasses
 import json
 import logging
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from hpo._config import TrainJob, dump_job
 from hpo._run import resolve_device
 from hpo._table import render
 from objectives import (
+    Report,
     cost_hardware,
     distill_student,
     finetune_student,
@@ -35,9 +35,11 @@ log = logging.getLogger("hpo")
 CARD_METRICS = ("accuracy", "f1", "latency_ms", "latency_ms_p95", "throughput", "params", "size_mb")
 
 
-def _progress(label: str, total: int) -> Callable[[int, float], None]:
-    def report(step: int, accuracy: float) -> None:
-        log.info("%s: step %d/%d, validation accuracy %.4f", label, step, total, accuracy)
+def _progress(label: str, total: int) -> Report:
+    def report(step: int, scores: dict[str, float], final: bool) -> None:
+        log.info(
+            "%s: step %d/%d, validation accuracy %.4f, f1 %.4f", label, step, total, scores["accuracy"], scores["f1"]
+        )
 
     return report
 

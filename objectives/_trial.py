@@ -147,6 +147,11 @@ class Stage:
     teacher: torch.nn.Module | torch.Tensor | TopKLogits | None = None
 
 
+def _offset(report: Report, offset: int, *, last: bool) -> Report:
+    """``report`` for one stage of a run: steps continue from ``offset``, final only in the ``last`` stage."""
+    return lambda step, scores, final: report(offset + step, scores, final and last)
+
+
 def _fit(
     model: torch.nn.Module,
     work: Workload,
@@ -159,7 +164,8 @@ def _fit(
 ) -> dict[str, float]:
     """Train ``model`` through ``stages`` and return every metric of :data:`METRICS` plus ``val_loss``, ``steps``.
 
-    Steps are numbered across stages, so reports of a later stage continue where the earlier one ended.
+    Steps are numbered across stages, so reports of a later stage continue where the earlier one ended; only the
+    last stage's last validation is reported as final.
     """
     model.to(work.device)
     cost = measure_cost(model, work, costs)
@@ -169,7 +175,6 @@ def _fit(
     done = 0
     with PeakMemory(work.device) as memory:
         for stage in stages:
-            offset = done
             result = train(
                 model,
                 stage.data,
@@ -180,13 +185,14 @@ def _fit(
                 n_layers=num_layers(model),
                 seed=seed,
                 teacher=stage.teacher,
-                report=None if report is None else (lambda step, value, o=offset: report(o + step, value)),
+                report=None if report is None else _offset(report, done, last=stage is stages[-1]),
             )
             done += result.steps
     return {
         "accuracy": result.evaluation.accuracy,
         "f1": result.evaluation.f1,
         "val_loss": result.evaluation.loss,
+        "top_share": result.evaluation.top_share,
         "steps": float(done),
         "train_seconds": time.perf_counter() - start,
         "peak_memory_mb": memory.peak_mb,
@@ -299,4 +305,5 @@ def heldout_metrics(model: torch.nn.Module, work: Workload) -> dict[str, float]:
     test = encode(work.tokenizer, work.task.test(), work.task.args.max_length)
     model.to(work.device)
     evaluation = evaluate(model, test, 128, work.num_labels)
-    return {"accuracy": evaluation.accuracy, "f1": evaluation.f1, "loss": evaluation.loss, **measure_cost(model, work)}
+    quality = {"accuracy": evaluation.accuracy, "f1": evaluation.f1, "loss": evaluation.loss}
+    return {**quality, "top_share": evaluation.top_share, **measure_cost(model, work)}

@@ -114,7 +114,7 @@ def test_pareto_pruner_prunes_only_dominated_trials_and_spares_fast_ones(tmp_pat
             and (o.user_attrs[key] > t.user_attrs[key] or o.user_attrs["latency_ms"] < t.user_attrs["latency_ms"])
         ]
         assert len(peers) >= 3 and len(dominating) >= 2, t.number
-        assert any(k.startswith("val_accuracy_step_") for k in t.user_attrs)  # its curve is stored
+        assert any(k.startswith("val_step_") for k in t.user_attrs)  # its curve is stored
     fastest = min(trials, key=lambda t: t.user_attrs["latency_ms"])
     assert fastest.state == optuna.trial.TrialState.COMPLETE  # nothing is faster, so nothing can dominate it
 
@@ -145,7 +145,7 @@ def test_real_multi_objective_trial_is_pruned_with_its_curve_stored(
     run(config, url)
     real = optuna.load_study(study_name="mo-real", storage=url).trials[1]
     assert real.state == optuna.trial.TrialState.PRUNED
-    assert rung_attr(0) in real.user_attrs and "val_accuracy_step_2" in real.user_attrs
+    assert rung_attr(0) in real.user_attrs and "val_step_2" in real.user_attrs
     assert real.user_attrs["size_mb"] > 1  # cost was recorded before training
 
 
