@@ -11,7 +11,16 @@ import optuna
 import torch
 
 from hpo._config import Config, config_to_dict
-from objectives import Encoded, TopKLogits, Workload, finetune_teacher, load_logits, teacher_logits
+from objectives import (
+    Encoded,
+    TopKLogits,
+    Workload,
+    finetune_teacher,
+    load_logits,
+    model_identity,
+    teacher_logits,
+    weights_hash,
+)
 from storage import ArtifactDir
 
 log = logging.getLogger("hpo")
@@ -20,11 +29,14 @@ TEACHER_ATTR = "teacher"
 """Study user attribute with the teacher's artifact path and validation metrics."""
 
 
-def teacher_key(config: Config) -> str:
-    """Artifact name of the teacher: changes whenever anything that shapes its weights changes."""
+def teacher_key(config: Config, work: Workload) -> str:
+    """Artifact name of the teacher: changes whenever anything that shapes its weights changes: its config, the data
+    config and content (the rows and splits: ``Task.fingerprint``), the base model's weights and the seed."""
     recipe = {
         "teacher": config_to_dict(config)["teacher"],
         "data": config_to_dict(config)["data"],
+        "data_fingerprint": work.task.fingerprint,
+        "base_model": model_identity(config.teacher.model),
         "seed": config.seed,
     }
     return "teacher-" + hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
@@ -35,7 +47,7 @@ def ensure_teacher(config: Config, work: Workload, artifacts: ArtifactDir, study
 
     Workers that arrive while another trains it wait on the artifact lock, then load the published result.
     """
-    name = teacher_key(config)
+    name = teacher_key(config, work)
     with artifacts.lock(name):
         if not artifacts.exists(name):
             log.info(
@@ -68,12 +80,7 @@ class LogitCache:
         self.artifacts = artifacts
         self.batch_size = batch_size
         self.top_k = top_k
-        digest = hashlib.sha256()
-        for weights in sorted(teacher_dir.glob("*.safetensors")) or sorted(teacher_dir.glob("*.bin")):
-            with open(weights, "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
-        self.teacher_hash = digest.hexdigest()[:16]
+        self.teacher_hash = weights_hash(teacher_dir)
         self.computed = 0
         self._memory: dict[str, torch.Tensor | TopKLogits] = {}
 

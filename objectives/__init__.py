@@ -21,7 +21,15 @@ from objectives._config import (
     TrainArgs,
 )
 from objectives._data import DATASETS, Encoded, Rows, Task, load_rows, load_task
-from objectives._models import MODELS, build_student, load_classifier, resolve_model, student_layers
+from objectives._models import (
+    MODELS,
+    build_student,
+    load_classifier,
+    model_identity,
+    resolve_model,
+    student_layers,
+    weights_hash,
+)
 
 _LAZY = {
     "CostStore": "objectives._trial",
@@ -87,10 +95,12 @@ __all__ = [
     "load_task",
     "load_teacher",
     "measure_cost",
+    "model_identity",
     "prepare_workload",
     "report_steps",
     "resolve_model",
     "run_synthetic",
     "student_layers",
     "teacher_logits",
+    "weights_hash",
 ]
