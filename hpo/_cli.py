@@ -228,7 +228,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from hpo._training import train_job
 
     job = load_job(args.job)
-    result = train_job(job, Path(args.out), threads=args.threads)
+    if args.seeds < 1:
+        raise ConfigError("--seeds", f"must be >= 1, got {args.seeds}")
+    result = train_job(job, Path(args.out), threads=args.threads, seeds=args.seeds)
     print(f"{args.out}: model, tokenizer, metrics.json and README.md (model card)")
     print(Path(args.out, "README.md").read_text().split("```")[1].strip())
     print(result["student"], "on the test split:", f"accuracy {result['test'][result['student']]['accuracy']:.4f}")
@@ -375,6 +377,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("job", help="YAML job written by hpo export")
     train.add_argument("--out", required=True, help="output model directory")
     train.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
+    train.add_argument(
+        "--seeds", type=int, default=1, help="train the students with N seeds; the card reports mean ± std (1)"
+    )
     train.set_defaults(func=_cmd_train)
 
     validate = sub.add_parser("validate", help="check a config without running anything")

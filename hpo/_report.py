@@ -22,7 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo._runner import CURVE_PREFIX
 from hpo._table import _cell, best_trials
-from hpo._teacher import TEACHER_ATTR
+from hpo._teacher import TEACHER_ATTR, teacher_warning
 from hpo._worker import FAIL_REASON
 from objectives import ConfigError
 
@@ -252,8 +252,15 @@ table { border-collapse: collapse; margin: 0.5em 1.5em 1em 0; display: inline-ta
 th, td { padding: 4px 10px; border-bottom: 1px solid #ddd; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
 .figure { margin: 1.5em 0; } .missing { color: #888; font-style: italic; }
+.warning { background: #fff3cd; border-left: 4px solid #d39e00; padding: 0.6em 1em; }
 details pre { background: #f6f6f6; padding: 1em; overflow-x: auto; }
 """
+
+
+def _teacher_warning(study: optuna.Study) -> list[str]:
+    """A warning paragraph when the study's teacher looks broken (:func:`hpo._teacher.teacher_warning`)."""
+    warning = teacher_warning(study.user_attrs.get(TEACHER_ATTR) or {})
+    return [f'<p class="warning">Warning: {html.escape(warning)}</p>'] if warning else []
 
 
 def render_html(study: optuna.Study, figs: list[Figure]) -> str:
@@ -269,6 +276,7 @@ def render_html(study: optuna.Study, figs: list[Figure]) -> str:
         f"<h1>Study {html.escape(study.study_name)}</h1>",
         f'<p class="sub">{html.escape(directions)}; trial budget {html.escape(str(budget))}</p>',
         "<h2>Teacher and best students</h2>",
+        *_teacher_warning(study),
         models_table(study),
         "<h2>Trials by state</h2>",
         states_table(study),

@@ -10,6 +10,7 @@ from optuna.trial import TrialState
 from hpo._config import config_from_dict
 from hpo._study import CONFIG_ATTR
 from hpo._table import best_trials, render, state_counts
+from hpo._teacher import TEACHER_ATTR, teacher_warning
 from storage import create_storage, redact_url
 
 
@@ -104,6 +105,9 @@ def status(storage_url: str, study_name: str | None = None) -> str:
         metric_names = study.metric_names or [f"objective {i}" for i in range(len(study.directions))]
         lines = [f"study {name!r}: {state_counts(study)} (budget {study.user_attrs.get('n_trials', '-')})"]
         lines.append(f"  {eta(study)}")
+        warning = teacher_warning(study.user_attrs.get(TEACHER_ATTR) or {})
+        if warning:
+            lines.append(f"  warning: {warning}")
         for table in (_best_table(study, metric_names), _running_table(study, _stale_ids(storage, study))):
             if table:
                 lines.append(_indent(table))

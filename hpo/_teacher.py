@@ -29,6 +29,31 @@ TEACHER_ATTR = "teacher"
 """Study user attribute with the teacher's artifact path and validation metrics."""
 
 
+NEAR_CONSTANT = 0.98
+"""A teacher that gives one label to at least this share of the validation examples predicts near-constantly."""
+
+F1_GAP = 0.15
+"""A teacher whose macro-F1 is this far or more below its accuracy gets the majority label right and the others
+wrong (a constant binary predictor at 0.61 accuracy scores 0.38 macro-F1)."""
+
+
+def teacher_warning(metrics: dict) -> str | None:
+    """Why distilling from a teacher with these validation ``metrics`` is meaningless, or None if nothing says so:
+    near-constant predictions (``top_share`` >= :data:`NEAR_CONSTANT`) or macro-F1 far below accuracy
+    (:data:`F1_GAP`)."""
+    accuracy, f1, top = metrics.get("accuracy"), metrics.get("f1"), metrics.get("top_share")
+    if top is not None and top >= NEAR_CONSTANT:
+        why = f"it gives one label to {100 * top:.0f}% of the validation examples"
+    elif accuracy is not None and f1 is not None and accuracy - f1 >= F1_GAP:
+        why = f"its macro-F1 ({f1:.3f}) is far below its accuracy ({accuracy:.3f})"
+    else:
+        return None
+    return (
+        f"the teacher looks broken: {why}; students distilled from it learn little beyond the majority label. "
+        "Train it longer (teacher.train.max_steps), check the labels, or pick another base model."
+    )
+
+
 def teacher_key(config: Config, work: Workload) -> str:
     """Artifact name of the teacher: changes whenever anything that shapes its weights changes: its config, the data
     config and content (the rows and splits: ``Task.fingerprint``), the base model's weights and the seed."""
@@ -60,6 +85,9 @@ def ensure_teacher(config: Config, work: Workload, artifacts: ArtifactDir, study
                 (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
     path = artifacts.entry(name)
     metrics = json.loads((path / "metrics.json").read_text())
+    warning = teacher_warning(metrics)
+    if warning:
+        log.warning("%s", warning)
     if TEACHER_ATTR not in study.user_attrs:
         study.set_user_attr(TEACHER_ATTR, {"path": str(path), "model": config.teacher.model, **metrics})
     return path, metrics

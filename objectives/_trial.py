@@ -286,7 +286,9 @@ def distill_student(
     def signal(name: str, data: Encoded) -> torch.nn.Module | torch.Tensor | TopKLogits:
         return teacher if logits is None else logits(name, data, teacher)
 
-    if distill.approach == "integrated":
+    if distill.approach == "integrated" and distill.alpha == 0:  # the KD term is off: plain CE, no teacher needed
+        stages = [Stage(work.train, args, get_loss("ce"))]
+    elif distill.approach == "integrated":
         loss_fn = get_loss("kd", temperature=distill.temperature, alpha=distill.alpha)
         stages = [Stage(work.train, args, loss_fn, signal("train", work.train))]
     else:

@@ -197,3 +197,26 @@ def test_a_minimised_pruning_metric_prunes_the_worse_trials(tmp_path: Path) -> N
         others = sorted(t.intermediate_values[step] for t in complete if t.number < trial.number)
         median = (others[(len(others) - 1) // 2] + others[len(others) // 2]) / 2
         assert trial.intermediate_values[step] > median  # a higher loss than the median: the worse trial
+
+
+def test_a_broken_teacher_is_called_out_in_the_log_status_and_report(tmp_path: Path) -> None:
+    # A learning rate far too high collapses the teacher onto the majority label of the imbalanced SMS set.
+    name = f"broken-{uuid.uuid4().hex[:8]}"
+    config = tiny_config(
+        name,
+        n_trials=1,
+        data={"name": "sms-spam", "max_train_rows": 96, "max_val_rows": 96, "max_length": 32},
+        teacher={"train": {"lr": 0.05, "max_steps": 4, "batch_size": 16, "eval_every": 4}},
+        train={"max_steps": 2, "batch_size": 16, "eval_every": 2},
+    )
+    url = f"sqlite:///{tmp_path}/study.db"
+    result = hpo("run", str(write(tmp_path, config)), "--storage", url, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    teacher = optuna.load_study(study_name=name, storage=url).user_attrs["teacher"]
+    assert teacher["top_share"] == 1.0 and teacher["accuracy"] - teacher["f1"] > 0.3  # one label for everything
+    assert "the teacher looks broken: it gives one label to 100% of the validation examples" in result.stderr
+    status = hpo("status", "--storage", url, cwd=tmp_path)
+    assert "warning: the teacher looks broken" in status.stdout
+    report = hpo("report", "--storage", url, "--study", name, "--out", str(tmp_path / "r.html"), cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    assert '<p class="warning">Warning: the teacher looks broken' in (tmp_path / "r.html").read_text()
