@@ -255,8 +255,11 @@ class DistillArgs:
     """Compute the frozen teacher's logits once per study and read them in every trial instead of running the
     teacher on every batch (exact: the teacher is in eval mode). False runs the live teacher."""
     cache_top_k: int = 64
-    """A teacher with at most this many outputs (classification) has all its logits cached, exactly; one with more
-    (a large vocabulary) has the top k per example plus the remaining probability mass cached."""
+    """A teacher with at most this many outputs (any classifier with up to k labels) has all its logits cached:
+    exact. One with more (a large vocabulary, or a classifier with more than k labels) has only each example's top
+    k logits plus the remaining probability mass cached, and the KD term then compares k + 1 buckets (the top k,
+    the rest) instead of every output: an approximation of the full KL, whose tail mass at temperature T is taken
+    as if the tail were flat (exact at T = 1; see ``objectives.TopKLogits``)."""
 
     def __post_init__(self) -> None:
         _check(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature}")
