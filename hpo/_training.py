@@ -63,8 +63,12 @@ NO_TEACHER = "student without teacher"
 FROM_BASE = "student from the pretrained base"
 """The same architecture initialised from the pretrained (not fine-tuned) base model, trained on the labels."""
 
-_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
-"""Two-sided 95% quantiles of Student's t for 1..10 degrees of freedom (1.96, the normal's, beyond)."""
+_T95 = (
+    *(12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228),
+    *(2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086),
+    *(2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042),
+)
+"""Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (1.96, the normal's, beyond: under 2.1% off)."""
 
 
 def interval95(values: list[float]) -> tuple[float, float]:
