@@ -148,3 +148,15 @@ def test_local_csv_duplicates_and_conflicting_labels_are_resolved_before_splitti
     assert [split.labels.count(other) for split in splits] == [1, 1, 1]  # a rare label reaches validation and test
     spam = names.index("spam")
     assert [split.labels.count(spam) for split in splits] == [7, 3, 3]  # 13 spam: 0.2 x 13 rounds to 3 each
+
+
+def test_hub_data_sets_are_deduplicated_and_stratified_too(tmp_path: Path) -> None:
+    """The hub path (`datasets.load_dataset(name)`, here a local dataset directory) goes through the same split."""
+    rows = [f"text {i},{int(i % 4 == 0)}" for i in range(80)] + [f"TEXT {i},{int(i % 4 == 0)}" for i in range(20)]
+    (tmp_path / "train.csv").write_text("text,label\n" + "\n".join(rows) + "\n")
+    task = load_task(DataArgs(name=str(tmp_path), val_fraction=0.25, test_fraction=0.25))
+    assert len(task.rows.texts) == 80  # the 20 upper-case copies dropped
+    splits = [task.train(), task.validation(), task.test()]
+    texts = [{normalise_text(t) for t in split.texts} for split in splits]
+    assert not (texts[0] & texts[1] or texts[0] & texts[2] or texts[1] & texts[2])
+    assert [split.labels.count(1) for split in splits] == [10, 5, 5]  # 20 of 80: a quarter in each split
