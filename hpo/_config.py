@@ -210,8 +210,8 @@ class SourceArgs:
 class TrainJob:
     """A full training run: ``hpo export`` writes it from a trial, ``hpo train`` runs it.
 
-    Besides the chosen student it trains the same student without the teacher, and evaluates both and the teacher
-    on the held-out test split for the model card.
+    Besides the chosen student it trains the same student without the teacher (same initial weights, KD off) and
+    from the pretrained base, and evaluates them and the teacher on the held-out test split for the model card.
     """
 
     name: str = ""
