@@ -131,7 +131,7 @@ def _pareto(study: optuna.Study, names: list[str]) -> Figure:
 def _curves(study: optuna.Study) -> Figure:
     import plotly.graph_objects as go
 
-    title = "Validation accuracy during training (x: pruned here)"
+    title = "Validation score (pruning metric) during training (x: pruned here)"
     figure = go.Figure()
     shown: set[str] = set()
     for trial in study.get_trials(deepcopy=False):
