@@ -349,12 +349,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from hpo._training import train_job
 
     job = load_job(args.job)
+    if args.seeds < 1:
+        raise ConfigError("--seeds", f"must be >= 1, got {args.seeds}")
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
         raise ConfigError(
             "--out", f"{args.out} exists and is not an empty directory; pass --overwrite to write into it"
         )
-    result = train_job(job, out, threads=args.threads)
+    result = train_job(job, out, threads=args.threads, seeds=args.seeds)
     print(f"{args.out}: model, tokenizer, metrics.json and README.md (model card)")
     print(Path(args.out, "README.md").read_text().split("```")[1].strip())
     print(result["student"], "on the test split:", f"accuracy {result['test'][result['student']]['accuracy']:.4f}")
@@ -518,6 +520,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, help="output model directory (new or empty)")
     train.add_argument("--overwrite", action="store_true", help="write into --out even if it holds files")
     train.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
+    train.add_argument(
+        "--seeds", type=int, default=1, help="train the students with N seeds; the card reports mean ± std (1)"
+    )
     train.set_defaults(func=_cmd_train)
 
     validate = sub.add_parser(

@@ -23,6 +23,7 @@ from hpo._constraints import Constraint, parse_constraint
 from hpo._search_space import ParamSpec
 from objectives import (
     METRICS,
+    VALIDATION_METRICS,
     ConfigError,
     DataArgs,
     DistillArgs,
@@ -112,6 +113,9 @@ class Config:
     ``synthetic``: a fast analytic function of the parameters, for testing orchestration."""
     directions: dict[str, str] = field(default_factory=lambda: {"accuracy": "maximize"})
     """Study objectives: metric name -> maximize/minimize, in order. Several make a multi-objective study."""
+    pruning_metric: str | None = None
+    """Validation score a trial reports at each validation for pruning: ``accuracy``, ``f1`` or ``val_loss``; null
+    is the study's quality objective (the first objective that is one of these; ``accuracy`` if none is)."""
     n_trials: int | None = 10
     """Trial budget of the study: trials that end COMPLETE or PRUNED; null runs until ``timeout``."""
     timeout: float | None = None
@@ -167,11 +171,16 @@ class Config:
             raise ConfigError("objective", f"must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
         if not self.directions:
             raise ConfigError("directions", "needs at least one metric, e.g. {accuracy: maximize}")
+        valid = (*METRICS, "val_loss")
         for metric, direction in self.directions.items():
-            if metric not in METRICS:
-                raise ConfigError(f"directions.{metric}", f"unknown metric; valid: {', '.join(METRICS)}")
+            if metric not in valid:
+                raise ConfigError(f"directions.{metric}", f"unknown metric; valid: {', '.join(valid)}")
             if direction not in ("maximize", "minimize"):
                 raise ConfigError(f"directions.{metric}", f"must be maximize or minimize, got {direction!r}")
+        if self.pruning_metric is not None and self.pruning_metric not in VALIDATION_METRICS:
+            raise ConfigError(
+                "pruning_metric", f"must be one of {', '.join(VALIDATION_METRICS)} or null, got {self.pruning_metric!r}"
+            )
         if self.n_trials is not None and self.n_trials < 1:
             raise ConfigError("n_trials", f"must be >= 1 or null, got {self.n_trials}")
         if self.n_trials is None and self.timeout is None:
@@ -198,6 +207,13 @@ class Config:
     def is_multi_objective(self) -> bool:
         return len(self.directions) > 1
 
+    @property
+    def pruning(self) -> tuple[str, str]:
+        """(metric, direction) of the validation score reported for pruning (see ``pruning_metric``)."""
+        quality = [m for m in self.directions if m in VALIDATION_METRICS]
+        metric = self.pruning_metric or (quality[0] if quality else "accuracy")
+        return metric, "minimize" if metric == "val_loss" else "maximize"
+
 
 @dataclass
 class SourceArgs:
@@ -217,8 +233,8 @@ class SourceArgs:
 class TrainJob:
     """A full training run: ``hpo export`` writes it from a trial, ``hpo train`` runs it.
 
-    Besides the chosen student it trains the same student without the teacher, and evaluates both and the teacher
-    on the held-out test split for the model card.
+    Besides the chosen student it trains the same student without the teacher (same initial weights, KD off) and
+    from the pretrained base, and evaluates them and the teacher on the held-out test split for the model card.
     """
 
     name: str = ""

@@ -1,7 +1,8 @@
 """Pruning for multi-objective studies, where Optuna's pruners cannot run (``trial.report`` raises there).
 
 Cost objectives (latency, size, params, FLOPs, throughput) depend on the student's architecture only, so they are
-known before training; quality (validation accuracy) is reported at successive-halving rungs. At a rung a trial is
+known before training; quality (the study's pruning metric, ``Config.pruning``: its quality objective unless
+``pruning_metric`` names another) is reported at successive-halving rungs, signed so that higher is better. At a rung a trial is
 pruned only when at least ``min_dominating`` other trials that reached the same rung dominate it: quality at that
 rung no lower, every cost objective no worse, and better in at least one. A small, fast student is never pruned
 for scoring lower than bigger ones, so the front is not biased toward size.
@@ -15,20 +16,17 @@ from dataclasses import dataclass
 
 import optuna
 
-from objectives import ConfigError
-
-QUALITY_METRICS = ("accuracy", "f1")
-"""Objectives measured by training; every other objective is a cost known from the architecture."""
+from objectives import VALIDATION_METRICS, ConfigError
 
 
 def rung_attr(rung: int) -> str:
-    """User attribute holding a trial's validation accuracy at rung ``rung``."""
+    """User attribute holding a trial's quality (pruning metric, higher is better) at rung ``rung``."""
     return f"rung_{rung}"
 
 
 @dataclass
 class ParetoRungPruner:
-    """Successive-halving rungs with Pareto dominance over (validation accuracy, cost objectives)."""
+    """Successive-halving rungs with Pareto dominance over (validation quality, cost objectives)."""
 
     min_resource: int = 20
     """Step of the first rung."""
@@ -95,6 +93,6 @@ class ParetoRungPruner:
         if rung is None or rung_attr(rung) in trial.user_attrs:
             return False
         trial.set_user_attr(rung_attr(rung), quality)
-        costs = {m: trial.user_attrs[m] for m in directions if m not in QUALITY_METRICS and m in trial.user_attrs}
+        costs = {m: trial.user_attrs[m] for m in directions if m not in VALIDATION_METRICS and m in trial.user_attrs}
         peers, dominating = self.dominators(study, trial.number, rung, quality, costs, directions)
         return peers >= self.min_trials and dominating >= self.min_dominating

@@ -1,5 +1,6 @@
-"""Pruners by name. Optuna's stop single-objective trials from their reported validation accuracy; ``pareto``
-prunes multi-objective trials by dominance at successive-halving rungs (see :mod:`hpo._pareto_pruner`)."""
+"""Pruners by name. Optuna's stop single-objective trials from their reported validation score (the study's pruning
+metric, ``Config.pruning``); ``pareto`` prunes multi-objective trials by dominance at successive-halving rungs (see
+:mod:`hpo._pareto_pruner`)."""
 
 from __future__ import annotations
 

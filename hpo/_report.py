@@ -20,16 +20,14 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo._runner import CURVE_PREFIX
 from hpo._table import PER_CLASS_HEADER, best_trials, format_cell, per_class_rows
-from hpo._teacher import TEACHER_ATTR
+from hpo._teacher import TEACHER_ATTR, teacher_warning
 from hpo._worker import FAIL_REASON
 from objectives import ConfigError
 
 EXPORT_ATTR = "export"
 """Study user attribute written by ``hpo export``: a dict with at least ``{"trial": <trial number>}``."""
-
-MULTI_CURVE_PREFIX = "val_accuracy_step_"
-"""User attributes holding the validation curve of a multi-objective trial (Optuna refuses ``trial.report`` there)."""
 
 TABLE_METRICS = ("accuracy", "f1", "latency_ms", "latency_ms_p95", "throughput", "params", "size_mb")
 _TABLE_HEADER = ("accuracy", "F1", "latency p50 (ms)", "latency p95 (ms)", "throughput (/s)", "params", "size (MB)")
@@ -65,14 +63,14 @@ def exported_trial(study: optuna.Study) -> int | None:
 
 
 def curve(trial: FrozenTrial) -> dict[int, float]:
-    """The validation accuracy of ``trial`` by step: reported values, or the user attributes of a multi-objective
-    trial."""
+    """The validation score ``trial`` reported for pruning, by step: reported values, or the user attributes of a
+    multi-objective trial."""
     if trial.intermediate_values:
         return dict(sorted(trial.intermediate_values.items()))
     points = {
-        int(key.removeprefix(MULTI_CURVE_PREFIX)): float(value)
+        int(key.removeprefix(CURVE_PREFIX)): float(value)
         for key, value in trial.user_attrs.items()
-        if key.startswith(MULTI_CURVE_PREFIX) and key.removeprefix(MULTI_CURVE_PREFIX).isdigit()
+        if key.startswith(CURVE_PREFIX) and key.removeprefix(CURVE_PREFIX).isdigit()
     }
     return dict(sorted(points.items()))
 
@@ -133,7 +131,7 @@ def _pareto(study: optuna.Study, names: list[str]) -> Figure:
 def _curves(study: optuna.Study) -> Figure:
     import plotly.graph_objects as go
 
-    title = "Validation accuracy during training (x: pruned here)"
+    title = "Validation score (pruning metric) during training (x: pruned here)"
     figure = go.Figure()
     shown: set[str] = set()
     for trial in study.get_trials(deepcopy=False):
@@ -165,7 +163,7 @@ def _curves(study: optuna.Study) -> Figure:
         shown.add(state)
     if not figure.data:
         return Figure("intermediate_values", title, missing="not available: no trial reported a validation score")
-    figure.update_layout(xaxis_title="step", yaxis_title="validation accuracy")
+    figure.update_layout(xaxis_title="step", yaxis_title="validation score (pruning metric)")
     return _safely("intermediate_values", title, lambda: figure)
 
 
@@ -268,8 +266,15 @@ table { border-collapse: collapse; margin: 0.5em 1.5em 1em 0; display: inline-ta
 th, td { padding: 4px 10px; border-bottom: 1px solid #ddd; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
 .figure { margin: 1.5em 0; } .missing { color: #888; font-style: italic; }
+.warning { background: #fff3cd; border-left: 4px solid #d39e00; padding: 0.6em 1em; }
 details pre { background: #f6f6f6; padding: 1em; overflow-x: auto; }
 """
+
+
+def _teacher_warning(study: optuna.Study) -> list[str]:
+    """A warning paragraph when the study's teacher looks broken (:func:`hpo._teacher.teacher_warning`)."""
+    warning = teacher_warning(study.user_attrs.get(TEACHER_ATTR) or {})
+    return [f'<p class="warning">Warning: {html.escape(warning)}</p>'] if warning else []
 
 
 def render_html(study: optuna.Study, figs: list[Figure]) -> str:
@@ -285,6 +290,7 @@ def render_html(study: optuna.Study, figs: list[Figure]) -> str:
         f"<h1>Study {html.escape(study.study_name)}</h1>",
         f'<p class="sub">{html.escape(directions)}; trial budget {html.escape(str(budget))}</p>',
         "<h2>Teacher and best students</h2>",
+        *_teacher_warning(study),
         models_table(study),
         "<h2>Each class (validation)</h2>",
         per_class_table(study),

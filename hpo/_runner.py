@@ -30,6 +30,7 @@ from objectives import (
     CostStore,
     LogitSource,
     NonFiniteLoss,
+    Report,
     Workload,
     distill_student,
     finetune_student,
@@ -57,6 +58,10 @@ def warn_never_predicted(what: str, scores: dict[str, dict[str, float]]) -> list
             shown,
         )
     return missing
+
+
+CURVE_PREFIX = "val_step_"
+"""User attributes of a multi-objective trial's validation curve (``val_step_<step>``: the pruning metric)."""
 
 
 def trial_seed(study_seed: int, trial_number: int) -> int:
@@ -100,18 +105,31 @@ class TrialRunner:
         self.constraints = config.parsed_constraints()
         self._study_costs: StudyCosts | None = None
 
-    def _report(self, trial: optuna.Trial) -> Callable[[int, float], None]:
-        multi = self.config.is_multi_objective
+    def _report(self, trial: optuna.Trial) -> Report:
+        """The training loop's report callback: records the pruning metric's curve and asks the pruner.
 
-        def report(step: int, value: float) -> None:
+        A single-objective study reports the value to Optuna, negated when the metric's direction differs from the
+        study's (Optuna's pruners rank intermediate values in the study's direction); the Pareto-rung pruner gets
+        it signed so that higher is better. A run's final validation is recorded but never pruned: a trial that
+        trained its whole budget is COMPLETE."""
+        metric, direction = self.config.pruning
+        multi = self.config.is_multi_objective
+        study_direction = "maximize" if multi else next(iter(self.config.directions.values()))
+        sign = 1.0 if direction == study_direction else -1.0
+        better = 1.0 if direction == "maximize" else -1.0
+
+        def report(step: int, scores: dict[str, float], final: bool) -> None:
+            value = scores[metric]
             if multi:  # Optuna rejects trial.report on multi-objective studies: keep the curve ourselves
-                trial.set_user_attr(f"val_accuracy_step_{step}", value)
-                if self.pareto and self.pareto.should_prune(trial.study, trial, step, value, self.config.directions):
-                    raise optuna.TrialPruned(f"dominated at step {step} (validation accuracy {value:.4f})")
+                trial.set_user_attr(f"{CURVE_PREFIX}{step}", value)
+                if final or self.pareto is None:
+                    return
+                if self.pareto.should_prune(trial.study, trial, step, better * value, self.config.directions):
+                    raise optuna.TrialPruned(f"dominated at step {step} (validation {metric} {value:.4f})")
                 return
-            trial.report(value, step)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at step {step} with validation accuracy {value:.4f}")
+            trial.report(sign * value, step)
+            if not final and trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at step {step} with validation {metric} {value:.4f}")
 
         return report
 
@@ -130,7 +148,7 @@ class TrialRunner:
         params: dict[str, Any],
         seed: int,
         trial_number: int,
-        report: Callable[[int, float], None] | None = None,
+        report: Report | None = None,
         on_cost: Callable[[dict[str, float]], None] | None = None,
         costs: CostStore | None = None,
     ) -> dict[str, float]:
@@ -205,7 +223,7 @@ def describe(trial: optuna.trial.FrozenTrial, metric_names: list[str]) -> str:
     shown = ", ".join(f"{m}={attrs[m]:.4g}" for m in metric_names if m in attrs)
     if not shown and trial.intermediate_values:
         step = max(trial.intermediate_values)
-        shown = f"val accuracy {trial.intermediate_values[step]:.4g} at step {step}"
+        shown = f"validation score {trial.intermediate_values[step]:.4g} at step {step}"
     params = format_params(trial.params)
     seconds = (trial.datetime_complete - trial.datetime_start).total_seconds() if trial.datetime_complete else 0.0
     reason = f" ({attrs[FAIL_REASON]})" if FAIL_REASON in attrs else ""

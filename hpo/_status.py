@@ -11,6 +11,7 @@ from hpo._config import config_from_dict
 from hpo._pool import survey
 from hpo._study import BUDGET_ATTR, CONFIG_ATTR
 from hpo._table import best_trials, format_cell, never_predicted_notes, render, state_counts
+from hpo._teacher import TEACHER_ATTR, teacher_warning
 from objectives import ConfigError
 from storage import FAIL_REASON, create_storage, redact_url
 
@@ -158,6 +159,9 @@ def status(storage_url: str, study_name: str | None = None) -> str:
         metric_names = study.metric_names or [f"objective {i}" for i in range(len(study.directions))]
         lines = [f"study {study_name!r}: {state_counts(study)} (budget {study.user_attrs.get(BUDGET_ATTR, '-')})"]
         lines.append(f"  {eta(study)}")
+        warning = teacher_warning(study.user_attrs.get(TEACHER_ATTR) or {})
+        if warning:
+            lines.append(f"  warning: {warning}")
         tables = (
             _best_table(study, metric_names),
             _running_table(study, _stale_ids(storage, study)),

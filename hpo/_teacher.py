@@ -11,7 +11,16 @@ import optuna
 import torch
 
 from hpo._config import Config, config_to_dict
-from objectives import Encoded, TopKLogits, Workload, finetune_teacher, load_logits, teacher_logits
+from objectives import (
+    Encoded,
+    TopKLogits,
+    Workload,
+    finetune_teacher,
+    load_logits,
+    model_identity,
+    teacher_logits,
+    weights_hash,
+)
 from storage import ArtifactDir
 
 log = logging.getLogger("hpo")
@@ -20,11 +29,39 @@ TEACHER_ATTR = "teacher"
 """Study user attribute with the teacher's artifact path and validation metrics."""
 
 
-def teacher_key(config: Config) -> str:
-    """Artifact name of the teacher: changes whenever anything that shapes its weights changes."""
+NEAR_CONSTANT = 0.98
+"""A teacher that gives one label to at least this share of the validation examples predicts near-constantly."""
+
+F1_GAP = 0.15
+"""A teacher whose macro-F1 is this far or more below its accuracy gets the majority label right and the others
+wrong (a constant binary predictor at 0.61 accuracy scores 0.38 macro-F1)."""
+
+
+def teacher_warning(metrics: dict) -> str | None:
+    """Why distilling from a teacher with these validation ``metrics`` is meaningless, or None if nothing says so:
+    near-constant predictions (``top_share`` >= :data:`NEAR_CONSTANT`) or macro-F1 far below accuracy
+    (:data:`F1_GAP`)."""
+    accuracy, f1, top = metrics.get("accuracy"), metrics.get("f1"), metrics.get("top_share")
+    if top is not None and top >= NEAR_CONSTANT:
+        why = f"it gives one label to {100 * top:.0f}% of the validation examples"
+    elif accuracy is not None and f1 is not None and accuracy - f1 >= F1_GAP:
+        why = f"its macro-F1 ({f1:.3f}) is far below its accuracy ({accuracy:.3f})"
+    else:
+        return None
+    return (
+        f"the teacher looks broken: {why}; students distilled from it learn little beyond the majority label. "
+        "Train it longer (teacher.train.max_steps), check the labels, or pick another base model."
+    )
+
+
+def teacher_key(config: Config, work: Workload) -> str:
+    """Artifact name of the teacher: changes whenever anything that shapes its weights changes: its config, the data
+    config and content (the rows and splits: ``Task.fingerprint``), the base model's weights and the seed."""
     recipe = {
         "teacher": config_to_dict(config)["teacher"],
         "data": config_to_dict(config)["data"],
+        "data_fingerprint": work.task.fingerprint,
+        "base_model": model_identity(config.teacher.model),
         "seed": config.seed,
     }
     return "teacher-" + hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
@@ -35,7 +72,7 @@ def ensure_teacher(config: Config, work: Workload, artifacts: ArtifactDir, study
 
     Workers that arrive while another trains it wait on the artifact lock, then load the published result.
     """
-    name = teacher_key(config)
+    name = teacher_key(config, work)
     with artifacts.lock(name):
         if not artifacts.exists(name):
             log.info(
@@ -48,6 +85,9 @@ def ensure_teacher(config: Config, work: Workload, artifacts: ArtifactDir, study
                 (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
     path = artifacts.entry(name)
     metrics = json.loads((path / "metrics.json").read_text())
+    warning = teacher_warning(metrics)
+    if warning:
+        log.warning("%s", warning)
     if TEACHER_ATTR not in study.user_attrs:
         study.set_user_attr(TEACHER_ATTR, {"path": str(path), "model": config.teacher.model, **metrics})
     return path, metrics
@@ -68,12 +108,7 @@ class LogitCache:
         self.artifacts = artifacts
         self.batch_size = batch_size
         self.top_k = top_k
-        digest = hashlib.sha256()
-        for weights in sorted(teacher_dir.glob("*.safetensors")) or sorted(teacher_dir.glob("*.bin")):
-            with open(weights, "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
-        self.teacher_hash = digest.hexdigest()[:16]
+        self.teacher_hash = weights_hash(teacher_dir)
         self.computed = 0
         self._memory: dict[str, torch.Tensor | TopKLogits] = {}
 

@@ -1,8 +1,11 @@
 """``hpo train``: full training of an exported job, with the benchmark a model card needs.
 
 Trains the chosen student (distilled, or fine-tuned for a ``finetune`` study) and, for distillation, the same
-student fine-tuned without the teacher; evaluates them and the teacher on the held-out test split, which no trial
-of the study ever read; writes a Hugging Face model directory, ``metrics.json`` and a model card ``README.md``.
+student without the teacher: the same architecture from the same initial weights (the fine-tuned teacher's layers),
+the same steps and schedule, the KD term off (alpha = 0), plus the student fine-tuned from the pretrained base
+model. With ``seeds`` > 1 each is trained once per seed on the same data and reported as mean and standard
+deviation. Everything is evaluated on the held-out test split, which no trial of the study ever read; writes a
+Hugging Face model directory, ``metrics.json`` and a model card ``README.md``.
 """
 
 from __future__ import annotations
@@ -10,8 +13,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
-from collections.abc import Callable
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +24,10 @@ import torch
 from hpo._config import TrainJob, dump_job
 from hpo._run import resolve_device
 from hpo._table import PER_CLASS_HEADER, format_cell, per_class_rows, render
+from hpo._teacher import teacher_warning
 from objectives import (
+    Report,
+    Workload,
     cost_hardware,
     distill_student,
     finetune_student,
@@ -36,41 +43,101 @@ log = logging.getLogger("hpo")
 CARD_METRICS = ("accuracy", "f1", "latency_ms", "latency_ms_p95", "throughput", "params", "size_mb")
 
 
-def _progress(label: str, total: int) -> Callable[[int, float], None]:
-    def report(step: int, accuracy: float) -> None:
-        log.info("%s: step %d/%d, validation accuracy %.4f", label, step, total, accuracy)
+def _progress(label: str, total: int) -> Report:
+    def report(step: int, scores: dict[str, float], final: bool) -> None:
+        log.info(
+            "%s: step %d/%d, validation accuracy %.4f, f1 %.4f", label, step, total, scores["accuracy"], scores["f1"]
+        )
 
     return report
+
+
+NO_TEACHER = "student without teacher"
+"""The distilled student's architecture and initial weights, trained the same way with the KD term off."""
+
+FROM_BASE = "student from the pretrained base"
+"""The same architecture initialised from the pretrained (not fine-tuned) base model, trained on the labels."""
+
+_T95 = (
+    *(12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228),
+    *(2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086),
+    *(2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042),
+)
+"""Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (1.96, the normal's, beyond: under 2.1% off)."""
+
+
+def interval95(values: list[float]) -> tuple[float, float]:
+    """(mean, half-width) of the 95% t interval of the mean of ``values`` (half-width nan for one value)."""
+    mean = statistics.mean(values)
+    if len(values) < 2:
+        return mean, math.nan
+    t = _T95[len(values) - 2] if len(values) - 1 <= len(_T95) else 1.96
+    return mean, t * statistics.stdev(values) / math.sqrt(len(values))
+
+
+def distillation_gain(by_seed: dict[str, list[dict[str, float]]], student: str) -> str:
+    """What distillation is worth in words: the paired per-seed accuracy difference between the distilled student
+    and the no-teacher student; a gain or loss is named only where its 95% interval excludes zero."""
+    diffs = [100 * (s["accuracy"] - b["accuracy"]) for s, b in zip(by_seed[student], by_seed[NO_TEACHER], strict=True)]
+    mean, half = interval95(diffs)
+    same = "the same student from the same initial weights trained without the teacher (alpha = 0)"
+    if len(diffs) == 1:
+        return (
+            f"On one seed the {student} scores {mean:+.1f} accuracy points against {same}; one seed gives no "
+            "estimate of seed noise (`hpo train --seeds 3` does)."
+        )
+    where = f"mean over {len(diffs)} seeds, 95% interval {mean - half:+.1f} to {mean + half:+.1f}"
+    if mean - half > 0 or mean + half < 0:
+        word = "worth" if mean > 0 else "costs"
+        return f"Distillation is {word} {abs(mean):.1f} accuracy points against {same} ({where})."
+    return f"The {student} and {same} differ by {mean:+.1f} accuracy points, within seed noise ({where})."
 
 
 def tradeoff(rows: dict[str, dict[str, float]], student: str) -> str:
     """The trade-off in words: retention of the teacher's accuracy, speed-up and size reduction."""
     t, s = rows["teacher"], rows[student]
-    text = (
+    return (
         f"The {student} keeps {100 * s['accuracy'] / t['accuracy']:.1f}% of the teacher's test accuracy "
         f"({s['accuracy']:.4f} vs {t['accuracy']:.4f}) at {t['latency_ms'] / s['latency_ms']:.2f}x its speed "
         f"(p50 latency {s['latency_ms']:.2f} ms vs {t['latency_ms']:.2f} ms) and {100 * s['size_mb'] / t['size_mb']:.0f}% "
         f"of its size ({s['size_mb']:.1f} MB vs {t['size_mb']:.1f} MB, {100 * (1 - s['size_mb'] / t['size_mb']):.0f}% smaller)."
     )
-    if "student without teacher" in rows:
-        b = rows["student without teacher"]
-        delta = 100 * (s["accuracy"] - b["accuracy"])
-        text += (
-            f" Distillation is worth {delta:+.1f} accuracy points over the same student fine-tuned without the "
-            f"teacher ({b['accuracy']:.4f})."
-        )
-    return text
+
+
+def _card_cell(metric: str, values: list[float]) -> str:
+    """A table cell: the value, or mean ± standard deviation over seeds for accuracy and F1."""
+    if len(values) > 1 and metric in ("accuracy", "f1"):
+        return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+    return format_cell(metric, statistics.mean(values))
 
 
 def model_card(
-    job: TrainJob, rows: dict[str, dict[str, Any]], student: str, n_test: int, label_names: list[str]
+    job: TrainJob,
+    by_seed: dict[str, list[dict[str, Any]]],
+    student: str,
+    n_test: int,
+    teacher_note: str | None,
+    label_names: list[str],
 ) -> str:
-    """The model card (README.md) of the trained student."""
+    """The model card (README.md) of the trained student; ``by_seed`` holds each model's test metrics per seed."""
+    rows = {name: {m: statistics.mean(r[m] for r in runs) for m in CARD_METRICS} for name, runs in by_seed.items()}
     table = render(
         ["model", *CARD_METRICS],
-        [[name, *(format_cell(m, r[m]) for m in CARD_METRICS)] for name, r in rows.items()],
+        [[name, *(_card_cell(m, [r[m] for r in runs]) for m in CARD_METRICS)] for name, runs in by_seed.items()],
     )
-    classes = render(PER_CLASS_HEADER, per_class_rows({name: r["per_class"] for name, r in rows.items()}))
+    seeds = len(by_seed[student])
+    spread = f" Accuracy and F1: mean ± standard deviation over {seeds} seeds (same data)." if seeds > 1 else ""
+    summary = tradeoff(rows, student)
+    if NO_TEACHER in by_seed:
+        summary += (
+            f" {distillation_gain(by_seed, student)}\n\nRows: *{NO_TEACHER}* is the {student}'s architecture from its"
+            " initial weights (the fine-tuned teacher's kept layers and head), trained with the same steps, schedule"
+            f" and seed, the KD term off (alpha = 0); *{FROM_BASE}* is the same architecture from the pretrained,"
+            " not fine-tuned, base model with a new head, trained on the labels the same way."
+        )
+    warning = f"\n**Warning:** {teacher_note}\n" if teacher_note else ""
+    classes = render(PER_CLASS_HEADER, per_class_rows({name: runs[0]["per_class"] for name, runs in by_seed.items()}))
+    first_seed = f" (seed {job.seed})" if seeds > 1 else ""
     labels = ", ".join(f"{i} = `{name}`" for i, name in enumerate(label_names))
     src = job.source
     source = f"trial {src.trial} of study `{src.study}`" if src.study else "a hand-written job"
@@ -92,15 +159,15 @@ with the settings of {source}.
 
 Held-out test split: {n_test} examples, never read during the hyperparameter search. Latency: batch 1 at the
 validation set's mean length, after warm-up, median (p50) and 95th percentile over repeats until the median is
-stable; throughput: batch 32. Measured on {device.type} ({cost_hardware(device)}).
-
+stable; throughput: batch 32. Measured on {device.type} ({cost_hardware(device)}).{spread}
+{warning}
 ```
 {table}
 ```
 
-{tradeoff(rows, student)}
+{summary}
 
-Each class on the test split (precision, recall, F1; support: its rows; predicted: rows predicted as it):
+Each class on the test split{first_seed} (precision, recall, F1; support: its rows; predicted: rows predicted as it):
 
 ```
 {classes}
@@ -135,8 +202,40 @@ def warn_short_training(job: TrainJob) -> bool:
     return True
 
 
-def train_job(job: TrainJob, out: Path, threads: int | None = None) -> dict[str, Any]:
-    """Run ``job`` and write the model directory ``out``; returns what ``metrics.json`` holds."""
+def _train_models(
+    job: TrainJob, work: Workload, teacher_dir: Path, seed: int
+) -> tuple[torch.nn.Module, dict[str, float], dict[str, dict[str, float]]]:
+    """One seed's models: (the chosen student, its validation metrics, test metrics of every model trained)."""
+    steps = job.train.max_steps
+    if job.objective != "distill":
+        name = "fine-tuned student"
+        model, validation = finetune_student(
+            work, job.teacher.model, job.student, job.train, seed, _progress(f"{name}, seed {seed}", steps)
+        )
+        return model, validation, {name: heldout_metrics(model, work)}
+    name = "distilled student"
+    model, validation = distill_student(
+        work, teacher_dir, job.student, job.train, job.distill, seed, _progress(f"{name}, seed {seed}", steps)
+    )
+    rows = {name: heldout_metrics(model, work)}
+    # KD off: the integrated loss with alpha = 0 is plain cross-entropy, from the same copied layers and schedule.
+    no_kd = dataclasses.replace(job.distill, approach="integrated", alpha=0.0)
+    baseline, _ = distill_student(
+        work, teacher_dir, job.student, job.train, no_kd, seed, _progress(f"{NO_TEACHER}, seed {seed}", steps)
+    )
+    rows[NO_TEACHER] = heldout_metrics(baseline, work)
+    base, _ = finetune_student(
+        work, job.teacher.model, job.student, job.train, seed, _progress(f"{FROM_BASE}, seed {seed}", steps)
+    )
+    rows[FROM_BASE] = heldout_metrics(base, work)
+    return model, validation, rows
+
+
+def train_job(job: TrainJob, out: Path, threads: int | None = None, seeds: int = 1) -> dict[str, Any]:
+    """Run ``job`` and write the model directory ``out``; returns what ``metrics.json`` holds.
+
+    With ``seeds`` > 1 the students are trained with seeds ``job.seed``, ``job.seed + 1``, ...; the saved model is
+    the first seed's; ``test`` holds the means over seeds and ``test_by_seed`` every run."""
     threads = threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     warn_short_training(job)
@@ -148,30 +247,35 @@ def train_job(job: TrainJob, out: Path, threads: int | None = None) -> dict[str,
         teacher_dir = out / "teacher"
         log.info("fine-tuning the teacher into %s (%d steps)", teacher_dir, job.teacher.train.max_steps)
         finetune_teacher(work, job.teacher, job.seed, teacher_dir)
-    rows = {"teacher": heldout_metrics(load_teacher(teacher_dir, work.num_labels, device), work)}
-    steps = job.train.max_steps
-    if job.objective == "distill":
-        name = "distilled student"
-        model, validation = distill_student(
-            work, teacher_dir, job.student, job.train, job.distill, job.seed, _progress(name, steps)
-        )
-        rows[name] = heldout_metrics(model, work)
-        baseline, _ = finetune_student(
-            work, job.teacher.model, job.student, job.train, job.seed, _progress("student without teacher", steps)
-        )
-        rows["student without teacher"] = heldout_metrics(baseline, work)
-    else:
-        name = "fine-tuned student"
-        model, validation = finetune_student(
-            work, job.teacher.model, job.student, job.train, job.seed, _progress(name, steps)
-        )
-        rows[name] = heldout_metrics(model, work)
+    teacher = heldout_metrics(load_teacher(teacher_dir, work.num_labels, device), work)
+    teacher_note = teacher_warning(teacher)
+    if teacher_note:
+        log.warning("%s", teacher_note)
+    by_seed: dict[str, list[dict[str, float]]] = {"teacher": [teacher]}
+    for i in range(seeds):
+        trained, valid, rows = _train_models(job, work, teacher_dir, job.seed + i)
+        if i == 0:
+            model, validation = trained, valid
+        for name, metrics in rows.items():
+            by_seed.setdefault(name, []).append(metrics)
+    name = next(n for n in by_seed if n != "teacher")
     labels = work.task.rows.label_names
     name_labels(model, labels)
     model.save_pretrained(out)
     work.tokenizer.save_pretrained(out)
-    result = {"job": dataclasses.asdict(job), "validation": validation, "test": rows, "student": name}
+    # Means of the numbers; the per-class scores (a dict per run) are kept per seed in ``test_by_seed``.
+    means = {
+        n: {m: statistics.mean(r[m] for r in runs) for m in runs[0] if m != "per_class"} for n, runs in by_seed.items()
+    }
+    result = {
+        "job": dataclasses.asdict(job),
+        "validation": validation,
+        "test": means,
+        "test_by_seed": by_seed,
+        "seeds": [job.seed + i for i in range(seeds)],
+        "student": name,
+    }
     (out / "metrics.json").write_text(json.dumps(result, indent=2))
-    (out / "README.md").write_text(model_card(job, rows, name, len(work.task.test_idx), labels))
+    (out / "README.md").write_text(model_card(job, by_seed, name, len(work.task.test_idx), teacher_note, labels))
     (out / "job.yaml").write_text(dump_job(job))
     return result

@@ -11,6 +11,7 @@ from typing import Any
 from objectives._config import (
     HIGHER_IS_BETTER,
     METRICS,
+    VALIDATION_METRICS,
     ConfigError,
     DataArgs,
     DistillArgs,
@@ -20,7 +21,16 @@ from objectives._config import (
     TrainArgs,
 )
 from objectives._data import DATASETS, Encoded, Rows, Task, forget_encoded, load_rows, load_task, open_data
-from objectives._models import MODELS, build_student, load_classifier, name_labels, resolve_model, student_layers
+from objectives._models import (
+    MODELS,
+    build_student,
+    load_classifier,
+    model_identity,
+    name_labels,
+    resolve_model,
+    student_layers,
+    weights_hash,
+)
 
 _LAZY = {
     "CostStore": "objectives._trial",
@@ -29,6 +39,7 @@ _LAZY = {
     "measure_cost": "objectives._trial",
     "prepare_workload": "objectives._trial",
     "NonFiniteLoss": "objectives._train",
+    "Report": "objectives._train",
     "report_steps": "objectives._train",
     "run_synthetic": "objectives._synthetic",
     "distill_student": "objectives._trial",
@@ -58,6 +69,7 @@ __all__ = [
     "HIGHER_IS_BETTER",
     "METRICS",
     "MODELS",
+    "VALIDATION_METRICS",
     "ConfigError",
     "CostStore",
     "DataArgs",
@@ -65,6 +77,7 @@ __all__ = [
     "Encoded",
     "LogitSource",
     "NonFiniteLoss",
+    "Report",
     "Rows",
     "StudentArgs",
     "SyntheticArgs",
@@ -87,6 +100,7 @@ __all__ = [
     "load_task",
     "load_teacher",
     "measure_cost",
+    "model_identity",
     "name_labels",
     "never_predicted",
     "open_data",
@@ -98,4 +112,5 @@ __all__ = [
     "student_layers",
     "teacher_logits",
     "unload_teachers",
+    "weights_hash",
 ]

@@ -26,6 +26,10 @@ METRICS = (
 """Metrics every finished trial records as user attributes (and the teacher baseline too); objectives are chosen
 from these names."""
 
+VALIDATION_METRICS = ("accuracy", "f1", "val_loss")
+"""A model's scores on the validation split, reported at every validation of a training run (what pruners see);
+``val_loss`` (mean cross-entropy) is the one minimised. Every other objective is a cost."""
+
 HIGHER_IS_BETTER = frozenset({"accuracy", "f1", "throughput"})
 """Metrics where more is better; for every other metric of :data:`METRICS` less is better."""
 
@@ -270,8 +274,11 @@ class DistillArgs:
     """Compute the frozen teacher's logits once per study and read them in every trial instead of running the
     teacher on every batch (exact: the teacher is in eval mode). False runs the live teacher."""
     cache_top_k: int = 64
-    """A teacher with at most this many outputs (classification) has all its logits cached, exactly; one with more
-    (a large vocabulary) has the top k per example plus the remaining probability mass cached."""
+    """A teacher with at most this many outputs (any classifier with up to k labels) has all its logits cached:
+    exact. One with more (a large vocabulary, or a classifier with more than k labels) has only each example's top
+    k logits plus the remaining probability mass cached, and the KD term then compares k + 1 buckets (the top k,
+    the rest) instead of every output: an approximation of the full KL, whose tail mass at temperature T is taken
+    as if the tail were flat (exact at T = 1; see ``objectives.TopKLogits``)."""
 
     def __post_init__(self) -> None:
         _check(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature}")
@@ -299,6 +306,10 @@ class SyntheticArgs:
     """Seconds one trial takes, spread over its steps."""
     noise: float = 0.0
     """Standard deviation of Gaussian noise on accuracy (seeded by the trial seed)."""
+    curve: Literal["rising", "crossing"] = "rising"
+    """Intermediate accuracies: ``rising`` as sqrt(step / steps) toward the final value for every setting;
+    ``crossing``: the better a setting ends, the slower it starts, so learning curves cross (a hard case for
+    pruning)."""
     oom_trials: list[int] = field(default_factory=list)
     """Trial numbers that run out of memory (a real failed allocation)."""
     oom_mib: float | None = None
@@ -314,4 +325,5 @@ class SyntheticArgs:
         _check(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
         _check(self.sleep >= 0, "sleep", f"must be >= 0, got {self.sleep}")
         _check(self.noise >= 0, "noise", f"must be >= 0, got {self.noise}")
+        _check(self.curve in ("rising", "crossing"), "curve", f"must be rising or crossing, got {self.curve!r}")
         _check(self.oom_mib is None or self.oom_mib > 0, "oom_mib", f"must be > 0 or null, got {self.oom_mib}")

@@ -1,4 +1,5 @@
-"""Labelled text data: dataset registry, seeded splits, tokenisation once per study, dynamic-padding batches."""
+"""Labelled text data: dataset registry, de-duplicated stratified seeded splits, tokenisation once per study,
+dynamic-padding batches."""
 
 from __future__ import annotations
 
@@ -6,12 +7,17 @@ import csv
 import hashlib
 import importlib.metadata
 import json
+import logging
+import random
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from objectives._config import ConfigError, DataArgs
+
+log = logging.getLogger(__name__)
 
 _LOCAL_SUFFIXES = {".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
@@ -165,7 +171,7 @@ def _read_rows(args: DataArgs) -> Rows:
 
 @dataclass(frozen=True)
 class Task:
-    """A dataset split into train / validation / test by a seeded shuffle.
+    """A de-duplicated dataset split into train / validation / test by a seeded, label-stratified shuffle.
 
     The test split is materialised only by :meth:`test`, which no trial calls: it is for full training reports.
     """
@@ -194,18 +200,62 @@ class Task:
         return self._take(self.test_idx)
 
 
-def load_task(args: DataArgs) -> Task:
-    """Load the dataset and split it with ``args.split_seed``; the same args always give the same splits."""
-    import random
+def normalise_text(text: str) -> str:
+    """The form duplicates are found in: lower case, runs of whitespace as one space, no outer whitespace."""
+    return " ".join(text.lower().split())
 
-    rows = load_rows(args)
+
+def deduplicate(rows: Rows) -> tuple[Rows, int]:
+    """``rows`` without duplicate texts (equal after :func:`normalise_text`), and how many were dropped.
+
+    The first copy of a text is kept, in place; where copies disagree on the label it takes the label most copies
+    carry (on a tie, the earliest copy's)."""
+    groups: dict[str, list[int]] = {}
+    for i, text in enumerate(rows.texts):
+        groups.setdefault(normalise_text(text), []).append(i)
+    kept = [members[0] for members in groups.values()]  # dicts keep insertion order: first copies, in order
+    labels = [Counter(rows.labels[i] for i in members).most_common(1)[0][0] for members in groups.values()]
+    return Rows([rows.texts[i] for i in kept], labels, rows.label_names), len(rows.texts) - len(kept)
+
+
+def stratified_split(
+    labels: Sequence[int], val_fraction: float, test_fraction: float, seed: int
+) -> tuple[list[int], list[int], list[int]]:
+    """(train, validation, test) row indices: each label's rows shuffled by ``seed`` and cut by the fractions on
+    their own, so every label keeps its share in every split (to rounding); a label with at least 3 rows has at
+    least one in validation and (with ``test_fraction`` > 0) one in test. Each split is then shuffled."""
+    rng = random.Random(seed)
+    by_label: dict[int, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_label.setdefault(label, []).append(i)
+    train: list[int] = []
+    val: list[int] = []
+    test: list[int] = []
+    for label in sorted(by_label):
+        members = by_label[label]
+        rng.shuffle(members)
+        n_test, n_val = round(len(members) * test_fraction), round(len(members) * val_fraction)
+        if len(members) >= 3:
+            n_val, n_test = max(1, n_val), max(1, n_test) if test_fraction > 0 else 0
+        test += members[:n_test]
+        val += members[n_test : n_test + n_val]
+        train += members[n_test + n_val :]
+    for part in (train, val, test):
+        rng.shuffle(part)
+    return train, val, test
+
+
+def load_task(args: DataArgs) -> Task:
+    """Load the dataset, drop duplicate texts (:func:`deduplicate`) and split it by label with ``args.split_seed``
+    (:func:`stratified_split`), so no text is in two splits; the same args always give the same splits."""
+    rows, dropped = deduplicate(load_rows(args))
+    if dropped:
+        log.info(
+            "%s: dropped %d duplicate texts (case and whitespace ignored), kept %d", args.name, dropped, len(rows.texts)
+        )
     if len(rows.texts) < 10:
-        raise ConfigError("name", f"dataset {args.name!r} has {len(rows.texts)} rows; need at least 10")
-    order = list(range(len(rows.texts)))
-    random.Random(args.split_seed).shuffle(order)
-    n_test = round(len(order) * args.test_fraction)
-    n_val = max(1, round(len(order) * args.val_fraction))
-    test_idx, val_idx, train_idx = order[:n_test], order[n_test : n_test + n_val], order[n_test + n_val :]
+        raise ConfigError("name", f"dataset {args.name!r} has {len(rows.texts)} distinct rows; need at least 10")
+    train_idx, val_idx, test_idx = stratified_split(rows.labels, args.val_fraction, args.test_fraction, args.split_seed)
     if args.max_train_rows is not None:
         train_idx = train_idx[: args.max_train_rows]
     if args.max_val_rows is not None:

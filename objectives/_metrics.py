@@ -20,15 +20,18 @@ def accuracy(preds: Sequence[int], labels: Sequence[int]) -> float:
     return sum(int(p == y) for p, y in zip(preds, labels, strict=True)) / max(1, len(labels))
 
 
-def macro_f1(preds: Sequence[int], labels: Sequence[int], num_labels: int) -> float:
-    """macro-F1 = (1 / C) * sum_c 2 TP_c / (2 TP_c + FP_c + FN_c); a class absent from both counts as F1 = 0."""
+def macro_f1(preds: Sequence[int], labels: Sequence[int]) -> float:
+    """macro-F1 = (1 / |C|) * sum_{c in C} 2 TP_c / (2 TP_c + FP_c + FN_c), C = the labels present in ``labels`` or
+    ``preds`` (scikit-learn's ``f1_score(average="macro")``): a label absent from both is not scored, so a
+    validation subset that lacks a class is not marked down for it."""
+    present = sorted(set(labels) | set(preds))
     scores = []
-    for c in range(num_labels):
+    for c in present:
         tp = sum(1 for p, y in zip(preds, labels, strict=True) if p == c and y == c)
         fp = sum(1 for p, y in zip(preds, labels, strict=True) if p == c and y != c)
         fn = sum(1 for p, y in zip(preds, labels, strict=True) if p != c and y == c)
-        scores.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
-    return sum(scores) / num_labels
+        scores.append(2 * tp / (2 * tp + fp + fn))
+    return sum(scores) / max(1, len(present))
 
 
 def per_class(preds: Sequence[int], labels: Sequence[int], names: Sequence[str]) -> dict[str, dict[str, float]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +35,29 @@ def resolve_model(name: str) -> str:
     if name in MODELS:
         return MODELS[name]()
     return str(Path(name).expanduser()) if Path(name).expanduser().exists() else name
+
+
+def weights_hash(directory: Path) -> str:
+    """A hash of the weight files (``*.safetensors``, else ``*.bin``) of a model directory."""
+    digest = hashlib.sha256()
+    for weights in sorted(directory.glob("*.safetensors")) or sorted(directory.glob("*.bin")):
+        with open(weights, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def model_identity(name: str) -> str:
+    """Which weights the model ``name`` is: a hash of the weight files of a local directory (registry models are
+    one), else ``id@revision`` for a hub id in the local Hugging Face cache (the tokenizer, loaded first, puts its
+    revision there), else the id alone."""
+    path = Path(resolve_model(name))
+    if path.is_dir():
+        return f"weights:{weights_hash(path)}"
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(name, "config.json")
+    return f"{name}@{Path(cached).parent.name}" if isinstance(cached, str) else name
 
 
 def quiet_transformers() -> None:

@@ -53,9 +53,8 @@ def param_groups(model: torch.nn.Module, args: TrainArgs, n_layers: int) -> list
 
 FUSED_DEVICES = ("cpu", "cuda")
 """Device types on which AdamW runs fused (one kernel over all parameters instead of a loop of small ops per
-tensor). On the 2-core CPU VM a step over a MiniLM student's parameters took 8.7 ms fused against 50.7 ms
-per-tensor and 41 ms ``foreach`` (an ad-hoc timing; most of it the 11.7M-parameter word embedding), and a 40-step
-fine-tuning trial 0.72-0.78x the per-tensor loop's time (``bench/trial_cost.py``)."""
+tensor). On the 2-core CPU VM a 40-step fine-tuning trial took 0.72-0.78x the per-tensor loop's time
+(``bench/trial_cost.py``)."""
 
 
 def build_optimizer(

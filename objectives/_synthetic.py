@@ -8,7 +8,9 @@ scale; the real objectives are tested on real models. Parameters arrive normalis
     cost     = 1 + 9 * mean_i u_i                             (larger settings: slower, bigger students)
     latency_ms = cost,  params = 1e6 * cost,  size_mb = params * 4 / 2^20
 
-Intermediate accuracies rise as sqrt(step / steps) toward the final value. Switches raise a real allocation
+Intermediate accuracies rise toward the final value as accuracy * (step / steps) ** e: e = 1/2 for every setting
+(``curve: rising``), or e = max(1/10, 1/4 + 6 * (quality - 1/2)) (``curve: crossing``: the better a setting ends, the slower it
+starts, so curves cross); f1 and val_loss follow them as above. Switches raise a real allocation
 failure (``oom_trials``; with ``oom_mib``, a real allocation of that size that fails only under a memory limit), a
 non-finite loss (``nan_trials``) or a crash (``crash_trials``) on chosen trial numbers.
 """
@@ -21,7 +23,7 @@ from collections.abc import Callable
 
 from objectives._config import ConfigError, SyntheticArgs
 from objectives._metrics import size_mb
-from objectives._train import NonFiniteLoss
+from objectives._train import NonFiniteLoss, Report
 
 
 def _allocate(mib: float | None) -> None:
@@ -37,7 +39,7 @@ def run_synthetic(
     args: SyntheticArgs,
     trial_number: int,
     seed: int,
-    report: Callable[[int, float], None] | None = None,
+    report: Report | None = None,
     on_cost: Callable[[dict[str, float]], None] | None = None,
 ) -> dict[str, float]:
     """Evaluate the synthetic objective; returns every metric of ``METRICS`` plus ``val_loss`` and ``steps``."""
@@ -58,6 +60,7 @@ def run_synthetic(
         on_cost(costs)
     quality = 1 - sum((u - args.target) ** 2 for u in values) / len(values)
     accuracy = 0.5 + 0.45 * quality + random.Random(seed).gauss(0, args.noise)
+    exponent = 0.5 if args.curve == "rising" else max(0.1, 0.25 + 6 * (quality - 0.5))
     for step in range(1, args.steps + 1):
         time.sleep(args.sleep / args.steps)
         if step == max(1, args.steps // 2):
@@ -68,7 +71,8 @@ def run_synthetic(
             if trial_number in args.crash_trials:
                 raise RuntimeError(f"synthetic crash in trial {trial_number}")
         if report is not None:
-            report(step, accuracy * (step / args.steps) ** 0.5)
+            now = accuracy * (step / args.steps) ** exponent
+            report(step, {"accuracy": now, "f1": now - 0.02, "val_loss": 1 - now}, step == args.steps)
     return {
         "accuracy": accuracy,
         "f1": accuracy - 0.02,

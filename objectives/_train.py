@@ -18,8 +18,10 @@ from objectives._logits import TopKLogits, cat_logits, compress_logits
 from objectives._metrics import accuracy, macro_f1
 from objectives._optim import build_optimizer
 
-Report = Callable[[int, float], None]
-"""Called with (step, validation accuracy) at every validation; it may raise to stop the run (pruning)."""
+Report = Callable[[int, dict[str, float], bool], None]
+"""Called at every validation with (step, validation scores, final): the scores are ``accuracy``, ``f1`` and
+``val_loss``; ``final`` is true at the run's last validation (its whole budget trained, or early stopping ending
+it), where a pruner must not stop it. It may raise to stop the run (pruning)."""
 
 StepCallback = Callable[[int, int, "float | None", "float | None"], None]
 """Called after every optimiser step with (step, max_steps, loss, validation accuracy): the mean training loss since
@@ -50,10 +52,16 @@ class Evaluation:
     loss: float
     accuracy: float
     f1: float
+    top_share: float
+    """Share of the examples predicted as the most often predicted label (1.0: a constant prediction)."""
     preds: list[int] = field(default_factory=list)
     """Predicted class of each example (in ``eval_batches`` order), for per-class scores."""
     labels: list[int] = field(default_factory=list)
     """True class of each example, in the same order."""
+
+    def scores(self) -> dict[str, float]:
+        """The validation scores a :data:`Report` receives."""
+        return {"accuracy": self.accuracy, "f1": self.f1, "val_loss": self.loss}
 
 
 @dataclass
@@ -78,7 +86,7 @@ def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch
 
 @torch.inference_mode()
 def evaluate(model: torch.nn.Module, data: Encoded, batch_size: int, num_labels: int) -> Evaluation:
-    """Mean cross-entropy, accuracy and macro-F1 of ``model`` on ``data``."""
+    """Mean cross-entropy, accuracy, macro-F1 and the most often predicted label's share of ``model`` on ``data``."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -93,7 +101,8 @@ def evaluate(model: torch.nn.Module, data: Encoded, batch_size: int, num_labels:
         labels += batch["labels"].tolist()
     model.train(was_training)
     loss = total_loss.item() / len(labels)
-    return Evaluation(loss, accuracy(preds, labels), macro_f1(preds, labels, num_labels), preds, labels)
+    top_share = max(preds.count(c) for c in set(preds)) / len(preds)
+    return Evaluation(loss, accuracy(preds, labels), macro_f1(preds, labels), top_share, preds, labels)
 
 
 @torch.inference_mode()
@@ -198,17 +207,18 @@ def train(
         evaluation = evaluate(model, val_data, args.eval_batch_size, num_labels)
         if on_step is not None:
             on_step(step, args.max_steps, mean_loss, evaluation.accuracy)
+        stop = False
+        if args.patience is not None:
+            if evaluation.loss < best_loss:
+                best_loss, best_eval, bad_evals = evaluation.loss, evaluation, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                bad_evals += 1
+                stop = bad_evals >= args.patience
         if report is not None:
-            report(step, evaluation.accuracy)
-        if args.patience is None:
-            continue
-        if evaluation.loss < best_loss:
-            best_loss, best_eval, bad_evals = evaluation.loss, evaluation, 0
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            bad_evals += 1
-            if bad_evals >= args.patience:
-                break
+            report(step, evaluation.scores(), stop or step == args.max_steps)
+        if stop:
+            break
     stopped_early = step < args.max_steps
     if best_state is not None:
         model.load_state_dict(best_state)

@@ -163,6 +163,11 @@ class Stage:
     teacher: torch.nn.Module | torch.Tensor | TopKLogits | None = None
 
 
+def _offset(report: Report, offset: int, *, last: bool) -> Report:
+    """``report`` for one stage of a run: steps continue from ``offset``, final only in the ``last`` stage."""
+    return lambda step, scores, final: report(offset + step, scores, final and last)
+
+
 def _fit(
     model: torch.nn.Module,
     work: Workload,
@@ -176,7 +181,8 @@ def _fit(
     """Train ``model`` through ``stages`` and return every metric of :data:`METRICS` plus ``val_loss``, ``steps``
     and ``per_class`` (validation scores of each class by name, :func:`objectives._metrics.per_class`).
 
-    Steps are numbered across stages, so reports of a later stage continue where the earlier one ended.
+    Steps are numbered across stages, so reports of a later stage continue where the earlier one ended; only the
+    last stage's last validation is reported as final.
     """
     model.to(work.device)
     cost = measure_cost(model, work, costs)
@@ -186,7 +192,6 @@ def _fit(
     done = 0
     with PeakMemory(work.device) as memory:
         for stage in stages:
-            offset = done
             result = train(
                 model,
                 stage.data,
@@ -197,13 +202,14 @@ def _fit(
                 n_layers=num_layers(model),
                 seed=seed,
                 teacher=stage.teacher,
-                report=None if report is None else (lambda step, value, o=offset: report(o + step, value)),
+                report=None if report is None else _offset(report, done, last=stage is stages[-1]),
             )
             done += result.steps
     return {
         "accuracy": result.evaluation.accuracy,
         "f1": result.evaluation.f1,
         "val_loss": result.evaluation.loss,
+        "top_share": result.evaluation.top_share,
         "steps": float(done),
         "per_class": per_class(result.evaluation.preds, result.evaluation.labels, work.task.rows.label_names),
         "train_seconds": time.perf_counter() - start,
@@ -307,8 +313,10 @@ def distill_student(
     def signal(name: str, data: Encoded) -> torch.nn.Module | torch.Tensor | TopKLogits:
         return teacher if logits is None else logits(name, data, teacher)
 
-    if distill.approach == "integrated":
-        weights = work.class_weights(args)
+    weights = work.class_weights(args)
+    if distill.approach == "integrated" and distill.alpha == 0:  # the KD term is off: plain CE, no teacher needed
+        stages = [Stage(work.train, args, get_loss("ce", **weights))]
+    elif distill.approach == "integrated":
         loss_fn = get_loss("kd", temperature=distill.temperature, alpha=distill.alpha, **weights)
         stages = [Stage(work.train, args, loss_fn, signal("train", work.train))]
     else:
@@ -320,7 +328,7 @@ def distill_student(
             Stage(
                 work.train,
                 replace(args, max_steps=max(1, args.max_steps - kd_steps)),
-                get_loss("ce", **work.class_weights(args)),
+                get_loss("ce", **weights),
             ),
         ]
     return model, _fit(model, work, stages, seed=seed, report=report, on_cost=on_cost, costs=costs)
@@ -336,6 +344,7 @@ def heldout_metrics(model: torch.nn.Module, work: Workload) -> dict[str, Any]:
         "accuracy": evaluation.accuracy,
         "f1": evaluation.f1,
         "loss": evaluation.loss,
+        "top_share": evaluation.top_share,
         "per_class": per_class(evaluation.preds, evaluation.labels, work.task.rows.label_names),
         **measure_cost(model, work),
     }

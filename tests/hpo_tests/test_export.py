@@ -114,7 +114,7 @@ def test_pareto_pruner_prunes_only_dominated_trials_and_spares_fast_ones(tmp_pat
             and (o.user_attrs[key] > t.user_attrs[key] or o.user_attrs["latency_ms"] < t.user_attrs["latency_ms"])
         ]
         assert len(peers) >= 3 and len(dominating) >= 2, t.number
-        assert any(k.startswith("val_accuracy_step_") for k in t.user_attrs)  # its curve is stored
+        assert any(k.startswith("val_step_") for k in t.user_attrs)  # its curve is stored
     fastest = min(trials, key=lambda t: t.user_attrs["latency_ms"])
     assert fastest.state == optuna.trial.TrialState.COMPLETE  # nothing is faster, so nothing can dominate it
 
@@ -145,7 +145,7 @@ def test_real_multi_objective_trial_is_pruned_with_its_curve_stored(
     run(config, url)
     real = optuna.load_study(study_name="mo-real", storage=url).trials[1]
     assert real.state == optuna.trial.TrialState.PRUNED
-    assert rung_attr(0) in real.user_attrs and "val_accuracy_step_2" in real.user_attrs
+    assert rung_attr(0) in real.user_attrs and "val_step_2" in real.user_attrs
     assert real.user_attrs["size_mb"] > 1  # cost was recorded before training
 
 
@@ -199,12 +199,23 @@ def test_study_export_and_full_training_round_trip(tmp_path: Path, monkeypatch: 
         assert Path(job["teacher_path"]).is_dir() and job["source"]["study"] == "roundtrip"
 
         out = tmp_path / f"model-{trial.number}"
-        trained = hpo("train", str(job_path), "--out", str(out), cwd=tmp_path)
+        seeds = 2 if trial.params["distill.approach"] == "sequential" else 1
+        trained = hpo("train", str(job_path), "--out", str(out), "--seeds", str(seeds), cwd=tmp_path)
         assert trained.returncode == 0, trained.stderr[-3000:]
         assert "validation accuracy" in trained.stderr  # progress during training
         metrics = json.loads((out / "metrics.json").read_text())
         rows = metrics["test"]
-        assert set(rows) == {"teacher", "distilled student", "student without teacher"}
+        assert set(rows) == {
+            "teacher",
+            "distilled student",
+            "student without teacher",
+            "student from the pretrained base",
+        }
+        assert metrics["seeds"] == [job["seed"] + i for i in range(seeds)]
+        by_seed = metrics["test_by_seed"]
+        assert [len(by_seed[name]) for name in rows] == [1, seeds, seeds, seeds]  # the teacher is trained once
+        for name, runs in by_seed.items():
+            assert rows[name]["accuracy"] == pytest.approx(sum(r["accuracy"] for r in runs) / len(runs))
         for row in rows.values():
             assert {"accuracy", "f1", "latency_ms", "latency_ms_p95", "throughput", "params", "size_mb"} <= set(row)
         assert rows["distilled student"]["params"] < rows["teacher"]["params"]
@@ -212,6 +223,10 @@ def test_study_export_and_full_training_round_trip(tmp_path: Path, monkeypatch: 
         for name in rows:
             assert name in card
         assert "of the teacher's test accuracy" in card and "x its speed" in card and "smaller" in card
+        if seeds == 1:
+            assert "one seed gives no estimate of seed noise" in card and " ± " not in card
+        else:
+            assert "mean ± standard deviation over 2 seeds" in card and "95% interval" in card
 
         model = AutoModelForSequenceClassification.from_pretrained(out)
         tokenizer = AutoTokenizer.from_pretrained(out)
@@ -223,3 +238,25 @@ def test_study_export_and_full_training_round_trip(tmp_path: Path, monkeypatch: 
         assert model.config.id2label == {0: "negative", 1: "positive"}
     study = optuna.load_study(study_name="roundtrip", storage=url)
     assert study.user_attrs["export"]["prefer"] == "accuracy"
+
+
+def test_the_card_names_a_distillation_gain_only_outside_seed_noise() -> None:
+    from hpo._teacher import teacher_warning
+    from hpo._training import distillation_gain, interval95
+
+    def runs(*accuracies: float) -> list[dict[str, float]]:
+        return [{"accuracy": a} for a in accuracies]
+
+    # paired differences 5, 6, 7 points: mean 6, sd 1, 95% t interval 6 ± 4.303 / sqrt(3) = 6 ± 2.48
+    assert interval95([5.0, 6.0, 7.0]) == pytest.approx((6.0, 4.303 / 3**0.5))
+    clear = {"distilled student": runs(0.85, 0.86, 0.87), "student without teacher": runs(0.80, 0.80, 0.80)}
+    assert "Distillation is worth 6.0 accuracy points" in distillation_gain(clear, "distilled student")
+    assert "95% interval +3.5 to +8.5" in distillation_gain(clear, "distilled student")
+    noisy = {"distilled student": runs(0.85, 0.80, 0.82), "student without teacher": runs(0.80, 0.83, 0.81)}
+    text = distillation_gain(noisy, "distilled student")
+    assert "within seed noise" in text and "worth" not in text
+    one = {"distilled student": runs(0.85), "student without teacher": runs(0.75)}
+    assert "one seed gives no estimate of seed noise" in distillation_gain(one, "distilled student")
+    # the README screenshot's old teacher: 0.61 accuracy, 0.38 macro-F1 (one label for everything)
+    assert "far below its accuracy" in (teacher_warning({"accuracy": 0.61, "f1": 0.38}) or "")
+    assert teacher_warning({"accuracy": 0.97, "f1": 0.93, "top_share": 0.88}) is None

@@ -140,3 +140,83 @@ def test_bad_config_is_rejected_before_anything_starts(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.strip() == "hpo: error: train.lr: must be > 0, got -1.0"
     assert not (tmp_path / "s.db").exists() and not (tmp_path / "hpo-artifacts").exists()
+
+
+def test_pruning_sees_the_study_metric_and_never_stops_a_trial_at_its_final_validation(tmp_path: Path) -> None:
+    # {f1: maximize} on the imbalanced SMS set: the value pruners see must be f1, not accuracy (a few steps of
+    # training mostly predict "ham": accuracy about 0.87, f1 far lower). The threshold pruner would stop any trial
+    # (nothing reaches 1.01), but each trial's only validation is its final one: it has trained its whole budget.
+    config = tiny_config(
+        f"f1-{uuid.uuid4().hex[:8]}",
+        objective="finetune",
+        directions={"f1": "maximize"},
+        pruner={"name": "threshold", "options": {"lower": 1.01}},
+        data={"name": "sms-spam", "max_train_rows": 64, "max_val_rows": 64, "max_length": 32},
+        train={"max_steps": 4, "batch_size": 16, "eval_every": 4},
+    )
+    url = f"sqlite:///{tmp_path}/study.db"
+    result = hpo("run", str(write(tmp_path, config)), "--storage", url, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    trials = optuna.load_study(study_name=config["name"], storage=url).trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    for trial in trials:
+        assert trial.intermediate_values == {4: trial.user_attrs["f1"]} == {4: trial.value}
+    assert any(t.user_attrs["f1"] != t.user_attrs["accuracy"] for t in trials)
+
+
+def test_a_minimised_pruning_metric_prunes_the_worse_trials(tmp_path: Path) -> None:
+    # A study minimising validation loss: the median pruner must stop trials whose loss is above the median,
+    # never the ones below it (reporting a maximised score in a minimised study would prune the best).
+    name = f"loss-{uuid.uuid4().hex[:8]}"
+    config = {
+        "name": name,
+        "objective": "synthetic",
+        "directions": {"val_loss": "minimize"},
+        "n_trials": 14,
+        "sampler": {"name": "random"},
+        "pruner": {"name": "median", "options": {"n_startup_trials": 3, "n_warmup_steps": 0}},
+        "synthetic": {"steps": 4},
+        "search_space": {
+            "train.lr": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True},
+            "distill.temperature": {"type": "float", "low": 1.0, "high": 8.0},
+        },
+    }
+    url = f"sqlite:///{tmp_path}/study.db"
+    result = hpo("run", str(write(tmp_path, config)), "--storage", url, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    trials = optuna.load_study(study_name=name, storage=url).trials
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    pruned = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert complete and pruned
+    for trial in complete:
+        assert trial.intermediate_values[4] == trial.user_attrs["val_loss"] == trial.value
+    for trial in pruned:
+        step = max(trial.intermediate_values)
+        assert step < 4  # never at the final validation
+        # Optuna's median rule: against the median of the trials completed before it, at the same step.
+        others = sorted(t.intermediate_values[step] for t in complete if t.number < trial.number)
+        median = (others[(len(others) - 1) // 2] + others[len(others) // 2]) / 2
+        assert trial.intermediate_values[step] > median  # a higher loss than the median: the worse trial
+
+
+def test_a_broken_teacher_is_called_out_in_the_log_status_and_report(tmp_path: Path) -> None:
+    # A learning rate far too high collapses the teacher onto the majority label of the imbalanced SMS set.
+    name = f"broken-{uuid.uuid4().hex[:8]}"
+    config = tiny_config(
+        name,
+        n_trials=1,
+        data={"name": "sms-spam", "max_train_rows": 96, "max_val_rows": 96, "max_length": 32},
+        teacher={"train": {"lr": 0.05, "max_steps": 4, "batch_size": 16, "eval_every": 4}},
+        train={"max_steps": 2, "batch_size": 16, "eval_every": 2},
+    )
+    url = f"sqlite:///{tmp_path}/study.db"
+    result = hpo("run", str(write(tmp_path, config)), "--storage", url, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    teacher = optuna.load_study(study_name=name, storage=url).user_attrs["teacher"]
+    assert teacher["top_share"] == 1.0 and teacher["accuracy"] - teacher["f1"] > 0.3  # one label for everything
+    assert "the teacher looks broken: it gives one label to 100% of the validation examples" in result.stderr
+    status = hpo("status", "--storage", url, cwd=tmp_path)
+    assert "warning: the teacher looks broken" in status.stdout
+    report = hpo("report", "--storage", url, "--study", name, "--out", str(tmp_path / "r.html"), cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    assert '<p class="warning">Warning: the teacher looks broken' in (tmp_path / "r.html").read_text()

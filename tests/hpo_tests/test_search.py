@@ -1,5 +1,6 @@
 """Samplers and pruners by name, on real Optuna studies in SQLite."""
 
+import uuid
 from pathlib import Path
 
 import optuna
@@ -103,3 +104,33 @@ def test_a_fresh_study_is_reproducible_and_a_resumed_one_proposes_new_parameters
     run(config(6), first)  # resumed with a larger budget: a seeded sampler must not replay the first three
     params = _params(first, "s")
     assert len(params) == 6 and len(set(params)) == 6
+
+
+def test_pareto_rungs_rank_a_minimised_pruning_metric_the_right_way_round(tmp_path: Path) -> None:
+    from hpo import config_from_dict
+    from hpo._pareto_pruner import rung_attr
+    from hpo._run import run
+
+    name = f"mo-loss-{uuid.uuid4().hex[:8]}"
+    config = {
+        "name": name,
+        "objective": "synthetic",
+        "directions": {"val_loss": "minimize", "latency_ms": "minimize"},
+        "n_trials": 16,
+        "sampler": {"name": "random"},
+        "pruner": {"name": "pareto", "options": {"min_resource": 1, "reduction_factor": 2, "min_trials": 2}},
+        "synthetic": {"steps": 4},
+        "search_space": {"train.lr": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True}},
+    }
+    url = f"sqlite:///{tmp_path}/study.db"
+    run(config_from_dict(config), url)
+    trials = optuna.load_study(study_name=name, storage=url).trials
+    assert any(t.state == optuna.trial.TrialState.PRUNED for t in trials)
+    for trial in trials:
+        attrs = trial.user_attrs
+        for rung, step in ((0, 1), (1, 2)):
+            if rung_attr(rung) in attrs:  # quality at a rung: the validation loss, negated so higher is better
+                assert attrs[rung_attr(rung)] == -attrs[f"val_step_{step}"]
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            assert attrs["val_step_4"] == attrs["val_loss"] == trial.values[0]
+            assert rung_attr(2) not in attrs  # the final validation is never a rung a trial can be pruned at

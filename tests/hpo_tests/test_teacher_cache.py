@@ -138,3 +138,25 @@ def test_a_large_output_teacher_is_cached_as_top_k_and_trains_a_student(tmp_path
     student = build_student(teacher, StudentArgs(num_layers=1))
     result = _fit(student, work, [Stage(work.train, args, loss, stored)], seed=0)
     assert result["steps"] == 3 and torch.isfinite(torch.tensor(result["val_loss"]))
+
+
+def test_changing_one_row_of_a_local_csv_trains_a_new_teacher(tmp_path: Path) -> None:
+    from hpo._teacher import ensure_teacher
+
+    csv = tmp_path / "reviews.csv"
+    lines = [f"review number {i} was {'great' if i % 2 else 'awful'},{i % 2}" for i in range(40)]
+    csv.write_text("text,label\n" + "\n".join(lines) + "\n")
+    teacher = {"train": {"max_steps": 1, "batch_size": 8, "eval_every": 1}}
+    config = config_from_dict(tiny_config("rows", data={"name": str(csv), "max_length": 16}, teacher=teacher))
+    artifacts = ArtifactDir(tmp_path / "artifacts", "rows")
+
+    def teacher_path() -> Path:  # the study recreated under the same name: a new study, the same artifacts
+        work = prepare_workload(config.data, config.teacher.model)
+        return ensure_teacher(config, work, artifacts, optuna.create_study())[0]
+
+    first = teacher_path()
+    assert teacher_path() == first  # nothing changed: the published teacher is reused
+    lines[7] = "review number 7 was great,0"  # one row edited
+    csv.write_text("text,label\n" + "\n".join(lines) + "\n")
+    second = teacher_path()
+    assert second != first and (second / "metrics.json").is_file() and (first / "metrics.json").is_file()

@@ -1,12 +1,13 @@
 """Built-in offline datasets, local files through `datasets`, seeded splits, tokenisation cache."""
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
 
 from objectives import ConfigError, DataArgs, load_rows, load_task
-from objectives._data import Encoded, collate, encode, forget_encoded, train_batches
+from objectives._data import Encoded, Task, collate, encode, forget_encoded, normalise_text, train_batches
 from objectives._models import load_tokenizer
 
 
@@ -31,7 +32,7 @@ def test_splits_are_seeded_disjoint_and_cover_every_row() -> None:
     assert a.train_idx != c.train_idx and a.fingerprint != c.fingerprint
     parts = [set(a.train_idx), set(a.val_idx), set(a.test_idx)]
     assert sum(map(len, parts)) == len(a.rows.texts) == len(set.union(*parts))
-    assert len(a.test_idx) == round(0.1 * len(a.rows.texts))
+    assert abs(len(a.test_idx) - 0.1 * len(a.rows.texts)) <= a.num_labels  # rounded per label
 
 
 def test_row_limits_keep_the_test_split_untouched() -> None:
@@ -165,3 +166,60 @@ def test_data_errors_name_their_key_under_the_data_section(tmp_path: Path) -> No
         open_data(DataArgs(name=str(holes)))
     with pytest.raises(ConfigError, match=r"^data\.name: file '.*gone\.csv' does not exist"):
         open_data(DataArgs(name=str(tmp_path / "gone.csv")))
+
+
+def _check_leak_free_and_stratified(task: Task) -> None:
+    """No normalised text in two splits; every label's share within one point of its share in the whole set."""
+    splits = [task.train(), task.validation(), task.test()]
+    texts = [{normalise_text(t) for t in split.texts} for split in splits]
+    assert not (texts[0] & texts[1] or texts[0] & texts[2] or texts[1] & texts[2])
+    for label in range(task.num_labels):
+        overall = task.rows.labels.count(label) / len(task.rows.labels)
+        for split in splits:
+            assert abs(split.labels.count(label) / len(split.labels) - overall) <= 0.01, (label, overall)
+
+
+@pytest.mark.parametrize("name", ["rt-snippets", "sms-spam"])
+def test_builtin_sets_are_deduplicated_and_split_by_label(name: str) -> None:
+    raw = load_rows(DataArgs(name=name))
+    task = load_task(DataArgs(name=name))
+    _check_leak_free_and_stratified(task)
+    assert len({normalise_text(t) for t in task.rows.texts}) == len(task.rows.texts) < len(raw.texts)
+
+
+def test_local_csv_duplicates_and_conflicting_labels_are_resolved_before_splitting(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    lines = [f"message {i},{'spam' if i % 5 == 0 else 'ham'}" for i in range(60)]  # 12 spam, 48 ham
+    lines += ["MESSAGE   7,ham", " message 7 ,ham"]  # copies of row 7 (case, whitespace)
+    lines += ["win a prize,spam", "Win a  prize,ham", "win a prize,spam"]  # conflicting copies: 2 spam, 1 ham
+    lines += ["hello there,ham", "Hello There,spam"]  # a tie: the first copy's label
+    lines += [f"rare {i},other" for i in range(3)]  # a rare label, 3 rows
+    path = tmp_path / "messages.csv"
+    path.write_text("text,label\n" + "\n".join(lines) + "\n")
+    with caplog.at_level(logging.INFO):
+        task = load_task(DataArgs(name=str(path), val_fraction=0.2, test_fraction=0.2))
+    assert "dropped 5 duplicate texts" in caplog.text
+    assert len(task.rows.texts) == 60 + 1 + 1 + 3
+    names = task.rows.label_names
+    kept = dict(zip(task.rows.texts, (names[y] for y in task.rows.labels), strict=True))
+    assert kept["win a prize"] == "spam" and kept["hello there"] == "ham" and kept["message 7"] == "ham"
+    splits = [task.train(), task.validation(), task.test()]
+    texts = [{normalise_text(t) for t in split.texts} for split in splits]
+    assert not (texts[0] & texts[1] or texts[0] & texts[2] or texts[1] & texts[2])
+    other = names.index("other")
+    assert [split.labels.count(other) for split in splits] == [1, 1, 1]  # a rare label reaches validation and test
+    spam = names.index("spam")
+    assert [split.labels.count(spam) for split in splits] == [7, 3, 3]  # 13 spam: 0.2 x 13 rounds to 3 each
+
+
+def test_hub_data_sets_are_deduplicated_and_stratified_too(tmp_path: Path) -> None:
+    """The hub path (`datasets.load_dataset(name)`, here a local dataset directory) goes through the same split."""
+    rows = [f"text {i},{int(i % 4 == 0)}" for i in range(80)] + [f"TEXT {i},{int(i % 4 == 0)}" for i in range(20)]
+    (tmp_path / "train.csv").write_text("text,label\n" + "\n".join(rows) + "\n")
+    task = load_task(DataArgs(name=str(tmp_path), val_fraction=0.25, test_fraction=0.25))
+    assert len(task.rows.texts) == 80  # the 20 upper-case copies dropped
+    splits = [task.train(), task.validation(), task.test()]
+    texts = [{normalise_text(t) for t in split.texts} for split in splits]
+    assert not (texts[0] & texts[1] or texts[0] & texts[2] or texts[1] & texts[2])
+    assert [split.labels.count(1) for split in splits] == [10, 5, 5]  # 20 of 80: a quarter in each split

@@ -12,10 +12,20 @@ def test_accuracy_and_macro_f1_by_hand() -> None:
     labels = [0, 1, 1, 1, 0, 0]
     assert accuracy(preds, labels) == pytest.approx(4 / 6)
     # class 0: tp 2, fp 1, fn 1 -> 4/6; class 1: tp 2, fp 1, fn 1 -> 4/6
-    assert macro_f1(preds, labels, 2) == pytest.approx(4 / 6)
+    assert macro_f1(preds, labels) == pytest.approx(4 / 6)
     # imbalanced: always predicting the majority gives high accuracy, low macro-F1
     assert accuracy([0] * 10, [0] * 9 + [1]) == 0.9
-    assert macro_f1([0] * 10, [0] * 9 + [1], 2) == pytest.approx((2 * 9 / (18 + 1)) / 2)
+    assert macro_f1([0] * 10, [0] * 9 + [1]) == pytest.approx((2 * 9 / (18 + 1)) / 2)
+
+
+def test_macro_f1_averages_over_the_labels_present_in_gold_or_predictions() -> None:
+    # A 3-class task whose validation subset has no class 2 and nothing predicts it: scikit-learn averages over
+    # {0, 1} only. class 0: tp 2, fp 1, fn 0 -> 4/5; class 1: tp 1, fp 0, fn 1 -> 2/3; mean 11/15 (not 11/22).
+    assert macro_f1([0, 0, 1, 0], [0, 0, 1, 1]) == pytest.approx((4 / 5 + 2 / 3) / 2)
+    # A label only predicted (absent from gold) counts, with F1 0: class 0 tp 1, fn 1 -> 2/3; class 2 fp 1 -> 0.
+    assert macro_f1([0, 2], [0, 0]) == pytest.approx((2 / 3 + 0) / 2)
+    # All correct on one class present: 1.0, not 1/3 of a 3-class task.
+    assert macro_f1([1, 1, 1], [1, 1, 1]) == 1.0
 
 
 def test_size_is_fp32_bytes_in_mib() -> None:

@@ -23,6 +23,7 @@ def test_step_callback_sees_every_step_loss_at_logging_steps_and_validation_accu
     model = build_student(load_classifier("minilm-l6", 2), StudentArgs(num_layers=1), 0.1)
     args = TrainArgs(max_steps=23, batch_size=8, eval_every=8)
     calls: list[tuple[int, int, float | None, float | None]] = []
+    reports: list[tuple[int, dict[str, float], bool]] = []
     result = train(
         model,
         train_data,
@@ -33,8 +34,16 @@ def test_step_callback_sees_every_step_loss_at_logging_steps_and_validation_accu
         n_layers=1,
         seed=0,
         on_step=lambda *call: calls.append(call),
+        report=lambda step, scores, final: reports.append((step, scores, final)),
     )
     assert [c[0] for c in calls] == list(range(1, 24)) and {c[1] for c in calls} == {23}
+    # Reports carry every validation score; only the last validation, with the whole budget trained, is final.
+    assert [(s, final) for s, _, final in reports] == [(8, False), (16, False), (23, True)]
+    assert reports[-1][1] == {
+        "accuracy": result.evaluation.accuracy,
+        "f1": result.evaluation.f1,
+        "val_loss": result.evaluation.loss,
+    }
     logging = {s for s, _, loss, _ in calls if loss is not None}
     assert logging == {8, 10, 16, 20, 23} == {s for s in range(1, 24) if s % 8 == 0 or s % LOG_EVERY == 0 or s == 23}
     assert all(math.isfinite(loss) and 0 < loss < 5 for _, _, loss, _ in calls if loss is not None)
