@@ -145,7 +145,8 @@ def build_student(
     if narrow or args.layer_selection == "importance":
         if calibration is None:
             raise ConfigError("calibration_size", "width ratios and layer_selection: importance need training data")
-        importance = teacher_importance(teacher, calibration, args.calibration_size)
+        asked_by = "hidden_ratio" if narrow else "layer_selection"
+        importance = teacher_importance(teacher, calibration, args.calibration_size, asked_by)
     keep = student_layers(args, num_layers(teacher), None if importance is None else importance.influence)
     config = set_dropout(copy.deepcopy(teacher.config), dropout)
     config.num_hidden_layers = len(keep)
@@ -155,7 +156,7 @@ def build_student(
     if args.init == "scratch":
         return AutoModelForSequenceClassification.from_config(config)
     state, layer_of = _renumbered_state(teacher, keep)
-    if importance is not None and narrow:
+    if narrow:
         return prune_widths(teacher.config, config, keep, importance, args, state, layer_of)
     student = narrow_classifier(config)
     student.load_state_dict(state, strict=True)

@@ -56,7 +56,8 @@ def _encoder_layers(model: Any, key: str) -> Any:
     if layers is None or not all(hasattr(layer, "intermediate") for layer in layers):
         raise ConfigError(
             key,
-            f"width pruning supports BERT-style encoders (e.g. MiniLM); the teacher is {model.config.model_type!r}",
+            f"needs a BERT-style encoder (e.g. MiniLM) to measure importance on; the teacher is "
+            f"{model.config.model_type!r}",
         )
     return layers
 
@@ -65,9 +66,10 @@ def _head_size(config: Any) -> int:
     return int(getattr(config, "attention_head_size", config.hidden_size // config.num_attention_heads))
 
 
-def measure_importance(model: Any, batches: list[dict[str, torch.Tensor]]) -> Importance:
-    """The :class:`Importance` of a BERT-style ``model`` over ``batches`` (eval mode, no gradients)."""
-    layers = _encoder_layers(model, "student")
+def measure_importance(model: Any, batches: list[dict[str, torch.Tensor]], key: str = "hidden_ratio") -> Importance:
+    """The :class:`Importance` of a BERT-style ``model`` over ``batches`` (eval mode, no gradients); another
+    architecture is a :class:`ConfigError` naming ``key`` (the setting that asked for it)."""
+    layers = _encoder_layers(model, key)
     config = model.config
     n_layers, heads, hidden = len(layers), config.num_attention_heads, config.hidden_size
     device = next(model.parameters()).device
@@ -124,14 +126,15 @@ def measure_importance(model: Any, batches: list[dict[str, torch.Tensor]]) -> Im
 _CACHE: weakref.WeakKeyDictionary[Any, dict[tuple[str, int], Importance]] = weakref.WeakKeyDictionary()
 
 
-def teacher_importance(model: Any, data: Encoded, size: int) -> Importance:
+def teacher_importance(model: Any, data: Encoded, size: int, key: str) -> Importance:
     """:func:`measure_importance` on ``size`` calibration examples of ``data``, once per model and sample in this
-    process (it depends on the teacher and the data, not on the student asked for)."""
+    process (it depends on the teacher and the data, not on the student asked for); ``key`` names the setting
+    that asked for it in errors."""
     per_model = _CACHE.setdefault(model, {})
-    key = (data.fingerprint(), size)
-    if key not in per_model:
-        per_model[key] = measure_importance(model, calibration_batches(data, size))
-    return per_model[key]
+    sample = (data.fingerprint(), size)
+    if sample not in per_model:
+        per_model[sample] = measure_importance(model, calibration_batches(data, size), key)
+    return per_model[sample]
 
 
 def select_layers(influence: torch.Tensor, k: int) -> list[int]:

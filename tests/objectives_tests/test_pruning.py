@@ -175,3 +175,12 @@ def test_bad_pruning_settings_name_the_key(kwargs: dict, message: str) -> None:
 def test_pruning_needs_calibration_data() -> None:
     with pytest.raises(ConfigError, match="calibration_size: width ratios and layer_selection: importance need"):
         build_student(tiny_bert(), StudentArgs(hidden_ratio=0.5))
+
+
+def test_another_architecture_is_refused_naming_the_key() -> None:
+    from transformers import DistilBertConfig
+
+    config = DistilBertConfig(vocab_size=VOCAB, dim=32, n_layers=2, n_heads=2, hidden_dim=64, num_labels=2)
+    model = AutoModelForSequenceClassification.from_config(config)
+    with pytest.raises(ConfigError, match=r"hidden_ratio: needs a BERT-style encoder .* the teacher is 'distilbert'"):
+        build_student(model, StudentArgs(hidden_ratio=0.5), calibration=calibration())
