@@ -118,8 +118,11 @@ def model_card(
     n_test: int,
     teacher_note: str | None,
     label_names: list[str],
+    narrow_heads: bool = False,
 ) -> str:
-    """The model card (README.md) of the trained student; ``by_seed`` holds each model's test metrics per seed."""
+    """The model card (README.md) of the trained student; ``by_seed`` holds each model's test metrics per seed.
+    ``narrow_heads``: the student keeps its teacher's head size at another hidden size (width pruning), which
+    plain ``from_pretrained`` cannot rebuild, so the card says how to load it."""
     rows = {name: {m: statistics.mean(r[m] for r in runs) for m in CARD_METRICS} for name, runs in by_seed.items()}
     table = render(
         ["model", *CARD_METRICS],
@@ -139,6 +142,13 @@ def model_card(
     classes = render(PER_CLASS_HEADER, per_class_rows({name: runs[0]["per_class"] for name, runs in by_seed.items()}))
     first_seed = f" (seed {job.seed})" if seeds > 1 else ""
     labels = ", ".join(f"{i} = `{name}`" for i, name in enumerate(label_names))
+    loading = (
+        "\n\nLoad it with `objectives.load_classifier(DIR, num_labels)`: its attention keeps the teacher's head size "
+        "at a pruned hidden size (`attention_head_size` in `config.json`), which plain `from_pretrained` cannot "
+        "rebuild."
+        if narrow_heads
+        else ""
+    )
     src = job.source
     source = f"trial {src.trial} of study `{src.study}`" if src.study else "a hand-written job"
     params = "\n".join(f"- `{k}`: {v}" for k, v in src.params.items()) or "- (none)"
@@ -173,7 +183,7 @@ Each class on the test split{first_seed} (precision, recall, F1; support: its ro
 {classes}
 ```
 
-Labels (`id2label` of the model): {labels}.
+Labels (`id2label` of the model): {labels}.{loading}
 
 ## Training
 
@@ -276,6 +286,16 @@ def train_job(job: TrainJob, out: Path, threads: int | None = None, seeds: int =
         "student": name,
     }
     (out / "metrics.json").write_text(json.dumps(result, indent=2))
-    (out / "README.md").write_text(model_card(job, by_seed, name, len(work.task.test_idx), teacher_note, labels))
+    (out / "README.md").write_text(
+        model_card(
+            job,
+            by_seed,
+            name,
+            len(work.task.test_idx),
+            teacher_note,
+            labels,
+            narrow_heads=hasattr(model.config, "attention_head_size"),
+        )
+    )
     (out / "job.yaml").write_text(dump_job(job))
     return result

@@ -55,6 +55,9 @@ _LAZY = {
     "TopKLogits": "objectives._logits",
     "compress_logits": "objectives._logits",
     "load_logits": "objectives._logits",
+    "Importance": "objectives._pruning",
+    "measure_importance": "objectives._pruning",
+    "prune_widths": "objectives._pruning",
 }
 
 
@@ -75,6 +78,7 @@ __all__ = [
     "DataArgs",
     "DistillArgs",
     "Encoded",
+    "Importance",
     "LogitSource",
     "NonFiniteLoss",
     "Report",
@@ -100,12 +104,14 @@ __all__ = [
     "load_task",
     "load_teacher",
     "measure_cost",
+    "measure_importance",
     "model_identity",
     "name_labels",
     "never_predicted",
     "open_data",
     "per_class",
     "prepare_workload",
+    "prune_widths",
     "report_steps",
     "resolve_model",
     "run_synthetic",

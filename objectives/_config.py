@@ -217,9 +217,44 @@ class StudentArgs:
     """Feed-forward width of a ``scratch`` student; null keeps the teacher's."""
     num_attention_heads: int | None = None
     """Attention heads of a ``scratch`` student; null keeps the teacher's."""
+    hidden_ratio: float = 1.0
+    """Fraction of the teacher's hidden channels kept, in (0, 1], rounded to a multiple of 8 (``init: teacher``):
+    the channels of largest mean |LayerNorm output| on the calibration sample, sliced through every layer,
+    the embeddings and the head."""
+    ffn_ratio: float = 1.0
+    """Fraction of each layer's feed-forward neurons kept, in (0, 1], rounded to a multiple of 8 (``init:
+    teacher``): those of largest mean |activation| on the calibration sample."""
+    heads_ratio: float = 1.0
+    """Fraction of each layer's attention heads kept, in (0, 1], rounded to whole heads (``init: teacher``):
+    those whose output has the largest mean norm on the calibration sample; each keeps the teacher's head size."""
+    layer_selection: Literal["even", "importance"] = "even"
+    """Which ``num_layers`` teacher layers a student keeps: ``even``: evenly spaced from first to last;
+    ``importance``: those whose output differs most from their input on the calibration sample (block influence,
+    1 - cosine similarity)."""
+    calibration_size: int = 256
+    """Training examples (a fixed seeded sample) whose activations rank heads, neurons, channels and layers for
+    the ratios and ``layer_selection: importance``."""
 
     def __post_init__(self) -> None:
         _check(self.init in ("teacher", "scratch"), "init", f"must be 'teacher' or 'scratch', got {self.init!r}")
+        for key in ("hidden_ratio", "ffn_ratio", "heads_ratio"):
+            _check_fraction(getattr(self, key), key, low_open=True)
+            _check(
+                getattr(self, key) == 1 or self.init == "teacher",
+                key,
+                "prunes the teacher's weights, so needs init: teacher (a scratch student sets hidden_size etc.)",
+            )
+        _check(
+            self.layer_selection in ("even", "importance"),
+            "layer_selection",
+            f"must be 'even' or 'importance', got {self.layer_selection!r}",
+        )
+        _check(
+            self.layer_selection == "even" or (self.init == "teacher" and self.layers is None),
+            "layer_selection",
+            "importance ranks the teacher's layers, so needs init: teacher and no explicit layers list",
+        )
+        _check(self.calibration_size >= 1, "calibration_size", f"must be >= 1, got {self.calibration_size}")
         _check(
             self.num_layers is None or self.num_layers >= 1,
             "num_layers",

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from objectives._config import ConfigError, StudentArgs
+from objectives._data import Encoded
 
 
 def _minilm_l6() -> str:
@@ -92,6 +93,10 @@ def load_classifier(name: str, num_labels: int, dropout: float | None = None) ->
     quiet_transformers()
     path = resolve_model(name)
     config = set_dropout(AutoConfig.from_pretrained(path, num_labels=num_labels), dropout)
+    if hasattr(config, "attention_head_size"):  # a width-pruned student
+        from objectives._pruning import load_narrow_classifier
+
+        return load_narrow_classifier(path, config)
     return AutoModelForSequenceClassification.from_pretrained(path, config=config)
 
 
@@ -105,8 +110,9 @@ def num_layers(model: Any) -> int:
     return int(model.config.num_hidden_layers)
 
 
-def student_layers(args: StudentArgs, teacher_layers: int) -> list[int]:
-    """Teacher layer indices a student keeps: ``args.layers``, else ``num_layers`` evenly spaced from first to last."""
+def student_layers(args: StudentArgs, teacher_layers: int, influence: Any = None) -> list[int]:
+    """Teacher layer indices a student keeps: ``args.layers``, else ``num_layers`` evenly spaced from first to last,
+    or (``layer_selection: importance``) the ``num_layers`` of greatest ``influence`` (one value per layer)."""
     if args.layers is not None:
         bad = [i for i in args.layers if i >= teacher_layers]
         if bad:
@@ -115,28 +121,18 @@ def student_layers(args: StudentArgs, teacher_layers: int) -> list[int]:
     k = teacher_layers if args.num_layers is None else args.num_layers
     if k > teacher_layers:
         raise ConfigError("num_layers", f"is {k} but the teacher has only {teacher_layers} layers")
+    if args.layer_selection == "importance":
+        from objectives._pruning import select_layers
+
+        return select_layers(influence, k)
     if k == 1:
         return [0]
     return sorted({round(i * (teacher_layers - 1) / (k - 1)) for i in range(k)})
 
 
-def build_student(teacher: Any, args: StudentArgs, dropout: float | None = None) -> Any:
-    """A student with the teacher's architecture and fewer layers.
-
-    ``init: teacher`` copies the embeddings, the kept layers (renumbered) and the head from the teacher, so tensors
-    are equal; ``init: scratch`` initialises randomly, optionally with another width.
-    """
-    from transformers import AutoModelForSequenceClassification
-
-    keep = student_layers(args, num_layers(teacher))
-    config = set_dropout(copy.deepcopy(teacher.config), dropout)
-    config.num_hidden_layers = len(keep)
-    for key in ("hidden_size", "intermediate_size", "num_attention_heads"):
-        if getattr(args, key) is not None:
-            setattr(config, key, getattr(args, key))
-    student = AutoModelForSequenceClassification.from_config(config)
-    if args.init == "scratch":
-        return student
+def _renumbered_state(teacher: Any, keep: list[int]) -> tuple[dict[str, Any], Callable[[str], int | None]]:
+    """The teacher's tensors of the kept layers renumbered 0.. (and every tensor outside the layers), with a
+    function naming the student layer of a key (None outside the layers)."""
     renumber = {old: new for new, old in enumerate(keep)}
     state = {}
     for key, tensor in teacher.state_dict().items():
@@ -145,6 +141,48 @@ def build_student(teacher: Any, args: StudentArgs, dropout: float | None = None)
             state[key] = tensor.clone()
         elif int(match["index"]) in renumber:
             state[f"{match['head']}{renumber[int(match['index'])]}.{match['tail']}"] = tensor.clone()
+
+    def layer_of(key: str) -> int | None:
+        match = _LAYER_KEY.match(key)
+        return None if match is None else int(match["index"])
+
+    return state, layer_of
+
+
+def build_student(
+    teacher: Any, args: StudentArgs, dropout: float | None = None, calibration: Encoded | None = None
+) -> Any:
+    """A student with the teacher's architecture, fewer layers and (with ratios below 1) narrower.
+
+    ``init: teacher`` copies the embeddings, the kept layers (renumbered) and the head from the teacher, so tensors
+    are equal; with width ratios below 1 only the most important heads, neurons and channels are kept
+    (:func:`objectives._pruning.prune_widths`), ranked on ``args.calibration_size`` examples of ``calibration``
+    (the training split), which ``layer_selection: importance`` uses too. ``init: scratch`` initialises randomly,
+    optionally with another width.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    from objectives._pruning import narrow_classifier, prune_widths, teacher_importance
+
+    narrow = min(args.hidden_ratio, args.ffn_ratio, args.heads_ratio) < 1
+    importance = None
+    if narrow or args.layer_selection == "importance":
+        if calibration is None:
+            raise ConfigError("calibration_size", "width ratios and layer_selection: importance need training data")
+        asked_by = "hidden_ratio" if narrow else "layer_selection"
+        importance = teacher_importance(teacher, calibration, args.calibration_size, asked_by)
+    keep = student_layers(args, num_layers(teacher), None if importance is None else importance.influence)
+    config = set_dropout(copy.deepcopy(teacher.config), dropout)
+    config.num_hidden_layers = len(keep)
+    for key in ("hidden_size", "intermediate_size", "num_attention_heads"):
+        if getattr(args, key) is not None:
+            setattr(config, key, getattr(args, key))
+    if args.init == "scratch":
+        return AutoModelForSequenceClassification.from_config(config)
+    state, layer_of = _renumbered_state(teacher, keep)
+    if narrow:
+        return prune_widths(teacher.config, config, keep, importance, args, state, layer_of)
+    student = narrow_classifier(config)
     student.load_state_dict(state, strict=True)
     return student
 

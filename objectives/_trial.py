@@ -265,7 +265,7 @@ def finetune_student(
     torch.manual_seed(seed)
     quiet_transformers()
     base = load_classifier(base_model, work.num_labels)
-    model = build_student(base, student, args.dropout)
+    model = build_student(base, student, args.dropout, work.train)
     del base
     stages = [Stage(work.train, args, get_loss("ce", **work.class_weights(args)))]
     return model, _fit(model, work, stages, seed=seed, report=report, on_cost=on_cost, costs=costs)
@@ -308,7 +308,7 @@ def distill_student(
     """
     torch.manual_seed(seed)
     teacher = load_teacher(teacher_dir, work.num_labels, work.device)
-    model = build_student(teacher, student, args.dropout)
+    model = build_student(teacher, student, args.dropout, work.train)
 
     def signal(name: str, data: Encoded) -> torch.nn.Module | torch.Tensor | TopKLogits:
         return teacher if logits is None else logits(name, data, teacher)
