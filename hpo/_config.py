@@ -366,6 +366,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             raise ConfigError(key, f"expected true or false, got {value!r}")
         return value
     if hint is int:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(key, f"must be a finite number, got {value}")
         if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
             raise ConfigError(key, f"expected a whole number, got {value!r}")
         return int(value)
@@ -377,9 +379,13 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
                 pass
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(key, f"expected a number, got {value!r}")
+        try:
+            value = float(value)
+        except OverflowError:  # an integer beyond the float range
+            raise ConfigError(key, f"must be a finite number, got an integer of {len(str(value))} digits") from None
         if not math.isfinite(value):
             raise ConfigError(key, f"must be a finite number, got {value}")
-        return float(value)
+        return value
     if hint is str:
         if not isinstance(value, str):
             raise ConfigError(key, f"expected a string, got {value!r}")

@@ -101,8 +101,9 @@ def _best_cell(study: optuna.Study, metric_names: list[str]) -> str:
 
 
 def studies_table(storage: optuna.storages.RDBStorage) -> str:
-    """One row per study: state (running, paused, done), priority, budget, running trials, best value, ETA."""
-    rows = []
+    """One row per study: state (running, paused, done), priority, budget, running trials, best value, ETA; a
+    study whose teacher looks broken is named below the table."""
+    rows, notes = [], []
     for s in survey(storage):
         study = optuna.load_study(study_name=s.name, storage=storage)
         budget = s.config.n_trials
@@ -125,7 +126,10 @@ def studies_table(storage: optuna.storages.RDBStorage) -> str:
                 time_left,
             ]
         )
-    return render(["study", "state", "priority", "finished", "running", "best", "ETA"], rows)
+        warning = teacher_warning(study.user_attrs.get(TEACHER_ATTR) or {})
+        if warning:
+            notes.append(f"warning: study {s.name!r}: {warning}")
+    return "\n".join([render(["study", "state", "priority", "finished", "running", "best", "ETA"], rows), *notes])
 
 
 def _best_table(study: optuna.Study, metric_names: list[str]) -> str:

@@ -215,7 +215,7 @@ def deduplicate(rows: Rows) -> tuple[Rows, int]:
         groups.setdefault(normalise_text(text), []).append(i)
     kept = [members[0] for members in groups.values()]  # dicts keep insertion order: first copies, in order
     labels = [Counter(rows.labels[i] for i in members).most_common(1)[0][0] for members in groups.values()]
-    return Rows([rows.texts[i] for i in kept], labels, rows.label_names), len(rows.texts) - len(kept)
+    return Rows([rows.texts[i] for i in kept], labels, rows.label_names, rows.columns), len(rows.texts) - len(kept)
 
 
 def stratified_split(

@@ -258,6 +258,8 @@ def test_export_list_and_status_on_an_empty_database_or_a_missing_sqlite_file(tm
         ({"seed": 2**32}, "seed: must be in [0, 2**32)"),
         ({"train": {"lr": float("inf")}}, "train.lr: must be a finite number, got inf"),
         ({"timeout": float("nan")}, "timeout: must be a finite number, got nan"),
+        ({"train": {"lr": 10**400}}, "train.lr: must be a finite number, got an integer of 401 digits"),
+        ({"train": {"max_steps": float("inf")}}, "train.max_steps: must be a finite number, got inf"),
         ({"sampler": {"name": "tpe", "options": {"prior_weight": float("-inf")}}}, "sampler.options.prior_weight:"),
         ({"sampler": {"name": "tpe", "options": {"consider_endpoints": "no"}}}, "sampler.options.consider_endpoints:"),
         ({"sampler": {"name": "tpe", "options": {"n_startup_trials": 2.5}}}, "sampler.options.n_startup_trials:"),

@@ -299,7 +299,7 @@ def test_model_card_names_the_labels_and_scores_each_class() -> None:
         "distilled student": {"accuracy": 0.9, "f1": 0.47, **cost, "per_class": _scores(0.0)},
     }
     job = TrainJob(name="card", objective="finetune")
-    card = model_card(job, rows, "distilled student", 100, ["ham", "spam"])
+    card = model_card(job, {n: [r] for n, r in rows.items()}, "distilled student", 100, None, ["ham", "spam"])
     assert "Labels (`id2label` of the model): 0 = `ham`, 1 = `spam`." in card
     rows_of = {line.split()[0] + " " + line.split()[-1]: line.split() for line in card.splitlines() if "spam" in line}
     assert rows_of["distilled predicted"][1:] == ["student", "spam", "0.0000", "0.0000", "0.0000", "10", "0", "never",

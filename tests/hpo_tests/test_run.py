@@ -215,7 +215,9 @@ def test_a_broken_teacher_is_called_out_in_the_log_status_and_report(tmp_path: P
     teacher = optuna.load_study(study_name=name, storage=url).user_attrs["teacher"]
     assert teacher["top_share"] == 1.0 and teacher["accuracy"] - teacher["f1"] > 0.3  # one label for everything
     assert "the teacher looks broken: it gives one label to 100% of the validation examples" in result.stderr
-    status = hpo("status", "--storage", url, cwd=tmp_path)
+    overview = hpo("status", "--storage", url, cwd=tmp_path)  # one row per study, the broken teacher named below
+    assert f"warning: study {name!r}: the teacher looks broken" in overview.stdout
+    status = hpo("status", "--storage", url, "--study", name, cwd=tmp_path)
     assert "warning: the teacher looks broken" in status.stdout
     report = hpo("report", "--storage", url, "--study", name, "--out", str(tmp_path / "r.html"), cwd=tmp_path)
     assert report.returncode == 0, report.stderr
