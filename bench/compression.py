@@ -60,7 +60,7 @@ def main() -> None:
         teacher_args = replace(teacher_args, train=replace(teacher_args.train, max_steps=args.teacher_steps))
     rows = {"teacher (6 layers)": finetune_teacher(work, teacher_args, config.seed, tmp / "teacher")}
     print(f"teacher fine-tuned in {time.perf_counter() - start:.0f} s", flush=True)
-    teacher = load_teacher(tmp / "teacher", work.num_labels, work.device)
+    teacher = load_teacher(tmp / "teacher", work)
     cache = LogitCache(ArtifactDir(tmp, "bench"), tmp / "teacher")
     train = replace(config.train, max_steps=args.steps, eval_every=args.steps, patience=None)
     for name, student in STUDENTS.items():

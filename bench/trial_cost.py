@@ -52,7 +52,7 @@ def main() -> None:
     work = prepare_workload(DataArgs(max_train_rows=args.rows, max_val_rows=200), "minilm-l6")
     teacher_dir = tmp / "teacher"
     load_classifier("minilm-l6", work.num_labels).save_pretrained(teacher_dir)  # timing does not need a good teacher
-    teacher = load_teacher(teacher_dir, work.num_labels, work.device)
+    teacher = load_teacher(teacher_dir, work)
     cache = LogitCache(ArtifactDir(tmp, "bench"), teacher_dir)
     start = time.perf_counter()
     cache("train", work.train, teacher)

@@ -253,23 +253,29 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from hpo._constraints import parse_constraint
     from hpo._export import export, front_table
     from hpo._study import load_study
-    from objectives import METRICS
+    from objectives import ALL_METRICS
     from storage import create_storage
 
     for flag, metric in (("--objective", args.objective), ("--prefer", args.prefer)):
-        if metric is not None and metric not in METRICS:
-            raise ConfigError(flag, f"unknown metric {metric!r}; valid: {', '.join(METRICS)}")
+        if metric is not None and metric not in ALL_METRICS:
+            raise ConfigError(flag, f"unknown metric {metric!r}; valid: {', '.join(ALL_METRICS)}")
     if args.objective is not None and (args.pick or args.prefer):
         raise ConfigError("--objective", "choose either --objective METRIC or --pick ... --prefer METRIC, not both")
-    picks = [parse_constraint(text, "--pick") for text in args.pick]
+    picks = [parse_constraint(text, "--pick", metrics=ALL_METRICS) for text in args.pick]
     if args.out is not None and Path(args.out).exists() and not args.force:
         raise ConfigError("--out", f"{args.out} exists; pass --force to replace it")
     url = _storage_url(args.storage)
     _require_studies(url)
     storage = create_storage(url, create_tables=False)
-    study, _ = load_study(storage, args.study or _only_study(storage, url))
+    study, config = load_study(storage, args.study or _only_study(storage, url))
+    task_metrics = config.task_spec.metrics
+    named = [("--objective", args.objective), ("--prefer", args.prefer), *(("--pick", c.metric) for c in picks)]
+    for flag, metric in named:
+        if metric is not None and metric not in task_metrics:
+            valid = ", ".join(task_metrics)
+            raise ConfigError(flag, f"{metric!r} is not a metric of this {config.task} study; valid: {valid}")
     if args.list:
-        print(front_table(study, picks))
+        print(front_table(study, picks, task_metrics))
     if args.out is None:
         if not args.list:
             raise ConfigError("--out", "is required (the YAML file to write), unless only --list is wanted")
@@ -296,7 +302,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
         patience=args.patience,
     )
     shown = ", ".join(
-        f"{k}={v:.4g}" for k, v in job.source.metrics.items() if k in ("accuracy", "f1", "latency_ms", "size_mb")
+        f"{k}={v:.4g}"
+        for k, v in job.source.metrics.items()
+        if k in (*job.task_spec.metrics[:2], "latency_ms", "size_mb")
     )
     print(
         f"trial {trial.number} ({shown}) -> {args.out}: {job.train.max_steps} steps; run: hpo train {args.out} --out DIR"
@@ -359,7 +367,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     result = train_job(job, out, threads=args.threads, seeds=args.seeds)
     print(f"{args.out}: model, tokenizer, metrics.json and README.md (model card)")
     print(Path(args.out, "README.md").read_text().split("```")[1].strip())
-    print(result["student"], "on the test split:", f"accuracy {result['test'][result['student']]['accuracy']:.4f}")
+    quality = job.task_spec.quality
+    print(result["student"], "on the test split:", f"{quality} {result['test'][result['student']][quality]:.4f}")
     return 0
 
 

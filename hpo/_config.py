@@ -22,15 +22,17 @@ import yaml
 from hpo._constraints import Constraint, parse_constraint
 from hpo._search_space import ParamSpec
 from objectives import (
-    METRICS,
-    VALIDATION_METRICS,
+    TASKS,
     ConfigError,
     DataArgs,
     DistillArgs,
     StudentArgs,
     SyntheticArgs,
+    TaskSpec,
     TeacherArgs,
     TrainArgs,
+    direction,
+    get_task,
 )
 
 SEARCHABLE_SECTIONS = ("train", "distill", "student")
@@ -108,14 +110,19 @@ class Config:
 
     name: str = ""
     """Study name, unique within the storage."""
+    task: str = "classification"
+    """What the models do: ``classification`` (sentences into classes) or ``causal-lm`` (next-token language
+    models: perplexity and per-token latency). ``causal-lm`` changes the defaults of ``directions`` (perplexity),
+    ``data.name`` (wikitext-2) and ``teacher.model`` (smollm2-135m, used as it is: ``teacher.train.max_steps: 0``)."""
     objective: Literal["finetune", "distill", "synthetic"] = "distill"
     """``distill``: students learn from the study's fine-tuned teacher; ``finetune``: students learn from labels;
     ``synthetic``: a fast analytic function of the parameters, for testing orchestration."""
     directions: dict[str, str] = field(default_factory=lambda: {"accuracy": "maximize"})
     """Study objectives: metric name -> maximize/minimize, in order. Several make a multi-objective study."""
     pruning_metric: str | None = None
-    """Validation score a trial reports at each validation for pruning: ``accuracy``, ``f1`` or ``val_loss``; null
-    is the study's quality objective (the first objective that is one of these; ``accuracy`` if none is)."""
+    """Validation score a trial reports at each validation for pruning: one of the task's validation metrics
+    (``accuracy``, ``f1``, ``val_loss``; ``perplexity``, ``token_accuracy``, ``val_loss`` for ``causal-lm``); null
+    is the study's quality objective (the first objective that is one of these; else the task's first)."""
     n_trials: int | None = 10
     """Trial budget of the study: trials that end COMPLETE or PRUNED; null runs until ``timeout``."""
     timeout: float | None = None
@@ -167,19 +174,27 @@ class Config:
             )
         if not 0 <= self.seed < 2**32:
             raise ConfigError("seed", f"must be in [0, 2**32), got {self.seed}")
+        spec = get_task(self.task)
         if self.objective not in OBJECTIVES:
             raise ConfigError("objective", f"must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        if self.objective == "synthetic" and self.task != "classification":
+            raise ConfigError("objective", "synthetic stands in for a classifier; use it with task: classification")
+        if self.train.max_steps < 1:
+            raise ConfigError("train.max_steps", f"must be >= 1 (a trial trains), got {self.train.max_steps}")
         if not self.directions:
-            raise ConfigError("directions", "needs at least one metric, e.g. {accuracy: maximize}")
-        valid = (*METRICS, "val_loss")
-        for metric, direction in self.directions.items():
+            raise ConfigError(
+                "directions", f"needs at least one metric, e.g. {{{spec.quality}: {direction(spec.quality)}}}"
+            )
+        valid = (*spec.metrics, "val_loss")
+        for metric, way in self.directions.items():
             if metric not in valid:
                 raise ConfigError(f"directions.{metric}", f"unknown metric; valid: {', '.join(valid)}")
-            if direction not in ("maximize", "minimize"):
-                raise ConfigError(f"directions.{metric}", f"must be maximize or minimize, got {direction!r}")
-        if self.pruning_metric is not None and self.pruning_metric not in VALIDATION_METRICS:
+            if way not in ("maximize", "minimize"):
+                raise ConfigError(f"directions.{metric}", f"must be maximize or minimize, got {way!r}")
+        if self.pruning_metric is not None and self.pruning_metric not in spec.validation_metrics:
             raise ConfigError(
-                "pruning_metric", f"must be one of {', '.join(VALIDATION_METRICS)} or null, got {self.pruning_metric!r}"
+                "pruning_metric",
+                f"must be one of {', '.join(spec.validation_metrics)} or null, got {self.pruning_metric!r}",
             )
         if self.n_trials is not None and self.n_trials < 1:
             raise ConfigError("n_trials", f"must be >= 1 or null, got {self.n_trials}")
@@ -192,12 +207,19 @@ class Config:
         _check_device(self.device)
         for name, spec in self.search_space.items():
             _check_searchable(self, name, spec)
-        for metric, expr in self.constraints.items():
-            parse_constraint(expr, f"constraints.{metric}", metric)
+        self.parsed_constraints()
+
+    @property
+    def task_spec(self) -> TaskSpec:
+        return get_task(self.task)
 
     def parsed_constraints(self) -> list[Constraint]:
         """The ``constraints`` as :class:`Constraint` objects."""
-        return [parse_constraint(expr, f"constraints.{metric}", metric) for metric, expr in self.constraints.items()]
+        metrics = self.task_spec.metrics
+        return [
+            parse_constraint(expr, f"constraints.{metric}", metric, metrics)
+            for metric, expr in self.constraints.items()
+        ]
 
     @property
     def metric_names(self) -> list[str]:
@@ -210,9 +232,10 @@ class Config:
     @property
     def pruning(self) -> tuple[str, str]:
         """(metric, direction) of the validation score reported for pruning (see ``pruning_metric``)."""
-        quality = [m for m in self.directions if m in VALIDATION_METRICS]
-        metric = self.pruning_metric or (quality[0] if quality else "accuracy")
-        return metric, "minimize" if metric == "val_loss" else "maximize"
+        spec = self.task_spec
+        quality = [m for m in self.directions if m in spec.validation_metrics]
+        metric = self.pruning_metric or (quality[0] if quality else spec.quality)
+        return metric, direction(metric)
 
 
 @dataclass
@@ -239,6 +262,8 @@ class TrainJob:
 
     name: str = ""
     """Name of the trained model (used in the model card)."""
+    task: str = "classification"
+    """``classification`` or ``causal-lm`` (see the study config's ``task``)."""
     objective: Literal["finetune", "distill"] = "distill"
     """How the student learns: from the teacher (``distill``) or from labels only (``finetune``)."""
     seed: int = 0
@@ -263,9 +288,14 @@ class TrainJob:
     def __post_init__(self) -> None:
         if not self.name:
             raise ConfigError("name", "is required: the model's name, e.g. name: movie-student")
+        get_task(self.task)
         if self.objective not in ("finetune", "distill"):
             raise ConfigError("objective", f"must be finetune or distill, got {self.objective!r}")
         _check_device(self.device)
+
+    @property
+    def task_spec(self) -> TaskSpec:
+        return get_task(self.task)
 
 
 def check_loaded(data: Any, key: str = "", limit: int = MAX_CONFIG_VALUES) -> None:
@@ -290,7 +320,7 @@ def load_job(path: str | Path) -> TrainJob:
     """Read and validate a full-training YAML file (as written by ``hpo export``)."""
     data = _read_yaml(path)
     check_loaded(data)
-    return build(TrainJob, data)
+    return build(TrainJob, with_task_defaults(data))
 
 
 def dump_job(job: TrainJob) -> str:
@@ -414,10 +444,27 @@ def build(cls: type, data: Any, prefix: str = "") -> Any:
         raise (exc.under(prefix) if prefix else exc) from None
 
 
+def with_task_defaults(data: Any) -> Any:
+    """``data`` (a parsed config or job) over the defaults of its ``task`` (:attr:`objectives.TaskSpec.defaults`):
+    a key the document sets always wins; a mapping is merged key by key."""
+    if not isinstance(data, dict) or data.get("task") not in TASKS:
+        return data  # no task, or an unknown one: the dataclass defaults, or the error naming ``task``
+
+    def merge(default: Any, given: Any) -> Any:
+        if isinstance(default, dict) and isinstance(given, dict):
+            return {**default, **{k: merge(default.get(k), v) for k, v in given.items()}}
+        return given
+
+    defaults = copy.deepcopy(TASKS[data["task"]].defaults)
+    if "directions" in data:  # objectives replace the default objectives, they are not merged with them
+        defaults.pop("directions", None)
+    return merge(defaults, data)
+
+
 def config_from_dict(data: Any) -> Config:
     """Validate a parsed YAML document into a :class:`Config`."""
     check_loaded(data)
-    return build(Config, data)
+    return build(Config, with_task_defaults(data))
 
 
 def load_config(path: str | Path) -> Config:

@@ -27,16 +27,17 @@ class Constraint:
         return f"{self.metric} {self.op} {self.bound:g}"
 
 
-def parse_constraint(text: str, key: str, metric: str | None = None) -> Constraint:
-    """Parse ``"latency_ms <= 3"`` (or ``"<= 3"`` with ``metric`` given); errors name ``key``."""
+def parse_constraint(text: str, key: str, metric: str | None = None, metrics: tuple[str, ...] = METRICS) -> Constraint:
+    """Parse ``"latency_ms <= 3"`` (or ``"<= 3"`` with ``metric`` given) on one of ``metrics`` (the task's);
+    errors name ``key``."""
     match = _EXPR.match(str(text))
     name = (match["metric"] if match else None) or metric
     if match is None or name is None:
         raise ConfigError(key, f"expected 'METRIC <= NUMBER' or 'METRIC >= NUMBER', got {text!r}")
     if metric is not None and match["metric"] not in (None, metric):
         raise ConfigError(key, f"names {match['metric']!r} but constrains {metric!r}; write e.g. '<= 5'")
-    if name not in METRICS:
-        raise ConfigError(key, f"unknown metric {name!r}; valid: {', '.join(METRICS)}")
+    if name not in metrics:
+        raise ConfigError(key, f"unknown metric {name!r}; valid: {', '.join(metrics)}")
     try:
         bound = float(match["bound"])
     except ValueError:

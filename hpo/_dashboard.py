@@ -19,7 +19,7 @@ import yaml
 
 from hpo._study import CONFIG_ATTR
 from hpo._teacher import TEACHER_ATTR
-from objectives import ConfigError
+from objectives import ConfigError, get_task
 from storage import create_storage, redact_url, schema_exists
 
 NOTE_TITLE = "## Study config (written by hpo dashboard)"
@@ -48,7 +48,8 @@ def config_note(study: optuna.Study) -> str | None:
     lines = [NOTE_TITLE, ""]
     teacher = study.user_attrs.get(TEACHER_ATTR)
     if teacher:
-        shown = ", ".join(f"{k} {teacher[k]:.4g}" for k in ("accuracy", "f1", "latency_ms") if k in teacher)
+        metrics = get_task(config.get("task", "classification")).card_metrics[:3]
+        shown = ", ".join(f"{k} {teacher[k]:.4g}" for k in metrics if k in teacher)
         lines += [f"Teacher `{teacher.get('model', '?')}`: {shown}.", ""]
     budget = study.user_attrs.get("n_trials")
     if budget is not None:

@@ -41,10 +41,10 @@ def pareto_front(trials: list[FrozenTrial], metrics: list[str]) -> list[FrozenTr
     return [t for t in trials if not any(_dominates(o, t, metrics) for o in trials if o is not t)]
 
 
-def complete_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """Finished trials that carry every metric."""
+def complete_trials(study: optuna.Study, metrics: tuple[str, ...] = METRICS) -> list[FrozenTrial]:
+    """Finished trials that carry every metric of the task (``metrics``)."""
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return [t for t in done if all(m in t.user_attrs for m in METRICS)]
+    return [t for t in done if all(m in t.user_attrs for m in metrics)]
 
 
 def pick_trial(
@@ -53,10 +53,12 @@ def pick_trial(
     objective: str | None = None,
     picks: list[Constraint] | None = None,
     prefer: str | None = None,
+    metrics: tuple[str, ...] = METRICS,
 ) -> FrozenTrial:
     """The best trial by ``objective``; or among trials meeting every pick, the Pareto-optimal ones (on the study's
-    objectives), and of those the best by ``prefer``. Raises ConfigError listing the closest points if none fits."""
-    trials = complete_trials(study)
+    objectives), and of those the best by ``prefer``; trials carry the task's ``metrics``. Raises ConfigError
+    listing the closest points if none fits."""
+    trials = complete_trials(study, metrics)
     if not trials:
         raise ConfigError("--study", f"study {study.study_name!r} has no completed trials yet")
     if objective is not None:
@@ -71,17 +73,19 @@ def pick_trial(
         )
         wanted = " and ".join(str(c) for c in picks)
         raise ConfigError("--pick", f"no completed trial has {wanted}; closest: {shown}")
-    metrics = study.metric_names or ["accuracy"]
-    front = pareto_front(feasible, metrics)
-    return min(front, key=lambda t: _key(prefer or metrics[0], t))
+    objectives = study.metric_names or [metrics[0]]
+    front = pareto_front(feasible, objectives)
+    return min(front, key=lambda t: _key(prefer or objectives[0], t))
 
 
-def front_table(study: optuna.Study, picks: list[Constraint] | None = None) -> str:
+def front_table(
+    study: optuna.Study, picks: list[Constraint] | None = None, task_metrics: tuple[str, ...] = METRICS
+) -> str:
     """The Pareto front of the completed trials as a table, with a feasibility column for ``picks``; a trial that
     never predicts a class is flagged below it."""
-    metrics = study.metric_names or ["accuracy"]
-    front = sorted(pareto_front(complete_trials(study), metrics), key=lambda t: t.number)
-    extra = [m for m in ("accuracy", "f1", "latency_ms", "size_mb", "params") if m not in metrics]
+    metrics = study.metric_names or [task_metrics[0]]
+    front = sorted(pareto_front(complete_trials(study, task_metrics), metrics), key=lambda t: t.number)
+    extra = [m for m in (*task_metrics[:2], "latency_ms", "size_mb", "params") if m not in metrics]
     header = ["trial", *metrics, *extra, *(["feasible"] if picks else []), "searched parameters"]
     rows = []
     for t in front:
@@ -103,9 +107,12 @@ def build_job(study: optuna.Study, trial: FrozenTrial, *, steps_factor: float, p
     train = dataclasses.replace(chosen.train, max_steps=steps, patience=patience, eval_every=max(1, steps // 10))
     data = dataclasses.replace(chosen.data, max_train_rows=None, max_val_rows=None)
     teacher = study.user_attrs.get(TEACHER_ATTR, {})
-    metrics = {m: trial.user_attrs[m] for m in (*METRICS, "val_loss", "steps") if m in trial.user_attrs}
+    metrics = {
+        m: trial.user_attrs[m] for m in (*config.task_spec.metrics, "val_loss", "steps") if m in trial.user_attrs
+    }
     return TrainJob(
         name=f"{study.study_name}-trial-{trial.number}",
+        task=config.task,
         objective=chosen.objective,
         seed=trial.user_attrs.get("seed", config.seed),
         device=config.device,
@@ -130,7 +137,8 @@ def export(
     patience: int = 3,
 ) -> tuple[FrozenTrial, TrainJob]:
     """Pick a trial, write its job to ``out`` and record the export on the study."""
-    trial = pick_trial(study, objective=objective, picks=picks, prefer=prefer)
+    _, config = load_study(study._storage, study.study_name)
+    trial = pick_trial(study, objective=objective, picks=picks, prefer=prefer, metrics=config.task_spec.metrics)
     job = build_job(study, trial, steps_factor=steps_factor, patience=patience)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")

@@ -21,6 +21,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo._runner import CURVE_PREFIX
+from hpo._study import study_task
 from hpo._table import PER_CLASS_HEADER, best_trials, format_cell, per_class_rows
 from hpo._teacher import TEACHER_ATTR, teacher_warning
 from hpo._worker import FAIL_REASON
@@ -29,8 +30,16 @@ from objectives import ConfigError
 EXPORT_ATTR = "export"
 """Study user attribute written by ``hpo export``: a dict with at least ``{"trial": <trial number>}``."""
 
-TABLE_METRICS = ("accuracy", "f1", "latency_ms", "latency_ms_p95", "throughput", "params", "size_mb")
-_TABLE_HEADER = ("accuracy", "F1", "latency p50 (ms)", "latency p95 (ms)", "throughput (/s)", "params", "size (MB)")
+_HEADERS = {
+    "f1": "F1",
+    "token_accuracy": "token accuracy",
+    "latency_ms": "latency p50 (ms)",
+    "latency_ms_p95": "latency p95 (ms)",
+    "prefill_ms": "prefill (ms)",
+    "throughput": "throughput (/s)",
+    "size_mb": "size (MB)",
+}
+"""Column titles of metrics whose name is not already one."""
 
 _STATE_COLORS = {"COMPLETE": "#1f77b4", "PRUNED": "#ff7f0e", "FAIL": "#d62728", "RUNNING": "#7f7f7f"}
 
@@ -216,19 +225,18 @@ def _table(header: list[str], rows: list[list[str]], css: str = "") -> str:
 
 def models_table(study: optuna.Study, top: int = 5) -> str:
     """Teacher against the best students (the Pareto front of a multi-objective study), as an HTML table."""
+    columns = study_task(study).card_metrics
     rows = []
     teacher = study.user_attrs.get(TEACHER_ATTR)
     if teacher:
-        rows.append(
-            [f"teacher ({teacher.get('model', '?')})", *(format_cell(m, teacher.get(m)) for m in TABLE_METRICS)]
-        )
+        rows.append([f"teacher ({teacher.get('model', '?')})", *(format_cell(m, teacher.get(m)) for m in columns)])
     picked = exported_trial(study)
     for trial in best_trials(study, top):
         label = f"trial {trial.number}" + (" (exported)" if trial.number == picked else "")
-        rows.append([label, *(format_cell(m, trial.user_attrs.get(m)) for m in TABLE_METRICS)])
+        rows.append([label, *(format_cell(m, trial.user_attrs.get(m)) for m in columns)])
     if not rows:
         return "<p>No completed trials yet.</p>"
-    return _table(["model", *_TABLE_HEADER], rows, "models")
+    return _table(["model", *(_HEADERS.get(m, m) for m in columns)], rows, "models")
 
 
 def per_class_table(study: optuna.Study, top: int = 5) -> str:

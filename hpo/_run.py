@@ -20,7 +20,7 @@ from hpo._study import is_grid, load_study, open_study
 from hpo._table import results_table, state_counts
 from hpo._teacher import LogitCache, ensure_teacher
 from hpo._worker import Budget, Retry, StopFlag, Worker
-from objectives import ConfigError, prepare_workload
+from objectives import ConfigError
 from storage import ArtifactDir, create_storage, redact_url, schema_exists
 
 log = logging.getLogger("hpo")
@@ -38,20 +38,23 @@ def prepare_runner(config: Config, study: optuna.Study, attrs: dict[str, Any] | 
     if config.objective == "synthetic":
         return TrialRunner(config, attrs=attrs)
     device = resolve_device(config.device)
-    work = prepare_workload(config.data, config.teacher.model, device)
+    work = config.task_spec.implementation().prepare_workload(config.data, config.teacher.model, device)
     log.info(
-        "data %s: %d train / %d validation rows (test split of %d rows held out), device %s",
+        "data %s: %d train / %d validation %s (test split of %d %s held out), device %s",
         config.data.name,
         len(work.train),
         len(work.validation),
-        len(work.task.test_idx),
+        work.unit,
+        work.n_test,
+        config.task_spec.unit,
         device,
     )
     if config.objective != "distill":
         return TrialRunner(config, work, None, attrs)
     artifacts = ArtifactDir(config.artifacts_dir, config.name)
     teacher_dir, teacher = ensure_teacher(config, work, artifacts, study)
-    log.info("teacher: validation accuracy %.4f, f1 %.4f (%s)", teacher["accuracy"], teacher["f1"], teacher_dir)
+    scores = ", ".join(f"{m} {teacher[m]:.4f}" for m in config.task_spec.validation_metrics[:2])
+    log.info("teacher: validation %s (%s)", scores, teacher_dir)
     warn_never_predicted("the teacher", teacher.get("per_class") or {})
     return TrialRunner(
         config, work, teacher_dir, attrs, LogitCache(artifacts, teacher_dir, top_k=config.distill.cache_top_k)
@@ -166,7 +169,7 @@ def run(
     study = create(config, url)
     if _prepare_and_work(study, config, _bars(study, config, progress), timeout=config.timeout, stop=stop) == 0:
         log.info("study budget of %s trials already spent; showing results", config.n_trials)
-    return f"study {config.name!r}: {state_counts(study)}\n\n{results_table(study)}"
+    return f"study {config.name!r}: {state_counts(study)}\n\n{results_table(study, metrics=config.task_spec.metrics)}"
 
 
 def require_schema(url: str) -> None:

@@ -26,14 +26,10 @@ from hpo._search_space import suggest_params
 from hpo._table import format_params
 from hpo._worker import FAIL_REASON
 from objectives import (
-    METRICS,
     CostStore,
     LogitSource,
     NonFiniteLoss,
     Report,
-    Workload,
-    distill_student,
-    finetune_student,
     never_predicted,
     run_synthetic,
 )
@@ -83,14 +79,14 @@ def is_oom(exc: BaseException) -> bool:
 class TrialRunner:
     """The objective of a study: one call trains and scores one student.
 
-    ``work`` (the tokenised data) is needed by the real objectives, ``teacher_dir`` by ``distill``; ``attrs`` are
+    ``work`` (the task's tokenised data) is needed by the real objectives, ``teacher_dir`` by ``distill``; ``attrs`` are
     recorded on every trial (e.g. the GPU of the worker slot).
     """
 
     def __init__(
         self,
         config: Config,
-        work: Workload | None = None,
+        work: Any = None,
         teacher_dir: Path | None = None,
         attrs: dict[str, Any] | None = None,
         logits: LogitSource | None = None,
@@ -159,13 +155,14 @@ class TrialRunner:
             normalised = {name: space[name].normalise(value) for name, value in params.items()}
             return run_synthetic(normalised, config.synthetic, trial_number, seed, report, on_cost)
         assert self.work is not None
+        task = config.task_spec.implementation()
         if config.objective == "distill":
             assert self.teacher_dir is not None
             logits = self.logits if config.distill.cache_teacher_logits else None
             args = (config.student, config.train, config.distill, seed, report, on_cost, logits)
-            return distill_student(self.work, self.teacher_dir, *args, costs=costs)[1]
+            return task.distill_student(self.work, self.teacher_dir, *args, costs=costs)[1]
         args = (config.student, config.train, seed, report, on_cost)
-        return finetune_student(self.work, config.teacher.model, *args, costs=costs)[1]
+        return task.finetune_student(self.work, config.teacher.model, *args, costs=costs)[1]
 
     def _costs(self, study: optuna.Study) -> StudyCosts:
         """The study's shared cost store (one per runner: a runner serves one study)."""
@@ -208,7 +205,7 @@ class TrialRunner:
             gc.collect()  # free the trial's model and optimiser before the next one
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-        self._record(trial, {key: metrics[key] for key in (*METRICS, "val_loss", "steps")})
+        self._record(trial, {key: metrics[key] for key in (*self.config.task_spec.metrics, "val_loss", "steps")})
         if PER_CLASS_ATTR in metrics:  # the real objectives (the synthetic one has no classes)
             trial.set_user_attr(PER_CLASS_ATTR, metrics[PER_CLASS_ATTR])
             warn_never_predicted(f"trial {trial.number}", metrics[PER_CLASS_ATTR])

@@ -18,7 +18,7 @@ from hpo._config import RUN_CONTROL, Config, config_diff, config_to_dict
 from hpo._pruners import make_pruner
 from hpo._samplers import make_sampler
 from hpo._search_space import grid_of
-from objectives import ConfigError
+from objectives import ConfigError, TaskSpec, get_task
 from storage import ArtifactDir, claim_study_attr
 
 CONFIG_ATTR = "config"
@@ -43,6 +43,11 @@ def stored_config(config: Config) -> dict:
     for key in RUN_CONTROL:
         data.pop(key, None)
     return data
+
+
+def study_task(study: optuna.Study) -> TaskSpec:
+    """The task of a study, from its stored config (classification for a study without one)."""
+    return get_task((study.user_attrs.get(CONFIG_ATTR) or {}).get("task", "classification"))
 
 
 def is_grid(config: Config) -> bool:

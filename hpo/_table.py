@@ -16,6 +16,9 @@ from objectives import METRICS, never_predicted
 _FORMATS = {
     "accuracy": ".4f",
     "f1": ".4f",
+    "token_accuracy": ".4f",
+    "perplexity": ".2f",
+    "prefill_ms": ".1f",
     "latency_ms": ".2f",
     "latency_ms_p95": ".2f",
     "throughput": ".0f",
@@ -95,16 +98,16 @@ def best_trials(study: optuna.Study, top: int = 3) -> list[optuna.trial.FrozenTr
     return sorted(done, key=lambda t: sign * t.value)[:top]
 
 
-def results_table(study: optuna.Study, top: int = 3) -> str:
-    """Teacher baseline vs the best students, with every metric a trial records."""
-    header = ["model", *METRICS]
+def results_table(study: optuna.Study, top: int = 3, metrics: tuple[str, ...] = METRICS) -> str:
+    """Teacher baseline vs the best students, with every metric a trial of the task records (``metrics``)."""
+    header = ["model", *metrics]
     rows = []
     teacher = study.user_attrs.get(TEACHER_ATTR)
     if teacher:
-        rows.append([f"teacher ({teacher['model']})", *(format_cell(m, teacher.get(m)) for m in METRICS)])
+        rows.append([f"teacher ({teacher['model']})", *(format_cell(m, teacher.get(m)) for m in metrics)])
     best = best_trials(study, top)
     for trial in best:
-        rows.append([f"trial {trial.number}", *(format_cell(m, trial.user_attrs.get(m)) for m in METRICS)])
+        rows.append([f"trial {trial.number}", *(format_cell(m, trial.user_attrs.get(m)) for m in metrics)])
     table = render(header, rows)
     params = [f"trial {t.number}: {format_params(t.params)}" for t in best]
     notes = never_predicted_notes({"teacher": teacher or {}, **{f"trial {t.number}": t.user_attrs for t in best}})

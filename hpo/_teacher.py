@@ -6,16 +6,14 @@ import hashlib
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import optuna
 import torch
 
 from hpo._config import Config, config_to_dict
 from objectives import (
-    Encoded,
     TopKLogits,
-    Workload,
-    finetune_teacher,
     load_logits,
     model_identity,
     teacher_logits,
@@ -54,20 +52,20 @@ def teacher_warning(metrics: dict) -> str | None:
     )
 
 
-def teacher_key(config: Config, work: Workload) -> str:
+def teacher_key(config: Config, work: Any) -> str:
     """Artifact name of the teacher: changes whenever anything that shapes its weights changes: its config, the data
     config and content (the rows and splits: ``Task.fingerprint``), the base model's weights and the seed."""
     recipe = {
         "teacher": config_to_dict(config)["teacher"],
         "data": config_to_dict(config)["data"],
-        "data_fingerprint": work.task.fingerprint,
+        "data_fingerprint": work.fingerprint,
         "base_model": model_identity(config.teacher.model),
         "seed": config.seed,
     }
     return "teacher-" + hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def ensure_teacher(config: Config, work: Workload, artifacts: ArtifactDir, study: optuna.Study) -> tuple[Path, dict]:
+def ensure_teacher(config: Config, work: Any, artifacts: ArtifactDir, study: optuna.Study) -> tuple[Path, dict]:
     """Path and metrics of the study's fine-tuned teacher, training it first if no worker has yet.
 
     Workers that arrive while another trains it wait on the artifact lock, then load the published result.
@@ -75,13 +73,13 @@ def ensure_teacher(config: Config, work: Workload, artifacts: ArtifactDir, study
     name = teacher_key(config, work)
     with artifacts.lock(name):
         if not artifacts.exists(name):
-            log.info(
-                "fine-tuning the teacher %s (%d steps), once for this study",
-                config.teacher.model,
-                config.teacher.train.max_steps,
-            )
+            steps = config.teacher.train.max_steps
+            if steps:
+                log.info("fine-tuning the teacher %s (%d steps), once for this study", config.teacher.model, steps)
+            else:
+                log.info("scoring the teacher %s as it is (teacher.train.max_steps: 0)", config.teacher.model)
             with artifacts.staging(name) as tmp:
-                metrics = finetune_teacher(work, config.teacher, config.seed, tmp)
+                metrics = config.task_spec.implementation().finetune_teacher(work, config.teacher, config.seed, tmp)
                 (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
     path = artifacts.entry(name)
     metrics = json.loads((path / "metrics.json").read_text())
@@ -112,12 +110,12 @@ class LogitCache:
         self.computed = 0
         self._memory: dict[str, torch.Tensor | TopKLogits] = {}
 
-    def entry(self, name: str, data: Encoded) -> str:
+    def entry(self, name: str, data: Any) -> str:
         """Artifact name of the logits of ``data`` (called ``name``, e.g. ``train``)."""
         key = hashlib.sha256(f"{self.teacher_hash}:{data.fingerprint()}:{self.top_k}".encode()).hexdigest()[:16]
         return f"logits-{name}-{key}.pt"
 
-    def __call__(self, name: str, data: Encoded, teacher: torch.nn.Module) -> torch.Tensor | TopKLogits:
+    def __call__(self, name: str, data: Any, teacher: torch.nn.Module) -> torch.Tensor | TopKLogits:
         entry = self.entry(name, data)
         if entry not in self._memory:
             with self.artifacts.lock(entry):
@@ -128,6 +126,6 @@ class LogitCache:
                         torch.save(logits if isinstance(logits, torch.Tensor) else logits.state(), tmp)
                     self.computed += 1
             self._memory[entry] = load_logits(
-                torch.load(self.artifacts.entry(entry), weights_only=True)
-            )  # never unpickle
+                torch.load(self.artifacts.entry(entry), weights_only=True, mmap=True)
+            )  # never unpickle; memory-mapped, so a large LM cache is paged in as trials read it
         return self._memory[entry]

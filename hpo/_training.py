@@ -25,29 +25,15 @@ from hpo._config import TrainJob, dump_job
 from hpo._run import resolve_device
 from hpo._table import PER_CLASS_HEADER, format_cell, per_class_rows, render
 from hpo._teacher import teacher_warning
-from objectives import (
-    Report,
-    Workload,
-    cost_hardware,
-    distill_student,
-    finetune_student,
-    finetune_teacher,
-    heldout_metrics,
-    load_teacher,
-    name_labels,
-    prepare_workload,
-)
+from objectives import HIGHER_IS_BETTER, Report, cost_hardware
 
 log = logging.getLogger("hpo")
-
-CARD_METRICS = ("accuracy", "f1", "latency_ms", "latency_ms_p95", "throughput", "params", "size_mb")
 
 
 def _progress(label: str, total: int) -> Report:
     def report(step: int, scores: dict[str, float], final: bool) -> None:
-        log.info(
-            "%s: step %d/%d, validation accuracy %.4f, f1 %.4f", label, step, total, scores["accuracy"], scores["f1"]
-        )
+        shown = ", ".join(f"{name} {value:.4f}" for name, value in scores.items() if name != "val_loss")
+        log.info("%s: step %d/%d, validation %s", label, step, total, shown)
 
     return report
 
@@ -75,38 +61,46 @@ def interval95(values: list[float]) -> tuple[float, float]:
     return mean, t * statistics.stdev(values) / math.sqrt(len(values))
 
 
-def distillation_gain(by_seed: dict[str, list[dict[str, float]]], student: str) -> str:
-    """What distillation is worth in words: the paired per-seed accuracy difference between the distilled student
-    and the no-teacher student; a gain or loss is named only where its 95% interval excludes zero."""
-    diffs = [100 * (s["accuracy"] - b["accuracy"]) for s, b in zip(by_seed[student], by_seed[NO_TEACHER], strict=True)]
+def distillation_gain(by_seed: dict[str, list[dict[str, float]]], student: str, metric: str = "accuracy") -> str:
+    """What distillation is worth in words: the paired per-seed difference in ``metric`` between the distilled
+    student and the no-teacher student (accuracy in points, i.e. x100; perplexity as it is); a gain or loss is named
+    only where its 95% interval excludes zero."""
+    scale, unit = (100, f"{metric} points") if metric in ("accuracy", "f1", "token_accuracy") else (1, metric)
+    pairs = zip(by_seed[student], by_seed[NO_TEACHER], strict=True)
+    diffs = [scale * (s[metric] - b[metric]) for s, b in pairs]
     mean, half = interval95(diffs)
     same = "the same student from the same initial weights trained without the teacher (alpha = 0)"
     if len(diffs) == 1:
         return (
-            f"On one seed the {student} scores {mean:+.1f} accuracy points against {same}; one seed gives no "
+            f"On one seed the {student} scores {mean:+.2f} {unit} against {same}; one seed gives no "
             "estimate of seed noise (`hpo train --seeds 3` does)."
         )
-    where = f"mean over {len(diffs)} seeds, 95% interval {mean - half:+.1f} to {mean + half:+.1f}"
+    where = f"mean over {len(diffs)} seeds, 95% interval {mean - half:+.2f} to {mean + half:+.2f}"
     if mean - half > 0 or mean + half < 0:
-        word = "worth" if mean > 0 else "costs"
-        return f"Distillation is {word} {abs(mean):.1f} accuracy points against {same} ({where})."
-    return f"The {student} and {same} differ by {mean:+.1f} accuracy points, within seed noise ({where})."
+        better = (mean > 0) == (metric in HIGHER_IS_BETTER)
+        word = "worth" if better else "costs"
+        return f"Distillation is {word} {abs(mean):.2f} {unit} against {same} ({where})."
+    return f"The {student} and {same} differ by {mean:+.2f} {unit}, within seed noise ({where})."
 
 
-def tradeoff(rows: dict[str, dict[str, float]], student: str) -> str:
-    """The trade-off in words: retention of the teacher's accuracy, speed-up and size reduction."""
+def tradeoff(rows: dict[str, dict[str, float]], student: str, metric: str = "accuracy") -> str:
+    """The trade-off in words: the student's quality against the teacher's (share kept of a score; a perplexity
+    ratio), speed-up and size reduction."""
     t, s = rows["teacher"], rows[student]
+    if metric in HIGHER_IS_BETTER:
+        quality = f"keeps {100 * s[metric] / t[metric]:.1f}% of the teacher's test {metric}"
+    else:
+        quality = f"has {s[metric] / t[metric]:.2f}x the teacher's test {metric}"
     return (
-        f"The {student} keeps {100 * s['accuracy'] / t['accuracy']:.1f}% of the teacher's test accuracy "
-        f"({s['accuracy']:.4f} vs {t['accuracy']:.4f}) at {t['latency_ms'] / s['latency_ms']:.2f}x its speed "
+        f"The {student} {quality} ({s[metric]:.4f} vs {t[metric]:.4f}) at {t['latency_ms'] / s['latency_ms']:.2f}x its speed "
         f"(p50 latency {s['latency_ms']:.2f} ms vs {t['latency_ms']:.2f} ms) and {100 * s['size_mb'] / t['size_mb']:.0f}% "
         f"of its size ({s['size_mb']:.1f} MB vs {t['size_mb']:.1f} MB, {100 * (1 - s['size_mb'] / t['size_mb']):.0f}% smaller)."
     )
 
 
-def _card_cell(metric: str, values: list[float]) -> str:
-    """A table cell: the value, or mean ± standard deviation over seeds for accuracy and F1."""
-    if len(values) > 1 and metric in ("accuracy", "f1"):
+def _card_cell(metric: str, values: list[float], spread: tuple[str, ...]) -> str:
+    """A table cell: the value, or mean ± standard deviation over seeds for the ``spread`` metrics (quality)."""
+    if len(values) > 1 and metric in spread:
         return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
     return format_cell(metric, statistics.mean(values))
 
@@ -120,56 +114,78 @@ def model_card(
     label_names: list[str],
     narrow_heads: bool = False,
 ) -> str:
-    """The model card (README.md) of the trained student; ``by_seed`` holds each model's test metrics per seed.
+    """The model card (README.md) of the trained student; ``by_seed`` holds each model's test metrics per seed
+    (with ``per_class`` scores of a classifier, ``samples`` of a language model's greedy continuations).
     ``narrow_heads``: the student keeps its teacher's head size at another hidden size (width pruning), which
     plain ``from_pretrained`` cannot rebuild, so the card says how to load it."""
-    rows = {name: {m: statistics.mean(r[m] for r in runs) for m in CARD_METRICS} for name, runs in by_seed.items()}
+    spec = job.task_spec
+    columns, quality = spec.card_metrics, spec.quality
+    rows = {name: {m: statistics.mean(r[m] for r in runs) for m in columns} for name, runs in by_seed.items()}
+    spread_of = spec.validation_metrics[:2]
     table = render(
-        ["model", *CARD_METRICS],
-        [[name, *(_card_cell(m, [r[m] for r in runs]) for m in CARD_METRICS)] for name, runs in by_seed.items()],
+        ["model", *columns],
+        [[name, *(_card_cell(m, [r[m] for r in runs], spread_of) for m in columns)] for name, runs in by_seed.items()],
     )
     seeds = len(by_seed[student])
-    spread = f" Accuracy and F1: mean ± standard deviation over {seeds} seeds (same data)." if seeds > 1 else ""
-    summary = tradeoff(rows, student)
+    spread = (
+        f" {' and '.join(spread_of)}: mean ± standard deviation over {seeds} seeds (same data)." if seeds > 1 else ""
+    )
+    summary = tradeoff(rows, student, quality)
     if NO_TEACHER in by_seed:
         summary += (
-            f" {distillation_gain(by_seed, student)}\n\nRows: *{NO_TEACHER}* is the {student}'s architecture from its"
-            " initial weights (the fine-tuned teacher's kept layers and head), trained with the same steps, schedule"
-            f" and seed, the KD term off (alpha = 0); *{FROM_BASE}* is the same architecture from the pretrained,"
-            " not fine-tuned, base model with a new head, trained on the labels the same way."
+            f" {distillation_gain(by_seed, student, quality)}\n\nRows: *{NO_TEACHER}* is the {student}'s architecture"
+            " from its initial weights (the teacher's kept layers), trained with the same steps, schedule and seed,"
+            " the KD term off (alpha = 0)."
+        )
+    if FROM_BASE in by_seed:
+        summary += (
+            f" *{FROM_BASE}* is the same architecture from the pretrained, not fine-tuned, base model, trained on the"
+            " task's own targets the same way."
         )
     warning = f"\n**Warning:** {teacher_note}\n" if teacher_note else ""
-    classes = render(PER_CLASS_HEADER, per_class_rows({name: runs[0]["per_class"] for name, runs in by_seed.items()}))
     first_seed = f" (seed {job.seed})" if seeds > 1 else ""
-    labels = ", ".join(f"{i} = `{name}`" for i, name in enumerate(label_names))
-    loading = (
-        "\n\nLoad it with `objectives.load_classifier(DIR, num_labels)`: its attention keeps the teacher's head size "
-        "at a pruned hidden size (`attention_head_size` in `config.json`), which plain `from_pretrained` cannot "
-        "rebuild."
-        if narrow_heads
-        else ""
-    )
+    details = ""
+    if "per_class" in by_seed[student][0]:
+        classes = render(
+            PER_CLASS_HEADER, per_class_rows({name: runs[0]["per_class"] for name, runs in by_seed.items()})
+        )
+        labels = ", ".join(f"{i} = `{name}`" for i, name in enumerate(label_names))
+        details = (
+            f"Each class on the test split{first_seed} (precision, recall, F1; support: its rows; predicted: rows "
+            f"predicted as it):\n\n```\n{classes}\n```\n\nLabels (`id2label` of the model): {labels}."
+        )
+    if "samples" in by_seed[student][0]:
+        shown = []
+        for name, runs in by_seed.items():
+            shown += [f"- {name}: `{prompt}` → `{text}`" for prompt, text in runs[0]["samples"]]
+        details = f"Greedy continuations of fixed prompts{first_seed}:\n\n" + "\n".join(shown)
+    if narrow_heads:
+        details += (
+            "\n\nLoad it with `objectives.load_classifier(DIR, num_labels)`: its attention keeps the teacher's head "
+            "size at a pruned hidden size (`attention_head_size` in `config.json`), which plain `from_pretrained` "
+            "cannot rebuild."
+        )
     src = job.source
     source = f"trial {src.trial} of study `{src.study}`" if src.study else "a hand-written job"
     params = "\n".join(f"- `{k}`: {v}" for k, v in src.params.items()) or "- (none)"
     device = resolve_device(job.device)
+    depth = job.student.num_layers or len(job.student.layers or []) or "full-depth"
+    approach = f", {job.distill.approach}" if job.objective == "distill" else ""
     return f"""---
 library_name: transformers
-pipeline_tag: text-classification
+pipeline_tag: {spec.pipeline_tag}
 tags: [distill-hpo, knowledge-distillation]
 ---
 
 # {job.name}
 
-A {job.student.num_layers or len(job.student.layers or []) or "full-depth"}-layer student of `{job.teacher.model}`
-for `{job.data.name}`, trained by distill-hpo ({job.objective}{", " + job.distill.approach if job.objective == "distill" else ""})
-with the settings of {source}.
+A {depth}-layer student of `{job.teacher.model}` for `{job.data.name}`, trained by distill-hpo
+({job.objective}{approach}) with the settings of {source}.
 
 ## Benchmark
 
-Held-out test split: {n_test} examples, never read during the hyperparameter search. Latency: batch 1 at the
-validation set's mean length, after warm-up, median (p50) and 95th percentile over repeats until the median is
-stable; throughput: batch 32. Measured on {device.type} ({cost_hardware(device)}).{spread}
+Held-out test split: {n_test:,} {spec.unit}, never read during the hyperparameter search. {spec.cost_note}
+Measured on {device.type} ({cost_hardware(device)}).{spread}
 {warning}
 ```
 {table}
@@ -177,13 +193,7 @@ stable; throughput: batch 32. Measured on {device.type} ({cost_hardware(device)}
 
 {summary}
 
-Each class on the test split{first_seed} (precision, recall, F1; support: its rows; predicted: rows predicted as it):
-
-```
-{classes}
-```
-
-Labels (`id2label` of the model): {labels}.{loading}
+{details}
 
 ## Training
 
@@ -213,31 +223,33 @@ def warn_short_training(job: TrainJob) -> bool:
 
 
 def _train_models(
-    job: TrainJob, work: Workload, teacher_dir: Path, seed: int
+    job: TrainJob, work: Any, teacher_dir: Path, seed: int
 ) -> tuple[torch.nn.Module, dict[str, float], dict[str, dict[str, float]]]:
     """One seed's models: (the chosen student, its validation metrics, test metrics of every model trained)."""
+    task = job.task_spec.implementation()
     steps = job.train.max_steps
     if job.objective != "distill":
         name = "fine-tuned student"
-        model, validation = finetune_student(
+        model, validation = task.finetune_student(
             work, job.teacher.model, job.student, job.train, seed, _progress(f"{name}, seed {seed}", steps)
         )
-        return model, validation, {name: heldout_metrics(model, work)}
+        return model, validation, {name: task.heldout_metrics(model, work)}
     name = "distilled student"
-    model, validation = distill_student(
+    model, validation = task.distill_student(
         work, teacher_dir, job.student, job.train, job.distill, seed, _progress(f"{name}, seed {seed}", steps)
     )
-    rows = {name: heldout_metrics(model, work)}
+    rows = {name: task.heldout_metrics(model, work)}
     # KD off: the integrated loss with alpha = 0 is plain cross-entropy, from the same copied layers and schedule.
     no_kd = dataclasses.replace(job.distill, approach="integrated", alpha=0.0)
-    baseline, _ = distill_student(
+    baseline, _ = task.distill_student(
         work, teacher_dir, job.student, job.train, no_kd, seed, _progress(f"{NO_TEACHER}, seed {seed}", steps)
     )
-    rows[NO_TEACHER] = heldout_metrics(baseline, work)
-    base, _ = finetune_student(
-        work, job.teacher.model, job.student, job.train, seed, _progress(f"{FROM_BASE}, seed {seed}", steps)
-    )
-    rows[FROM_BASE] = heldout_metrics(base, work)
+    rows[NO_TEACHER] = task.heldout_metrics(baseline, work)
+    if job.teacher.train.max_steps > 0:  # else the teacher is the base model, and this row the one above
+        base, _ = task.finetune_student(
+            work, job.teacher.model, job.student, job.train, seed, _progress(f"{FROM_BASE}, seed {seed}", steps)
+        )
+        rows[FROM_BASE] = task.heldout_metrics(base, work)
     return model, validation, rows
 
 
@@ -250,18 +262,19 @@ def train_job(job: TrainJob, out: Path, threads: int | None = None, seeds: int =
     torch.set_num_threads(threads)
     warn_short_training(job)
     device = resolve_device(job.device)
-    work = prepare_workload(job.data, job.teacher.model, device)
+    task = job.task_spec.implementation()
+    work = task.prepare_workload(job.data, job.teacher.model, device)
     out.mkdir(parents=True, exist_ok=True)
     teacher_dir = Path(job.teacher_path) if job.teacher_path else None
     if teacher_dir is None or not teacher_dir.is_dir():
         teacher_dir = out / "teacher"
         log.info("fine-tuning the teacher into %s (%d steps)", teacher_dir, job.teacher.train.max_steps)
-        finetune_teacher(work, job.teacher, job.seed, teacher_dir)
-    teacher = heldout_metrics(load_teacher(teacher_dir, work.num_labels, device), work)
+        task.finetune_teacher(work, job.teacher, job.seed, teacher_dir)
+    teacher = task.heldout_metrics(task.load_teacher(teacher_dir, work), work)
     teacher_note = teacher_warning(teacher)
     if teacher_note:
         log.warning("%s", teacher_note)
-    by_seed: dict[str, list[dict[str, float]]] = {"teacher": [teacher]}
+    by_seed: dict[str, list[dict[str, Any]]] = {"teacher": [teacher]}
     for i in range(seeds):
         trained, valid, rows = _train_models(job, work, teacher_dir, job.seed + i)
         if i == 0:
@@ -269,13 +282,11 @@ def train_job(job: TrainJob, out: Path, threads: int | None = None, seeds: int =
         for name, metrics in rows.items():
             by_seed.setdefault(name, []).append(metrics)
     name = next(n for n in by_seed if n != "teacher")
-    labels = work.task.rows.label_names
-    name_labels(model, labels)
-    model.save_pretrained(out)
-    work.tokenizer.save_pretrained(out)
-    # Means of the numbers; the per-class scores (a dict per run) are kept per seed in ``test_by_seed``.
+    task.save_model(model, work, out)
+    # Means of the numbers; per-class scores and samples (not numbers) are kept per seed in ``test_by_seed``.
     means = {
-        n: {m: statistics.mean(r[m] for r in runs) for m in runs[0] if m != "per_class"} for n, runs in by_seed.items()
+        n: {m: statistics.mean(r[m] for r in runs) for m, v in runs[0].items() if isinstance(v, int | float)}
+        for n, runs in by_seed.items()
     }
     result = {
         "job": dataclasses.asdict(job),
@@ -291,9 +302,9 @@ def train_job(job: TrainJob, out: Path, threads: int | None = None, seeds: int =
             job,
             by_seed,
             name,
-            len(work.task.test_idx),
+            work.n_test,
             teacher_note,
-            labels,
+            getattr(work, "label_names", []),
             narrow_heads=hasattr(model.config, "attention_head_size"),
         )
     )

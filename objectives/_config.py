@@ -11,28 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-METRICS = (
-    "accuracy",
-    "f1",
-    "latency_ms",
-    "latency_ms_p95",
-    "throughput",
-    "params",
-    "size_mb",
-    "train_seconds",
-    "peak_memory_mb",
-    "gflops",
-)
-"""Metrics every finished trial records as user attributes (and the teacher baseline too); objectives are chosen
-from these names."""
-
-VALIDATION_METRICS = ("accuracy", "f1", "val_loss")
-"""A model's scores on the validation split, reported at every validation of a training run (what pruners see);
-``val_loss`` (mean cross-entropy) is the one minimised. Every other objective is a cost."""
-
-HIGHER_IS_BETTER = frozenset({"accuracy", "f1", "throughput"})
-"""Metrics where more is better; for every other metric of :data:`METRICS` less is better."""
-
 
 class ConfigError(ValueError):
     """A config value is wrong. ``key`` is the dotted path of the field, the message says how to fix it."""
@@ -89,9 +67,13 @@ class DataArgs:
     max_length: int = 64
     """Tokens per text after truncation; batches are padded dynamically up to their longest text."""
     max_train_rows: int | None = None
-    """Use only the first N training rows (after the shuffle), for short trials."""
+    """Use only the first N training rows (after the shuffle), for short trials; ``causal-lm``: the first N packed
+    blocks."""
     max_val_rows: int | None = None
-    """Score on only the first N validation rows, for short trials."""
+    """Score on only the first N validation rows, for short trials; ``causal-lm``: the first N packed blocks."""
+    block_size: int = 128
+    """``causal-lm``: tokens per packed block (documents are concatenated with an end-of-text token between them
+    and cut into blocks of this length, per split); classification ignores it and truncates at ``max_length``."""
 
     def __post_init__(self) -> None:
         _check(bool(self.name), "name", "must name a dataset, e.g. rt-snippets")
@@ -108,6 +90,7 @@ class DataArgs:
             _check(all(names), "label_names", f"names must not be empty, got {names}")
             _check(len(set(names)) == len(names), "label_names", f"names must be unique, got {names}")
         _check(self.max_length >= 8, "max_length", f"must be >= 8 tokens, got {self.max_length}")
+        _check(self.block_size >= 8, "block_size", f"must be >= 8 tokens, got {self.block_size}")
         for key in ("max_train_rows", "max_val_rows"):
             value = getattr(self, key)
             _check(value is None or value >= 1, key, f"must be >= 1 or null, got {value}")
@@ -130,7 +113,8 @@ class TrainArgs:
     grad_accum_steps: int = 1
     """Micro-batches whose gradients add up to one optimiser step (effective batch = batch_size * this)."""
     max_steps: int = 100
-    """Optimiser steps of one training run: the fixed budget of a trial."""
+    """Optimiser steps of one training run: the fixed budget of a trial. 0 (a teacher only) uses the model as it is:
+    validated, not trained."""
     max_grad_norm: float | None = 1.0
     """Clip the global gradient norm to this; null disables clipping."""
     dropout: float | None = None
@@ -161,7 +145,7 @@ class TrainArgs:
         _check_fraction(self.warmup_ratio, "warmup_ratio", high_open=True)
         _check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         _check(self.grad_accum_steps >= 1, "grad_accum_steps", f"must be >= 1, got {self.grad_accum_steps}")
-        _check(self.max_steps >= 1, "max_steps", f"must be >= 1, got {self.max_steps}")
+        _check(self.max_steps >= 0, "max_steps", f"must be >= 0, got {self.max_steps}")
         _check(
             self.max_grad_norm is None or self.max_grad_norm > 0,
             "max_grad_norm",
@@ -305,6 +289,12 @@ class DistillArgs:
     """Sequential approach: share of ``train.max_steps`` spent distilling on the transfer set."""
     transfer_files: list[str] = field(default_factory=list)
     """Sequential approach: text files (one text per line) added to the training texts as the transfer set."""
+    loss: Literal["forward_kl", "reverse_kl", "jsd"] = "forward_kl"
+    """The divergence of the KD term: ``forward_kl`` KL(teacher || student) (Hinton et al.), ``reverse_kl``
+    KL(student || teacher) (mode-seeking), ``jsd`` the generalised Jensen-Shannon divergence weighted by
+    ``jsd_beta`` (as in on-policy distillation, GKD). Searchable as a categorical."""
+    jsd_beta: float = 0.5
+    """``loss: jsd``: the weight beta of the generalised JSD, in (0, 1) (see ``objectives._losses``)."""
     cache_teacher_logits: bool = True
     """Compute the frozen teacher's logits once per study and read them in every trial instead of running the
     teacher on every batch (exact: the teacher is in eval mode). False runs the live teacher."""
@@ -325,6 +315,12 @@ class DistillArgs:
         )
         _check_fraction(self.transfer_ratio, "transfer_ratio", low_open=True, high_open=True)
         _check(self.cache_top_k >= 1, "cache_top_k", f"must be >= 1, got {self.cache_top_k}")
+        _check(
+            self.loss in ("forward_kl", "reverse_kl", "jsd"),
+            "loss",
+            f"must be forward_kl, reverse_kl or jsd, got {self.loss!r}",
+        )
+        _check_fraction(self.jsd_beta, "jsd_beta", low_open=True, high_open=True)
         for i, path in enumerate(self.transfer_files):
             _check(Path(path).expanduser().is_file(), f"transfer_files[{i}]", f"file {path!r} does not exist")
 

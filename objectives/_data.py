@@ -289,6 +289,18 @@ class Encoded:
     def mean_length(self) -> float:
         return sum(len(ids) for ids in self.input_ids) / max(1, len(self.input_ids))
 
+    def batch(self, idx: Sequence[int]) -> dict[str, Any]:
+        """The examples ``idx`` padded to their longest one (:func:`collate`)."""
+        return collate(self, idx)
+
+    def train_batches(self, batch_size: int, seed: int, *, group_by_length: bool = True) -> Iterator[dict[str, Any]]:
+        """Endless shuffled training batches (:func:`train_batches`)."""
+        return train_batches(self, batch_size, seed, group_by_length=group_by_length)
+
+    def eval_batches(self, batch_size: int) -> Iterator[dict[str, Any]]:
+        """Every example once, in length order (:func:`eval_batches`)."""
+        return eval_batches(self, batch_size)
+
     def fingerprint(self) -> str:
         """A hash of the token ids (not the labels): equal for equal model inputs."""
         digest = hashlib.sha256(str(self.pad_token_id).encode())

@@ -8,25 +8,27 @@ import copy
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from objectives._config import TrainArgs
-from objectives._data import Encoded, eval_batches, train_batches
+from objectives._data import Encoded
 from objectives._logits import TopKLogits, cat_logits, compress_logits
 from objectives._metrics import accuracy, macro_f1
 from objectives._optim import build_optimizer
 
 Report = Callable[[int, dict[str, float], bool], None]
-"""Called at every validation with (step, validation scores, final): the scores are ``accuracy``, ``f1`` and
-``val_loss``; ``final`` is true at the run's last validation (its whole budget trained, or early stopping ending
+"""Called at every validation with (step, validation scores, final): the scores are the task's validation metrics
+(``accuracy``, ``f1``, ``val_loss`` for a classifier; ``perplexity``, ``token_accuracy``, ``val_loss`` for a
+language model); ``final`` is true at the run's last validation (its whole budget trained, or early stopping ending
 it), where a pruner must not stop it. It may raise to stop the run (pruning)."""
 
 StepCallback = Callable[[int, int, "float | None", "float | None"], None]
-"""Called after every optimiser step with (step, max_steps, loss, validation accuracy): the mean training loss since
+"""Called after every optimiser step with (step, max_steps, loss, validation score): the mean training loss since
 the last logging step at logging steps (every ``LOG_EVERY`` steps and at validations; None between, so there is no
-per-step host sync), the validation accuracy at validation steps (else None). For progress display."""
+per-step host sync), the task's first validation score (accuracy, perplexity) at validation steps (else None).
+For progress display."""
 
 LOG_EVERY = 10
 
@@ -67,7 +69,7 @@ class Evaluation:
 @dataclass
 class TrainResult:
     steps: int
-    evaluation: Evaluation
+    evaluation: Any
     stopped_early: bool
 
 
@@ -84,8 +86,20 @@ def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
+class Scored(Protocol):
+    """What an evaluation function returns: ``loss`` (minimised by early stopping) and the scores reported."""
+
+    loss: float
+
+    def scores(self) -> dict[str, float]: ...
+
+
+Evaluate = Callable[[torch.nn.Module, Any, int], Scored]
+"""(model, validation data, batch size) -> the model's scores on the data."""
+
+
 @torch.inference_mode()
-def evaluate(model: torch.nn.Module, data: Encoded, batch_size: int, num_labels: int) -> Evaluation:
+def evaluate(model: torch.nn.Module, data: Encoded, batch_size: int) -> Evaluation:
     """Mean cross-entropy, accuracy, macro-F1 and the most often predicted label's share of ``model`` on ``data``."""
     device = next(model.parameters()).device
     was_training = model.training
@@ -93,7 +107,7 @@ def evaluate(model: torch.nn.Module, data: Encoded, batch_size: int, num_labels:
     preds: list[int] = []
     labels: list[int] = []
     total_loss = torch.zeros((), device=device)
-    for batch in eval_batches(data, batch_size):
+    for batch in data.eval_batches(batch_size):
         batch = _to(batch, device)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
         total_loss += torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="sum")
@@ -107,14 +121,15 @@ def evaluate(model: torch.nn.Module, data: Encoded, batch_size: int, num_labels:
 
 @torch.inference_mode()
 def teacher_logits(
-    teacher: torch.nn.Module, data: Encoded, batch_size: int, top_k: int | None = None
+    teacher: torch.nn.Module, data: Any, batch_size: int, top_k: int | None = None
 ) -> torch.Tensor | TopKLogits:
-    """The frozen ``teacher``'s logits for every example of ``data`` (row i for example i), in fp32 on the CPU; with
-    ``top_k``, compressed batch by batch (:func:`compress_logits`), so the full (N, V) array never exists."""
+    """The frozen ``teacher``'s logits for every example of ``data`` (row i for example i: a text's (V,) logits, or
+    a block's (L, V)), in fp32 on the CPU; with ``top_k``, compressed batch by batch (:func:`compress_logits`), so
+    the full (N, V) or (N, L, V) array never exists."""
     device = next(teacher.parameters()).device
     teacher.eval()
     parts, rows = [], []
-    for batch in eval_batches(data, batch_size):
+    for batch in data.eval_batches(batch_size):
         batch = _to(batch, device)
         logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float().cpu()
         parts.append(logits if top_k is None else compress_logits(logits, top_k))
@@ -124,19 +139,23 @@ def teacher_logits(
 
 def train(
     model: torch.nn.Module,
-    train_data: Encoded,
-    val_data: Encoded,
+    train_data: Any,
+    val_data: Any,
     args: TrainArgs,
     *,
     loss_fn: Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor],
-    num_labels: int,
     n_layers: int,
+    evaluate: Evaluate = evaluate,
     seed: int,
     teacher: torch.nn.Module | torch.Tensor | TopKLogits | None = None,
     report: Report | None = None,
     on_step: StepCallback | None = None,
 ) -> TrainResult:
     """Train ``model`` for ``args.max_steps`` optimiser steps and return its final validation scores.
+
+    ``train_data`` and ``val_data`` give batches (``train_batches``, ``eval_batches``: texts of a classifier,
+    token blocks of a language model); ``evaluate`` scores ``val_data`` (classification's by default) and
+    ``loss_fn(logits, labels, teacher_logits)`` is the task's loss.
 
     With ``args.patience`` set, stops once validation loss has not improved for that many validations and restores
     the best weights seen. ``on_step`` (default: the callback of an enclosing ``report_steps``) follows progress.
@@ -154,7 +173,7 @@ def train(
     amp = (lambda: torch.autocast("cuda", dtype=dtype)) if dtype else contextlib.nullcontext
     # Compiled forward for the training steps only: validation runs rarely and its batch shapes vary more.
     forward = torch.compile(model, dynamic=True) if args.compile else model
-    batches = train_batches(train_data, args.batch_size, seed, group_by_length=args.group_by_length)
+    batches = train_data.train_batches(args.batch_size, seed, group_by_length=args.group_by_length)
     if isinstance(teacher, torch.nn.Module):
         teacher.eval()  # frozen teacher: no dropout, so its logits are a fixed function of the input
     elif teacher is not None:
@@ -165,6 +184,9 @@ def train(
     running_loss, logged_step = torch.zeros((), device=device), 0
     best_loss, best_state, best_eval, bad_evals = math.inf, None, None, 0
     evaluation = None
+    if args.max_steps == 0:  # a teacher used as it is: scored, not trained
+        model.eval()
+        return TrainResult(0, evaluate(model, val_data, args.eval_batch_size), False)
     model.train()
     step = 0
     for step in range(1, args.max_steps + 1):
@@ -204,9 +226,10 @@ def train(
             continue
         if nonfinite.item():
             raise NonFiniteLoss(f"training loss became NaN or infinite by step {step}")
-        evaluation = evaluate(model, val_data, args.eval_batch_size, num_labels)
+        evaluation = evaluate(model, val_data, args.eval_batch_size)
+        scores = evaluation.scores()
         if on_step is not None:
-            on_step(step, args.max_steps, mean_loss, evaluation.accuracy)
+            on_step(step, args.max_steps, mean_loss, next(iter(scores.values())))
         stop = False
         if args.patience is not None:
             if evaluation.loss < best_loss:
@@ -216,7 +239,7 @@ def train(
                 bad_evals += 1
                 stop = bad_evals >= args.patience
         if report is not None:
-            report(step, evaluation.scores(), stop or step == args.max_steps)
+            report(step, scores, stop or step == args.max_steps)
         if stop:
             break
     stopped_early = step < args.max_steps

