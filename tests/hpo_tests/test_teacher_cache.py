@@ -11,12 +11,12 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
-from objectives._classification import Stage, _fit
 
 from hpo import config_from_dict
 from hpo._run import run
 from hpo._teacher import LogitCache
 from objectives import DataArgs, StudentArgs, TopKLogits, TrainArgs, build_student, load_classifier, prepare_workload
+from objectives._classification import Stage, _fit
 from objectives._data import collate
 from objectives._losses import kd_loss
 from storage import ArtifactDir
