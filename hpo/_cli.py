@@ -80,7 +80,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     validate_search(config)
-    data = None if args.no_data or config.objective == "synthetic" else summarise_data(config.data)
+    data = None if args.no_data or config.objective == "synthetic" else summarise_data(config.data, config.task)
     print(f"{args.config}: valid ({config.objective} study {config.name!r}, {len(config.search_space)} parameters)")
     if data is not None:
         print(data)
@@ -102,7 +102,7 @@ def _load(args: argparse.Namespace) -> tuple[object, str]:
         config.n_trials = args.n_trials
     validate_search(config)
     if config.objective != "synthetic":
-        log.info("%s", summarise_data(config.data))
+        log.info("%s", summarise_data(config.data, config.task))
     return config, _storage_url(args.storage, config.storage)
 
 

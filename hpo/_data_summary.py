@@ -1,12 +1,15 @@
 """A study's data, opened before anything is created: ``hpo validate`` prints this summary, ``hpo run`` and
-``hpo create`` check the data with it before the study is written. No model is loaded."""
+``hpo create`` check the data with it before the study is written. No model is loaded.
+
+One summary per task (:data:`SUMMARIES`): labelled rows and their classes, or a language-model corpus."""
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 
 from hpo._table import render
-from objectives import DataArgs, open_data
+from objectives import ConfigError, DataArgs, load_corpus, open_data
 
 RARE_SHARE = 0.02
 """A class with less than this share of the rows is flagged as rare."""
@@ -18,7 +21,7 @@ _FIXES = {
 }
 
 
-def summarise_data(args: DataArgs) -> str:
+def summarise_labelled(args: DataArgs) -> str:
     """Rows, columns and classes (with their rows in each split) of the data ``args`` names, and warnings for
     classes that are rare or missing from a split. Raises ConfigError (``data.<key>: ...``) when the data cannot
     be read: a missing file, a missing column, label names that do not fit."""
@@ -46,3 +49,34 @@ def summarise_data(args: DataArgs) -> str:
             if counts[split][c] == 0:
                 lines.append(f"warning: class {name!r} has no {split} rows; {fix}")
     return "\n".join(lines)
+
+
+def summarise_corpus(args: DataArgs) -> str:
+    """Documents and characters of each split of a causal-LM corpus (tokens depend on the model, so they are counted
+    when a worker packs them); a split without text is an error naming ``data.name``."""
+    try:
+        corpus = load_corpus(args)
+    except ConfigError as exc:
+        raise exc.under("data") from None
+    rows = []
+    for split, texts in corpus.splits.items():
+        chars = sum(len(t) for batch in texts.iter(batch_size=10_000) for t in batch["text"])
+        if chars == 0:
+            raise ConfigError("data.name", f"{args.name!r} has no {split} text; add documents or change the fractions")
+        rows.append([split, f"{len(texts):,}", f"{chars:,}"])
+    header = f"data {args.name}: a corpus of {sum(len(t) for t in corpus.splits.values()):,} documents"
+    blocks = f"packed into {args.block_size}-token blocks per split (train capped at {args.max_train_rows} blocks)"
+    return "\n".join([header, render(["split", "documents", "characters"], rows), blocks])
+
+
+SUMMARIES: dict[str, Callable[[DataArgs], str]] = {
+    "classification": summarise_labelled,
+    "causal-lm": summarise_corpus,
+}
+"""The data summary of each task."""
+
+
+def summarise_data(args: DataArgs, task: str = "classification") -> str:
+    """The summary of the ``task``'s data (:data:`SUMMARIES`); raises ConfigError (``data.<key>: ...``) when the
+    data cannot be read."""
+    return SUMMARIES[task](args)

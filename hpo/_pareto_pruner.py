@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import optuna
 
-from objectives import VALIDATION_METRICS, ConfigError
+from objectives import QUALITY_METRICS, ConfigError
 
 
 def rung_attr(rung: int) -> str:
@@ -93,6 +93,6 @@ class ParetoRungPruner:
         if rung is None or rung_attr(rung) in trial.user_attrs:
             return False
         trial.set_user_attr(rung_attr(rung), quality)
-        costs = {m: trial.user_attrs[m] for m in directions if m not in VALIDATION_METRICS and m in trial.user_attrs}
+        costs = {m: trial.user_attrs[m] for m in directions if m not in QUALITY_METRICS and m in trial.user_attrs}
         peers, dominating = self.dominators(study, trial.number, rung, quality, costs, directions)
         return peers >= self.min_trials and dominating >= self.min_dominating

@@ -141,6 +141,9 @@ the costs)."""
 ALL_METRICS = tuple(dict.fromkeys(m for spec in TASKS.values() for m in spec.metrics))
 """Every metric of every task, in order of first appearance."""
 
+QUALITY_METRICS = frozenset(m for spec in TASKS.values() for m in spec.validation_metrics)
+"""Every validation score of every task (quality); every other objective is a cost."""
+
 
 METRICS = TASKS["classification"].metrics
 """Metrics of the classification task (the default): every finished classification trial records them."""
