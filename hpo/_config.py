@@ -447,7 +447,7 @@ def build(cls: type, data: Any, prefix: str = "") -> Any:
 def with_task_defaults(data: Any) -> Any:
     """``data`` (a parsed config or job) over the defaults of its ``task`` (:attr:`objectives.TaskSpec.defaults`):
     a key the document sets always wins; a mapping is merged key by key."""
-    if not isinstance(data, dict) or data.get("task") not in TASKS:
+    if not isinstance(data, dict) or not isinstance(data.get("task"), str) or data["task"] not in TASKS:
         return data  # no task, or an unknown one: the dataclass defaults, or the error naming ``task``
 
     def merge(default: Any, given: Any) -> Any:

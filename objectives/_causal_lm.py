@@ -8,7 +8,7 @@ the KV cache, prefill time and batched throughput.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from objectives._config import ConfigError, DataArgs, DistillArgs, StudentArgs, 
 from objectives._corpus import Blocks, Corpus, load_corpus, pack
 from objectives._costs import CostStore, stored_cost
 from objectives._decoders import cut_decoder, load_causal_lm, load_lm_tokenizer, scratch_decoder
-from objectives._fit import CostHook, LogitSource, Stage, fit, frozen_teacher
+from objectives._fit import CostHook, LogitSource, Stage, distill_stages, fit, frozen_teacher
 from objectives._generation import generation_costs, lm_evaluate
 from objectives._logits import TopKLogits
 from objectives._losses import get_loss
@@ -227,23 +227,15 @@ def distill_student(
         return teacher if logits is None else logits(name, data, teacher)
 
     divergence = {"divergence": distill.loss, "jsd_beta": distill.jsd_beta, "temperature": distill.temperature}
-    if distill.approach == "integrated" and distill.alpha == 0:  # the KD term is off: plain CE, no teacher needed
-        stages = [Stage(work.train, args, get_loss("lm_ce"))]
-    elif distill.approach == "integrated":
-        loss_fn = get_loss("lm_kd", alpha=distill.alpha, **divergence)
-        stages = [Stage(work.train, args, loss_fn, signal("train", work.train))]
-    else:
-        kd_steps = max(1, round(args.max_steps * distill.transfer_ratio))
-        transfer = transfer_blocks(work, distill.transfer_files)
-        stages = [
-            Stage(
-                transfer,
-                replace(args, max_steps=kd_steps, patience=None),
-                get_loss("lm_kd", alpha=1.0, **divergence),
-                signal("transfer", transfer),
-            ),
-            Stage(work.train, replace(args, max_steps=max(1, args.max_steps - kd_steps)), get_loss("lm_ce")),
-        ]
+    stages = distill_stages(
+        work.train,
+        args,
+        distill,
+        ce=get_loss("lm_ce"),
+        kd=lambda alpha: get_loss("lm_kd", alpha=alpha, **divergence),
+        signal=signal,
+        transfer=lambda: transfer_blocks(work, distill.transfer_files),
+    )
     return model, _fit(model, work, stages, seed=seed, report=report, on_cost=on_cost, costs=costs)
 
 

@@ -6,7 +6,7 @@ Implements :class:`objectives._task.TaskImplementation`. Nothing here knows abou
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ import torch
 from objectives._config import DataArgs, DistillArgs, StudentArgs, TeacherArgs, TrainArgs
 from objectives._costs import CostStore, stored_cost
 from objectives._data import Encoded, Rows, Task, collate, encode, open_data
-from objectives._fit import CostHook, LogitSource, Stage, fit, frozen_teacher
+from objectives._fit import CostHook, LogitSource, Stage, distill_stages, fit, frozen_teacher
 from objectives._logits import TopKLogits
 from objectives._losses import balanced_weights, get_loss
 from objectives._metrics import gflops, latency_ms, per_class, size_mb, throughput
@@ -215,23 +215,16 @@ def distill_student(
         return teacher if logits is None else logits(name, data, teacher)
 
     weights = work.class_weights(args)
-    if distill.approach == "integrated" and distill.alpha == 0:  # the KD term is off: plain CE, no teacher needed
-        stages = [Stage(work.train, args, get_loss("ce", **weights))]
-    elif distill.approach == "integrated":
-        loss_fn = get_loss("kd", temperature=distill.temperature, alpha=distill.alpha, **weights)
-        stages = [Stage(work.train, args, loss_fn, signal("train", work.train))]
-    else:
-        kd_steps = max(1, round(args.max_steps * distill.transfer_ratio))
-        transfer = transfer_set(work, distill.transfer_files, work.task.args.max_length)
-        kd_only = get_loss("kd", temperature=distill.temperature, alpha=1.0)
-        stages = [
-            Stage(transfer, replace(args, max_steps=kd_steps, patience=None), kd_only, signal("transfer", transfer)),
-            Stage(
-                work.train,
-                replace(args, max_steps=max(1, args.max_steps - kd_steps)),
-                get_loss("ce", **weights),
-            ),
-        ]
+    stages = distill_stages(
+        work.train,
+        args,
+        distill,
+        ce=get_loss("ce", **weights),
+        # the KD-only stage reads no labels (the transfer set's are placeholders), so it takes no class weights
+        kd=lambda alpha: get_loss("kd", temperature=distill.temperature, alpha=alpha, **(weights if alpha < 1 else {})),
+        signal=signal,
+        transfer=lambda: transfer_set(work, distill.transfer_files, work.task.args.max_length),
+    )
     return model, _fit(model, work, stages, seed=seed, report=report, on_cost=on_cost, costs=costs)
 
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from objectives._config import TrainArgs
+from objectives._config import DistillArgs, TrainArgs
 from objectives._logits import TopKLogits
 from objectives._metrics import PeakMemory
 from objectives._models import num_layers
@@ -53,6 +53,35 @@ class Stage:
     args: TrainArgs
     loss_fn: Any
     teacher: torch.nn.Module | torch.Tensor | TopKLogits | None = None
+
+
+def distill_stages(
+    train_data: Any,
+    args: TrainArgs,
+    distill: DistillArgs,
+    *,
+    ce: Any,
+    kd: Callable[[float], Any],
+    signal: Callable[[str, Any], Any],
+    transfer: Callable[[], Any],
+) -> list[Stage]:
+    """The stages of a distillation run, whatever the task:
+
+    - ``integrated``: one run with ``kd(alpha)`` (alpha * T^2 * D(teacher, student) + (1 - alpha) * CE) against the
+      teacher's ``signal("train", train_data)``; with alpha = 0 plain ``ce``, no teacher needed;
+    - ``sequential``: ``kd(1.0)`` alone on the ``transfer()`` set for ``transfer_ratio`` of the step budget, then
+      ``ce`` on the training data for the rest (the same total budget as integrated).
+    """
+    if distill.approach == "integrated" and distill.alpha == 0:  # the KD term is off: plain CE
+        return [Stage(train_data, args, ce)]
+    if distill.approach == "integrated":
+        return [Stage(train_data, args, kd(distill.alpha), signal("train", train_data))]
+    kd_steps = max(1, round(args.max_steps * distill.transfer_ratio))
+    unlabelled = transfer()
+    return [
+        Stage(unlabelled, replace(args, max_steps=kd_steps, patience=None), kd(1.0), signal("transfer", unlabelled)),
+        Stage(train_data, replace(args, max_steps=max(1, args.max_steps - kd_steps)), ce),
+    ]
 
 
 def _offset(report: Report, offset: int, *, last: bool) -> Report:
