@@ -80,7 +80,7 @@ def _config(
 ) -> dict:
     sampler, pruner = arm
     return {
-        "name": f"efficiency-{name}-{seed}",
+        "name": f"efficiency-{name.replace('+', '-')}-{seed}",  # a study name has no "+"
         "objective": "finetune",
         "directions": {"accuracy": "maximize"},
         "n_trials": None,
