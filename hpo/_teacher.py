@@ -15,7 +15,6 @@ from hpo._config import Config, config_to_dict
 from objectives import (
     TopKLogits,
     load_logits,
-    model_identity,
     teacher_logits,
     weights_hash,
 )
@@ -59,7 +58,7 @@ def teacher_key(config: Config, work: Any) -> str:
         "teacher": config_to_dict(config)["teacher"],
         "data": config_to_dict(config)["data"],
         "data_fingerprint": work.fingerprint,
-        "base_model": model_identity(config.teacher.model),
+        "base_model": config.task_spec.implementation().model_identity(config.teacher.model),
         "seed": config.seed,
     }
     return "teacher-" + hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]

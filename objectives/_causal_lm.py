@@ -8,6 +8,7 @@ the KV cache, prefill time and batched throughput.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,13 +18,12 @@ import torch
 from objectives._config import ConfigError, DataArgs, DistillArgs, StudentArgs, TeacherArgs, TrainArgs
 from objectives._corpus import Blocks, Corpus, load_corpus, pack
 from objectives._costs import CostStore, stored_cost
-from objectives._decoders import cut_decoder, load_causal_lm, load_lm_tokenizer, scratch_decoder
+from objectives._decoders import cut_decoder, lm_identity, load_causal_lm, load_lm_tokenizer, scratch_decoder
 from objectives._fit import CostHook, LogitSource, Stage, distill_stages, fit, frozen_teacher
-from objectives._generation import generation_costs, lm_evaluate
 from objectives._logits import TopKLogits
 from objectives._losses import get_loss
-from objectives._metrics import size_mb
-from objectives._models import count_parameters, num_layers, quiet_transformers, student_layers
+from objectives._metrics import generation_costs, lm_evaluate, size_mb
+from objectives._models import count_parameters, num_layers, quiet_transformers, set_dropout, student_layers
 from objectives._train import Report
 
 PROMPTS = ("The history of the city", "In 1998 , the band", "The species is found in")
@@ -55,7 +55,7 @@ class Workload:
 
     def test(self) -> Blocks:
         """The packed test split (for full-training reports; no trial reads it)."""
-        return _packed(self.tokenizer, self.corpus, "test", self.corpus.args.block_size, None)
+        return _packed(self.tokenizer, self.corpus, "test")
 
     @property
     def n_test(self) -> int:
@@ -63,14 +63,22 @@ class Workload:
         return self.test().n_tokens
 
 
-_PACKED: dict[tuple[str, str, str, int, int | None], Blocks] = {}
+_PACKED: dict[tuple[str, str, str, int, int | None, int | None], Blocks] = {}
 
 
-def _packed(tokenizer: Any, corpus: Corpus, split: str, block_size: int, cap: int | None) -> Blocks:
-    """``pack`` of one split, once per process for a corpus, tokenizer, block size and cap."""
-    key = (corpus.fingerprint, str(tokenizer.name_or_path), split, block_size, cap)
+def _packed(tokenizer: Any, corpus: Corpus, split: str) -> Blocks:
+    """``Corpus.blocks`` of one split, once per process for a corpus, tokenizer, block size and caps."""
+    args = corpus.args
+    key = (
+        corpus.fingerprint,
+        str(tokenizer.name_or_path),
+        split,
+        args.block_size,
+        args.max_train_rows,
+        args.max_val_rows,
+    )
     if key not in _PACKED:
-        _PACKED[key] = pack(tokenizer, corpus.splits[split], block_size, cap)
+        _PACKED[key] = corpus.blocks(tokenizer, split)
     return _PACKED[key]
 
 
@@ -81,8 +89,8 @@ def prepare_workload(data: DataArgs, model: str, device: str | torch.device = "c
     except ConfigError as exc:
         raise exc.under("data") from None
     tokenizer = load_lm_tokenizer(model)
-    train = _packed(tokenizer, corpus, "train", data.block_size, data.max_train_rows)
-    validation = _packed(tokenizer, corpus, "validation", data.block_size, data.max_val_rows)
+    train = _packed(tokenizer, corpus, "train")
+    validation = _packed(tokenizer, corpus, "validation")
     for name, blocks in (("train", train), ("validation", validation)):
         if len(blocks) == 0:
             raise ConfigError("data.block_size", f"the {name} split has fewer than {data.block_size} tokens")
@@ -159,14 +167,8 @@ def _student(base: torch.nn.Module, args: StudentArgs, dropout: float | None) ->
         raise exc.under("student") from None
     if args.init == "scratch":
         widths = {k: getattr(args, k) for k in ("hidden_size", "intermediate_size", "num_attention_heads")}
-        model = scratch_decoder(base.config, len(keep), **widths)
-    else:
-        model = cut_decoder(base, keep)
-    if dropout is not None:
-        for key, value in model.config.to_dict().items():
-            if "dropout" in key and isinstance(value, float):
-                setattr(model.config, key, dropout)
-    return model
+        return scratch_decoder(set_dropout(copy.deepcopy(base.config), dropout), len(keep), **widths)
+    return cut_decoder(base, keep, dropout)
 
 
 def finetune_student(
@@ -264,6 +266,9 @@ def heldout_metrics(model: torch.nn.Module, work: Workload) -> dict[str, Any]:
     model.to(work.device)
     evaluation = lm_evaluate(model, work.test(), 16)
     return {**evaluation.scores(), "samples": samples(model, work), **measure_cost(model, work)}
+
+
+model_identity = lm_identity
 
 
 def save_model(model: torch.nn.Module, work: Workload, out: Path) -> None:

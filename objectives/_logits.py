@@ -1,9 +1,11 @@
-"""Stored teacher logits: all of them for classification, the top k plus the remaining mass for large vocabularies."""
+"""Stored teacher logits: all of them for classification, the top k plus the remaining mass for large vocabularies
+(per example, or per token of a language model)."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -11,8 +13,9 @@ import torch
 
 @dataclass(frozen=True)
 class TopKLogits:
-    """A teacher's logits over a large output space (an LM vocabulary), kept as the ``k`` largest per example plus
-    the log-sum-exp of all the others (the remaining mass at T = 1): O(k) instead of O(V) per example.
+    """A teacher's logits over a large output space (an LM vocabulary), kept as the ``k`` largest per example (or
+    per token: any leading shape) plus the log-sum-exp of all the others (the remaining mass at T = 1): O(k) instead
+    of O(V) per example.
 
     At temperature T the distilled distribution has k + 1 buckets: the top-k tokens and "everything else". The
     top-k logits are exact; the tail's tempered mass is taken as if its V - k logits were equal, i.e.
@@ -20,11 +23,12 @@ class TopKLogits:
     """
 
     values: torch.Tensor
-    """(N, k) the largest logits of each example, fp32."""
+    """(N, k) or (N, L, k) the largest logits of each example / token, fp32; after :meth:`state` they are fp16
+    log-probabilities (the same logits shifted by their log-sum-exp, which no softmax sees)."""
     indices: torch.Tensor
-    """(N, k) their output indices."""
+    """Their output indices, int64 (int32 after :meth:`state`)."""
     rest: torch.Tensor
-    """(N,) log sum_{j not in top-k} exp(z_j): the remaining mass at T = 1, in log space."""
+    """(N,) or (N, L) log sum_{j not in top-k} exp(z_j): the remaining mass at T = 1, in log space, fp32."""
     vocab: int
     """V, the size of the teacher's output space."""
 
@@ -38,21 +42,31 @@ class TopKLogits:
         return TopKLogits(self.values.to(device), self.indices.to(device), self.rest.to(device), self.vocab)
 
     def log_probs(self, temperature: float) -> torch.Tensor:
-        """(N, k + 1) the teacher's log-probabilities at ``temperature``: top-k buckets, then the tail bucket."""
+        """(..., k + 1) the teacher's log-probabilities at ``temperature``: top-k buckets, then the tail bucket."""
         tail = math.log(self.vocab - self.values.shape[-1])
         rest = (self.rest - tail) / temperature + tail
-        return torch.cat([self.values / temperature, rest[:, None]], dim=-1).log_softmax(-1)
+        return torch.cat([self.values.float() / temperature, rest.float()[..., None]], dim=-1).log_softmax(-1)
 
     def collapse(self, log_probs: torch.Tensor) -> torch.Tensor:
-        """(N, k + 1) a full (N, V) log-distribution (the student's) folded into the same buckets: the mass at this
+        """(..., k + 1) a full (..., V) log-distribution (the student's) folded into the same buckets: the mass at this
         example's top-k indices, then all the rest, exactly."""
-        top = log_probs.gather(-1, self.indices)
-        rest = log_probs.scatter(-1, self.indices, -math.inf).logsumexp(-1)
-        return torch.cat([top, rest[:, None]], dim=-1)
+        indices = self.indices.long()
+        top = log_probs.gather(-1, indices)
+        rest = log_probs.scatter(-1, indices, -math.inf).logsumexp(-1)
+        return torch.cat([top, rest[..., None]], dim=-1)
 
     def state(self) -> dict[str, Any]:
-        """Plain tensors and ints, loadable with ``torch.load(weights_only=True)``."""
-        return {"values": self.values, "indices": self.indices, "rest": self.rest, "vocab": self.vocab}
+        """Plain tensors and ints, loadable with ``torch.load(weights_only=True)``, compact: k * (2 + 4) + 4 bytes
+        per example. Values are stored as fp16 log-probabilities z_i - logsumexp(z) (shift-invariant for every
+        temperature, and precise where the mass is: near 0), ids as int32, the remaining mass as fp32 in the same
+        shifted log space; they are converted back to fp32 / int64 where used."""
+        total = torch.logaddexp(self.values.float().logsumexp(-1), self.rest.float())
+        return {
+            "values": (self.values.float() - total[..., None]).half(),
+            "indices": self.indices.int(),
+            "rest": self.rest.float() - total,
+            "vocab": self.vocab,
+        }
 
 
 def compress_logits(logits: torch.Tensor, top_k: int) -> torch.Tensor | TopKLogits:
@@ -75,3 +89,9 @@ def cat_logits(parts: list[torch.Tensor] | list[TopKLogits]) -> torch.Tensor | T
 def load_logits(state: torch.Tensor | dict[str, Any]) -> torch.Tensor | TopKLogits:
     """The inverse of storing ``compress_logits(...)`` (a tensor, or ``TopKLogits.state()``)."""
     return state if isinstance(state, torch.Tensor) else TopKLogits(**state)
+
+
+def read_logits(path: str | Path) -> torch.Tensor | TopKLogits:
+    """Stored logits (``torch.save`` of a tensor or ``TopKLogits.state()``) memory-mapped from ``path``: rows are
+    read from disk when indexed, so a cache larger than memory works; never unpickles code."""
+    return load_logits(torch.load(path, mmap=True, weights_only=True))

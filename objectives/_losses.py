@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from objectives._config import ConfigError
 from objectives._logits import TopKLogits
 
 
@@ -61,8 +63,101 @@ def kd_loss(
     return alpha * t * t * kd + (1 - alpha) * ce
 
 
-LOSSES: dict[str, Callable[..., torch.Tensor]] = {"ce": cross_entropy_loss, "kd": kd_loss}
-"""Losses by name: ``ce`` for fine-tuning, ``kd`` for integrated distillation."""
+def next_token(
+    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A causal LM's predictions lined up with their targets: position t predicts token t + 1, so the logits of
+    positions 0..L-2 whose target ``labels[:, t + 1]`` is not ``ignore_index``, (M, V), those M targets, and the
+    (B, L - 1) mask that picked them (the last position predicts nothing in the block)."""
+    mask = labels[:, 1:] != ignore_index
+    return logits[:, :-1][mask], labels[:, 1:][mask], mask
+
+
+def lm_ce_loss(
+    student_logits: torch.Tensor, labels: torch.Tensor, teacher_logits: Any = None, *, ignore_index: int = -100
+) -> torch.Tensor:
+    """Next-token cross-entropy of a causal LM, the mean over the M predicted tokens:
+
+    CE = -(1 / M) * sum_{b, t : y_{b,t+1} != ignore} log softmax(z_s[b, t])[y_{b,t+1}]
+
+    (0 when no token is predicted). ``student_logits`` (B, L, V), ``labels`` (B, L) the input ids with
+    ``ignore_index`` where no target counts; ``teacher_logits`` is ignored."""
+    z, y, _ = next_token(student_logits, labels, ignore_index)
+    return F.cross_entropy(z.float(), y, reduction="sum") / max(1, y.numel())
+
+
+DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
+"""Divergences D(q_teacher, p_student) of :func:`lm_kd_loss`."""
+
+
+def _kl(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
+    """KL(a || b) = sum_v a_v (log a_v - log b_v) over the last axis."""
+    return (log_a.exp() * (log_a - log_b)).sum(-1)
+
+
+def token_divergence(log_p: torch.Tensor, log_q: torch.Tensor, divergence: str, jsd_beta: float) -> torch.Tensor:
+    """Per-token divergence between the student's log-distribution ``log_p`` and the teacher's ``log_q`` (..., V).
+
+    forward_kl = KL(q || p) (mode covering); reverse_kl = KL(p || q) (mode seeking);
+    jsd = beta * KL(q || m) + (1 - beta) * KL(p || m), m = beta * q + (1 - beta) * p: the generalised JSD of Agarwal
+    et al. (2024, GKD) exactly as TRL's ``GKDTrainer.generalized_jsd_loss`` defines it (beta weighs the teacher in
+    the mixture), including its end points beta = 0 -> forward_kl and beta = 1 -> reverse_kl. 0 <= jsd <= H(beta)
+    <= log 2 (H the binary entropy), and jsd is symmetric in p, q at beta = 0.5."""
+    if divergence == "forward_kl" or (divergence == "jsd" and jsd_beta == 0):
+        return _kl(log_q, log_p)
+    if divergence == "reverse_kl" or (divergence == "jsd" and jsd_beta == 1):
+        return _kl(log_p, log_q)
+    if divergence != "jsd":
+        raise ConfigError("divergence", f"must be one of {', '.join(DIVERGENCES)}, got {divergence!r}")
+    if not 0 < jsd_beta < 1:
+        raise ConfigError("jsd_beta", f"must be in [0, 1], got {jsd_beta}")
+    log_m = torch.logsumexp(torch.stack([log_q + math.log(jsd_beta), log_p + math.log1p(-jsd_beta)]), dim=0)
+    return jsd_beta * _kl(log_q, log_m) + (1 - jsd_beta) * _kl(log_p, log_m)
+
+
+def lm_kd_loss(
+    student_logits: torch.Tensor,
+    labels: torch.Tensor,
+    teacher_logits: torch.Tensor | TopKLogits,
+    *,
+    temperature: float,
+    alpha: float,
+    divergence: str = "forward_kl",
+    jsd_beta: float = 0.5,
+    ignore_index: int = -100,
+) -> torch.Tensor:
+    """Token-level distillation of a causal LM:
+
+    loss = alpha * T^2 * (1 / M) * sum_{tokens} D(q_T, p_T) + (1 - alpha) * CE
+
+    over the M predicted tokens (position t predicts token t + 1, targets ``ignore_index`` excluded; see
+    :func:`next_token`), q_T = softmax(z_t / T) the teacher's and p_T = softmax(z_s / T) the student's next-token
+    distribution at the same position, D one of :data:`DIVERGENCES` (:func:`token_divergence`), CE the
+    :func:`lm_ce_loss` at T = 1. ``teacher_logits`` (B, L, V), or a :class:`TopKLogits` over (B, L, k): then both
+    distributions are folded into its k + 1 buckets (the teacher's top k at that token, the rest), as
+    :func:`kd_loss` does.
+    """
+    t = temperature
+    z, y, mask = next_token(student_logits, labels, ignore_index)
+    teacher = teacher_logits[:, :-1][mask]
+    log_p = F.log_softmax(z.float() / t, dim=-1)
+    if isinstance(teacher, TopKLogits):
+        log_p, log_q = teacher.collapse(log_p), teacher.log_probs(t)
+    else:
+        log_q = F.log_softmax(teacher.float() / t, dim=-1)
+    kd = token_divergence(log_p, log_q, divergence, jsd_beta).sum() / max(1, y.numel())
+    ce = F.cross_entropy(z.float(), y, reduction="sum") / max(1, y.numel())
+    return alpha * t * t * kd + (1 - alpha) * ce
+
+
+LOSSES: dict[str, Callable[..., torch.Tensor]] = {
+    "ce": cross_entropy_loss,
+    "kd": kd_loss,
+    "lm_ce": lm_ce_loss,
+    "lm_kd": lm_kd_loss,
+}
+"""Losses by name: ``ce`` for fine-tuning, ``kd`` for integrated distillation; ``lm_ce`` / ``lm_kd`` the same for
+causal language models (next-token targets)."""
 
 
 def get_loss(name: str, **options: Any) -> Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]:

@@ -1,18 +1,23 @@
-"""Metrics: quality (accuracy, macro-F1), cost (latency, throughput, size, FLOPs) and peak training memory."""
+"""Metrics: quality (accuracy, macro-F1; perplexity for language models), cost (latency, throughput, size, FLOPs;
+per generated token for language models) and peak training memory."""
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import math
 import platform
 import statistics
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from objectives._losses import next_token
 
 
 def accuracy(preds: Sequence[int], labels: Sequence[int]) -> float:
@@ -100,6 +105,26 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def lowest_round_median(
+    run_round: Callable[[], list[float]], *, max_samples: int, rel_tol: float = 0.01
+) -> tuple[float, float]:
+    """(p50, p95) of timings taken in rounds: ``run_round`` times one round of calls (ms each).
+
+    p50 is the lowest round median, so a round slowed by another process on the machine does not count (as
+    ``timeit`` takes the minimum); rounds go on until it has improved by less than ``rel_tol`` over the last two
+    rounds, or ``max_samples`` timings are taken. p95 is over all timings."""
+    times: list[float] = []
+    best: list[float] = []  # the lowest round median after each round
+    while len(times) < max_samples:
+        round_times = run_round()
+        times += round_times
+        best.append(min([statistics.median(round_times), *best[-1:]]))
+        if len(best) >= 3 and best[-3] - best[-1] <= rel_tol * best[-1]:
+            break
+    ordered = sorted(times)
+    return best[-1], ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+
+
 @torch.inference_mode()
 def latency_ms(
     model: torch.nn.Module,
@@ -110,33 +135,26 @@ def latency_ms(
     max_repeats: int = 300,
     rel_tol: float = 0.01,
 ) -> tuple[float, float]:
-    """(p50, p95) forward latency in ms for ``inputs`` (batch 1) after ``warmup`` calls.
-
-    Calls run in rounds of ``min_repeats``; p50 is the lowest round median, so a round slowed by another process
-    on the machine does not count (as ``timeit`` takes the minimum), and rounds go on until it has improved by less
-    than ``rel_tol`` over the last two rounds, or ``max_repeats`` calls. p95 is over all calls. The GPU is
-    synchronised around each call so the time is the kernel's, not the launch's.
+    """(p50, p95) forward latency in ms for ``inputs`` (batch 1) after ``warmup`` calls, in rounds of
+    ``min_repeats`` calls and at most ``max_repeats`` (:func:`lowest_round_median`). The GPU is synchronised around
+    each call so the time is the kernel's, not the launch's.
     """
     device = next(model.parameters()).device
     model.eval()
     for _ in range(warmup):
         model(**inputs)
     _sync(device)
-    times: list[float] = []
-    best: list[float] = []  # the lowest round median after each round
-    while len(times) < max_repeats:
+
+    def run_round() -> list[float]:
         round_times = []
         for _ in range(min_repeats):
             start = time.perf_counter()
             model(**inputs)
             _sync(device)
             round_times.append((time.perf_counter() - start) * 1000)
-        times += round_times
-        best.append(min([statistics.median(round_times), *best[-1:]]))
-        if len(best) >= 3 and best[-3] - best[-1] <= rel_tol * best[-1]:
-            break
-    ordered = sorted(times)
-    return best[-1], ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+        return round_times
+
+    return lowest_round_median(run_round, max_samples=max_repeats, rel_tol=rel_tol)
 
 
 @torch.inference_mode()
@@ -162,6 +180,125 @@ def gflops(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> float:
     with torch.inference_mode(), counter:
         model(**inputs)
     return counter.get_total_flops() / inputs["input_ids"].shape[0] / 1e9
+
+
+@dataclass
+class LMEvaluation:
+    """A causal LM's scores on a split of token blocks."""
+
+    loss: float
+    """Mean next-token negative log-likelihood, nats per token, over every predicted token of the split."""
+    perplexity: float
+    """exp(loss)."""
+    token_accuracy: float
+    """Share of the predicted tokens that are the model's argmax."""
+    tokens: int
+    """Tokens predicted (the loss's denominator)."""
+
+    def scores(self) -> dict[str, float]:
+        """The validation scores a report receives (``val_loss`` is the one minimised)."""
+        return {"perplexity": self.perplexity, "token_accuracy": self.token_accuracy, "val_loss": self.loss}
+
+
+@torch.inference_mode()
+def lm_evaluate(model: torch.nn.Module, blocks: Any, batch_size: int) -> LMEvaluation:
+    """Next-token scores of ``model`` on every batch of ``blocks.eval_batches(batch_size)`` (an
+    :class:`objectives.Blocks`, or anything giving ``input_ids`` / ``attention_mask`` / ``labels`` batches):
+
+    loss = NLL = -(1 / M) * sum_{tokens} log p(y_{t+1} | y_<=t),  perplexity = exp(NLL),
+    token_accuracy = (1 / M) * sum_{tokens} [argmax p(. | y_<=t) == y_{t+1}]
+
+    over the M predicted tokens of the whole split (targets labelled -100 or padded out by the attention mask are
+    not predicted): token-weighted, so a batch with more tokens counts more, and the perplexity is that of the
+    split, not a mean of per-batch perplexities. Each batch's (B, L, V) logits exist at once: keep ``batch_size``
+    small for large vocabularies."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    nll = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    count = 0
+    for batch in blocks.eval_batches(batch_size):
+        input_ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+        labels = batch["labels"].to(device).masked_fill(mask == 0, -100)
+        z, y, _ = next_token(model(input_ids=input_ids, attention_mask=mask).logits, labels)
+        nll += torch.nn.functional.cross_entropy(z.float(), y, reduction="sum").double()
+        correct += (z.argmax(-1) == y).sum()
+        count += y.numel()
+    model.train(was_training)
+    loss = nll.item() / max(1, count)
+    return LMEvaluation(loss, math.exp(loss), correct.item() / max(1, count), count)
+
+
+@torch.inference_mode()
+def generation_costs(
+    model: torch.nn.Module,
+    prompt_ids: torch.Tensor,
+    *,
+    new_tokens: int = 32,
+    prefill_tokens: int = 128,
+    batch: int = 8,
+    rounds: int = 10,
+    prefill_repeats: int = 5,
+    throughput_repeats: int = 2,
+    rel_tol: float = 0.01,
+) -> dict[str, float]:
+    """What generating text with a causal LM costs; ``prompt_ids`` (1, P) is the fixed prompt.
+
+    - ``latency_ms`` / ``latency_ms_p95``: ms per generated token, greedy at batch 1 with the KV cache: each round
+      prefills the prompt (untimed) and times ``new_tokens`` one-token decoding steps (forward and argmax); p50 is
+      the lowest round median over at most ``rounds`` rounds after one warm-up round (:func:`lowest_round_median`),
+      p95 over every step.
+    - ``prefill_ms``: one forward pass over a ``prefill_tokens``-token prompt (the prompt repeated to that length),
+      as :func:`latency_ms` times it in rounds of ``prefill_repeats``.
+    - ``throughput``: generated tokens per second of ``model.generate`` (greedy, exactly ``new_tokens`` new tokens)
+      on ``batch`` copies of the prompt, over ``throughput_repeats`` calls after a short warm-up call.
+    - ``gflops``: forward GFLOPs per token over the prompt (:func:`gflops` / P).
+    """
+    device = next(model.parameters()).device
+    model.eval()
+    prompt = prompt_ids.to(device)
+
+    def decode_round() -> list[float]:
+        out = model(input_ids=prompt, use_cache=True)
+        cache, token = out.cache, out.logits[:, -1:].argmax(-1)  # transformers >= 5.24 names it cache
+        _sync(device)
+        times = []
+        for _ in range(new_tokens):
+            start = time.perf_counter()
+            out = model(input_ids=token, cache=cache, use_cache=True)
+            token = out.logits[:, -1:].argmax(-1)
+            _sync(device)
+            times.append((time.perf_counter() - start) * 1000)
+        return times
+
+    decode_round()
+    p50, p95 = lowest_round_median(decode_round, max_samples=rounds * new_tokens, rel_tol=rel_tol)
+    repeats = -(-prefill_tokens // prompt.shape[1])
+    long_prompt = {"input_ids": prompt.repeat(1, repeats)[:, :prefill_tokens]}
+    prefill = latency_ms(
+        model, long_prompt, warmup=1, min_repeats=prefill_repeats, max_repeats=rounds * prefill_repeats, rel_tol=rel_tol
+    )[0]
+    prompts = prompt.repeat(batch, 1)
+    config = model.generation_config
+    eos = config.eos_token_id[0] if isinstance(config.eos_token_id, list) else config.eos_token_id
+    pad = config.pad_token_id if config.pad_token_id is not None else eos
+    settings = {"attention_mask": torch.ones_like(prompts), "do_sample": False, "pad_token_id": pad or 0}
+    model.generate(prompts, max_new_tokens=2, min_new_tokens=2, **settings)
+    _sync(device)
+    start = time.perf_counter()
+    generated = 0
+    for _ in range(throughput_repeats):
+        out = model.generate(prompts, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **settings)
+        generated += (out.shape[1] - prompt.shape[1]) * batch
+    _sync(device)
+    return {
+        "latency_ms": p50,
+        "latency_ms_p95": p95,
+        "prefill_ms": prefill,
+        "throughput": generated / (time.perf_counter() - start),
+        "gflops": gflops(model, {"input_ids": prompt}) / prompt.shape[1],
+    }
 
 
 def process_memory(field: str = "VmRSS") -> int:

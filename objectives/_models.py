@@ -39,9 +39,12 @@ def resolve_model(name: str) -> str:
 
 
 def weights_hash(directory: Path) -> str:
-    """A hash of the weight files (``*.safetensors``, else ``*.bin``) of a model directory."""
+    """A hash of the weight files (``*.safetensors``, else ``*.bin``, else ``*.gguf``) of a model directory."""
     digest = hashlib.sha256()
-    for weights in sorted(directory.glob("*.safetensors")) or sorted(directory.glob("*.bin")):
+    files = (
+        sorted(directory.glob("*.safetensors")) or sorted(directory.glob("*.bin")) or sorted(directory.glob("*.gguf"))
+    )
+    for weights in files:
         with open(weights, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)

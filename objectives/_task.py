@@ -23,6 +23,10 @@ class TaskImplementation(Protocol):
     (counted in ``unit``), ``fingerprint`` (content and splits), ``n_test`` (size of the held-out split, in the
     spec's ``unit``) and the ``device``."""
 
+    def model_identity(self, name: str) -> str:
+        """Which weights the base model ``name`` is (a hash of a directory's weight files, or a hub revision)."""
+        ...
+
     def prepare_workload(self, data: Any, model: str, device: Any = "cpu") -> Any:
         """Load, split and tokenise the data with ``model``'s tokenizer (cached per process)."""
         ...

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from objectives import DataArgs, load_classifier, prepare_workload, teacher_logits
-from objectives._logits import TopKLogits, cat_logits, compress_logits, load_logits
-from objectives._losses import kd_loss
+from objectives._logits import TopKLogits, cat_logits, compress_logits, load_logits, read_logits
+from objectives._losses import kd_loss, lm_kd_loss
 
 
 def _logits(n: int = 6, vocab: int = 50, seed: int = 0) -> torch.Tensor:
@@ -66,7 +66,9 @@ def test_rows_concatenation_and_state_round_trip() -> None:
     rows = torch.tensor([7, 2])
     assert torch.equal(top[rows].indices, top.indices[rows])
     again = load_logits(top.state())
-    assert torch.equal(again.values, top.values) and again.vocab == 50 and len(again) == 10
+    assert torch.equal(again.indices.long(), top.indices) and again.vocab == 50 and len(again) == 10
+    for t in (1.0, 2.0):  # values are stored as fp16 log-probabilities: the same distribution at every T
+        assert torch.allclose(again.log_probs(t), top.log_probs(t), atol=2e-3)
 
 
 def test_teacher_logits_compress_batch_by_batch_in_example_order() -> None:
@@ -78,3 +80,39 @@ def test_teacher_logits_compress_batch_by_batch_in_example_order() -> None:
     assert torch.allclose(top.values, expected.values, atol=1e-5)
     assert torch.equal(top.indices, expected.indices)
     assert torch.allclose(top.rest, expected.rest, atol=1e-5)
+
+
+def test_top_k_of_token_logits_keeps_the_leading_shape() -> None:
+    z = 3 * torch.randn(3, 4, 50, generator=torch.Generator().manual_seed(5))  # (N, L, V)
+    top = compress_logits(z, 6)
+    assert top.values.shape == (3, 4, 6) and top.rest.shape == (3, 4) and len(top) == 3
+    flat = compress_logits(z.reshape(12, 50), 6)
+    assert torch.allclose(top.log_probs(2.0).reshape(12, 7), flat.log_probs(2.0))
+    student = torch.randn(3, 4, 50).log_softmax(-1)
+    assert torch.allclose(top.collapse(student).reshape(12, 7), flat.collapse(student.reshape(12, 50)))
+    assert top[:, :-1].values.shape == (3, 3, 6) and top[torch.tensor([2])].rest.shape == (1, 4)
+
+
+def test_a_stored_token_cache_is_compact_memory_mapped_and_gives_the_same_loss(tmp_path) -> None:
+    gen = torch.Generator().manual_seed(6)
+    teacher, student = 4 * torch.randn(4, 16, 300, generator=gen), 4 * torch.randn(4, 16, 300, generator=gen)
+    ids = torch.randint(0, 300, (4, 16), generator=gen)
+    top = compress_logits(teacher, 32)
+    state = top.state()
+    assert (state["values"].dtype, state["indices"].dtype, state["rest"].dtype) == (
+        torch.float16,
+        torch.int32,
+        torch.float32,
+    )
+    tensors = sum(state[k].nbytes for k in ("values", "indices", "rest"))
+    assert tensors / (4 * 16) == 32 * (2 + 4) + 4
+    torch.save(state, tmp_path / "logits.pt")
+    stored = read_logits(tmp_path / "logits.pt")
+    assert isinstance(stored, TopKLogits) and stored.values.dtype == torch.float16
+    for divergence in ("forward_kl", "reverse_kl", "jsd"):
+        exact = lm_kd_loss(student, ids, top, temperature=2.0, alpha=0.9, divergence=divergence)
+        again = lm_kd_loss(student, ids, stored, temperature=2.0, alpha=0.9, divergence=divergence)
+        assert abs(again.item() - exact.item()) < 1e-3
+    full = torch.randn(5, 2)
+    torch.save(full, tmp_path / "full.pt")
+    assert torch.equal(read_logits(tmp_path / "full.pt"), full)  # classification logits stay exact fp32

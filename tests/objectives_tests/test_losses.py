@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from objectives import ConfigError
 from objectives._losses import LOSSES, get_loss, kd_loss
 
 
@@ -56,9 +57,9 @@ def test_registry_binds_options_and_lists_names_on_a_miss() -> None:
     assert get_loss("kd", temperature=1.0, alpha=0.0)(z, y, z).item() == pytest.approx(
         get_loss("ce")(z, y, None).item()
     )
-    with pytest.raises(KeyError, match="valid: \\['ce', 'kd'\\]"):
+    with pytest.raises(KeyError, match="valid: \\['ce', 'kd', 'lm_ce', 'lm_kd'\\]"):
         get_loss("mse")
-    assert set(LOSSES) == {"ce", "kd"}
+    assert set(LOSSES) == {"ce", "kd", "lm_ce", "lm_kd"}
 
 
 def test_balanced_class_weights_are_inverse_frequency_and_weigh_only_the_label_term() -> None:
@@ -77,3 +78,113 @@ def test_balanced_class_weights_are_inverse_frequency_and_weigh_only_the_label_t
     assert torch.allclose(kd_loss(logits, labels, teacher, temperature=2.0, alpha=1.0, weight=weights), unweighted)
     mixed = kd_loss(logits, labels, teacher, temperature=2.0, alpha=0.5, weight=weights)
     assert torch.allclose(mixed, 0.5 * unweighted + 0.5 * (w * per_row).sum() / w.sum())
+
+
+def _lm(batch: int = 2, length: int = 5, vocab: int = 7, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random (B, L, V) logits and (B, L) token ids."""
+    gen = torch.Generator().manual_seed(seed)
+    return 2 * torch.randn(batch, length, vocab, generator=gen), torch.randint(0, vocab, (batch, length), generator=gen)
+
+
+def test_lm_cross_entropy_predicts_the_next_token_by_hand() -> None:
+    from objectives._losses import lm_ce_loss
+
+    z = torch.tensor([[[1.0, 0.0, -1.0], [0.5, 0.2, 0.1], [3.0, -3.0, 0.0]]])  # (1, 3, 3)
+    y = torch.tensor([[2, 1, 0]])
+    # position 0 predicts y[1] = 1, position 1 predicts y[2] = 0; the last position predicts nothing
+    nll = [-math.log(_softmax([1.0, 0.0, -1.0])[1]), -math.log(_softmax([0.5, 0.2, 0.1])[0])]
+    assert lm_ce_loss(z, y).item() == pytest.approx(sum(nll) / 2, rel=1e-6)
+    assert lm_ce_loss(z, torch.tensor([[2, 1, -100]])).item() == pytest.approx(nll[0], rel=1e-6)
+    # the same as transformers' shift-and-flatten convention on a larger batch
+    z, y = _lm()
+    y[0, 3] = -100
+    expected = torch.nn.functional.cross_entropy(z[:, :-1].reshape(-1, 7), y[:, 1:].reshape(-1), ignore_index=-100)
+    assert lm_ce_loss(z, y).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_lm_divergences_by_hand() -> None:
+    from objectives._losses import lm_kd_loss
+
+    zs, zt = [1.0, -0.5, 0.2], [2.0, 0.1, -1.0]
+    p, q = _softmax(zs), _softmax(zt)
+    student = torch.tensor([[zs, [0.0, 0.0, 0.0]]])  # (1, 2, 3): the last position is dropped
+    teacher = torch.tensor([[zt, [5.0, -5.0, 0.0]]])
+    y = torch.tensor([[0, 2]])
+
+    def kd(divergence: str, **options: float) -> float:
+        return lm_kd_loss(student, y, teacher, temperature=1.0, alpha=1.0, divergence=divergence, **options).item()
+
+    forward = sum(qi * math.log(qi / pi) for qi, pi in zip(q, p, strict=True))
+    reverse = sum(pi * math.log(pi / qi) for qi, pi in zip(q, p, strict=True))
+    assert kd("forward_kl") == pytest.approx(forward, rel=1e-5)
+    assert kd("reverse_kl") == pytest.approx(reverse, rel=1e-5) and abs(forward - reverse) > 1e-3
+    beta = 0.3  # TRL's generalised JSD: beta weighs the teacher in the mixture
+    m = [beta * qi + (1 - beta) * pi for qi, pi in zip(q, p, strict=True)]
+    jsd = beta * sum(qi * math.log(qi / mi) for qi, mi in zip(q, m, strict=True)) + (1 - beta) * sum(
+        pi * math.log(pi / mi) for pi, mi in zip(p, m, strict=True)
+    )
+    assert kd("jsd", jsd_beta=beta) == pytest.approx(jsd, rel=1e-5)
+    # TRL's end points: beta 0 is the forward KL, beta 1 the reverse KL
+    assert kd("jsd", jsd_beta=0.0) == pytest.approx(forward, rel=1e-5)
+    assert kd("jsd", jsd_beta=1.0) == pytest.approx(reverse, rel=1e-5)
+
+
+def test_lm_divergences_vanish_for_equal_logits_and_jsd_is_bounded_and_symmetric() -> None:
+    from objectives._losses import lm_kd_loss
+
+    z, y = _lm()
+    for divergence in ("forward_kl", "reverse_kl", "jsd"):
+        got = lm_kd_loss(z, y, z.clone(), temperature=2.0, alpha=1.0, divergence=divergence)
+        assert got.item() == pytest.approx(0.0, abs=1e-6)
+    zs, zt = 10 * _lm(seed=1)[0], 10 * _lm(seed=2)[0]  # confident and different: jsd near its bound
+
+    def jsd(a: torch.Tensor, b: torch.Tensor, beta: float = 0.5) -> float:
+        return lm_kd_loss(a, y, b, temperature=1.0, alpha=1.0, divergence="jsd", jsd_beta=beta).item()
+
+    # disjoint confident distributions reach the bound H(beta): log 2 at beta 0.5
+    assert 0.9 * math.log(2) < jsd(zs, zt) <= math.log(2) and jsd(zs, zt) == pytest.approx(jsd(zt, zs), rel=1e-5)
+    h = -(0.2 * math.log(0.2) + 0.8 * math.log(0.8))
+    assert 0.9 * h < jsd(zs, zt, 0.2) <= h
+    mild_s, mild_t = _lm(seed=1)[0], _lm(seed=2)[0]
+    assert jsd(mild_s, mild_t) == pytest.approx(jsd(mild_t, mild_s), rel=1e-5)
+    assert jsd(mild_s, mild_t, 0.2) != pytest.approx(jsd(mild_t, mild_s, 0.2), rel=1e-3)
+    with pytest.raises(ConfigError, match="divergence: must be one of forward_kl, reverse_kl, jsd"):
+        lm_kd_loss(zs, y, zt, temperature=1.0, alpha=1.0, divergence="kl")
+
+
+def test_lm_kd_counts_only_predicted_tokens_and_mixes_in_cross_entropy() -> None:
+    from objectives._losses import lm_ce_loss, lm_kd_loss
+
+    zs, y = _lm()
+    zt = _lm(seed=3)[0]
+    y[1, 2] = -100  # position 1 of row 1 predicts nothing
+    base = lm_kd_loss(zs, y, zt, temperature=2.0, alpha=0.6)
+    changed_s, changed_t = zs.clone(), zt.clone()
+    changed_s[1, 1] += 5 * torch.randn(7)
+    changed_t[1, 1] -= 3
+    changed_s[:, -1] += 4  # the last position predicts nothing either
+    assert lm_kd_loss(changed_s, y, changed_t, temperature=2.0, alpha=0.6).item() == pytest.approx(base.item())
+    assert lm_kd_loss(zs, y, zt, temperature=2.0, alpha=0.0).item() == pytest.approx(lm_ce_loss(zs, y).item())
+    # the KD term is the mean over the 7 predicted tokens (2 rows * 4 positions - 1), times T^2
+    log_p, log_q = (zs[:, :-1] / 2).log_softmax(-1), (zt[:, :-1] / 2).log_softmax(-1)
+    per_token = (log_q.exp() * (log_q - log_p)).sum(-1)
+    per_token[1, 1] = 0
+    assert lm_kd_loss(zs, y, zt, temperature=2.0, alpha=1.0).item() == pytest.approx(4 * per_token.sum().item() / 7)
+
+
+def test_lm_kd_on_top_k_with_one_token_left_out_equals_the_full_loss_and_gradients_flow() -> None:
+    from objectives._logits import compress_logits
+    from objectives._losses import lm_kd_loss
+
+    zs, y = _lm(vocab=9)
+    zt = _lm(vocab=9, seed=4)[0]
+    top = compress_logits(zt, 8)  # the tail is one token: the 9 buckets are the whole distribution
+    for divergence in ("forward_kl", "reverse_kl", "jsd"):
+        for t in (1.0, 3.0):
+            full = lm_kd_loss(zs, y, zt, temperature=t, alpha=0.7, divergence=divergence)
+            folded = lm_kd_loss(zs, y, top, temperature=t, alpha=0.7, divergence=divergence)
+            assert folded.item() == pytest.approx(full.item(), rel=1e-5)
+    student = zs.clone().requires_grad_()
+    lm_kd_loss(student, y, top, temperature=2.0, alpha=0.5, divergence="jsd").backward()
+    assert torch.isfinite(student.grad).all() and student.grad[:, :-1].abs().sum() > 0
+    assert student.grad[:, -1].abs().sum() == 0  # the last position has no target

@@ -87,3 +87,105 @@ def test_per_class_scores_by_hand_and_a_class_never_predicted() -> None:
     assert never_predicted(per_class([0, 1], [0, 1], ["a", "b", "absent"])) == []  # no rows: not flagged
     beyond = per_class([7, 1], [0, 1], ["a", "b"])  # output 7 of a model wider than the data's classes
     assert beyond["a"]["recall"] == 0.0 and beyond["a"]["predicted"] == 0.0 and beyond["b"]["precision"] == 1.0
+
+
+class _Bigram(torch.nn.Module):
+    """A causal LM whose next-token logits depend on the current token only: a fixed (V, V) table."""
+
+    def __init__(self, table: torch.Tensor) -> None:
+        super().__init__()
+        self.table = torch.nn.Parameter(table)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> object:
+        from types import SimpleNamespace
+
+        return SimpleNamespace(logits=self.table[input_ids])
+
+
+class _Batches:
+    def __init__(self, *batches: dict[str, torch.Tensor]) -> None:
+        self.batches = batches
+
+    def eval_batches(self, batch_size: int):
+        yield from self.batches
+
+
+def test_lm_evaluation_is_token_weighted_over_the_split() -> None:
+    import math
+
+    from objectives._metrics import lm_evaluate
+
+    table = torch.tensor([[4.0, 0.0, -1.0], [0.0, 3.0, 0.0], [-2.0, 0.5, 2.0]])
+    log_p = table.log_softmax(-1)
+    one = torch.tensor([[0, 0, 0, 0, 1]])  # 4 predicted tokens, mostly the likely ones
+    two = torch.tensor([[1, 0, 2], [2, 1, 0]])  # 2 + 1 unlikely ones: the second row's last token is padding
+    batches = _Batches(
+        {"input_ids": one, "attention_mask": torch.ones_like(one), "labels": one.clone()},
+        {"input_ids": two, "attention_mask": torch.tensor([[1, 1, 1], [1, 1, 0]]), "labels": two.clone()},
+    )
+    pairs = [(0, 0), (0, 0), (0, 0), (0, 1), (1, 0), (0, 2), (2, 1)]
+    nll = [-log_p[a, b].item() for a, b in pairs]
+    result = lm_evaluate(_Bigram(table), batches, batch_size=2)
+    assert result.tokens == 7
+    assert result.loss == pytest.approx(sum(nll) / 7, rel=1e-6)
+    assert result.perplexity == pytest.approx(math.exp(sum(nll) / 7), rel=1e-6)
+    per_batch = (math.exp(sum(nll[:4]) / 4) + math.exp(sum(nll[4:]) / 3)) / 2
+    assert result.perplexity != pytest.approx(per_batch, rel=1e-3)
+    assert result.token_accuracy == pytest.approx(3 / 7)  # the argmax of row c is c: the three (0, 0) pairs
+    assert result.scores() == {
+        "perplexity": result.perplexity,
+        "token_accuracy": result.token_accuracy,
+        "val_loss": result.loss,
+    }
+
+
+def _tiny_llama() -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+    )
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+def test_lm_evaluation_of_packed_blocks() -> None:
+    import datasets
+
+    from objectives import Blocks
+    from objectives._metrics import lm_evaluate
+
+    ids = torch.randint(0, 64, (5, 8), generator=torch.Generator().manual_seed(0))
+    blocks = Blocks(datasets.Dataset.from_dict({"input_ids": ids.int().tolist()}).with_format("numpy"), 8, 0)
+    model = _tiny_llama()
+    result = lm_evaluate(model, blocks, batch_size=2)
+    assert result.tokens == 5 * 7 and not model.training
+    with torch.no_grad():
+        logits = model(ids).logits
+    expected = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 64), ids[:, 1:].reshape(-1))
+    assert result.loss == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_generation_costs_report_every_cost() -> None:
+    from objectives._metrics import generation_costs
+
+    prompt = torch.randint(0, 64, (1, 12), generator=torch.Generator().manual_seed(0))
+    costs = generation_costs(
+        _tiny_llama(),
+        prompt,
+        new_tokens=4,
+        prefill_tokens=32,
+        batch=2,
+        rounds=3,
+        prefill_repeats=2,
+        throughput_repeats=1,
+    )
+    assert set(costs) == {"latency_ms", "latency_ms_p95", "prefill_ms", "throughput", "gflops"}
+    assert all(value > 0 for value in costs.values())
+    assert costs["latency_ms"] <= costs["latency_ms_p95"]

