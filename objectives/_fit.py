@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -14,7 +15,7 @@ from objectives._config import DistillArgs, TrainArgs
 from objectives._logits import TopKLogits
 from objectives._metrics import PeakMemory
 from objectives._models import num_layers
-from objectives._train import Evaluate, Report, train
+from objectives._train import Evaluate, Report, eager_attention, train
 
 CostHook = Callable[[dict[str, float]], None]
 """Called once with the cost metrics (latency, throughput, params, size, FLOPs) before training starts: they
@@ -116,18 +117,21 @@ def fit(
     done = 0
     with PeakMemory(device) as memory:
         for stage in stages:
-            result = train(
-                model,
-                stage.data,
-                validation,
-                stage.args,
-                loss_fn=stage.loss_fn,
-                evaluate=evaluate,
-                n_layers=num_layers(model),
-                seed=seed,
-                teacher=stage.teacher,
-                report=None if report is None else _offset(report, done, last=stage is stages[-1]),
-            )
+            attentions = getattr(stage.loss_fn, "model_outputs", {}).get("output_attentions", False)
+            live = [stage.teacher] if isinstance(stage.teacher, torch.nn.Module) else []
+            with eager_attention(model, *live) if attentions else contextlib.nullcontext():
+                result = train(
+                    model,
+                    stage.data,
+                    validation,
+                    stage.args,
+                    loss_fn=stage.loss_fn,
+                    evaluate=evaluate,
+                    n_layers=num_layers(model),
+                    seed=seed,
+                    teacher=stage.teacher,
+                    report=None if report is None else _offset(report, done, last=stage is stages[-1]),
+                )
             done += result.steps
     metrics = {
         "steps": float(done),
