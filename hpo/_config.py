@@ -336,7 +336,7 @@ def _check_device(device: str) -> None:
 
 def _check_student_model(config: Config) -> None:
     """A student of another architecture (``student.model``) is a classifier with its own tokenizer: the teacher's
-    signal reaches it only as cached logits, one row per example."""
+    signal reaches it as logits, one row per example, not layer by layer."""
     if config.student.model is None:
         return
     if config.task != "classification":
@@ -345,12 +345,6 @@ def _check_student_model(config: Config) -> None:
         )
     if config.objective != "distill":
         return
-    if not config.distill.cache_teacher_logits:
-        raise ConfigError(
-            "distill.cache_teacher_logits",
-            "must be true with student.model: the other model's tokens differ from the teacher's, so the teacher's "
-            "signal comes from its cached logits (one row per example)",
-        )
     for key in ("hidden_weight", "attention_weight"):
         if getattr(config.distill, key) > 0:
             raise ConfigError(

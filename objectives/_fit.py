@@ -69,11 +69,12 @@ def distill_stages(
     """The stages of a distillation run, whatever the task:
 
     - ``integrated``: one run with ``kd(alpha)`` (alpha * T^2 * D(teacher, student) + (1 - alpha) * CE) against the
-      teacher's ``signal("train", train_data)``; with alpha = 0 plain ``ce``, no teacher needed;
+      teacher's ``signal("train", train_data)``; with alpha = 0 (and no layer term, ``hidden_weight`` /
+      ``attention_weight``) plain ``ce``, no teacher needed;
     - ``sequential``: ``kd(1.0)`` alone on the ``transfer()`` set for ``transfer_ratio`` of the step budget, then
       ``ce`` on the training data for the rest (the same total budget as integrated).
     """
-    if distill.approach == "integrated" and distill.alpha == 0:  # the KD term is off: plain CE
+    if distill.approach == "integrated" and distill.alpha == 0 and not distill.needs_teacher_states:  # plain CE
         return [Stage(train_data, args, ce)]
     if distill.approach == "integrated":
         return [Stage(train_data, args, kd(distill.alpha), signal("train", train_data))]
