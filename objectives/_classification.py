@@ -6,6 +6,7 @@ Implements :class:`objectives._task.TaskImplementation`. Nothing here knows abou
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,11 @@ def _tokenised(task: Task, model: str, device: str | torch.device) -> Workload:
 def prepare_workload(data: DataArgs, model: str, device: str | torch.device = "cpu") -> Workload:
     """Load and split the data and tokenise train/validation with ``model``'s tokenizer (cached per process)."""
     return _tokenised(open_data(data), model, device)
+
+
+_OWN_TOKENS: weakref.WeakKeyDictionary[torch.nn.Module, Workload] = weakref.WeakKeyDictionary()
+"""The data of each trained student of another architecture, tokenised its own way: :func:`heldout_metrics` and
+:func:`save_model`, called with the study's (the teacher's) workload, score and save it with its own tokenizer."""
 
 
 def student_workload(work: Workload, student: StudentArgs) -> Workload:
@@ -188,6 +194,8 @@ def finetune_student(
     base = load_classifier(student.model or base_model, work.num_labels)
     model = build_student(base, student, args.dropout, own.train)
     del base
+    if own is not work:
+        _OWN_TOKENS[model] = own
     stages = [Stage(own.train, args, get_loss("ce", **own.class_weights(args)))]
     return model, _fit(model, own, stages, seed=seed, report=report, on_cost=on_cost, costs=costs)
 
@@ -249,6 +257,8 @@ def distill_student(
     teacher = load_teacher(teacher_dir, work)
     own = student_workload(work, student)
     model = _distilled_student(teacher, work, student, args)
+    if own is not work:
+        _OWN_TOKENS[model] = own
     if distill.needs_teacher_states:
         logits = None  # the layer terms read the live teacher's hidden states; cached logits have none
     max_length = work.task.args.max_length
@@ -292,7 +302,8 @@ def distill_student(
 
 def heldout_metrics(model: torch.nn.Module, work: Workload) -> dict[str, Any]:
     """Quality (with ``per_class`` scores) on the held-out test split and cost, for full-training reports (never
-    called by a trial)."""
+    called by a trial), read through the model's own tokenizer (a ``student.model`` of another architecture)."""
+    work = _OWN_TOKENS.get(model, work)
     test = encode(work.tokenizer, work.task.test(), work.task.args.max_length)
     model.to(work.device)
     evaluation = evaluate(model, test, 128)
@@ -307,7 +318,9 @@ def heldout_metrics(model: torch.nn.Module, work: Workload) -> dict[str, Any]:
 
 
 def save_model(model: torch.nn.Module, work: Workload, out: Path) -> None:
-    """Write ``model`` with its class names (``id2label``) and the tokenizer to ``out``."""
+    """Write ``model`` with its class names (``id2label``) and its tokenizer (the study's, or a ``student.model``'s
+    own) to ``out``."""
+    work = _OWN_TOKENS.get(model, work)
     name_labels(model, work.task.rows.label_names)
     model.save_pretrained(out)
     work.tokenizer.save_pretrained(out)

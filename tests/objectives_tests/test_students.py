@@ -18,11 +18,12 @@ from objectives import (
     StudentArgs,
     TrainArgs,
     distill_student,
+    finetune_student,
     load_classifier,
     prepare_workload,
     teacher_logits,
 )
-from objectives._classification import save_model, student_workload
+from objectives._classification import heldout_metrics, save_model, student_workload
 from objectives._models import load_tokenizer
 
 DATA = DataArgs(max_train_rows=64, max_val_rows=16, max_length=32)
@@ -52,7 +53,7 @@ class RecordingCache:
 
 def test_layer_distillation_trains_a_narrow_student_from_the_live_teacher(teacher_dir: Path, tmp_path: Path) -> None:
     work = prepare_workload(DATA, str(teacher_dir))
-    student = StudentArgs(num_layers=2, hidden_ratio=0.5, heads_ratio=0.5)
+    student = StudentArgs(num_layers=2, hidden_ratio=0.5, heads_ratio=0.5, calibration_size=16)
     cache = RecordingCache()
     layered = DistillArgs(hidden_weight=1.0, attention_weight=1.0)
     model, metrics = distill_student(work, teacher_dir, student, ARGS, layered, seed=0, logits=cache)
@@ -115,5 +116,10 @@ def test_a_student_of_another_architecture_learns_from_cached_logits_on_its_own_
     assert name == "train" and data is work.train  # the teacher's logits come from the teacher's tokens
     mine = {tuple(ids) for ids in own.train.input_ids + own.validation.input_ids}
     assert seen and set(seen) <= mine  # every input the student saw was tokenised by its own tokenizer
+    save_model(model, work, tmp_path / "saved")  # with the study's workload, as hpo train calls it
+    assert load_tokenizer(str(tmp_path / "saved")).get_vocab() == own.tokenizer.get_vocab()
+    assert heldout_metrics(model, work)["params"] == metrics["params"]
+    _, tuned = finetune_student(work, "minilm-l6", student, ARGS, seed=0)  # from the other model, on its tokens
+    assert tuned["params"] == metrics["params"] and tuned["steps"] == 3
     with pytest.raises(ConfigError, match=r"distill\.hidden_weight"):
         distill_student(work, teacher_dir, student, ARGS, DistillArgs(hidden_weight=1.0), seed=0)
