@@ -169,7 +169,10 @@ def train(
 
     ``train_data`` and ``val_data`` give batches (``train_batches``, ``eval_batches``: texts of a classifier,
     token blocks of a language model); ``evaluate`` scores ``val_data`` (classification's by default) and
-    ``loss_fn(logits, labels, teacher_logits)`` is the task's loss.
+    ``loss_fn(logits, labels, teacher_logits)`` is the task's loss; a loss with ``model_outputs`` (e.g.
+    :class:`objectives._losses.LayerDistillLoss`) is called ``loss_fn(student_outputs, labels, teacher_outputs,
+    attention_mask)`` with both models asked for those outputs (the teacher live), and its own parameters train
+    with the model.
 
     With ``args.patience`` set, stops once validation loss has not improved for that many validations and restores
     the best weights seen. ``on_step`` (default: the callback of an enclosing ``report_steps``) follows progress.

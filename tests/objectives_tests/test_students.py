@@ -123,3 +123,21 @@ def test_a_student_of_another_architecture_learns_from_cached_logits_on_its_own_
     assert tuned["params"] == metrics["params"] and tuned["steps"] == 3
     with pytest.raises(ConfigError, match=r"distill\.hidden_weight"):
         distill_student(work, teacher_dir, student, ARGS, DistillArgs(hidden_weight=1.0), seed=0)
+
+
+@pytest.mark.parametrize(
+    ("student", "distill", "key"),
+    [
+        (StudentArgs(), DistillArgs(hidden_weight=1.0), r"distill\.hidden_weight"),
+        (StudentArgs(), DistillArgs(attention_weight=1.0), r"distill\.attention_weight"),
+        (StudentArgs(model="minilm-l6"), DistillArgs(), r"student\.model"),
+    ],
+)
+def test_causal_lm_students_refuse_what_is_classification_only(
+    student: StudentArgs, distill: DistillArgs, key: str
+) -> None:
+    causal_lm = pytest.importorskip(
+        "objectives._causal_lm", exc_type=ImportError
+    )  # its building blocks arrive from another branch
+    with pytest.raises(ConfigError, match=key):  # refused before any model or data is touched
+        causal_lm.distill_student(None, Path("no-teacher"), student, ARGS, distill, seed=0)
