@@ -205,6 +205,7 @@ class Config:
         if self.timeout is not None and self.timeout <= 0:
             raise ConfigError("timeout", f"must be > 0 seconds or null, got {self.timeout}")
         _check_device(self.device)
+        _check_student_model(self)
         for name, spec in self.search_space.items():
             _check_searchable(self, name, spec)
         self.parsed_constraints()
@@ -333,6 +334,26 @@ def _check_device(device: str) -> None:
         raise ConfigError("device", f"must be auto, cpu, cuda or cuda:N, got {device!r}")
 
 
+def _check_student_model(config: Config) -> None:
+    """A student of another architecture (``student.model``) is a classifier with its own tokenizer: the teacher's
+    signal reaches it as logits, one row per example, not layer by layer."""
+    if config.student.model is None:
+        return
+    if config.task != "classification":
+        raise ConfigError(
+            "student.model", f"students of another architecture are classification only; task is {config.task}"
+        )
+    if config.objective != "distill":
+        return
+    for key in ("hidden_weight", "attention_weight"):
+        if getattr(config.distill, key) > 0:
+            raise ConfigError(
+                f"distill.{key}",
+                "matches the student's layers with the teacher's token by token, which a student.model of another "
+                "architecture and tokenizer cannot; set it to 0 or drop student.model",
+            )
+
+
 def _check_searchable(config: Config, name: str, spec: ParamSpec) -> None:
     section, _, key = name.partition(".")
     if section not in SEARCHABLE_SECTIONS or not key:
@@ -347,7 +368,7 @@ def _check_searchable(config: Config, name: str, spec: ParamSpec) -> None:
         raise ConfigError(f"search_space.{name}", "search student depth with student.num_layers (an int range)")
     for value in spec.bounds():
         try:
-            apply_params(config, {name: value})
+            _check_student_model(apply_params(config, {name: value}))
         except ConfigError as exc:
             raise ConfigError(f"search_space.{name}", f"value {value!r} is invalid: {exc}") from None
 

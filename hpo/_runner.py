@@ -158,11 +158,18 @@ class TrialRunner:
         task = config.task_spec.implementation()
         if config.objective == "distill":
             assert self.teacher_dir is not None
-            logits = self.logits if config.distill.cache_teacher_logits else None
+            logits = self.logits if self._cached(config) else None
             args = (config.student, config.train, config.distill, seed, report, on_cost, logits)
             return task.distill_student(self.work, self.teacher_dir, *args, costs=costs)[1]
         args = (config.student, config.train, seed, report, on_cost)
         return task.finetune_student(self.work, config.teacher.model, *args, costs=costs)[1]
+
+    def _cached(self, config: Config) -> bool:
+        """Whether a distillation trial reads the teacher's cached logits: the cache is on and there is one, and no
+        layer term (``distill.hidden_weight``, ``attention_weight``) needs the live teacher's hidden states."""
+        return (
+            config.distill.cache_teacher_logits and not config.distill.needs_teacher_states and self.logits is not None
+        )
 
     def _costs(self, study: optuna.Study) -> StudyCosts:
         """The study's shared cost store (one per runner: a runner serves one study)."""
@@ -175,14 +182,14 @@ class TrialRunner:
         params = suggest_params(trial, self.config.search_space)
         seed = trial_seed(self.config.seed, trial.number)
         trial.set_user_attr("seed", seed)
-        if self.config.objective == "distill":  # which teacher path the trial used
-            cached = self.config.distill.cache_teacher_logits and self.logits is not None
-            trial.set_user_attr("teacher_logits", "cache" if cached else "live")
         for key, value in self.attrs.items():
             trial.set_user_attr(key, value)
         try:
+            config = apply_params(self.config, params)
+            if config.objective == "distill":  # which teacher path the trial used (a searched weight may change it)
+                trial.set_user_attr("teacher_logits", "cache" if self._cached(config) else "live")
             metrics = self.train(
-                apply_params(self.config, params),
+                config,
                 params,
                 seed,
                 trial.number,

@@ -222,6 +222,11 @@ def distill_student(
     instead of a teacher forward pass on every batch."""
     torch.manual_seed(seed)
     quiet_transformers()
+    for key in ("hidden_weight", "attention_weight"):
+        if getattr(distill, key) > 0:
+            raise ConfigError(f"distill.{key}", "layer distillation is classification only for now; keep it 0")
+    if student.model is not None:
+        raise ConfigError("student.model", "a student of another architecture is classification only for now")
     teacher = load_teacher(teacher_dir, work)
     model = _student(teacher, student, args.dropout)
 

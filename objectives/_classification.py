@@ -6,22 +6,24 @@ Implements :class:`objectives._task.TaskImplementation`. Nothing here knows abou
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from objectives._config import DataArgs, DistillArgs, StudentArgs, TeacherArgs, TrainArgs
+from objectives._config import ConfigError, DataArgs, DistillArgs, StudentArgs, TeacherArgs, TrainArgs
 from objectives._costs import CostStore, stored_cost
 from objectives._data import Encoded, Rows, Task, collate, encode, open_data
 from objectives._fit import CostHook, LogitSource, Stage, distill_stages, fit, frozen_teacher
 from objectives._logits import TopKLogits
-from objectives._losses import balanced_weights, get_loss
+from objectives._losses import LayerDistillLoss, balanced_weights, get_loss
 from objectives._metrics import gflops, latency_ms, per_class, size_mb, throughput
 from objectives._models import (
     build_student,
     count_parameters,
+    kept_layers,
     load_classifier,
     load_tokenizer,
     name_labels,
@@ -30,7 +32,7 @@ from objectives._models import (
 from objectives._models import (
     model_identity as model_identity,  # the task interface names it
 )
-from objectives._train import Report, evaluate
+from objectives._train import Report, evaluate, teacher_logits
 
 
 @dataclass
@@ -71,13 +73,30 @@ class Workload:
         return {"weight": balanced_weights(self.train.labels, self.num_labels).to(self.device)}
 
 
+def _tokenised(task: Task, model: str, device: str | torch.device) -> Workload:
+    """``task``'s train/validation splits tokenised with ``model``'s tokenizer (cached per process and tokenizer)."""
+    tokenizer = load_tokenizer(model)
+    max_length = task.args.max_length
+    train_enc = encode(tokenizer, task.train(), max_length, key=(task.fingerprint, "train"))
+    val_enc = encode(tokenizer, task.validation(), max_length, key=(task.fingerprint, "validation"))
+    return Workload(task, tokenizer, train_enc, val_enc, torch.device(device))
+
+
 def prepare_workload(data: DataArgs, model: str, device: str | torch.device = "cpu") -> Workload:
     """Load and split the data and tokenise train/validation with ``model``'s tokenizer (cached per process)."""
-    task = open_data(data)
-    tokenizer = load_tokenizer(model)
-    train_enc = encode(tokenizer, task.train(), data.max_length, key=(task.fingerprint, "train"))
-    val_enc = encode(tokenizer, task.validation(), data.max_length, key=(task.fingerprint, "validation"))
-    return Workload(task, tokenizer, train_enc, val_enc, torch.device(device))
+    return _tokenised(open_data(data), model, device)
+
+
+_OWN_TOKENS: weakref.WeakKeyDictionary[torch.nn.Module, Workload] = weakref.WeakKeyDictionary()
+"""The data of each trained student of another architecture, tokenised its own way: :func:`heldout_metrics` and
+:func:`save_model`, called with the study's (the teacher's) workload, score and save it with its own tokenizer."""
+
+
+def student_workload(work: Workload, student: StudentArgs) -> Workload:
+    """The data as the student reads it: ``work`` itself for a student cut from the teacher; for a student of
+    another architecture (``student.model``) the same examples, in the same order, tokenised with its own
+    tokenizer, so row i is still example i (of the teacher's logits too)."""
+    return work if student.model is None else _tokenised(work.task, student.model, work.device)
 
 
 def measure_cost(model: torch.nn.Module, work: Workload, costs: CostStore | None = None) -> dict[str, float]:
@@ -169,15 +188,19 @@ def finetune_student(
     on_cost: CostHook | None = None,
     costs: CostStore | None = None,
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """The student architecture, initialised from the base (pretrained, not fine-tuned) model, trained on hard
-    labels with cross-entropy; returns the trained model and its metrics."""
+    """The student architecture, initialised from the base (pretrained, not fine-tuned) model, or from
+    ``student.model`` with its own tokenizer, trained on hard labels with cross-entropy; returns the trained model
+    and its metrics."""
     torch.manual_seed(seed)
     quiet_transformers()
-    base = load_classifier(base_model, work.num_labels)
-    model = build_student(base, student, args.dropout, work.train)
+    own = student_workload(work, student)
+    base = load_classifier(student.model or base_model, work.num_labels)
+    model = build_student(base, student, args.dropout, own.train)
     del base
-    stages = [Stage(work.train, args, get_loss("ce", **work.class_weights(args)))]
-    return model, _fit(model, work, stages, seed=seed, report=report, on_cost=on_cost, costs=costs)
+    if own is not work:
+        _OWN_TOKENS[model] = own
+    stages = [Stage(own.train, args, get_loss("ce", **own.class_weights(args)))]
+    return model, _fit(model, own, stages, seed=seed, report=report, on_cost=on_cost, costs=costs)
 
 
 def transfer_set(work: Workload, files: list[str], max_length: int) -> Encoded:
@@ -187,6 +210,17 @@ def transfer_set(work: Workload, files: list[str], max_length: int) -> Encoded:
         texts += [line.strip() for line in Path(path).expanduser().read_text().splitlines() if line.strip()]
     # Labels are placeholders: the KD-only loss (alpha = 1) never reads them.
     return encode(work.tokenizer, Rows(texts, [0] * len(texts), work.task.rows.label_names), max_length)
+
+
+def _distilled_student(teacher: torch.nn.Module, work: Workload, student: StudentArgs, args: TrainArgs) -> Any:
+    """The student before training: cut from the ``teacher`` (:func:`build_student`), or ``student.model`` with a
+    new head (its own layers cut by ``num_layers`` / ``layers``)."""
+    if student.model is None:
+        return build_student(teacher, student, args.dropout, work.train)
+    other = load_classifier(student.model, work.num_labels, args.dropout)
+    if student.num_layers is None and student.layers is None and student.init == "teacher":
+        return other
+    return build_student(other, student, args.dropout)
 
 
 def distill_student(
@@ -201,39 +235,78 @@ def distill_student(
     logits: LogitSource | None = None,
     costs: CostStore | None = None,
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """A student initialised from the fine-tuned teacher, then either
+    """A student initialised from the fine-tuned teacher (or ``student.model``), then either
 
     - ``integrated``: one run with alpha * T^2 * KL(teacher || student) + (1 - alpha) * CE, or
     - ``sequential``: KD only (alpha = 1) on the transfer set for ``transfer_ratio`` of the step budget, then
       fine-tuning on the labels with CE for the rest (the same total budget as integrated).
 
+    ``distill.hidden_weight`` / ``attention_weight`` add the layer terms of :class:`objectives._losses.
+    LayerDistillLoss` to the KD stage; they need the teacher's hidden states, so the teacher then runs live on every
+    batch and ``logits`` is not used.
+
     With ``logits``, the teacher's outputs come from it instead of a teacher forward pass on every batch: the teacher
-    is frozen in eval mode, so they are the same numbers. Returns the trained model and its metrics.
+    is frozen in eval mode, so they are the same numbers. A ``student.model`` of another architecture reads its own
+    tokens (:func:`student_workload`); the teacher's logits, one row per example, come from ``logits`` over the
+    teacher's tokens of the same examples, or without it are computed once at the start of the run. Cost and
+    validation are measured on the student's tokens. Returns the trained model and its metrics.
     """
+    if student.model is not None and distill.needs_teacher_states:
+        key = "hidden_weight" if distill.hidden_weight > 0 else "attention_weight"
+        raise ConfigError(
+            f"distill.{key}", "matches layers token by token, which a student.model of its own cannot; set it to 0"
+        )
     torch.manual_seed(seed)
     teacher = load_teacher(teacher_dir, work)
-    model = build_student(teacher, student, args.dropout, work.train)
+    own = student_workload(work, student)
+    model = _distilled_student(teacher, work, student, args)
+    if own is not work:
+        _OWN_TOKENS[model] = own
+    if distill.needs_teacher_states:
+        logits = None  # the layer terms read the live teacher's hidden states; cached logits have none
+    max_length = work.task.args.max_length
 
     def signal(name: str, data: Encoded) -> torch.nn.Module | torch.Tensor | TopKLogits:
-        return teacher if logits is None else logits(name, data, teacher)
+        if own is work:
+            return teacher if logits is None else logits(name, data, teacher)
+        # Another tokenizer: the teacher reads its own tokens of the same examples (row i = example i).
+        mine = work.train if name == "train" else transfer_set(work, distill.transfer_files, max_length)
+        return (
+            logits(name, mine, teacher) if logits is not None else teacher_logits(teacher, mine, args.eval_batch_size)
+        )
 
-    weights = work.class_weights(args)
+    weights = own.class_weights(args)
+
+    def kd(alpha: float) -> Any:
+        # the KD-only stage reads no labels (the transfer set's are placeholders), so it takes no class weights
+        loss = get_loss("kd", temperature=distill.temperature, alpha=alpha, **(weights if alpha < 1 else {}))
+        if not distill.needs_teacher_states:
+            return loss
+        return LayerDistillLoss(
+            loss,
+            kept_layers(teacher, student, work.train),
+            hidden_weight=distill.hidden_weight,
+            attention_weight=distill.attention_weight,
+            student_width=model.config.hidden_size,
+            teacher_width=teacher.config.hidden_size,
+        )
+
     stages = distill_stages(
-        work.train,
+        own.train,
         args,
         distill,
         ce=get_loss("ce", **weights),
-        # the KD-only stage reads no labels (the transfer set's are placeholders), so it takes no class weights
-        kd=lambda alpha: get_loss("kd", temperature=distill.temperature, alpha=alpha, **(weights if alpha < 1 else {})),
+        kd=kd,
         signal=signal,
-        transfer=lambda: transfer_set(work, distill.transfer_files, work.task.args.max_length),
+        transfer=lambda: transfer_set(own, distill.transfer_files, max_length),
     )
-    return model, _fit(model, work, stages, seed=seed, report=report, on_cost=on_cost, costs=costs)
+    return model, _fit(model, own, stages, seed=seed, report=report, on_cost=on_cost, costs=costs)
 
 
 def heldout_metrics(model: torch.nn.Module, work: Workload) -> dict[str, Any]:
     """Quality (with ``per_class`` scores) on the held-out test split and cost, for full-training reports (never
-    called by a trial)."""
+    called by a trial), read through the model's own tokenizer (a ``student.model`` of another architecture)."""
+    work = _OWN_TOKENS.get(model, work)
     test = encode(work.tokenizer, work.task.test(), work.task.args.max_length)
     model.to(work.device)
     evaluation = evaluate(model, test, 128)
@@ -248,7 +321,9 @@ def heldout_metrics(model: torch.nn.Module, work: Workload) -> dict[str, Any]:
 
 
 def save_model(model: torch.nn.Module, work: Workload, out: Path) -> None:
-    """Write ``model`` with its class names (``id2label``) and the tokenizer to ``out``."""
+    """Write ``model`` with its class names (``id2label``) and its tokenizer (the study's, or a ``student.model``'s
+    own) to ``out``."""
+    work = _OWN_TOKENS.get(model, work)
     name_labels(model, work.task.rows.label_names)
     model.save_pretrained(out)
     work.tokenizer.save_pretrained(out)

@@ -189,6 +189,11 @@ class TeacherArgs:
 class StudentArgs:
     """The student architecture: the teacher's with fewer layers, copied from the teacher or initialised from scratch."""
 
+    model: str | None = None
+    """A student of another architecture: a registry name, local directory or Hugging Face id of a pretrained
+    model, given a new classification head and trained with its own tokenizer against the teacher's cached logits
+    (``distill.cache_teacher_logits: true``). ``num_layers`` / ``layers`` then cut that model's layers. Null (the
+    default): the student is cut from the teacher. Classification only."""
     num_layers: int | None = None
     """Keep this many evenly spaced teacher layers; null with ``layers`` null keeps them all."""
     layers: list[int] | None = None
@@ -220,6 +225,24 @@ class StudentArgs:
     the ratios and ``layer_selection: importance``."""
 
     def __post_init__(self) -> None:
+        _check(
+            self.model is None or (isinstance(self.model, str) and self.model.strip() != ""),
+            "model",
+            f"must name a model (registry name, directory or hub id) or be null, got {self.model!r}",
+        )
+        if self.model is not None:
+            for key in ("hidden_ratio", "ffn_ratio", "heads_ratio"):
+                _check(
+                    getattr(self, key) == 1,
+                    key,
+                    "prunes the teacher's channels, heads and neurons; a student.model of its own keeps its widths: "
+                    "set it to 1.0 or drop student.model",
+                )
+            _check(
+                self.layer_selection == "even",
+                "layer_selection",
+                "importance ranks the teacher's layers; with student.model use even (or list layers)",
+            )
         _check(self.init in ("teacher", "scratch"), "init", f"must be 'teacher' or 'scratch', got {self.init!r}")
         for key in ("hidden_ratio", "ffn_ratio", "heads_ratio"):
             _check_fraction(getattr(self, key), key, low_open=True)
@@ -305,8 +328,31 @@ class DistillArgs:
     the rest) instead of every output: an approximation of the full KL, whose tail mass at temperature T is taken
     as if the tail were flat (exact at T = 1; see ``objectives.TopKLogits``)."""
 
+    hidden_weight: float = 0.0
+    """Weight beta of the hidden-state term (TinyBERT): the mean squared error between each student layer's hidden
+    states (and the embeddings output) and those of the teacher layer it was cut from, through a learned linear
+    map where the student is narrower (``student.hidden_ratio`` < 1); padding excluded. 0 turns it off.
+    Classification only. Searchable."""
+    attention_weight: float = 0.0
+    """Weight gamma of the attention term (MiniLM): KL(teacher || student) between the attention distributions of
+    matched layers, heads averaged where the student has fewer (``student.heads_ratio`` < 1); padding excluded.
+    0 turns it off. Classification only. Searchable.
+
+    With either weight above 0 the teacher runs live on every batch and ``cache_teacher_logits`` is not used: the
+    cache holds logits, a few bytes per example (8 for two classes), while hidden states and attentions would be
+    (L + 1) x T x d and L x H x T x T numbers per example. For MiniLM-L6 (L = 6 layers, d = 384, H = 12 heads) on
+    rt-snippets (mean T = 26.9 tokens at max_length 64) that is 289 KB and 209 KB per example in fp32, 2.4 GB and
+    1.8 GB for its 8,454 training examples, against 68 KB of logits."""
+
+    @property
+    def needs_teacher_states(self) -> bool:
+        """Whether a layer term is on, so the teacher must run live (its cached logits cannot serve it)."""
+        return self.hidden_weight > 0 or self.attention_weight > 0
+
     def __post_init__(self) -> None:
         _check(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature}")
+        for key in ("hidden_weight", "attention_weight"):
+            _check(getattr(self, key) >= 0, key, f"must be >= 0, got {getattr(self, key)}")
         _check_fraction(self.alpha, "alpha")
         _check(
             self.approach in ("integrated", "sequential"),

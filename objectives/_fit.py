@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -14,7 +15,7 @@ from objectives._config import DistillArgs, TrainArgs
 from objectives._logits import TopKLogits
 from objectives._metrics import PeakMemory
 from objectives._models import num_layers
-from objectives._train import Evaluate, Report, train
+from objectives._train import Evaluate, Report, eager_attention, train
 
 CostHook = Callable[[dict[str, float]], None]
 """Called once with the cost metrics (latency, throughput, params, size, FLOPs) before training starts: they
@@ -68,11 +69,12 @@ def distill_stages(
     """The stages of a distillation run, whatever the task:
 
     - ``integrated``: one run with ``kd(alpha)`` (alpha * T^2 * D(teacher, student) + (1 - alpha) * CE) against the
-      teacher's ``signal("train", train_data)``; with alpha = 0 plain ``ce``, no teacher needed;
+      teacher's ``signal("train", train_data)``; with alpha = 0 (and no layer term, ``hidden_weight`` /
+      ``attention_weight``) plain ``ce``, no teacher needed;
     - ``sequential``: ``kd(1.0)`` alone on the ``transfer()`` set for ``transfer_ratio`` of the step budget, then
       ``ce`` on the training data for the rest (the same total budget as integrated).
     """
-    if distill.approach == "integrated" and distill.alpha == 0:  # the KD term is off: plain CE
+    if distill.approach == "integrated" and distill.alpha == 0 and not distill.needs_teacher_states:  # plain CE
         return [Stage(train_data, args, ce)]
     if distill.approach == "integrated":
         return [Stage(train_data, args, kd(distill.alpha), signal("train", train_data))]
@@ -116,18 +118,21 @@ def fit(
     done = 0
     with PeakMemory(device) as memory:
         for stage in stages:
-            result = train(
-                model,
-                stage.data,
-                validation,
-                stage.args,
-                loss_fn=stage.loss_fn,
-                evaluate=evaluate,
-                n_layers=num_layers(model),
-                seed=seed,
-                teacher=stage.teacher,
-                report=None if report is None else _offset(report, done, last=stage is stages[-1]),
-            )
+            attentions = getattr(stage.loss_fn, "model_outputs", {}).get("output_attentions", False)
+            live = [stage.teacher] if isinstance(stage.teacher, torch.nn.Module) else []
+            with eager_attention(model, *live) if attentions else contextlib.nullcontext():
+                result = train(
+                    model,
+                    stage.data,
+                    validation,
+                    stage.args,
+                    loss_fn=stage.loss_fn,
+                    evaluate=evaluate,
+                    n_layers=num_layers(model),
+                    seed=seed,
+                    teacher=stage.teacher,
+                    report=None if report is None else _offset(report, done, last=stage is stages[-1]),
+                )
             done += result.steps
     metrics = {
         "steps": float(done),

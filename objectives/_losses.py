@@ -1,4 +1,5 @@
-"""Losses: small pure functions over logits, and a name -> loss registry."""
+"""Losses: small pure functions over logits and hidden states, a name -> loss registry, and the layer-distillation
+loss that adds intermediate-layer terms to a logit loss."""
 
 from __future__ import annotations
 
@@ -150,6 +151,57 @@ def lm_kd_loss(
     return alpha * t * t * kd + (1 - alpha) * ce
 
 
+def _token_mask(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T, 1) float mask of real tokens and their count (at least 1)."""
+    weights = mask.unsqueeze(-1).float()
+    return weights, weights.sum().clamp(min=1.0)
+
+
+def hidden_state_loss(
+    student_states: Sequence[torch.Tensor],
+    teacher_states: Sequence[torch.Tensor],
+    mask: torch.Tensor,
+    project: torch.nn.Module | None = None,
+) -> torch.Tensor:
+    """Hidden-state distillation (TinyBERT, Jiao et al. 2020) over M matched layers:
+
+    L_hid = 1/M sum_m sum_{n,t} mask_nt ||W h_s^m_nt - h_t^m_nt||^2 / (d_t * sum_{n,t} mask_nt)
+
+    ``student_states[m]`` (B, T, d_s) is matched with ``teacher_states[m]`` (B, T, d_t); W is ``project`` (a
+    learned d_s -> d_t linear map when the widths differ), the identity when None. ``mask`` (B, T) is 1 on real
+    tokens: padding adds nothing. Zero when the student's states equal the teacher's."""
+    weights, tokens = _token_mask(mask)
+    total = torch.zeros((), device=mask.device)
+    for student, teacher in zip(student_states, teacher_states, strict=True):
+        student = student.float() if project is None else project(student.float())
+        squared = (student - teacher.float()).pow(2) * weights
+        total = total + squared.sum() / (tokens * teacher.shape[-1])
+    return total / len(student_states)
+
+
+def attention_loss(
+    student_attentions: Sequence[torch.Tensor], teacher_attentions: Sequence[torch.Tensor], mask: torch.Tensor
+) -> torch.Tensor:
+    """Attention-distribution distillation (MiniLM, Wang et al. 2020) over M matched layers:
+
+    L_att = 1/M sum_m sum_{n,t} mask_nt KL(A_t^m[n, :, t] || A_s^m[n, :, t]) / (H * sum_{n,t} mask_nt)
+
+    with A^m (B, H, T, T) a layer's attention probabilities (each query t a distribution over the keys) and the KL
+    summed over keys, averaged over the H heads; where the head counts differ (a head-pruned student) each model's
+    heads are first averaged into one distribution per query (H = 1). Padded queries add nothing; padded keys have
+    probability 0 in both. Zero for equal attentions."""
+    weights, tokens = _token_mask(mask)
+    total = torch.zeros((), device=mask.device)
+    for student, teacher in zip(student_attentions, teacher_attentions, strict=True):
+        student, teacher = student.float(), teacher.float()
+        if student.shape[1] != teacher.shape[1]:
+            student, teacher = student.mean(1, keepdim=True), teacher.mean(1, keepdim=True)
+        kl = torch.special.xlogy(teacher, teacher) - torch.special.xlogy(teacher, student.clamp(min=1e-12))
+        per_query = kl.sum(-1).mean(1)  # (B, T): summed over keys, averaged over heads
+        total = total + (per_query.unsqueeze(-1) * weights).sum() / tokens
+    return total / len(student_attentions)
+
+
 LOSSES: dict[str, Callable[..., torch.Tensor]] = {
     "ce": cross_entropy_loss,
     "kd": kd_loss,
@@ -170,3 +222,56 @@ def get_loss(name: str, **options: Any) -> Callable[[torch.Tensor, torch.Tensor,
         return fn(student_logits, labels, teacher_logits, **options)
 
     return loss
+
+
+class LayerDistillLoss(torch.nn.Module):
+    """A logit loss plus intermediate-layer terms (TinyBERT / MiniLM style):
+
+    loss = logit_loss(z_s, y, z_t) + beta * L_hid + gamma * L_att
+
+    (:func:`hidden_state_loss`, :func:`attention_loss`). Student layer i is matched with teacher layer
+    ``keep[i]`` (the teacher layer it was cut from), and the embeddings output with the embeddings output (hidden
+    states only). ``project`` is the learned d_s -> d_t map of a narrower student (None at equal widths): a
+    parameter of this loss, trained with the student (the training loop adds :meth:`parameters` to the optimiser)
+    and never part of the student's saved weights.
+
+    The training loop calls it as ``loss(student_outputs, labels, teacher_outputs, attention_mask)`` with both
+    models' full outputs, asking them for :attr:`model_outputs` (hidden states, attentions); the teacher must run
+    live, its cached logits carry no hidden states.
+    """
+
+    def __init__(
+        self,
+        logit_loss: Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor],
+        keep: Sequence[int],
+        *,
+        hidden_weight: float,
+        attention_weight: float,
+        student_width: int,
+        teacher_width: int,
+    ) -> None:
+        super().__init__()
+        self.logit_loss = logit_loss
+        self.keep = list(keep)
+        self.hidden_weight = hidden_weight
+        self.attention_weight = attention_weight
+        narrower = hidden_weight > 0 and student_width != teacher_width
+        self.project = torch.nn.Linear(student_width, teacher_width) if narrower else None
+
+    @property
+    def model_outputs(self) -> dict[str, bool]:
+        """The extra outputs the training loop asks both models for."""
+        return {"output_hidden_states": self.hidden_weight > 0, "output_attentions": self.attention_weight > 0}
+
+    def forward(self, student: Any, labels: torch.Tensor, teacher: Any, attention_mask: torch.Tensor) -> torch.Tensor:
+        loss = self.logit_loss(student.logits, labels, teacher.logits)
+        if self.hidden_weight > 0:
+            layers = [0, *(i + 1 for i in self.keep)]  # hidden_states[0] is the embeddings output
+            teacher_states = [teacher.hidden_states[i] for i in layers]
+            loss = loss + self.hidden_weight * hidden_state_loss(
+                student.hidden_states, teacher_states, attention_mask, self.project
+            )
+        if self.attention_weight > 0:
+            teacher_attentions = [teacher.attentions[i] for i in self.keep]
+            loss = loss + self.attention_weight * attention_loss(student.attentions, teacher_attentions, attention_mask)
+        return loss

@@ -152,6 +152,27 @@ def _renumbered_state(teacher: Any, keep: list[int]) -> tuple[dict[str, Any], Ca
     return state, layer_of
 
 
+def _importance(teacher: Any, args: StudentArgs, calibration: Encoded | None) -> Any:
+    """The teacher's :class:`objectives._pruning.Importance` on the calibration sample when width ratios or
+    ``layer_selection: importance`` need it (measured once per teacher and sample), else None."""
+    narrow = min(args.hidden_ratio, args.ffn_ratio, args.heads_ratio) < 1
+    if not narrow and args.layer_selection != "importance":
+        return None
+    from objectives._pruning import teacher_importance
+
+    if calibration is None:
+        raise ConfigError("calibration_size", "width ratios and layer_selection: importance need training data")
+    asked_by = "hidden_ratio" if narrow else "layer_selection"
+    return teacher_importance(teacher, calibration, args.calibration_size, asked_by)
+
+
+def kept_layers(teacher: Any, args: StudentArgs, calibration: Encoded | None = None) -> list[int]:
+    """The teacher layers the student of ``args`` keeps (:func:`student_layers`, ranked on ``calibration`` for
+    ``layer_selection: importance``): student layer i is teacher layer ``kept_layers(...)[i]``."""
+    importance = _importance(teacher, args, calibration)
+    return student_layers(args, num_layers(teacher), None if importance is None else importance.influence)
+
+
 def build_student(
     teacher: Any, args: StudentArgs, dropout: float | None = None, calibration: Encoded | None = None
 ) -> Any:
@@ -165,16 +186,11 @@ def build_student(
     """
     from transformers import AutoModelForSequenceClassification
 
-    from objectives._pruning import narrow_classifier, prune_widths, teacher_importance
+    from objectives._pruning import narrow_classifier, prune_widths
 
     narrow = min(args.hidden_ratio, args.ffn_ratio, args.heads_ratio) < 1
-    importance = None
-    if narrow or args.layer_selection == "importance":
-        if calibration is None:
-            raise ConfigError("calibration_size", "width ratios and layer_selection: importance need training data")
-        asked_by = "hidden_ratio" if narrow else "layer_selection"
-        importance = teacher_importance(teacher, calibration, args.calibration_size, asked_by)
-    keep = student_layers(args, num_layers(teacher), None if importance is None else importance.influence)
+    importance = _importance(teacher, args, calibration)
+    keep = kept_layers(teacher, args, calibration)
     config = set_dropout(copy.deepcopy(teacher.config), dropout)
     config.num_hidden_layers = len(keep)
     for key in ("hidden_size", "intermediate_size", "num_attention_heads"):

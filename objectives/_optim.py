@@ -58,14 +58,19 @@ tensor). On the 2-core CPU VM a 40-step fine-tuning trial took 0.72-0.78x the pe
 
 
 def build_optimizer(
-    model: torch.nn.Module, args: TrainArgs, n_layers: int, device: torch.device
+    model: torch.nn.Module,
+    args: TrainArgs,
+    n_layers: int,
+    device: torch.device,
+    extra: list[torch.nn.Parameter] | None = None,
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW (fused on :data:`FUSED_DEVICES`) over :func:`param_groups`, and a warmup-linear schedule over
-    ``args.max_steps``."""
-    groups = param_groups(model, args, n_layers)
-    optimizer = torch.optim.AdamW(
-        [{k: v for k, v in g.items() if k != "names"} for g in groups], fused=device.type in FUSED_DEVICES
-    )
+    ``args.max_steps``. ``extra`` parameters outside the model (a loss's learned map) train at the head's ``lr``
+    without weight decay."""
+    groups = [{k: v for k, v in g.items() if k != "names"} for g in param_groups(model, args, n_layers)]
+    if extra:
+        groups.append({"params": extra, "lr": args.lr, "weight_decay": 0.0})
+    optimizer = torch.optim.AdamW(groups, fused=device.type in FUSED_DEVICES)
     warmup = round(args.max_steps * args.warmup_ratio)
 
     def factor(step: int) -> float:

@@ -45,6 +45,20 @@ def report_steps(callback: StepCallback | None) -> Iterator[None]:
         _ON_STEP.reset(token)
 
 
+@contextlib.contextmanager
+def eager_attention(*models: torch.nn.Module) -> Iterator[None]:
+    """Run transformers ``models`` with eager attention inside the block, then restore their own implementation:
+    the fused kernels (SDPA, the default) return no attention probabilities for ``output_attentions``."""
+    before = [model.config._attn_implementation for model in models]
+    for model in models:
+        model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        for model, implementation in zip(models, before, strict=True):
+            model.set_attn_implementation(implementation)
+
+
 class NonFiniteLoss(FloatingPointError):
     """The training loss became NaN or infinite; the run cannot continue."""
 
@@ -155,7 +169,10 @@ def train(
 
     ``train_data`` and ``val_data`` give batches (``train_batches``, ``eval_batches``: texts of a classifier,
     token blocks of a language model); ``evaluate`` scores ``val_data`` (classification's by default) and
-    ``loss_fn(logits, labels, teacher_logits)`` is the task's loss.
+    ``loss_fn(logits, labels, teacher_logits)`` is the task's loss; a loss with ``model_outputs`` (e.g.
+    :class:`objectives._losses.LayerDistillLoss`) is called ``loss_fn(student_outputs, labels, teacher_outputs,
+    attention_mask)`` with both models asked for those outputs (the teacher live), and its own parameters train
+    with the model.
 
     With ``args.patience`` set, stops once validation loss has not improved for that many validations and restores
     the best weights seen. ``on_step`` (default: the callback of an enclosing ``report_steps``) follows progress.
@@ -166,7 +183,11 @@ def train(
     on_step = on_step if on_step is not None else _ON_STEP.get()
     device = next(model.parameters()).device
     torch.manual_seed(seed)
-    optimizer, schedule = build_optimizer(model, args, n_layers, device)
+    # A layer-distillation loss asks both models for hidden states or attentions and may train parameters of its
+    # own (a projection); every other loss sees logits only, and no extra outputs are computed for it.
+    outputs = {k: v for k, v in getattr(loss_fn, "model_outputs", {}).items() if v}
+    extra = list(loss_fn.to(device).parameters()) if isinstance(loss_fn, torch.nn.Module) else []
+    optimizer, schedule = build_optimizer(model, args, n_layers, device, extra)
     dtype = autocast_dtype(args.precision, device)
     # fp16 needs loss scaling to keep small gradients from underflowing; bf16 has fp32's range and does not.
     scaler = torch.amp.GradScaler("cuda", enabled=dtype is torch.float16)
@@ -194,21 +215,26 @@ def train(
             batch = _to(next(batches), device)
             inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
             with amp():
-                logits = forward(**inputs).logits
-                teacher_logits = None
+                student_out = forward(**inputs, **outputs)
+                teacher_out = None
                 if isinstance(teacher, torch.nn.Module):
                     with torch.no_grad():
-                        teacher_logits = teacher(**inputs).logits
+                        teacher_out = teacher(**inputs, **outputs)
                 elif teacher is not None:
-                    teacher_logits = teacher[batch["index"]]
-            loss = loss_fn(logits, batch["labels"], teacher_logits) / args.grad_accum_steps
+                    teacher_out = teacher[batch["index"]]
+            if outputs:
+                loss = loss_fn(student_out, batch["labels"], teacher_out, batch["attention_mask"])
+            else:
+                teacher_logits = teacher_out.logits if isinstance(teacher, torch.nn.Module) else teacher_out
+                loss = loss_fn(student_out.logits, batch["labels"], teacher_logits)
+            loss = loss / args.grad_accum_steps
             nonfinite |= ~torch.isfinite(loss.detach())
             if on_step is not None:
                 running_loss += loss.detach().float()
             scaler.scale(loss).backward()
         if args.max_grad_norm is not None:
             scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_([*model.parameters(), *extra], args.max_grad_norm)
         scaler.step(optimizer)
         scaler.update()
         schedule.step()

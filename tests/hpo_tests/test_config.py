@@ -36,6 +36,22 @@ BAD = [
     ({"train": {"precision": "fp8"}}, "train.precision: must be one of auto, fp32, bf16, fp16, got 'fp8'"),
     ({"distill": {"alpha": 1.5}}, "distill.alpha: must be in [0, 1], got 1.5"),
     ({"distill": {"temperature": 0}}, "distill.temperature: must be > 0"),
+    ({"distill": {"hidden_weight": -1}}, "distill.hidden_weight: must be >= 0, got -1.0"),
+    ({"distill": {"attention_weight": -0.5}}, "distill.attention_weight: must be >= 0, got -0.5"),
+    ({"student": {"model": " "}}, "student.model: must name a model (registry name, directory or hub id) or be null"),
+    ({"student": {"model": "distilbert-base-uncased", "hidden_ratio": 0.5}}, "student.hidden_ratio: prunes the"),
+    ({"student": {"model": "distilbert-base-uncased", "layer_selection": "importance"}}, "student.layer_selection:"),
+    (
+        {"student": {"model": "distilbert-base-uncased"}, "distill": {"hidden_weight": 1.0}},
+        "distill.hidden_weight: matches the student's layers with the teacher's token by token",
+    ),
+    (
+        {
+            "student": {"model": "distilbert-base-uncased"},
+            "search_space": {"distill.attention_weight": {"type": "float", "low": 0.0, "high": 1.0}},
+        },
+        "search_space.distill.attention_weight: value 1.0 is invalid: distill.attention_weight: matches",
+    ),
     ({"data": {"test_fraction": 1.0}}, "data.test_fraction: must be in [0, 1), got 1.0"),
     ({"data": {"val_fraction": 0.5, "test_fraction": 0.5}}, "data.val_fraction: val_fraction + test_fraction"),
     ({"student": {"hidden_size": 128}}, "student.hidden_size: changes the width, so needs init: scratch"),

@@ -7,6 +7,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -15,7 +16,16 @@ import torch
 from hpo import config_from_dict
 from hpo._run import run
 from hpo._teacher import LogitCache
-from objectives import DataArgs, StudentArgs, TopKLogits, TrainArgs, build_student, load_classifier, prepare_workload
+from objectives import (
+    METRICS,
+    DataArgs,
+    StudentArgs,
+    TopKLogits,
+    TrainArgs,
+    build_student,
+    load_classifier,
+    prepare_workload,
+)
 from objectives._classification import Stage, _fit
 from objectives._data import collate
 from objectives._losses import kd_loss
@@ -160,3 +170,24 @@ def test_changing_one_row_of_a_local_csv_trains_a_new_teacher(tmp_path: Path) ->
     csv.write_text("text,label\n" + "\n".join(lines) + "\n")
     second = teacher_path()
     assert second != first and (second / "metrics.json").is_file() and (first / "metrics.json").is_file()
+
+
+def test_trials_with_a_layer_term_use_the_live_teacher_not_the_cache() -> None:
+    from hpo._runner import TrialRunner
+
+    space = {"distill.hidden_weight": {"type": "categorical", "choices": [0.0, 1.5]}}
+    config = config_from_dict(tiny_config("layers", n_trials=2, search_space=space))
+    asked: list[tuple[float, bool]] = []
+
+    class Runner(TrialRunner):
+        def train(self, config: Any, params: dict, seed: int, *args: Any, **kwargs: Any) -> dict[str, float]:
+            asked.append((config.distill.hidden_weight, self._cached(config)))
+            return dict.fromkeys((*METRICS, "val_loss", "steps"), 1.0)
+
+    study = optuna.create_study(directions=["maximize"])
+    for weight in (0.0, 1.5):
+        study.enqueue_trial({"distill.hidden_weight": weight})
+    study.optimize(Runner(config, work=object(), teacher_dir=Path("t"), logits=lambda *a: None), n_trials=2)
+    attrs = {t.params["distill.hidden_weight"]: t.user_attrs["teacher_logits"] for t in study.trials}
+    assert attrs == {0.0: "cache", 1.5: "live"}
+    assert asked == [(0.0, True), (1.5, False)]

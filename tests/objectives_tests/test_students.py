@@ -1,0 +1,143 @@
+"""Students beyond a plain layer cut: layer distillation (hidden states, attentions) and a student of another
+architecture with its own tokenizer, trained against the teacher's per-example logits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import objectives._classification
+from objectives import (
+    ConfigError,
+    DataArgs,
+    DistillArgs,
+    StudentArgs,
+    TrainArgs,
+    distill_student,
+    finetune_student,
+    load_classifier,
+    prepare_workload,
+    teacher_logits,
+)
+from objectives._classification import heldout_metrics, save_model, student_workload
+from objectives._models import load_tokenizer
+
+DATA = DataArgs(max_train_rows=64, max_val_rows=16, max_length=32)
+ARGS = TrainArgs(max_steps=3, batch_size=8, eval_every=3, lr=1e-3)
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled MiniLM with a new 2-class head (not fine-tuned: a frozen teacher all the same), saved."""
+    path = tmp_path_factory.mktemp("teacher")
+    torch.manual_seed(0)
+    load_classifier("minilm-l6", 2).save_pretrained(path)
+    load_tokenizer("minilm-l6").save_pretrained(path)
+    return path
+
+
+class RecordingCache:
+    """A LogitSource computing the teacher's logits in-process and recording what it was asked for."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+
+    def __call__(self, name: str, data: Any, teacher: torch.nn.Module) -> torch.Tensor:
+        self.calls.append((name, data))
+        return teacher_logits(teacher, data, 64)
+
+
+def test_layer_distillation_trains_a_narrow_student_from_the_live_teacher(teacher_dir: Path, tmp_path: Path) -> None:
+    work = prepare_workload(DATA, str(teacher_dir))
+    student = StudentArgs(num_layers=2, hidden_ratio=0.5, heads_ratio=0.5, calibration_size=16)
+    cache = RecordingCache()
+    layered = DistillArgs(hidden_weight=1.0, attention_weight=1.0)
+    model, metrics = distill_student(work, teacher_dir, student, ARGS, layered, seed=0, logits=cache)
+    assert cache.calls == []  # the layer terms need the teacher's hidden states: no cached logits read
+    assert metrics["steps"] == 3 and 0 <= metrics["accuracy"] <= 1 and torch.isfinite(torch.tensor(metrics["val_loss"]))
+    assert model.config.hidden_size == 192  # narrower than the teacher's 384: the map was a learned 192 -> 384
+    assert model.config._attn_implementation == "sdpa"  # eager attention only while training
+    save_model(model, work, tmp_path / "student")
+    saved = load_file(str(tmp_path / "student" / "model.safetensors"))
+    assert saved.keys() == model.state_dict().keys() and not any("project" in key for key in saved)
+    _, plain = distill_student(work, teacher_dir, student, ARGS, DistillArgs(), seed=0, logits=cache)
+    assert [name for name, _ in cache.calls] == ["train"]  # without layer terms the cache serves the teacher
+    assert plain["val_loss"] != metrics["val_loss"]  # same seed: only the layer terms differ
+
+
+def _tiny_distilbert(texts: list[str], out: Path) -> str:
+    """A 2-layer DistilBERT classifier with its own word-level tokenizer of ``texts``, saved to ``out``."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification, PreTrainedTokenizerFast
+
+    words = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    words.normalizer = normalizers.Lowercase()
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    words.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=["[PAD]", "[UNK]"]))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, unk_token="[UNK]", pad_token="[PAD]")
+    tokenizer.save_pretrained(out)
+    torch.manual_seed(0)
+    config = DistilBertConfig(vocab_size=len(tokenizer), dim=32, hidden_dim=64, n_layers=2, n_heads=2, pad_token_id=0)
+    DistilBertForSequenceClassification(config).save_pretrained(out)
+    return str(out)
+
+
+def test_a_student_of_another_architecture_learns_from_cached_logits_on_its_own_tokens(
+    teacher_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    work = prepare_workload(DATA, str(teacher_dir))
+    other = _tiny_distilbert(list(work.task.train().texts), tmp_path / "distilbert")
+    student = StudentArgs(model=other, num_layers=1)  # the other model's layers are cut too
+    own = student_workload(work, student)
+    assert own.train.labels == work.train.labels and own.train.input_ids != work.train.input_ids
+    cache = RecordingCache()
+    seen: list[tuple[int, ...]] = []
+
+    def record(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        ids, mask = kwargs["input_ids"], kwargs["attention_mask"]
+        seen.extend(tuple(row[m.bool()].tolist()) for row, m in zip(ids, mask, strict=True))
+
+    fit = objectives._classification._fit
+
+    def spied(model: torch.nn.Module, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        model.register_forward_pre_hook(record, with_kwargs=True)  # every forward: training, validation, cost
+        return fit(model, *args, **kwargs)
+
+    monkeypatch.setattr(objectives._classification, "_fit", spied)
+    model, metrics = distill_student(work, teacher_dir, student, ARGS, DistillArgs(alpha=0.7), seed=0, logits=cache)
+    assert model.config.model_type == "distilbert" and model.config.num_hidden_layers == 1
+    assert metrics["steps"] == 3 and 0 <= metrics["accuracy"] <= 1
+    assert metrics["params"] == sum(p.numel() for p in model.parameters())  # cost measured on the student
+    ((name, data),) = cache.calls
+    assert name == "train" and data is work.train  # the teacher's logits come from the teacher's tokens
+    mine = {tuple(ids) for ids in own.train.input_ids + own.validation.input_ids}
+    assert seen and set(seen) <= mine  # every input the student saw was tokenised by its own tokenizer
+    save_model(model, work, tmp_path / "saved")  # with the study's workload, as hpo train calls it
+    assert load_tokenizer(str(tmp_path / "saved")).get_vocab() == own.tokenizer.get_vocab()
+    assert heldout_metrics(model, work)["params"] == metrics["params"]
+    _, tuned = finetune_student(work, "minilm-l6", student, ARGS, seed=0)  # from the other model, on its tokens
+    assert tuned["params"] == metrics["params"] and tuned["steps"] == 3
+    with pytest.raises(ConfigError, match=r"distill\.hidden_weight"):
+        distill_student(work, teacher_dir, student, ARGS, DistillArgs(hidden_weight=1.0), seed=0)
+
+
+@pytest.mark.parametrize(
+    ("student", "distill", "key"),
+    [
+        (StudentArgs(), DistillArgs(hidden_weight=1.0), r"distill\.hidden_weight"),
+        (StudentArgs(), DistillArgs(attention_weight=1.0), r"distill\.attention_weight"),
+        (StudentArgs(model="minilm-l6"), DistillArgs(), r"student\.model"),
+    ],
+)
+def test_causal_lm_students_refuse_what_is_classification_only(
+    student: StudentArgs, distill: DistillArgs, key: str
+) -> None:
+    causal_lm = pytest.importorskip(
+        "objectives._causal_lm", exc_type=ImportError
+    )  # its building blocks arrive from another branch
+    with pytest.raises(ConfigError, match=key):  # refused before any model or data is touched
+        causal_lm.distill_student(None, Path("no-teacher"), student, ARGS, distill, seed=0)
