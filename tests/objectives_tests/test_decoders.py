@@ -119,6 +119,10 @@ def test_unsupported_families_and_bad_layer_lists_are_config_errors() -> None:
     ) as err:
         cut_decoder(tiny_decoder("opt"), [0])
     assert err.value.key == "model"
+    scaled = tiny_decoder("gpt2", scale_attn_by_inverse_layer_idx=True)
+    with pytest.raises(ConfigError, match="scale_attn_by_inverse_layer_idx"):
+        cut_decoder(scaled, [0, 2])
+    assert len(decoder_layers(cut_decoder(scaled, [0, 1]))) == 2
     for keep in ([], [0, 4], [1, 1]):
         with pytest.raises(ConfigError, match=r"distinct indices in 0\.\.3") as err:
             cut_decoder(tiny_decoder("llama"), keep)
