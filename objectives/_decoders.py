@@ -120,6 +120,12 @@ def cut_decoder(model: Any, keep: list[int], dropout: float | None = None) -> An
     bad = [i for i in keep if not 0 <= i < total]
     if not keep or bad or len(set(keep)) != len(keep):
         raise ConfigError("layers", f"must be distinct indices in 0..{total - 1}, got {keep}")
+    if getattr(model.config, "scale_attn_by_inverse_layer_idx", False) and keep != list(range(len(keep))):
+        raise ConfigError(
+            "layers",
+            "this GPT-2 scales attention by 1 / (layer index + 1) (scale_attn_by_inverse_layer_idx), so renumbered "
+            f"layers would compute something else; keep the first layers (0..{len(keep) - 1}) or use init: scratch",
+        )
     config = set_dropout(_with_layers(model.config, keep, total), dropout)
     student = AutoModelForCausalLM.from_config(config, dtype=next(model.parameters()).dtype)
     state, _ = _renumbered_state(model, keep)

