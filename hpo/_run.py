@@ -57,7 +57,11 @@ def prepare_runner(config: Config, study: optuna.Study, attrs: dict[str, Any] | 
     log.info("teacher: validation %s (%s)", scores, teacher_dir)
     warn_never_predicted("the teacher", teacher.get("per_class") or {})
     return TrialRunner(
-        config, work, teacher_dir, attrs, LogitCache(artifacts, teacher_dir, top_k=config.distill.cache_top_k)
+        config,
+        work,
+        teacher_dir,
+        attrs,
+        LogitCache(artifacts, teacher_dir, config.train.eval_batch_size, config.distill.cache_top_k),
     )
 
 

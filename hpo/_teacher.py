@@ -14,7 +14,7 @@ import torch
 from hpo._config import Config, config_to_dict
 from objectives import (
     TopKLogits,
-    load_logits,
+    read_logits,
     teacher_logits,
     weights_hash,
 )
@@ -124,7 +124,6 @@ class LogitCache:
                         logits = teacher_logits(teacher, data, self.batch_size, self.top_k)
                         torch.save(logits if isinstance(logits, torch.Tensor) else logits.state(), tmp)
                     self.computed += 1
-            self._memory[entry] = load_logits(
-                torch.load(self.artifacts.entry(entry), weights_only=True, mmap=True)
-            )  # never unpickle; memory-mapped, so a large LM cache is paged in as trials read it
+            # never unpickled; memory-mapped, so a large LM cache is paged in as trials read it
+            self._memory[entry] = read_logits(self.artifacts.entry(entry))
         return self._memory[entry]

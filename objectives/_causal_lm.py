@@ -84,6 +84,7 @@ def _packed(tokenizer: Any, corpus: Corpus, split: str) -> Blocks:
 
 def prepare_workload(data: DataArgs, model: str, device: str | torch.device = "cpu") -> Workload:
     """Load the corpus and pack its train and validation splits with ``model``'s tokenizer (cached per process)."""
+    quiet_transformers()
     try:
         corpus = load_corpus(data)
     except ConfigError as exc:

@@ -65,11 +65,14 @@ def model_identity(name: str) -> str:
 
 
 def quiet_transformers() -> None:
-    """transformers 5 logs a load report and a progress bar on every load; workers load often."""
+    """transformers 5 logs a load report and a progress bar on every load, datasets a bar per ``map`` pass; workers
+    load and pack often."""
+    import datasets
     import transformers
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
 
 
 def load_tokenizer(name: str) -> Any:

@@ -14,7 +14,7 @@ import torch
 
 from objectives._config import TrainArgs
 from objectives._data import Encoded
-from objectives._logits import TopKLogits, cat_logits, compress_logits
+from objectives._logits import TopKLogits, cat_logits, compress_logits, load_logits
 from objectives._metrics import accuracy, macro_f1
 from objectives._optim import build_optimizer
 
@@ -133,6 +133,10 @@ def evaluate(model: torch.nn.Module, data: Encoded, batch_size: int) -> Evaluati
     return Evaluation(loss, accuracy(preds, labels), macro_f1(preds, labels), top_share, preds, labels)
 
 
+def _compact(logits: torch.Tensor | TopKLogits) -> torch.Tensor | dict[str, Any]:
+    return logits if isinstance(logits, torch.Tensor) else logits.state()
+
+
 @torch.inference_mode()
 def teacher_logits(
     teacher: torch.nn.Module, data: Any, batch_size: int, top_k: int | None = None
@@ -146,7 +150,9 @@ def teacher_logits(
     for batch in data.eval_batches(batch_size):
         batch = _to(batch, device)
         logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float().cpu()
-        parts.append(logits if top_k is None else compress_logits(logits, top_k))
+        if top_k is not None:  # stored compactly batch by batch (fp16, int32), so fp32 / int64 copies never pile up
+            logits = load_logits(_compact(compress_logits(logits, top_k)))
+        parts.append(logits)
         rows.append(batch["index"].cpu())
     return cat_logits(parts)[torch.cat(rows).argsort()]
 
