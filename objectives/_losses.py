@@ -83,8 +83,22 @@ def lm_ce_loss(
 
     (0 when no token is predicted). ``student_logits`` (B, L, V), ``labels`` (B, L) the input ids with
     ``ignore_index`` where no target counts; ``teacher_logits`` is ignored."""
-    z, y, _ = next_token(student_logits, labels, ignore_index)
-    return F.cross_entropy(z.float(), y, reduction="sum") / max(1, y.numel())
+    targets, valid = _shifted(labels, ignore_index)
+    nll = _nll(F.log_softmax(student_logits[:, :-1].float(), dim=-1), targets)
+    return (nll * valid).sum() / valid.sum().clamp(min=1)
+
+
+def _shifted(labels: torch.Tensor, ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The next-token targets of positions 0..L-2 (ignored ones as 0) and their (B, L - 1) 0/1 weights. The
+    losses work on ``logits[:, :-1]`` views and weigh ignored targets out, so no (M, V) copy is made."""
+    targets = labels[:, 1:]
+    valid = targets != ignore_index
+    return targets.masked_fill(~valid, 0), valid.float()
+
+
+def _nll(log_probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """-log p(target) per position: (B, L - 1) from (B, L - 1, V) log-probabilities."""
+    return -log_probs.gather(-1, targets[..., None])[..., 0]
 
 
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
@@ -139,16 +153,18 @@ def lm_kd_loss(
     :func:`kd_loss` does.
     """
     t = temperature
-    z, y, mask = next_token(student_logits, labels, ignore_index)
-    teacher = teacher_logits[:, :-1][mask]
-    log_p = F.log_softmax(z.float() / t, dim=-1)
+    # Positions 0..L-2 as views (no (M, V) copy of either side); ignored targets are weighed out per token.
+    z, teacher = student_logits[:, :-1].float(), teacher_logits[:, :-1]
+    targets, valid = _shifted(labels, ignore_index)
+    log_p_t = F.log_softmax(z / t, dim=-1)
+    log_p = log_p_t if t == 1 else F.log_softmax(z, dim=-1)  # CE is at T = 1: one pass fewer when T is 1
+    ce = _nll(log_p, targets)
     if isinstance(teacher, TopKLogits):
-        log_p, log_q = teacher.collapse(log_p), teacher.log_probs(t)
+        log_p_t, log_q = teacher.collapse(log_p_t), teacher.log_probs(t)
     else:
         log_q = F.log_softmax(teacher.float() / t, dim=-1)
-    kd = token_divergence(log_p, log_q, divergence, jsd_beta).sum() / max(1, y.numel())
-    ce = F.cross_entropy(z.float(), y, reduction="sum") / max(1, y.numel())
-    return alpha * t * t * kd + (1 - alpha) * ce
+    per_token = alpha * t * t * token_divergence(log_p_t, log_q, divergence, jsd_beta) + (1 - alpha) * ce
+    return (per_token * valid).sum() / valid.sum().clamp(min=1)
 
 
 def _token_mask(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -76,10 +76,10 @@ def test_teacher_logits_compress_batch_by_batch_in_example_order() -> None:
     teacher = load_classifier("minilm-l6", num_labels=300).eval()  # 300 outputs: a small "vocabulary"
     full = teacher_logits(teacher, work.train, batch_size=16)
     top = teacher_logits(teacher, work.train, batch_size=16, top_k=8)
-    expected = compress_logits(full, 8)
-    assert torch.allclose(top.values, expected.values, atol=1e-5)
+    expected = load_logits(compress_logits(full, 8).state())  # kept compactly batch by batch, as the cache stores it
+    assert torch.allclose(top.values.float(), expected.values.float(), atol=1e-3)
     assert torch.equal(top.indices, expected.indices)
-    assert torch.allclose(top.rest, expected.rest, atol=1e-5)
+    assert torch.allclose(top.rest.float(), expected.rest.float(), atol=1e-5)
 
 
 def test_top_k_of_token_logits_keeps_the_leading_shape() -> None:
