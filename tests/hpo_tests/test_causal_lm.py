@@ -101,6 +101,13 @@ def test_an_lm_study_records_every_lm_metric_then_exports_and_trains_a_generatin
         curve = {int(k.rsplit("_", 1)[1]): v for k, v in trial.user_attrs.items() if k.startswith("val_step_")}
         assert curve[max(curve)] == pytest.approx(trial.user_attrs["perplexity"])
 
+    status = hpo("status", "--storage", url, "--study", "lm", cwd=tmp_path)
+    assert status.returncode == 0 and "perplexity" in status.stdout, status.stderr
+    report = hpo("report", "--storage", url, "--study", "lm", "--out", str(tmp_path / "r.html"), cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    html = (tmp_path / "r.html").read_text()
+    assert "perplexity" in html and "prefill (ms)" in html and "Each class" not in html
+
     job = tmp_path / "job.yaml"
     exported = hpo(
         "export", "--storage", url, "--study", "lm", "--objective", "perplexity", "--out", str(job), cwd=tmp_path
