@@ -18,7 +18,14 @@ import torch
 from objectives._config import ConfigError, DataArgs, DistillArgs, StudentArgs, TeacherArgs, TrainArgs
 from objectives._corpus import Blocks, Corpus, load_corpus, pack
 from objectives._costs import CostStore, stored_cost
-from objectives._decoders import cut_decoder, lm_identity, load_causal_lm, load_lm_tokenizer, scratch_decoder
+from objectives._decoders import (
+    block_influence,
+    cut_decoder,
+    lm_identity,
+    load_causal_lm,
+    load_lm_tokenizer,
+    scratch_decoder,
+)
 from objectives._fit import CostHook, LogitSource, Stage, distill_stages, fit, frozen_teacher
 from objectives._logits import TopKLogits
 from objectives._losses import get_loss
@@ -155,15 +162,30 @@ def load_teacher(path: Path, work: Workload) -> torch.nn.Module:
     return frozen_teacher(path, work.device, load_causal_lm)
 
 
-def _student(base: torch.nn.Module, args: StudentArgs, dropout: float | None) -> torch.nn.Module:
-    """``base`` with the decoder layers ``args`` keeps (weights copied, tied embeddings tied), or from scratch."""
+_INFLUENCE: dict[tuple[int, str, int], torch.Tensor] = {}
+
+
+def _influence(base: torch.nn.Module, calibration: Blocks, size: int) -> torch.Tensor:
+    """Block influence of ``base``'s layers on the first ``size`` calibration blocks, once per model and data."""
+    key = (id(base), calibration.fingerprint(), size)
+    if key not in _INFLUENCE:
+        sample = [calibration.batch(range(i, min(i + 8, size))) for i in range(0, min(size, len(calibration)), 8)]
+        _INFLUENCE[key] = block_influence(base, sample)
+    return _INFLUENCE[key]
+
+
+def _student(base: torch.nn.Module, args: StudentArgs, dropout: float | None, calibration: Blocks) -> torch.nn.Module:
+    """``base`` with the decoder layers ``args`` keeps (evenly spaced, or with ``layer_selection: importance`` the
+    most influential on ``student.calibration_size`` training blocks), weights copied and tied embeddings tied; or
+    from scratch."""
     for key in ("hidden_ratio", "ffn_ratio", "heads_ratio"):
         if getattr(args, key) != 1:
             raise ConfigError(f"student.{key}", "width pruning of causal LMs is not supported yet; keep it 1.0")
-    if args.layer_selection != "even":
-        raise ConfigError("student.layer_selection", "causal-LM students keep evenly spaced layers (even) for now")
+    influence = None
+    if args.layer_selection == "importance":
+        influence = _influence(base, calibration, args.calibration_size)
     try:
-        keep = student_layers(args, num_layers(base))
+        keep = student_layers(args, num_layers(base), influence)
     except ConfigError as exc:
         raise exc.under("student") from None
     if args.init == "scratch":
@@ -185,7 +207,7 @@ def finetune_student(
     """The student cut from the base (not adapted) model, trained with next-token CE; returns it and its metrics."""
     torch.manual_seed(seed)
     quiet_transformers()
-    model = _student(load_causal_lm(base_model), student, args.dropout)
+    model = _student(load_causal_lm(base_model), student, args.dropout, work.train)
     stages = [Stage(work.train, args, get_loss("lm_ce"))]
     return model, _fit(model, work, stages, seed=seed, report=report, on_cost=on_cost, costs=costs)
 
@@ -229,7 +251,7 @@ def distill_student(
     if student.model is not None:
         raise ConfigError("student.model", "a student of another architecture is classification only for now")
     teacher = load_teacher(teacher_dir, work)
-    model = _student(teacher, student, args.dropout)
+    model = _student(teacher, student, args.dropout, work.train)
 
     def signal(name: str, data: Blocks) -> torch.nn.Module | torch.Tensor | TopKLogits:
         return teacher if logits is None else logits(name, data, teacher)

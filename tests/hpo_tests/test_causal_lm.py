@@ -62,7 +62,7 @@ def lm_config(name: str, model: str, corpus: str, **overrides: object) -> dict:
         "pruner": {"name": "none"},
         "data": {"name": corpus, "block_size": 16, "max_train_rows": 32, "max_val_rows": 8},
         "teacher": {"model": model, "train": {"max_steps": 4, "batch_size": 4, "eval_every": 4}},
-        "student": {"num_layers": 2},
+        "student": {"num_layers": 2, "layer_selection": "importance", "calibration_size": 8},
         "train": {"max_steps": 4, "batch_size": 4, "eval_every": 2, "lr": 1e-3},
         "distill": {"cache_top_k": 8},
         "search_space": {"distill.loss": {"type": "categorical", "choices": ["forward_kl", "jsd"]}},

@@ -209,3 +209,21 @@ def test_offline_smollm2_loads_cuts_and_round_trips(tmp_path: Path) -> None:
     with torch.no_grad():
         assert torch.equal(again(ids).logits, student(ids).logits)
     assert AutoTokenizer.from_pretrained(tmp_path)("The quick brown fox")["input_ids"] == ids[0].tolist()
+
+
+@pytest.mark.parametrize("family", ("llama", "gpt2"))
+def test_importance_selection_drops_a_layer_that_changes_nothing(family: str) -> None:
+    from objectives import StudentArgs, student_layers
+    from objectives._decoders import block_influence
+
+    model = tiny_decoder(family)
+    identity = decoder_layers(model)[2]
+    with torch.no_grad():  # the residual stream passes through untouched: output == input
+        for name, param in identity.named_parameters():
+            if name.endswith(("o_proj.weight", "down_proj.weight", "c_proj.weight", "c_proj.bias")):
+                param.zero_()
+    influence = block_influence(model, [{"input_ids": _ids()}])
+    assert influence[2].item() < 1e-5 and all(influence[i].item() > 1e-3 for i in (0, 1, 3))
+    kept = student_layers(StudentArgs(num_layers=3, layer_selection="importance"), 4, influence)
+    assert kept == [0, 1, 3]
+    assert student_layers(StudentArgs(num_layers=3), 4) == [0, 2, 3]  # even spacing would have kept it
