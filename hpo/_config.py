@@ -335,14 +335,11 @@ def _check_device(device: str) -> None:
 
 
 def _check_student_model(config: Config) -> None:
-    """A student of another architecture (``student.model``) is a classifier with its own tokenizer: the teacher's
-    signal reaches it as logits, one row per example, not layer by layer."""
+    """A student of another architecture (``student.model``): a classifier with its own tokenizer, or a causal LM
+    sharing the teacher's vocabulary (checked when its tokenizer loads); the teacher's signal reaches it as logits,
+    not layer by layer."""
     if config.student.model is None:
         return
-    if config.task != "classification":
-        raise ConfigError(
-            "student.model", f"students of another architecture are classification only; task is {config.task}"
-        )
     if config.objective != "distill":
         return
     for key in ("hidden_weight", "attention_weight"):

@@ -38,7 +38,10 @@ PROMPTS = ("The history of the city", "In 1998 , the band", "The species is foun
 
 COST_PROMPT = 128
 """Tokens of the prompt costs are measured after (validation text): the prefill length, and the context that
-per-token latency is measured in."""
+per-token latency is measured in (shorter for a model with fewer positions than this plus :data:`NEW_TOKENS`)."""
+
+NEW_TOKENS = 32
+"""Tokens generated after the prompt for per-token latency and throughput."""
 
 
 @dataclass
@@ -110,12 +113,16 @@ def measure_cost(model: torch.nn.Module, work: Workload, costs: CostStore | None
     after a fixed prompt of validation text; once per architecture, hardware and prompt
     (:func:`objectives._costs.stored_cost`)."""
     device = next(model.parameters()).device
-    flat = work.validation.batch(range(min(len(work.validation), -(-COST_PROMPT // work.validation.block_size))))
-    prompt = flat["input_ids"].reshape(1, -1)[:, :COST_PROMPT].to(device)
+    # A model with few positions (GPT-2 style absolute embeddings) gets a shorter prompt: prompt + new tokens fit.
+    limit = getattr(model.config, "max_position_embeddings", None) or COST_PROMPT + NEW_TOKENS
+    length = min(COST_PROMPT, limit - NEW_TOKENS)
+    flat = work.validation.batch(range(min(len(work.validation), -(-length // work.validation.block_size))))
+    prompt = flat["input_ids"].reshape(1, -1)[:, :length].to(device)
 
     def measure() -> dict[str, float]:
         params = count_parameters(model)
-        return {**generation_costs(model, prompt), "params": float(params), "size_mb": size_mb(params)}
+        cost = generation_costs(model, prompt, new_tokens=NEW_TOKENS, prefill_tokens=length)
+        return {**cost, "params": float(params), "size_mb": size_mb(params)}
 
     return stored_cost(model, prompt.tolist(), measure, costs)
 
@@ -174,6 +181,22 @@ def _influence(base: torch.nn.Module, calibration: Blocks, size: int) -> torch.T
     return _INFLUENCE[key]
 
 
+def _other_model(args: StudentArgs, work: Workload) -> torch.nn.Module | None:
+    """The pretrained LM ``student.model`` names (None: the student comes from the teacher). It must read and
+    predict the teacher's tokens, whose distributions it learns token by token: a tokenizer with another vocabulary
+    is a :class:`ConfigError`."""
+    if args.model is None:
+        return None
+    theirs, ours = load_lm_tokenizer(args.model).get_vocab(), work.tokenizer.get_vocab()
+    if theirs != ours:
+        raise ConfigError(
+            "student.model",
+            f"{args.model!r} has another vocabulary ({len(theirs):,} tokens, the teacher's {len(ours):,}); a causal-LM "
+            "student must share the teacher's tokenizer, as its next-token distributions are compared token by token",
+        )
+    return load_causal_lm(args.model)
+
+
 def _student(base: torch.nn.Module, args: StudentArgs, dropout: float | None, calibration: Blocks) -> torch.nn.Module:
     """``base`` with the decoder layers ``args`` keeps (evenly spaced, or with ``layer_selection: importance`` the
     most influential on ``student.calibration_size`` training blocks), weights copied and tied embeddings tied; or
@@ -207,7 +230,7 @@ def finetune_student(
     """The student cut from the base (not adapted) model, trained with next-token CE; returns it and its metrics."""
     torch.manual_seed(seed)
     quiet_transformers()
-    model = _student(load_causal_lm(base_model), student, args.dropout, work.train)
+    model = _student(_other_model(student, work) or load_causal_lm(base_model), student, args.dropout, work.train)
     stages = [Stage(work.train, args, get_loss("lm_ce"))]
     return model, _fit(model, work, stages, seed=seed, report=report, on_cost=on_cost, costs=costs)
 
@@ -248,10 +271,8 @@ def distill_student(
     for key in ("hidden_weight", "attention_weight"):
         if getattr(distill, key) > 0:
             raise ConfigError(f"distill.{key}", "layer distillation is classification only for now; keep it 0")
-    if student.model is not None:
-        raise ConfigError("student.model", "a student of another architecture is classification only for now")
     teacher = load_teacher(teacher_dir, work)
-    model = _student(teacher, student, args.dropout, work.train)
+    model = _student(_other_model(student, work) or teacher, student, args.dropout, work.train)
 
     def signal(name: str, data: Blocks) -> torch.nn.Module | torch.Tensor | TopKLogits:
         return teacher if logits is None else logits(name, data, teacher)

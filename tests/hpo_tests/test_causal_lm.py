@@ -131,3 +131,46 @@ def test_an_lm_study_records_every_lm_metric_then_exports_and_trains_a_generatin
     generate = pipeline("text-generation", model=str(out))
     text = generate("The river", max_new_tokens=5, do_sample=False)[0]["generated_text"]
     assert text.startswith("The river") and len(text) > len("The river")
+
+
+def _gpt2_with_tokenizer_of(tokenizer_dir: str, out: Path, vocab_size: int) -> str:
+    """A tiny GPT-2 saved at ``out`` with the tokenizer saved at ``tokenizer_dir``."""
+    import torch
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(1)
+    GPT2LMHeadModel(GPT2Config(vocab_size=vocab_size, n_layer=3, n_embd=32, n_head=4, n_positions=64)).save_pretrained(
+        out
+    )
+    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(out)
+    return str(out)
+
+
+def test_a_student_of_another_family_distils_when_it_shares_the_teachers_vocabulary(
+    tiny_lm: str, tmp_path: Path
+) -> None:
+    from objectives import DataArgs, DistillArgs, StudentArgs, TrainArgs
+    from objectives import _causal_lm as lm
+
+    corpus = write_corpus(tmp_path / "corpus.txt")
+    work = lm.prepare_workload(DataArgs(name=corpus, block_size=16, max_train_rows=16, max_val_rows=4), tiny_lm)
+    gpt2 = _gpt2_with_tokenizer_of(tiny_lm, tmp_path / "gpt2", len(work.tokenizer))
+    args = TrainArgs(max_steps=2, batch_size=4, eval_every=2, eval_batch_size=4)
+    model, metrics = lm.distill_student(
+        work, Path(tiny_lm), StudentArgs(model=gpt2, num_layers=2), args, DistillArgs(), seed=0
+    )
+    assert model.config.model_type == "gpt2" and model.config.n_layer == 2  # its own layers, cut
+    assert math.isfinite(metrics["perplexity"]) and metrics["params"] > 0
+
+    other = tmp_path / "other-tokenizer"
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    words = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    words.train_from_iterator(["entirely different words here"], trainers.WordLevelTrainer(special_tokens=["<unk>"]))
+    PreTrainedTokenizerFast(tokenizer_object=words, unk_token="<unk>", eos_token="<unk>").save_pretrained(other)
+    mismatched = _gpt2_with_tokenizer_of(str(other), tmp_path / "gpt2-other", 8)
+    with pytest.raises(ConfigError) as error:
+        lm.distill_student(work, Path(tiny_lm), StudentArgs(model=mismatched), args, DistillArgs(), seed=0)
+    assert error.value.key == "student.model" and "another vocabulary" in str(error.value)
