@@ -66,21 +66,22 @@ def distillation_gain(by_seed: dict[str, list[dict[str, float]]], student: str, 
     student and the no-teacher student (accuracy in points, i.e. x100; perplexity as it is); a gain or loss is named
     only where its 95% interval excludes zero."""
     scale, unit = (100, f"{metric} points") if metric in ("accuracy", "f1", "token_accuracy") else (1, metric)
+    d = 1 if scale == 100 else 2  # decimals: points of accuracy, or a perplexity
     pairs = zip(by_seed[student], by_seed[NO_TEACHER], strict=True)
     diffs = [scale * (s[metric] - b[metric]) for s, b in pairs]
     mean, half = interval95(diffs)
     same = "the same student from the same initial weights trained without the teacher (alpha = 0)"
     if len(diffs) == 1:
         return (
-            f"On one seed the {student} scores {mean:+.2f} {unit} against {same}; one seed gives no "
+            f"On one seed the {student} scores {mean:+.{d}f} {unit} against {same}; one seed gives no "
             "estimate of seed noise (`hpo train --seeds 3` does)."
         )
-    where = f"mean over {len(diffs)} seeds, 95% interval {mean - half:+.2f} to {mean + half:+.2f}"
+    where = f"mean over {len(diffs)} seeds, 95% interval {mean - half:+.{d}f} to {mean + half:+.{d}f}"
     if mean - half > 0 or mean + half < 0:
         better = (mean > 0) == (metric in HIGHER_IS_BETTER)
         word = "worth" if better else "costs"
-        return f"Distillation is {word} {abs(mean):.2f} {unit} against {same} ({where})."
-    return f"The {student} and {same} differ by {mean:+.2f} {unit}, within seed noise ({where})."
+        return f"Distillation is {word} {abs(mean):.{d}f} {unit} against {same} ({where})."
+    return f"The {student} and {same} differ by {mean:+.{d}f} {unit}, within seed noise ({where})."
 
 
 def tradeoff(rows: dict[str, dict[str, float]], student: str, metric: str = "accuracy") -> str:
