@@ -279,7 +279,10 @@ def distill_student(
 
     def kd(alpha: float) -> Any:
         # the KD-only stage reads no labels (the transfer set's are placeholders), so it takes no class weights
-        loss = get_loss("kd", temperature=distill.temperature, alpha=alpha, **(weights if alpha < 1 else {}))
+        divergence = {"divergence": distill.loss, "jsd_beta": distill.jsd_beta}
+        loss = get_loss(
+            "kd", temperature=distill.temperature, alpha=alpha, **divergence, **(weights if alpha < 1 else {})
+        )
         if not distill.needs_teacher_states:
             return loss
         return LayerDistillLoss(

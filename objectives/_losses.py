@@ -41,12 +41,15 @@ def kd_loss(
     temperature: float,
     alpha: float,
     weight: torch.Tensor | None = None,
+    divergence: str = "forward_kl",
+    jsd_beta: float = 0.5,
 ) -> torch.Tensor:
     """Hinton et al. (2015) distillation loss.
 
     loss = alpha * T^2 * KL(softmax(z_t / T) || softmax(z_s / T)) + (1 - alpha) * CE(z_s, y)
 
-    KL is averaged over the batch (``batchmean``). T^2 keeps the soft-target gradients on the same scale as the
+    KL is averaged over the batch (``batchmean``); ``divergence`` may replace it by the reverse KL or the
+    generalised JSD (:func:`token_divergence`, one value per example). T^2 keeps the soft-target gradients on the same scale as the
     hard-label term when T changes. alpha = 0 is plain cross-entropy, alpha = 1 pure distillation; class ``weight``
     weighs the CE term as in :func:`cross_entropy_loss` (the KL term is unweighted). With
     :class:`TopKLogits` (a large vocabulary), the KL is taken over the k + 1 buckets (the teacher's top k, the rest)
@@ -59,7 +62,7 @@ def kd_loss(
         log_q_teacher = teacher_logits.log_probs(t)
     else:
         log_q_teacher = F.log_softmax(teacher_logits.float() / t, dim=-1)
-    kd = F.kl_div(log_p_student, log_q_teacher, reduction="batchmean", log_target=True)
+    kd = token_divergence(log_p_student, log_q_teacher, divergence, jsd_beta).mean()
     ce = F.cross_entropy(student_logits.float(), labels, weight=weight)
     return alpha * t * t * kd + (1 - alpha) * ce
 

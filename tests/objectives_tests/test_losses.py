@@ -292,3 +292,18 @@ def test_hidden_state_gradient_reaches_the_map_of_a_narrow_student() -> None:
     value.backward()
     assert loss.project is not None and loss.project.weight.grad.abs().sum() > 0
     assert student.bert.encoder.layer[0].output.dense.weight.grad.abs().sum() > 0
+
+
+def test_classification_kd_takes_every_divergence_and_forward_kl_is_hintons() -> None:
+    torch.manual_seed(0)
+    student, teacher, labels = torch.randn(5, 4), torch.randn(5, 4), torch.tensor([0, 1, 2, 3, 0])
+    t = 2.0
+    log_p, log_q = (student / t).log_softmax(-1), (teacher / t).log_softmax(-1)
+    hinton = torch.nn.functional.kl_div(log_p, log_q, reduction="batchmean", log_target=True)
+    reverse = (log_p.exp() * (log_p - log_q)).sum(-1).mean()
+    ce = torch.nn.functional.cross_entropy(student, labels)
+    for divergence, kd in (("forward_kl", hinton), ("reverse_kl", reverse)):
+        loss = kd_loss(student, labels, teacher, temperature=t, alpha=0.5, divergence=divergence)
+        assert loss.item() == pytest.approx((0.5 * t * t * kd + 0.5 * ce).item(), rel=1e-5)
+    jsd = kd_loss(student, labels, teacher, temperature=t, alpha=1.0, divergence="jsd") / (t * t)
+    assert 0 < jsd.item() < math.log(2) and jsd.item() < min(hinton.item(), reverse.item())
