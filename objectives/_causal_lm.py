@@ -69,8 +69,8 @@ class Workload:
 
     @property
     def n_test(self) -> int:
-        """Tokens of the held-out test split."""
-        return self.test().n_tokens
+        """Documents of the held-out test split (counted without tokenising it: trials never touch it)."""
+        return len(self.corpus.splits["test"])
 
 
 _PACKED: dict[tuple[str, str, str, int, int | None, int | None], Blocks] = {}

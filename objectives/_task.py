@@ -127,7 +127,7 @@ TASKS: dict[str, TaskSpec] = {
             "percentile; prefill: one forward pass over a 128-token prompt; throughput: generated tokens/s at "
             "batch 8 (greedy)."
         ),
-        unit="tokens",
+        unit="documents",
         defaults={
             "directions": {"perplexity": "minimize"},
             "data": {"name": "wikitext-2"},
