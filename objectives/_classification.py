@@ -150,13 +150,16 @@ def _fit(
         report=report,
         on_cost=on_cost,
     )
+    return {**_scores(evaluation, work), "val_loss": evaluation.loss, **metrics}
+
+
+def _scores(evaluation: Any, work: Workload) -> dict[str, Any]:
+    """Accuracy, macro-F1, the top label's share and each class's scores (by name) of an evaluation."""
     return {
         "accuracy": evaluation.accuracy,
         "f1": evaluation.f1,
-        "val_loss": evaluation.loss,
         "top_share": evaluation.top_share,
         "per_class": per_class(evaluation.preds, evaluation.labels, work.task.rows.label_names),
-        **metrics,
     }
 
 
@@ -313,14 +316,7 @@ def heldout_metrics(model: torch.nn.Module, work: Workload) -> dict[str, Any]:
     test = encode(work.tokenizer, work.task.test(), work.task.args.max_length)
     model.to(work.device)
     evaluation = evaluate(model, test, 128)
-    return {
-        "accuracy": evaluation.accuracy,
-        "f1": evaluation.f1,
-        "loss": evaluation.loss,
-        "top_share": evaluation.top_share,
-        "per_class": per_class(evaluation.preds, evaluation.labels, work.task.rows.label_names),
-        **measure_cost(model, work),
-    }
+    return {**_scores(evaluation, work), "loss": evaluation.loss, **measure_cost(model, work)}
 
 
 def save_model(model: torch.nn.Module, work: Workload, out: Path) -> None:

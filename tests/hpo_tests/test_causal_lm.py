@@ -15,6 +15,7 @@ from hpo import config_from_dict
 from objectives import TASKS, ConfigError
 from tests.conftest import write_corpus
 from tests.hpo_tests.test_run import hpo
+from tests.objectives_tests.test_corpus import word_tokenizer
 
 LM_METRICS = TASKS["causal-lm"].metrics
 
@@ -163,14 +164,8 @@ def test_a_student_of_another_family_distils_when_it_shares_the_teachers_vocabul
     assert math.isfinite(metrics["perplexity"]) and metrics["params"] > 0
 
     other = tmp_path / "other-tokenizer"
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    words = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    words.pre_tokenizer = pre_tokenizers.Whitespace()
-    words.train_from_iterator(["entirely different words here"], trainers.WordLevelTrainer(special_tokens=["<unk>"]))
-    PreTrainedTokenizerFast(tokenizer_object=words, unk_token="<unk>", eos_token="<unk>").save_pretrained(other)
-    mismatched = _gpt2_with_tokenizer_of(str(other), tmp_path / "gpt2-other", 8)
+    word_tokenizer(["entirely", "different", "words", "here"]).save_pretrained(other)
+    mismatched = _gpt2_with_tokenizer_of(str(other), tmp_path / "gpt2-other", 6)
     with pytest.raises(ConfigError) as error:
         lm.distill_student(work, Path(tiny_lm), StudentArgs(model=mismatched), args, DistillArgs(), seed=0)
     assert error.value.key == "student.model" and "another vocabulary" in str(error.value)
