@@ -7,9 +7,11 @@ Width-pruned students keep the teacher's most important heads, FFN neurons and h
 
     python bench/compression.py [--steps 100] [--rows 4000] [--teacher-steps N]
 
-Prints accuracy, p50 latency (batch 1, one thread, the trial's ``measure_cost``), params and size of each model,
-and the most accurate student at no more than a third of the teacher's latency, with its share of the teacher's
-accuracy.
+Prints accuracy, p50 latency (batch 1, one thread), params and size of each model, the most accurate student at no
+more than a third of the teacher's latency with its share of the teacher's accuracy, and each width-pruned student
+against the layer-dropped student nearest to it in latency. Latencies are measured after all training, in
+``--rounds`` interleaved rounds over every model (the median of each model's per-round p50): a burst of load on the
+machine then touches every model alike instead of whichever was being measured.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import statistics
 import tempfile
 import time
 from dataclasses import replace
@@ -27,6 +30,9 @@ import torch
 from hpo import load_config
 from hpo._teacher import LogitCache
 from objectives import StudentArgs, distill_student, finetune_teacher, load_teacher, prepare_workload
+from objectives._classification import latency_input
+from objectives._costs import COST_THREADS
+from objectives._metrics import latency_ms
 from storage import ArtifactDir
 
 STUDENTS = {
@@ -36,10 +42,29 @@ STUDENTS = {
     "depth 2, widths 0.5": StudentArgs(num_layers=2, hidden_ratio=0.5, ffn_ratio=0.5, heads_ratio=0.5),
     "depth 3, widths 0.5": StudentArgs(num_layers=3, hidden_ratio=0.5, ffn_ratio=0.5, heads_ratio=0.5),
     "depth 4, widths 0.5": StudentArgs(num_layers=4, hidden_ratio=0.5, ffn_ratio=0.5, heads_ratio=0.5),
+    "depth 3, ffn 0.5 heads 0.5": StudentArgs(num_layers=3, ffn_ratio=0.5, heads_ratio=0.5),
+    "depth 4, ffn 0.5 heads 0.5": StudentArgs(num_layers=4, ffn_ratio=0.5, heads_ratio=0.5),
     "depth 3, hidden 0.75 ffn 0.5 heads 0.5, importance layers": StudentArgs(
         num_layers=3, hidden_ratio=0.75, ffn_ratio=0.5, heads_ratio=0.5, layer_selection="importance"
     ),
 }
+
+TEACHER = "teacher (6 layers)"
+
+
+def interleaved_latency(models: dict[str, torch.nn.Module], one: dict[str, torch.Tensor], rounds: int) -> dict:
+    """Each model's batch-1 p50 latency (ms, one thread): the median over ``rounds`` rounds, every round measuring
+    every model once in turn."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(COST_THREADS)
+    try:
+        runs: dict[str, list[float]] = {name: [] for name in models}
+        for _ in range(rounds):
+            for name, model in models.items():
+                runs[name].append(latency_ms(model, one)[0])
+    finally:
+        torch.set_num_threads(threads)
+    return {name: statistics.median(values) for name, values in runs.items()}
 
 
 def main() -> None:
@@ -47,6 +72,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100, help="training steps of every student")
     parser.add_argument("--rows", type=int, default=4000, help="training rows (the teacher's and the students')")
     parser.add_argument("--teacher-steps", type=int, help="teacher fine-tuning steps (default: the quickstart's)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved latency rounds over all models")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(os.cpu_count() or 1)
@@ -58,39 +84,59 @@ def main() -> None:
     teacher_args = config.teacher
     if args.teacher_steps is not None:
         teacher_args = replace(teacher_args, train=replace(teacher_args.train, max_steps=args.teacher_steps))
-    rows = {"teacher (6 layers)": finetune_teacher(work, teacher_args, config.seed, tmp / "teacher")}
+    rows = {TEACHER: finetune_teacher(work, teacher_args, config.seed, tmp / "teacher")}
     print(f"teacher fine-tuned in {time.perf_counter() - start:.0f} s", flush=True)
-    teacher = load_teacher(tmp / "teacher", work)
+    models = {TEACHER: load_teacher(tmp / "teacher", work)}
     cache = LogitCache(ArtifactDir(tmp, "bench"), tmp / "teacher")
     train = replace(config.train, max_steps=args.steps, eval_every=args.steps, patience=None)
     for name, student in STUDENTS.items():
         start = time.perf_counter()
-        rows[name] = distill_student(work, tmp / "teacher", student, train, config.distill, 0, logits=cache)[1]
+        models[name], rows[name] = distill_student(
+            work, tmp / "teacher", student, train, config.distill, 0, logits=cache
+        )
         print(f"{name}: {time.perf_counter() - start:.0f} s", flush=True)
-    del teacher
+    print(f"measuring latency: {args.rounds} interleaved rounds over {len(models)} models", flush=True)
+    one = latency_input(work, next(models[TEACHER].parameters()).device)
+    for name, p50 in interleaved_latency(models, one, args.rounds).items():
+        rows[name]["latency_ms"] = p50
 
     n = len(work.validation)
     print(
         f"\n{len(work.train)} training rows, {n} validation rows, students {args.steps} steps of batch "
-        f"{train.batch_size}, seed 0; latency batch 1, 1 thread; {torch.get_num_threads()} training threads"
+        f"{train.batch_size}, seed 0; latency batch 1, {COST_THREADS} thread, median of {args.rounds} interleaved "
+        f"rounds; {torch.get_num_threads()} training threads"
     )
     print(f"{'model':58} {'accuracy':>8} {'p50 ms':>7} {'params':>11} {'MB':>6}")
     for name, m in rows.items():
         print(f"{name:58} {m['accuracy']:8.3f} {m['latency_ms']:7.2f} {int(m['params']):11,d} {m['size_mb']:6.1f}")
-    t = rows["teacher (6 layers)"]
+    t = rows[TEACHER]
     p = t["accuracy"]
-    print(f"standard error of one accuracy on {n} rows: {math.sqrt(p * (1 - p) / n):.3f}")
+    se = math.sqrt(p * (1 - p) / n)
+    print(f"standard error of one accuracy on {n} rows: {se:.3f}")
     fast = {k: m for k, m in rows.items() if k in STUDENTS and m["latency_ms"] <= t["latency_ms"] / 3}
-    if not fast:
+    if fast:
+        best = max(fast, key=lambda k: fast[k]["accuracy"])
+        b = fast[best]
+        print(
+            f"best student at <= 1/3 of the teacher's latency: {best}: accuracy {b['accuracy']:.3f} = "
+            f"{100 * b['accuracy'] / p:.1f}% of the teacher's, latency {b['latency_ms'] / t['latency_ms']:.2f}x, "
+            f"params {b['params'] / t['params']:.2f}x"
+        )
+    else:
         print("no student at <= 1/3 of the teacher's latency")
-        return
-    best = max(fast, key=lambda k: fast[k]["accuracy"])
-    b = fast[best]
-    print(
-        f"best student at <= 1/3 of the teacher's latency: {best}: accuracy {b['accuracy']:.3f} = "
-        f"{100 * b['accuracy'] / p:.1f}% of the teacher's, latency {b['latency_ms'] / t['latency_ms']:.2f}x, "
-        f"params {b['params'] / t['params']:.2f}x"
-    )
+    depth_only = {k: rows[k] for k, s in STUDENTS.items() if not s.narrower}
+    for name, student in STUDENTS.items():
+        if not student.narrower:
+            continue
+        w = rows[name]
+        near = min(depth_only, key=lambda k: abs(math.log(depth_only[k]["latency_ms"] / w["latency_ms"])))
+        d = depth_only[near]
+        diff = w["accuracy"] - d["accuracy"]
+        verdict = "within noise" if abs(diff) < 2 * math.sqrt(2) * se else ("better" if diff > 0 else "worse")
+        print(
+            f"{name}: {diff:+.3f} accuracy against {near} ({verdict}), at {w['latency_ms'] / d['latency_ms']:.2f}x "
+            "its latency"
+        )
 
 
 if __name__ == "__main__":

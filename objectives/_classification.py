@@ -99,15 +99,21 @@ def student_workload(work: Workload, student: StudentArgs) -> Workload:
     return work if student.model is None else _tokenised(work.task, student.model, work.device)
 
 
+def latency_input(work: Workload, device: torch.device) -> dict[str, torch.Tensor]:
+    """The batch-1 input latency is measured on: the validation example closest to the mean length."""
+    mean = work.validation.mean_length()
+    typical = min(range(len(work.validation)), key=lambda i: abs(len(work.validation.input_ids[i]) - mean))
+    inputs = ("input_ids", "attention_mask")
+    return {k: v.to(device) for k, v in collate(work.validation, [typical]).items() if k in inputs}
+
+
 def measure_cost(model: torch.nn.Module, work: Workload, costs: CostStore | None = None) -> dict[str, float]:
     """Latency (batch 1, example of the validation set's mean length), throughput (batch 32), size and FLOPs; on
     the CPU with :data:`objectives._costs.COST_THREADS` threads, once per architecture, hardware and input
     (:func:`objectives._costs.stored_cost`)."""
     device = next(model.parameters()).device
-    mean = work.validation.mean_length()
-    typical = min(range(len(work.validation)), key=lambda i: abs(len(work.validation.input_ids[i]) - mean))
+    one = latency_input(work, device)
     inputs = ("input_ids", "attention_mask")
-    one = {k: v.to(device) for k, v in collate(work.validation, [typical]).items() if k in inputs}
     batch = collate(work.validation, list(range(min(32, len(work.validation)))))
     batch = {k: v.to(device) for k, v in batch.items() if k in inputs}
 

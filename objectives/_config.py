@@ -224,6 +224,11 @@ class StudentArgs:
     """Training examples (a fixed seeded sample) whose activations rank heads, neurons, channels and layers for
     the ratios and ``layer_selection: importance``."""
 
+    @property
+    def narrower(self) -> bool:
+        """Whether any width ratio prunes the teacher's channels, heads or neurons."""
+        return min(self.hidden_ratio, self.ffn_ratio, self.heads_ratio) < 1
+
     def __post_init__(self) -> None:
         _check(
             self.model is None or (isinstance(self.model, str) and self.model.strip() != ""),

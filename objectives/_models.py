@@ -158,14 +158,13 @@ def _renumbered_state(teacher: Any, keep: list[int]) -> tuple[dict[str, Any], Ca
 def _importance(teacher: Any, args: StudentArgs, calibration: Encoded | None) -> Any:
     """The teacher's :class:`objectives._pruning.Importance` on the calibration sample when width ratios or
     ``layer_selection: importance`` need it (measured once per teacher and sample), else None."""
-    narrow = min(args.hidden_ratio, args.ffn_ratio, args.heads_ratio) < 1
-    if not narrow and args.layer_selection != "importance":
+    if not args.narrower and args.layer_selection != "importance":
         return None
     from objectives._pruning import teacher_importance
 
     if calibration is None:
         raise ConfigError("calibration_size", "width ratios and layer_selection: importance need training data")
-    asked_by = "hidden_ratio" if narrow else "layer_selection"
+    asked_by = "hidden_ratio" if args.narrower else "layer_selection"
     return teacher_importance(teacher, calibration, args.calibration_size, asked_by)
 
 
@@ -191,7 +190,6 @@ def build_student(
 
     from objectives._pruning import narrow_classifier, prune_widths
 
-    narrow = min(args.hidden_ratio, args.ffn_ratio, args.heads_ratio) < 1
     importance = _importance(teacher, args, calibration)
     keep = kept_layers(teacher, args, calibration)
     config = set_dropout(copy.deepcopy(teacher.config), dropout)
@@ -202,7 +200,7 @@ def build_student(
     if args.init == "scratch":
         return AutoModelForSequenceClassification.from_config(config)
     state, layer_of = _renumbered_state(teacher, keep)
-    if narrow:
+    if args.narrower:
         return prune_widths(teacher.config, config, keep, importance, args, state, layer_of)
     student = narrow_classifier(config)
     student.load_state_dict(state, strict=True)
