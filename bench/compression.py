@@ -1,11 +1,11 @@
 """Depth-only against depth+width students of the quickstart teacher, at equal training steps.
 
 The teacher is fine-tuned as in ``examples/quickstart.yaml`` (the same data, split and settings); every student is
-distilled from it (integrated KD, the teacher's logits cached once) for the same number of steps, batch and seed.
-Width-pruned students keep the teacher's most important heads, FFN neurons and hidden channels
-(``objectives._pruning``).
+distilled from it (integrated KD; the teacher's logits cached once, or the teacher live for the students that also
+learn its hidden states) for the same number of steps, batch and seed. Width-pruned students keep the teacher's most
+important heads, FFN neurons and hidden channels (``objectives._pruning``).
 
-    python bench/compression.py [--steps 100] [--rows 4000] [--teacher-steps N]
+    python bench/compression.py [--steps 300] [--rows N] [--teacher-steps N] [--rounds 5]
 
 Prints accuracy, p50 latency (batch 1, one thread), params and size of each model, the most accurate student at no
 more than a third of the teacher's latency with its share of the teacher's accuracy, and each width-pruned student
@@ -35,19 +35,28 @@ from objectives._costs import COST_THREADS
 from objectives._metrics import latency_ms
 from storage import ArtifactDir
 
-STUDENTS = {
-    "depth 1": StudentArgs(num_layers=1),
-    "depth 2": StudentArgs(num_layers=2),
-    "depth 3": StudentArgs(num_layers=3),
-    "depth 2, widths 0.5": StudentArgs(num_layers=2, hidden_ratio=0.5, ffn_ratio=0.5, heads_ratio=0.5),
-    "depth 3, widths 0.5": StudentArgs(num_layers=3, hidden_ratio=0.5, ffn_ratio=0.5, heads_ratio=0.5),
-    "depth 4, widths 0.5": StudentArgs(num_layers=4, hidden_ratio=0.5, ffn_ratio=0.5, heads_ratio=0.5),
-    "depth 3, ffn 0.5 heads 0.5": StudentArgs(num_layers=3, ffn_ratio=0.5, heads_ratio=0.5),
-    "depth 4, ffn 0.5 heads 0.5": StudentArgs(num_layers=4, ffn_ratio=0.5, heads_ratio=0.5),
-    "depth 3, hidden 0.75 ffn 0.5 heads 0.5, importance layers": StudentArgs(
-        num_layers=3, hidden_ratio=0.75, ffn_ratio=0.5, heads_ratio=0.5, layer_selection="importance"
+WIDTHS = {"hidden_ratio": 0.5, "ffn_ratio": 0.5, "heads_ratio": 0.5}
+KEEP_HIDDEN = {"ffn_ratio": 0.5, "heads_ratio": 0.5}
+LAYER_KD = {"hidden_weight": 1.0}
+STUDENTS: dict[str, tuple[StudentArgs, dict]] = {
+    "depth 1": (StudentArgs(num_layers=1), {}),
+    "depth 2": (StudentArgs(num_layers=2), {}),
+    "depth 3": (StudentArgs(num_layers=3), {}),
+    "depth 2, widths 0.5": (StudentArgs(num_layers=2, **WIDTHS), {}),
+    "depth 3, widths 0.5": (StudentArgs(num_layers=3, **WIDTHS), {}),
+    "depth 4, widths 0.5": (StudentArgs(num_layers=4, **WIDTHS), {}),
+    "depth 3, widths 0.5, hidden-state KD": (StudentArgs(num_layers=3, **WIDTHS), LAYER_KD),
+    "depth 3, ffn 0.5 heads 0.5": (StudentArgs(num_layers=3, **KEEP_HIDDEN), {}),
+    "depth 4, ffn 0.5 heads 0.5": (StudentArgs(num_layers=4, **KEEP_HIDDEN), {}),
+    "depth 4, ffn 0.5 heads 0.5, hidden-state KD": (StudentArgs(num_layers=4, **KEEP_HIDDEN), LAYER_KD),
+    "depth 3, hidden 0.75 ffn 0.5 heads 0.5, importance layers": (
+        StudentArgs(num_layers=3, hidden_ratio=0.75, layer_selection="importance", **KEEP_HIDDEN),
+        {},
     ),
 }
+"""Students by name: their architecture and what their distillation changes from the quickstart's (a layer term:
+those run the teacher live, its hidden states are not cached)."""
+
 
 TEACHER = "teacher (6 layers)"
 
@@ -69,15 +78,15 @@ def interleaved_latency(models: dict[str, torch.nn.Module], one: dict[str, torch
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=100, help="training steps of every student")
-    parser.add_argument("--rows", type=int, default=4000, help="training rows (the teacher's and the students')")
+    parser.add_argument("--steps", type=int, default=300, help="training steps of every student")
+    parser.add_argument("--rows", type=int, help="training rows, the teacher's and the students' (default: all)")
     parser.add_argument("--teacher-steps", type=int, help="teacher fine-tuning steps (default: the quickstart's)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved latency rounds over all models")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(os.cpu_count() or 1)
     config = load_config(Path(__file__).parents[1] / "examples" / "quickstart.yaml")
-    data = replace(config.data, max_train_rows=args.rows)
+    data = config.data if args.rows is None else replace(config.data, max_train_rows=args.rows)
     work = prepare_workload(data, config.teacher.model)
     tmp = Path(tempfile.mkdtemp(prefix="hpo-compression-"))
     start = time.perf_counter()
@@ -89,11 +98,11 @@ def main() -> None:
     models = {TEACHER: load_teacher(tmp / "teacher", work)}
     cache = LogitCache(ArtifactDir(tmp, "bench"), tmp / "teacher")
     train = replace(config.train, max_steps=args.steps, eval_every=args.steps, patience=None)
-    for name, student in STUDENTS.items():
+    for name, (student, changes) in STUDENTS.items():
         start = time.perf_counter()
-        models[name], rows[name] = distill_student(
-            work, tmp / "teacher", student, train, config.distill, 0, logits=cache
-        )
+        distill = replace(config.distill, **changes)
+        logits = None if distill.needs_teacher_states else cache
+        models[name], rows[name] = distill_student(work, tmp / "teacher", student, train, distill, 0, logits=logits)
         print(f"{name}: {time.perf_counter() - start:.0f} s", flush=True)
     print(f"measuring latency: {args.rounds} interleaved rounds over {len(models)} models", flush=True)
     one = latency_input(work, next(models[TEACHER].parameters()).device)
@@ -124,8 +133,8 @@ def main() -> None:
         )
     else:
         print("no student at <= 1/3 of the teacher's latency")
-    depth_only = {k: rows[k] for k, s in STUDENTS.items() if not s.narrower}
-    for name, student in STUDENTS.items():
+    depth_only = {k: rows[k] for k, (s, changes) in STUDENTS.items() if not s.narrower and not changes}
+    for name, (student, _) in STUDENTS.items():
         if not student.narrower:
             continue
         w = rows[name]

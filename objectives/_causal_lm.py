@@ -19,7 +19,6 @@ from objectives._config import ConfigError, DataArgs, DistillArgs, StudentArgs, 
 from objectives._corpus import Blocks, Corpus, load_corpus, pack
 from objectives._costs import CostStore, stored_cost
 from objectives._decoders import (
-    block_influence,
     cut_decoder,
     lm_identity,
     load_causal_lm,
@@ -31,6 +30,7 @@ from objectives._logits import TopKLogits
 from objectives._losses import get_loss
 from objectives._metrics import generation_costs, lm_evaluate, size_mb
 from objectives._models import count_parameters, num_layers, quiet_transformers, set_dropout, student_layers
+from objectives._pruning import Importance, cached_importance, decoder_importance, prune_decoder
 from objectives._train import Report
 
 PROMPTS = ("The history of the city", "In 1998 , the band", "The species is found in")
@@ -169,16 +169,15 @@ def load_teacher(path: Path, work: Workload) -> torch.nn.Module:
     return frozen_teacher(path, work.device, load_causal_lm)
 
 
-_INFLUENCE: dict[tuple[int, str, int], torch.Tensor] = {}
+def _importance(base: torch.nn.Module, calibration: Blocks, size: int) -> Importance:
+    """:func:`objectives._pruning.decoder_importance` of ``base`` on the first ``size`` calibration blocks, once per
+    model and data in this process."""
 
+    def measure() -> Importance:
+        batches = [calibration.batch(range(i, min(i + 8, size))) for i in range(0, min(size, len(calibration)), 8)]
+        return decoder_importance(base, batches)
 
-def _influence(base: torch.nn.Module, calibration: Blocks, size: int) -> torch.Tensor:
-    """Block influence of ``base``'s layers on the first ``size`` calibration blocks, once per model and data."""
-    key = (id(base), calibration.fingerprint(), size)
-    if key not in _INFLUENCE:
-        sample = [calibration.batch(range(i, min(i + 8, size))) for i in range(0, min(size, len(calibration)), 8)]
-        _INFLUENCE[key] = block_influence(base, sample)
-    return _INFLUENCE[key]
+    return cached_importance(base, calibration, size, measure)
 
 
 def _other_model(args: StudentArgs, work: Workload) -> torch.nn.Module | None:
@@ -199,22 +198,21 @@ def _other_model(args: StudentArgs, work: Workload) -> torch.nn.Module | None:
 
 def _student(base: torch.nn.Module, args: StudentArgs, dropout: float | None, calibration: Blocks) -> torch.nn.Module:
     """``base`` with the decoder layers ``args`` keeps (evenly spaced, or with ``layer_selection: importance`` the
-    most influential on ``student.calibration_size`` training blocks), weights copied and tied embeddings tied; or
-    from scratch."""
-    for key in ("hidden_ratio", "ffn_ratio", "heads_ratio"):
-        if getattr(args, key) != 1:
-            raise ConfigError(f"student.{key}", "width pruning of causal LMs is not supported yet; keep it 1.0")
-    influence = None
-    if args.layer_selection == "importance":
-        influence = _influence(base, calibration, args.calibration_size)
+    most influential on ``student.calibration_size`` training blocks), weights copied and tied embeddings tied, and
+    with width ratios below 1 narrowed to the most important channels, neurons and key/value groups
+    (:func:`objectives._pruning.prune_decoder`); or from scratch."""
+    importance = None
+    if args.narrower or args.layer_selection == "importance":
+        importance = _importance(base, calibration, args.calibration_size)
     try:
-        keep = student_layers(args, num_layers(base), influence)
+        keep = student_layers(args, num_layers(base), None if importance is None else importance.influence)
     except ConfigError as exc:
         raise exc.under("student") from None
     if args.init == "scratch":
         widths = {k: getattr(args, k) for k in ("hidden_size", "intermediate_size", "num_attention_heads")}
         return scratch_decoder(set_dropout(copy.deepcopy(base.config), dropout), len(keep), **widths)
-    return cut_decoder(base, keep, dropout)
+    student = cut_decoder(base, keep, dropout)
+    return prune_decoder(student, keep, importance, args) if args.narrower else student
 
 
 def finetune_student(
@@ -227,10 +225,13 @@ def finetune_student(
     on_cost: CostHook | None = None,
     costs: CostStore | None = None,
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """The student cut from the base (not adapted) model, trained with next-token CE; returns it and its metrics."""
+    """The student cut from the base (not adapted) model, trained with next-token CE; returns it and its metrics.
+    The base model is loaded once per process (frozen; the student gets copies of its weights), so its importance
+    scores are measured once per study, not per trial."""
     torch.manual_seed(seed)
     quiet_transformers()
-    model = _student(_other_model(student, work) or load_causal_lm(base_model), student, args.dropout, work.train)
+    base = _other_model(student, work) or frozen_teacher(Path(base_model), work.device, load_causal_lm)
+    model = _student(base, student, args.dropout, work.train)
     stages = [Stage(work.train, args, get_loss("lm_ce"))]
     return model, _fit(model, work, stages, seed=seed, report=report, on_cost=on_cost, costs=costs)
 

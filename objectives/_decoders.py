@@ -168,39 +168,3 @@ def scratch_decoder(
     if getattr(config, "num_key_value_heads", None) and heads % int(config.num_key_value_heads):
         config.num_key_value_heads = heads
     return AutoModelForCausalLM.from_config(config)
-
-
-def block_influence(model: Any, batches: Any) -> torch.Tensor:
-    """Each decoder layer's block influence (ShortGPT, Men et al. 2024) on ``batches`` (dicts with ``input_ids``):
-    the token-mean of 1 - cos(layer output, layer input); a layer that changes little is the cheapest to drop.
-    Hooks on the layers read their input and output, so it works for every family :func:`decoder_layers` knows."""
-    import torch
-
-    layers = decoder_layers(model)
-    sums = torch.zeros(len(layers))
-    count = 0
-
-    def hook(index: int) -> Any:
-        def record(module: Any, args: tuple, kwargs: dict, output: Any) -> None:
-            before = args[0] if args else kwargs["hidden_states"]
-            after = output[0] if isinstance(output, tuple) else output
-            cosine = torch.nn.functional.cosine_similarity(before.float(), after.float(), dim=-1)
-            sums[index] += (1 - cosine).sum().cpu()
-
-        return record
-
-    handles = [layer.register_forward_hook(hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for batch in batches:
-                ids = batch["input_ids"].to(device)
-                model(input_ids=ids, use_cache=False)
-                count += ids.numel()
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
-    return sums / max(1, count)

@@ -4,7 +4,9 @@ Importance is measured from activations (Minitron, Muralidharan et al. 2024): an
 output, an FFN neuron by its mean absolute activation, a hidden channel by the mean absolute output of the
 LayerNorms. A layer's influence is 1 - cosine similarity between its output and its input (ShortGPT, Men et al.
 2024). Width pruning handles BERT-style encoders (``encoder.layer[i].attention.self`` / ``intermediate`` /
-``output``), e.g. MiniLM.
+``output``), e.g. MiniLM, and Llama-style decoders (``self_attn.q/k/v/o_proj``, ``mlp.gate/up/down_proj``: Llama,
+Mistral, Qwen2 and alike), whose grouped-query attention is pruned in whole groups: a key/value head with all the
+query heads that read it.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import copy
 import random
 import re
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,15 +129,21 @@ def measure_importance(model: Any, batches: list[dict[str, torch.Tensor]], key: 
 _CACHE: weakref.WeakKeyDictionary[Any, dict[tuple[str, int], Importance]] = weakref.WeakKeyDictionary()
 
 
-def teacher_importance(model: Any, data: Encoded, size: int, key: str) -> Importance:
-    """:func:`measure_importance` on ``size`` calibration examples of ``data``, once per model and sample in this
-    process (it depends on the teacher and the data, not on the student asked for); ``key`` names the setting
-    that asked for it in errors."""
+def cached_importance(model: Any, data: Any, size: int, measure: Callable[[], Importance]) -> Importance:
+    """``measure()``, the :class:`Importance` of ``model`` on ``size`` calibration examples of ``data`` (anything
+    with a ``fingerprint()``), once per model and sample in this process: it depends on the teacher and the data,
+    not on the student asked for."""
     per_model = _CACHE.setdefault(model, {})
     sample = (data.fingerprint(), size)
     if sample not in per_model:
-        per_model[sample] = measure_importance(model, calibration_batches(data, size), key)
+        per_model[sample] = measure()
     return per_model[sample]
+
+
+def teacher_importance(model: Any, data: Encoded, size: int, key: str) -> Importance:
+    """:func:`measure_importance` of a classifier on ``size`` calibration examples of ``data``, cached
+    (:func:`cached_importance`); ``key`` names the setting that asked for it in errors."""
+    return cached_importance(model, data, size, lambda: measure_importance(model, calibration_batches(data, size), key))
 
 
 def select_layers(influence: torch.Tensor, k: int) -> list[int]:
@@ -149,18 +158,25 @@ def _round8(ratio: float, width: int) -> int:
 
 @dataclass
 class Widths:
-    """The student's widths from the ratios of :class:`StudentArgs`: whole heads and multiples of 8 channels."""
+    """The student's widths from the ratios of :class:`StudentArgs`: multiples of 8 channels, and whole key/value
+    groups of heads (``heads_ratio`` of the teacher's key/value heads, each with all its query heads; without
+    grouped-query attention a group is one head)."""
 
     hidden: int
     ffn: int
     heads: int
+    kv_heads: int
 
     @classmethod
     def of(cls, config: Any, args: StudentArgs) -> Widths:
+        heads = int(config.num_attention_heads)
+        kv = int(getattr(config, "num_key_value_heads", None) or heads)
+        groups = min(kv, max(1, round(args.heads_ratio * kv)))
         return cls(
             hidden=_round8(args.hidden_ratio, config.hidden_size),
             ffn=_round8(args.ffn_ratio, config.intermediate_size),
-            heads=min(config.num_attention_heads, max(1, round(args.heads_ratio * config.num_attention_heads))),
+            heads=groups * (heads // kv),
+            kv_heads=groups,
         )
 
 
@@ -168,7 +184,11 @@ def _top(scores: torch.Tensor, k: int) -> torch.Tensor:
     return torch.sort(torch.topk(scores, k).indices).values
 
 
-_ROWS_COLS: list[tuple[re.Pattern[str], str | None, str | None]] = [
+Rules = list[tuple[re.Pattern[str], str | None, str | None]]
+"""(pattern of a state-dict key, what its rows index, what its columns index): ``hidden``, a kind of per-layer
+unit, or None (kept whole)."""
+
+_ROWS_COLS: Rules = [
     (re.compile(p), rows, cols)
     for p, rows, cols in [
         (r"attention\.self\.(query|key|value)\.weight$", "attention", "hidden"),
@@ -191,17 +211,17 @@ def prune_state(
     state: dict[str, torch.Tensor],
     layer_of: Any,
     hidden: torch.Tensor,
-    attention: dict[int, torch.Tensor],
-    ffn: dict[int, torch.Tensor],
+    units: dict[str, dict[int, torch.Tensor]],
+    rules: Rules = _ROWS_COLS,
 ) -> dict[str, torch.Tensor]:
-    """``state`` (a teacher's, keys already renumbered to the student's layers) sliced to the kept units:
-    ``hidden`` channel indices, and per student layer the kept attention-unit and FFN-neuron indices.
-    ``layer_of(key)`` is the student layer a key belongs to, or None."""
+    """``state`` (a teacher's, keys already renumbered to the student's layers) sliced to the kept units by
+    ``rules``: ``hidden`` channel indices, and per kind of unit (``attention``, ``ffn``, ...) the kept indices of
+    every student layer. ``layer_of(key)`` is the student layer a key belongs to, or None."""
     out = {}
     for key, tensor in state.items():
-        rule = next(((r, c) for pattern, r, c in _ROWS_COLS if pattern.search(key)), (None, None))
+        rule = next(((r, c) for pattern, r, c in rules if pattern.search(key)), (None, None))
         layer = layer_of(key)
-        index = {"hidden": hidden, "attention": attention.get(layer), "ffn": ffn.get(layer)}
+        index = {"hidden": hidden, **{kind: kept.get(layer) for kind, kept in units.items()}}
         for dim, kind in enumerate(rule):
             if kind is not None and dim < tensor.dim():
                 tensor = tensor.index_select(dim, index[kind])
@@ -267,5 +287,148 @@ def prune_widths(
         attention[new] = (heads.unsqueeze(1) * size + torch.arange(size)).flatten()
         ffn[new] = _top(importance.ffn[old], widths.ffn)
     student = narrow_classifier(config)
-    student.load_state_dict(prune_state(state, layer_of, hidden, attention, ffn), strict=True)
+    student.load_state_dict(prune_state(state, layer_of, hidden, {"attention": attention, "ffn": ffn}), strict=True)
     return student
+
+
+_DECODER_ROWS_COLS: Rules = [
+    (re.compile(p), rows, cols)
+    for p, rows, cols in [
+        (r"self_attn\.q_proj\.weight$", "attention", "hidden"),
+        (r"self_attn\.q_proj\.bias$", "attention", None),
+        (r"self_attn\.[kv]_proj\.weight$", "kv", "hidden"),
+        (r"self_attn\.[kv]_proj\.bias$", "kv", None),
+        (r"self_attn\.o_proj\.weight$", "hidden", "attention"),
+        (r"mlp\.(gate|up)_proj\.weight$", "ffn", "hidden"),
+        (r"mlp\.(gate|up)_proj\.bias$", "ffn", None),
+        (r"mlp\.down_proj\.weight$", "hidden", "ffn"),
+        (r"(embed_tokens|lm_head)\.weight$", None, "hidden"),
+        (r"(layernorm|(^|\.)norm)\.weight$", "hidden", None),
+        (r"(o_proj|down_proj)\.bias$", "hidden", None),
+    ]
+]
+"""How each tensor of a Llama-style causal LM is sliced (see :data:`_ROWS_COLS`): ``attention`` indexes the kept
+query heads' units, ``kv`` those of their key/value heads. Per-head norms (Qwen3's ``q_norm``) keep the head size
+and are copied whole."""
+
+_DECODER_MODULES = {"self_attn": ("q_proj", "k_proj", "v_proj", "o_proj"), "mlp": ("gate_proj", "up_proj", "down_proj")}
+
+
+def _llama_style(layer: Any) -> bool:
+    return all(hasattr(getattr(layer, part, None), name) for part, names in _DECODER_MODULES.items() for name in names)
+
+
+def _is_norm(module: Any, width: int) -> bool:
+    """A LayerNorm or RMSNorm over ``width`` channels (RMSNorms are per-family classes: told by name and shape)."""
+    weight = getattr(module, "weight", None)
+    named = "norm" in type(module).__name__.lower()
+    return named and isinstance(weight, torch.Tensor) and tuple(weight.shape) == (width,)
+
+
+def decoder_importance(model: Any, batches: list[dict[str, torch.Tensor]]) -> Importance:
+    """The :class:`Importance` of a causal LM over ``batches`` (dicts with ``input_ids``; every token real), in eval
+    mode without gradients: block influence of every decoder layer (any family :func:`objectives._decoders.
+    decoder_layers` knows, through hooks on the layers), hidden channels by mean |norm output|, and for Llama-style
+    layers each query head by the mean norm of its output (the input of ``o_proj``) and each FFN neuron by its mean
+    |activation| (the input of ``down_proj``); other families get empty head and neuron scores."""
+    from objectives._decoders import decoder_layers
+
+    layers = decoder_layers(model)
+    config = model.config
+    hidden, n = int(config.hidden_size), len(layers)
+    llama = all(_llama_style(layer) for layer in layers)
+    heads = int(config.num_attention_heads) if llama else 0
+    sums = {
+        "hidden": torch.zeros(hidden),
+        "heads": torch.zeros(n, heads),
+        "ffn": torch.zeros(n, layers[0].mlp.down_proj.in_features if llama else 0),
+        "influence": torch.zeros(n),
+    }
+
+    def add(name: str, index: Any, value: torch.Tensor) -> None:
+        sums[name][index] += value.float().sum(dim=(0, 1)).cpu()
+
+    hooks = [
+        m.register_forward_hook(lambda _m, _i, out: add("hidden", slice(None), out.abs()))
+        for m in model.modules()
+        if _is_norm(m, hidden)
+    ]
+    for i, layer in enumerate(layers):
+
+        def influence(_m: Any, args: tuple, kwargs: dict, out: Any, i: int = i) -> None:
+            before = args[0] if args else kwargs["hidden_states"]
+            after = out[0] if isinstance(out, tuple) else out
+            add("influence", i, 1 - torch.nn.functional.cosine_similarity(before.float(), after.float(), dim=-1))
+
+        hooks.append(layer.register_forward_hook(influence, with_kwargs=True))
+        if llama:
+            hooks.append(
+                layer.self_attn.o_proj.register_forward_pre_hook(
+                    lambda _m, x, i=i: add("heads", i, x[0].reshape(*x[0].shape[:2], heads, -1).norm(dim=-1))
+                )
+            )
+            hooks.append(layer.mlp.down_proj.register_forward_pre_hook(lambda _m, x, i=i: add("ffn", i, x[0].abs())))
+    device = next(model.parameters()).device
+    tokens = 0
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for batch in batches:
+                ids = batch["input_ids"].to(device)
+                model(input_ids=ids, use_cache=False)
+                tokens += ids.numel()
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    return Importance(**{k: v / max(tokens, 1) for k, v in sums.items()})
+
+
+def _decoder_head_dim(config: Any) -> int:
+    return int(getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
+
+
+def prune_decoder(student: Any, keep: list[int], importance: Importance, args: StudentArgs) -> Any:
+    """``student`` (a causal LM cut from the teacher: its layer i is teacher layer ``keep[i]``) narrowed to the
+    widths of ``args`` by the teacher's ``importance``: the most important hidden channels, FFN neurons and
+    key/value groups (scored by the summed importance of their query heads; a group keeps all its query heads,
+    so grouped-query attention stays whole) kept, their weights copied, the head size unchanged. Built with
+    ``from_config`` (so ``save_pretrained`` / ``from_pretrained`` round-trip it) and loaded strictly; tied
+    embeddings stay tied. Families other than Llama-style are a :class:`ConfigError` naming the ratio."""
+    from transformers import AutoModelForCausalLM
+
+    from objectives._decoders import decoder_layers
+
+    if not all(_llama_style(layer) for layer in decoder_layers(student)):
+        key = next(k for k in ("hidden_ratio", "ffn_ratio", "heads_ratio") if getattr(args, k) < 1)
+        raise ConfigError(
+            f"student.{key}",
+            f"width pruning of causal LMs needs Llama-style layers (self_attn.q/k/v/o_proj, mlp.gate/up/down_proj: "
+            f"Llama, Mistral, Qwen2 and alike); the teacher is {student.config.model_type!r}: keep the ratios at 1.0 "
+            "(num_layers still cuts it)",
+        )
+    config = copy.deepcopy(student.config)
+    widths, size = Widths.of(config, args), _decoder_head_dim(config)
+    group = widths.heads // widths.kv_heads
+    hidden = _top(importance.hidden, widths.hidden)
+    units: dict[str, dict[int, torch.Tensor]] = {"attention": {}, "kv": {}, "ffn": {}}
+    dims = torch.arange(size)
+    for new, old in enumerate(keep):
+        groups = _top(importance.heads[old].reshape(-1, group).sum(dim=1), widths.kv_heads)
+        query = (groups.unsqueeze(1) * group + torch.arange(group)).flatten()
+        units["attention"][new] = (query.unsqueeze(1) * size + dims).flatten()
+        units["kv"][new] = (groups.unsqueeze(1) * size + dims).flatten()
+        units["ffn"][new] = _top(importance.ffn[old], widths.ffn)
+    config.hidden_size, config.intermediate_size, config.head_dim = widths.hidden, widths.ffn, size
+    config.num_attention_heads, config.num_key_value_heads = widths.heads, widths.kv_heads
+    narrowed = AutoModelForCausalLM.from_config(config, dtype=next(student.parameters()).dtype)
+
+    def layer_of(key: str) -> int | None:
+        match = re.search(r"\.layers\.(\d+)\.", key)
+        return None if match is None else int(match[1])
+
+    state = prune_state(student.state_dict(), layer_of, hidden, units, _DECODER_ROWS_COLS)
+    narrowed.load_state_dict(state, strict=True)
+    narrowed.generation_config = copy.deepcopy(student.generation_config)
+    return narrowed

@@ -51,7 +51,8 @@ def test_a_config_wrong_for_its_task_is_one_line_naming_the_key(raw: dict, key: 
 
 
 def lm_config(name: str, model: str, corpus: str, **overrides: object) -> dict:
-    """A causal-LM study of the tiny local Llama on a local corpus: two trials of a few steps."""
+    """A causal-LM study of the tiny local Llama on a local corpus: two trials of a few steps, of a student with 2 of
+    the 4 layers (chosen by importance) and pruned widths."""
     config = {
         "name": name,
         "task": "causal-lm",
@@ -63,7 +64,14 @@ def lm_config(name: str, model: str, corpus: str, **overrides: object) -> dict:
         "pruner": {"name": "none"},
         "data": {"name": corpus, "block_size": 16, "max_train_rows": 32, "max_val_rows": 8},
         "teacher": {"model": model, "train": {"max_steps": 4, "batch_size": 4, "eval_every": 4}},
-        "student": {"num_layers": 2, "layer_selection": "importance", "calibration_size": 8},
+        "student": {
+            "num_layers": 2,
+            "layer_selection": "importance",
+            "calibration_size": 8,
+            "hidden_ratio": 0.5,
+            "ffn_ratio": 0.75,
+            "heads_ratio": 0.5,
+        },
         "train": {"max_steps": 4, "batch_size": 4, "eval_every": 2, "lr": 1e-3},
         "distill": {"cache_top_k": 8},
         "search_space": {"distill.loss": {"type": "categorical", "choices": ["forward_kl", "jsd"]}},
@@ -97,7 +105,7 @@ def test_an_lm_study_records_every_lm_metric_then_exports_and_trains_a_generatin
         assert attrs["throughput"] > 0 and attrs["gflops"] > 0
     for trial in trials:
         assert trial.user_attrs["teacher_logits"] == "cache"
-        assert trial.user_attrs["params"] < teacher["params"]  # 2 of the teacher's 4 layers
+        assert trial.user_attrs["params"] < teacher["params"]  # 2 of the teacher's 4 layers, narrower
         # The pruning curve is the study's quality metric: the last reported value is the final perplexity.
         curve = {int(k.rsplit("_", 1)[1]): v for k, v in trial.user_attrs.items() if k.startswith("val_step_")}
         assert curve[max(curve)] == pytest.approx(trial.user_attrs["perplexity"])
@@ -127,8 +135,9 @@ def test_an_lm_study_records_every_lm_metric_then_exports_and_trains_a_generatin
     assert "pipeline_tag: text-generation" in card and "the teacher's test perplexity" in card
     assert "Greedy continuations" in card and "ms per generated token" in card
 
-    model = AutoModelForCausalLM.from_pretrained(out)
-    assert model.config.num_hidden_layers == 2
+    model = AutoModelForCausalLM.from_pretrained(out)  # width-pruned: one of the two key/value groups kept
+    c = model.config
+    assert (c.num_hidden_layers, c.hidden_size, c.intermediate_size, c.num_key_value_heads) == (2, 16, 48, 1)
     generate = pipeline("text-generation", model=str(out))
     text = generate("The river", max_new_tokens=5, do_sample=False)[0]["generated_text"]
     assert text.startswith("The river") and len(text) > len("The river")

@@ -214,7 +214,7 @@ def test_offline_smollm2_loads_cuts_and_round_trips(tmp_path: Path) -> None:
 @pytest.mark.parametrize("family", ("llama", "gpt2"))
 def test_importance_selection_drops_a_layer_that_changes_nothing(family: str) -> None:
     from objectives import StudentArgs, student_layers
-    from objectives._decoders import block_influence
+    from objectives._pruning import decoder_importance
 
     model = tiny_decoder(family)
     identity = decoder_layers(model)[2]
@@ -222,7 +222,9 @@ def test_importance_selection_drops_a_layer_that_changes_nothing(family: str) ->
         for name, param in identity.named_parameters():
             if name.endswith(("o_proj.weight", "down_proj.weight", "c_proj.weight", "c_proj.bias")):
                 param.zero_()
-    influence = block_influence(model, [{"input_ids": _ids()}])
+    importance = decoder_importance(model, [{"input_ids": _ids()}])
+    influence = importance.influence
+    assert importance.heads.shape == ((4, 4) if family == "llama" else (4, 0))  # head scores: Llama-style only
     assert influence[2].item() < 1e-5 and all(influence[i].item() > 1e-3 for i in (0, 1, 3))
     kept = student_layers(StudentArgs(num_layers=3, layer_selection="importance"), 4, influence)
     assert kept == [0, 1, 3]
