@@ -31,6 +31,7 @@ from objectives import (
     TaskSpec,
     TeacherArgs,
     TrainArgs,
+    check_layer_terms,
     direction,
     get_task,
 )
@@ -337,18 +338,9 @@ def _check_device(device: str) -> None:
 def _check_student_model(config: Config) -> None:
     """A student of another architecture (``student.model``): a classifier with its own tokenizer, or a causal LM
     sharing the teacher's vocabulary (checked when its tokenizer loads); the teacher's signal reaches it as logits,
-    not layer by layer."""
-    if config.student.model is None:
-        return
-    if config.objective != "distill":
-        return
-    for key in ("hidden_weight", "attention_weight"):
-        if getattr(config.distill, key) > 0:
-            raise ConfigError(
-                f"distill.{key}",
-                "matches the student's layers with the teacher's token by token, which a student.model of another "
-                "architecture and tokenizer cannot; set it to 0 or drop student.model",
-            )
+    not layer by layer (:func:`objectives.check_layer_terms`)."""
+    if config.objective == "distill":
+        check_layer_terms(config.student, config.distill)
 
 
 def _check_searchable(config: Config, name: str, spec: ParamSpec) -> None:

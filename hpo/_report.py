@@ -300,11 +300,7 @@ def render_html(study: optuna.Study, figs: list[Figure]) -> str:
         "<h2>Teacher and best students</h2>",
         *_teacher_warning(study),
         models_table(study),
-        *(
-            ["<h2>Each class (validation)</h2>", per_class_table(study)]
-            if study_task(study).name == "classification"
-            else []
-        ),
+        *(["<h2>Each class (validation)</h2>", per_class_table(study)] if study_task(study).per_class else []),
         "<h2>Trials by state</h2>",
         states_table(study),
     ]

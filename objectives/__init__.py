@@ -16,6 +16,7 @@ from objectives._config import (
     SyntheticArgs,
     TeacherArgs,
     TrainArgs,
+    check_layer_terms,
 )
 from objectives._corpus import CORPORA, Blocks, Corpus, load_corpus, pack
 from objectives._data import DATASETS, Encoded, Rows, Task, forget_encoded, load_rows, load_task, open_data
@@ -130,6 +131,7 @@ __all__ = [
     "Workload",
     "attention_loss",
     "build_student",
+    "check_layer_terms",
     "compress_logits",
     "cost_hardware",
     "cut_decoder",

@@ -15,11 +15,20 @@ from typing import Any
 
 import torch
 
-from objectives._config import ConfigError, DataArgs, DistillArgs, StudentArgs, TeacherArgs, TrainArgs
+from objectives._config import (
+    ConfigError,
+    DataArgs,
+    DistillArgs,
+    StudentArgs,
+    TeacherArgs,
+    TrainArgs,
+    check_layer_terms,
+)
 from objectives._corpus import Blocks, Corpus, load_corpus, pack
 from objectives._costs import CostStore, stored_cost
 from objectives._decoders import (
     cut_decoder,
+    final_norm,
     lm_identity,
     load_causal_lm,
     load_lm_tokenizer,
@@ -27,7 +36,7 @@ from objectives._decoders import (
 )
 from objectives._fit import CostHook, LogitSource, Stage, distill_stages, fit, frozen_teacher
 from objectives._logits import TopKLogits
-from objectives._losses import get_loss
+from objectives._losses import LayerDistillLoss, get_loss
 from objectives._metrics import generation_costs, lm_evaluate, size_mb
 from objectives._models import count_parameters, num_layers, quiet_transformers, set_dropout, student_layers
 from objectives._pruning import Importance, cached_importance, decoder_importance, prune_decoder
@@ -196,23 +205,31 @@ def _other_model(args: StudentArgs, work: Workload) -> torch.nn.Module | None:
     return load_causal_lm(args.model)
 
 
-def _student(base: torch.nn.Module, args: StudentArgs, dropout: float | None, calibration: Blocks) -> torch.nn.Module:
-    """``base`` with the decoder layers ``args`` keeps (evenly spaced, or with ``layer_selection: importance`` the
-    most influential on ``student.calibration_size`` training blocks), weights copied and tied embeddings tied, and
-    with width ratios below 1 narrowed to the most important channels, neurons and key/value groups
-    (:func:`objectives._pruning.prune_decoder`); or from scratch."""
-    importance = None
-    if args.narrower or args.layer_selection == "importance":
-        importance = _importance(base, calibration, args.calibration_size)
+def _kept_layers(base: torch.nn.Module, args: StudentArgs, calibration: Blocks) -> list[int]:
+    """The decoder layers of ``base`` the student of ``args`` keeps, in order (student layer i is ``base`` layer
+    ``[i]``): evenly spaced, or with ``layer_selection: importance`` the most influential on
+    ``student.calibration_size`` training blocks."""
+    influence = None
+    if args.layer_selection == "importance":
+        influence = _importance(base, calibration, args.calibration_size).influence
     try:
-        keep = student_layers(args, num_layers(base), None if importance is None else importance.influence)
+        return student_layers(args, num_layers(base), influence)
     except ConfigError as exc:
         raise exc.under("student") from None
+
+
+def _student(base: torch.nn.Module, args: StudentArgs, dropout: float | None, calibration: Blocks) -> torch.nn.Module:
+    """``base`` with the decoder layers ``args`` keeps (:func:`_kept_layers`), weights copied and tied embeddings
+    tied, and with width ratios below 1 narrowed to the most important channels, neurons and key/value groups
+    (:func:`objectives._pruning.prune_decoder`); or from scratch."""
+    keep = _kept_layers(base, args, calibration)
     if args.init == "scratch":
         widths = {k: getattr(args, k) for k in ("hidden_size", "intermediate_size", "num_attention_heads")}
         return scratch_decoder(set_dropout(copy.deepcopy(base.config), dropout), len(keep), **widths)
     student = cut_decoder(base, keep, dropout)
-    return prune_decoder(student, keep, importance, args) if args.narrower else student
+    if not args.narrower:
+        return student
+    return prune_decoder(student, keep, _importance(base, calibration, args.calibration_size), args)
 
 
 def finetune_student(
@@ -266,25 +283,47 @@ def distill_student(
       CE for the rest.
 
     With ``logits``, the teacher's distributions come from its cached top-k logits per token (the study's cache)
-    instead of a teacher forward pass on every batch."""
+    instead of a teacher forward pass on every batch.
+
+    ``distill.hidden_weight`` / ``attention_weight`` add the layer terms of :class:`objectives._losses.
+    LayerDistillLoss` to the KD stage: student layer i against the teacher layer it was cut from (a scratch
+    student's: the one it stands for, through a learned map where the widths differ), hidden states compared after
+    each model's final norm. They read the live teacher on every batch, and ``logits`` is not used: a cache of
+    SmolLM2-135M's hidden states would take 35,712 bytes per token (31 states x 576 x fp16), 92 times the 389 of
+    its top-64 logits (see ``DistillArgs.attention_weight``), against one teacher forward pass per batch."""
+    check_layer_terms(student, distill)
     torch.manual_seed(seed)
     quiet_transformers()
-    for key in ("hidden_weight", "attention_weight"):
-        if getattr(distill, key) > 0:
-            raise ConfigError(f"distill.{key}", "layer distillation is classification only for now; keep it 0")
     teacher = load_teacher(teacher_dir, work)
     model = _student(_other_model(student, work) or teacher, student, args.dropout, work.train)
+    if distill.needs_teacher_states:
+        logits = None  # the layer terms read the live teacher's hidden states; cached logits have none
 
     def signal(name: str, data: Blocks) -> torch.nn.Module | torch.Tensor | TopKLogits:
         return teacher if logits is None else logits(name, data, teacher)
 
     divergence = {"divergence": distill.loss, "jsd_beta": distill.jsd_beta, "temperature": distill.temperature}
+
+    def kd(alpha: float) -> Any:
+        loss = get_loss("lm_kd", alpha=alpha, **divergence)
+        if not distill.needs_teacher_states:
+            return loss
+        return LayerDistillLoss(
+            loss,
+            _kept_layers(teacher, student, work.train),
+            hidden_weight=distill.hidden_weight,
+            attention_weight=distill.attention_weight,
+            student_width=model.config.hidden_size,
+            teacher_width=teacher.config.hidden_size,
+            final_norms=(final_norm(model), final_norm(teacher)),
+        )
+
     stages = distill_stages(
         work.train,
         args,
         distill,
         ce=get_loss("lm_ce"),
-        kd=lambda alpha: get_loss("lm_kd", alpha=alpha, **divergence),
+        kd=kd,
         signal=signal,
         transfer=lambda: transfer_blocks(work, distill.transfer_files),
     )

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from objectives._config import ConfigError, DataArgs, DistillArgs, StudentArgs, TeacherArgs, TrainArgs
+from objectives._config import DataArgs, DistillArgs, StudentArgs, TeacherArgs, TrainArgs, check_layer_terms
 from objectives._costs import CostStore, stored_cost
 from objectives._data import Encoded, Rows, Task, collate, encode, open_data
 from objectives._fit import CostHook, LogitSource, Stage, distill_stages, fit, frozen_teacher
@@ -260,11 +260,7 @@ def distill_student(
     teacher's tokens of the same examples, or without it are computed once at the start of the run. Cost and
     validation are measured on the student's tokens. Returns the trained model and its metrics.
     """
-    if student.model is not None and distill.needs_teacher_states:
-        key = "hidden_weight" if distill.hidden_weight > 0 else "attention_weight"
-        raise ConfigError(
-            f"distill.{key}", "matches layers token by token, which a student.model of its own cannot; set it to 0"
-        )
+    check_layer_terms(student, distill)
     torch.manual_seed(seed)
     teacher = load_teacher(teacher_dir, work)
     own = student_workload(work, student)

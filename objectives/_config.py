@@ -191,9 +191,10 @@ class StudentArgs:
 
     model: str | None = None
     """A student of another architecture: a registry name, local directory or Hugging Face id of a pretrained
-    model, given a new classification head and trained with its own tokenizer against the teacher's cached logits
-    (``distill.cache_teacher_logits: true``). ``num_layers`` / ``layers`` then cut that model's layers. Null (the
-    default): the student is cut from the teacher. Classification only."""
+    model. A classifier gets a new classification head and is trained with its own tokenizer against the teacher's
+    cached logits (``distill.cache_teacher_logits: true``); a causal LM must share the teacher's vocabulary.
+    ``num_layers`` / ``layers`` then cut that model's layers. Null (the default): the student is cut from the
+    teacher."""
     num_layers: int | None = None
     """Keep this many evenly spaced teacher layers; null with ``layers`` null keeps them all."""
     layers: list[int] | None = None
@@ -335,19 +336,24 @@ class DistillArgs:
 
     hidden_weight: float = 0.0
     """Weight beta of the hidden-state term (TinyBERT): the mean squared error between each student layer's hidden
-    states (and the embeddings output) and those of the teacher layer it was cut from, through a learned linear
-    map where the student is narrower (``student.hidden_ratio`` < 1); padding excluded. 0 turns it off.
-    Classification only. Searchable."""
+    states (and the embeddings output) and those of the teacher layer it was cut from (a ``scratch`` student's
+    layer i: the teacher layer it stands for), through a learned linear map where the widths differ
+    (``student.hidden_ratio`` < 1, or a scratch ``hidden_size``); padding excluded. A causal LM's states are
+    compared after each model's final norm (``objectives._losses.final_normed``). 0 turns it off. Searchable."""
     attention_weight: float = 0.0
     """Weight gamma of the attention term (MiniLM): KL(teacher || student) between the attention distributions of
-    matched layers, heads averaged where the student has fewer (``student.heads_ratio`` < 1); padding excluded.
-    0 turns it off. Classification only. Searchable.
+    matched layers, heads averaged where the counts differ (``student.heads_ratio`` < 1, or a scratch
+    ``num_attention_heads``); padding excluded. 0 turns it off. Searchable.
 
     With either weight above 0 the teacher runs live on every batch and ``cache_teacher_logits`` is not used: the
     cache holds logits, a few bytes per example (8 for two classes), while hidden states and attentions would be
     (L + 1) x T x d and L x H x T x T numbers per example. For MiniLM-L6 (L = 6 layers, d = 384, H = 12 heads) on
     rt-snippets (mean T = 26.9 tokens at max_length 64) that is 289 KB and 209 KB per example in fp32, 2.4 GB and
-    1.8 GB for its 8,454 training examples, against 68 KB of logits."""
+    1.8 GB for its 8,454 training examples, against 68 KB of logits. For a causal LM the cache holds 389 bytes per
+    token (top 64, fp16 log-probabilities and int32 ids); SmolLM2-135M's hidden states (31 x 576 in fp16) would
+    take 35,712 bytes per token (92 times as much; 36 GB per million training tokens, as ``student.num_layers`` is
+    searched every layer would be kept) and its attentions (30 layers x 9 heads x (T + 1) / 2 keys, fp16) 34,830
+    bytes per token at ``block_size`` 128, while a live teacher costs one forward pass per batch, without backward."""
 
     @property
     def needs_teacher_states(self) -> bool:
@@ -374,6 +380,21 @@ class DistillArgs:
         _check_fraction(self.jsd_beta, "jsd_beta", low_open=True, high_open=True)
         for i, path in enumerate(self.transfer_files):
             _check(Path(path).expanduser().is_file(), f"transfer_files[{i}]", f"file {path!r} does not exist")
+
+
+def check_layer_terms(student: StudentArgs, distill: DistillArgs) -> None:
+    """Refuse the layer terms (``distill.hidden_weight``, ``attention_weight``) for a ``student.model`` of its own:
+    they match each student layer with the teacher layer it was cut from, and such a student was cut from no
+    teacher layer. A ``scratch`` student is allowed: its layer i stands for teacher layer ``keep[i]``."""
+    if student.model is None:
+        return
+    for key in ("hidden_weight", "attention_weight"):
+        _check(
+            getattr(distill, key) == 0,
+            f"distill.{key}",
+            "matches the student's layers with the teacher's layers they were cut from, which a student.model of its "
+            "own was not; set it to 0 or drop student.model",
+        )
 
 
 @dataclass

@@ -25,11 +25,11 @@ CAUSAL_LMS: dict[str, Callable[[], tuple[str, str | None]]] = {"smollm2-135m": _
 is a local model directory or a Hugging Face model id."""
 
 _FAMILIES = (
-    ("llama/mistral/qwen2", ("model", "layers")),
-    ("gpt2", ("transformer", "h")),
-    ("gpt_neox", ("gpt_neox", "layers")),
+    ("llama/mistral/qwen2", ("model", "layers"), ("model", "norm")),
+    ("gpt2", ("transformer", "h"), ("transformer", "ln_f")),
+    ("gpt_neox", ("gpt_neox", "layers"), ("gpt_neox", "final_layer_norm")),
 )
-"""Decoder families by where their stack of decoder layers is."""
+"""Decoder families by where their stack of decoder layers is, and the norm after the last layer."""
 
 
 def resolve_lm(name: str) -> tuple[str, str | None]:
@@ -81,20 +81,41 @@ def load_causal_lm(name: str, dropout: float | None = None) -> Any:
     return model
 
 
+def _module(model: Any, path: tuple[str, ...]) -> Any:
+    """The submodule at ``path`` (attribute names) of ``model``, or None."""
+    for attribute in path:
+        model = getattr(model, attribute, None)
+    return model
+
+
+def _unsupported(model: Any) -> ConfigError:
+    family = getattr(model.config, "model_type", type(model).__name__)
+    supported = ", ".join(f"{name} ({'.'.join(path)})" for name, path, _ in _FAMILIES)
+    return ConfigError("model", f"decoder family {family!r} not supported; supported: {supported}")
+
+
 def decoder_layers(model: Any) -> torch.nn.ModuleList:
     """The stack of decoder layers of a causal LM: ``model.layers`` (Llama, Mistral, Qwen2 and alike),
     ``transformer.h`` (GPT-2) or ``gpt_neox.layers`` (GPT-NeoX)."""
     import torch
 
-    for _, path in _FAMILIES:
-        module = model
-        for attribute in path:
-            module = getattr(module, attribute, None)
+    for _, path, _ in _FAMILIES:
+        module = _module(model, path)
         if isinstance(module, torch.nn.ModuleList):
             return module
-    family = getattr(model.config, "model_type", type(model).__name__)
-    supported = ", ".join(f"{name} ({'.'.join(path)})" for name, path in _FAMILIES)
-    raise ConfigError("model", f"decoder family {family!r} not supported; supported: {supported}")
+    raise _unsupported(model)
+
+
+def final_norm(model: Any) -> torch.nn.Module:
+    """The norm a pre-norm causal LM applies after its last decoder layer, before the LM head: ``model.norm``
+    (Llama and alike), ``transformer.ln_f`` (GPT-2) or ``gpt_neox.final_layer_norm`` (GPT-NeoX)."""
+    import torch
+
+    for _, layers, norm in _FAMILIES:
+        module = _module(model, norm)
+        if isinstance(_module(model, layers), torch.nn.ModuleList) and isinstance(module, torch.nn.Module):
+            return module
+    raise _unsupported(model)
 
 
 def _with_layers(config: Any, keep: list[int], total: int) -> Any:

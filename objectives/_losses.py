@@ -243,16 +243,33 @@ def get_loss(name: str, **options: Any) -> Callable[[torch.Tensor, torch.Tensor,
     return loss
 
 
+def final_normed(
+    states: Sequence[torch.Tensor], indices: Sequence[int], total: int, norm: Callable[[torch.Tensor], torch.Tensor]
+) -> list[torch.Tensor]:
+    """Entries ``indices`` of a pre-norm decoder's ``total`` ``hidden_states`` (``states``, in that order) as its LM
+    head reads them: norm(h). transformers returns every entry but the last as the raw residual stream and the last
+    after the final norm (it is ``last_hidden_state``), so ``norm`` (the model's final norm) is applied to all but
+    that one. Raw residual streams grow with depth and carry a few massive activations (SmolLM2-135M: rms 2 after
+    the embeddings, 180 in its middle layers with single values of 22,000, against an rms near 1.7 at every depth
+    once normed), so an MSE between raw states would compare scales rather than directions."""
+    return [h if i == total - 1 else norm(h) for h, i in zip(states, indices, strict=True)]
+
+
 class LayerDistillLoss(torch.nn.Module):
     """A logit loss plus intermediate-layer terms (TinyBERT / MiniLM style):
 
     loss = logit_loss(z_s, y, z_t) + beta * L_hid + gamma * L_att
 
     (:func:`hidden_state_loss`, :func:`attention_loss`). Student layer i is matched with teacher layer
-    ``keep[i]`` (the teacher layer it was cut from), and the embeddings output with the embeddings output (hidden
-    states only). ``project`` is the learned d_s -> d_t map of a narrower student (None at equal widths): a
-    parameter of this loss, trained with the student (the training loop adds :meth:`parameters` to the optimiser)
-    and never part of the student's saved weights.
+    ``keep[i]`` (the teacher layer it was cut from, or stands for in a scratch student), and the embeddings output
+    with the embeddings output (hidden states only). ``project`` is the learned d_s -> d_t map of a narrower student
+    (None at equal widths): a parameter of this loss, trained with the student (the training loop adds
+    :meth:`parameters` to the optimiser) and never part of the student's saved weights.
+
+    ``final_norms`` (the student's and the teacher's final norm) is for pre-norm decoders, whose hidden states are
+    raw residual streams but for the last, returned after the final norm: every matched state is then compared as
+    the LM head reads it (:func:`final_normed`), so a student's last (normed) state never meets a teacher's raw
+    middle one. None (post-norm encoders such as BERT, whose every layer output is already normed): as returned.
 
     The training loop calls it as ``loss(student_outputs, labels, teacher_outputs, attention_mask)`` with both
     models' full outputs, asking them for :attr:`model_outputs` (hidden states, attentions); the teacher must run
@@ -268,6 +285,8 @@ class LayerDistillLoss(torch.nn.Module):
         attention_weight: float,
         student_width: int,
         teacher_width: int,
+        final_norms: tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]
+        | None = None,
     ) -> None:
         super().__init__()
         self.logit_loss = logit_loss
@@ -276,6 +295,9 @@ class LayerDistillLoss(torch.nn.Module):
         self.attention_weight = attention_weight
         narrower = hidden_weight > 0 and student_width != teacher_width
         self.project = torch.nn.Linear(student_width, teacher_width) if narrower else None
+        # A plain tuple, not submodules: the norms belong to the models (the student's trains with it, the
+        # teacher's is frozen), so they stay out of this loss's parameters.
+        self.final_norms = final_norms
 
     @property
     def model_outputs(self) -> dict[str, bool]:
@@ -286,9 +308,16 @@ class LayerDistillLoss(torch.nn.Module):
         loss = self.logit_loss(student.logits, labels, teacher.logits)
         if self.hidden_weight > 0:
             layers = [0, *(i + 1 for i in self.keep)]  # hidden_states[0] is the embeddings output
+            student_states = list(student.hidden_states)
             teacher_states = [teacher.hidden_states[i] for i in layers]
+            if self.final_norms is not None:
+                student_norm, teacher_norm = self.final_norms
+                student_states = final_normed(
+                    student_states, range(len(student_states)), len(student_states), student_norm
+                )
+                teacher_states = final_normed(teacher_states, layers, len(teacher.hidden_states), teacher_norm)
             loss = loss + self.hidden_weight * hidden_state_loss(
-                student.hidden_states, teacher_states, attention_mask, self.project
+                student_states, teacher_states, attention_mask, self.project
             )
         if self.attention_weight > 0:
             teacher_attentions = [teacher.attentions[i] for i in self.keep]

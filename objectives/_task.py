@@ -81,6 +81,8 @@ class TaskSpec:
     """What the cost metrics measure, in a sentence for the model card and the report."""
     unit: str = "rows"
     """What a held-out split is counted in (texts of a classifier, tokens of a language model)."""
+    per_class: bool = False
+    """Whether trials and the teacher record scores per class (``per_class``), which the report tables."""
     defaults: dict[str, Any] = field(default_factory=dict)
     """Config values this task changes from the classification defaults, e.g. its default data and teacher."""
 
@@ -110,6 +112,7 @@ TASKS: dict[str, TaskSpec] = {
         validation_metrics=("accuracy", "f1", "val_loss"),
         card_metrics=("accuracy", "f1", "latency_ms", "latency_ms_p95", "throughput", "params", "size_mb"),
         module="objectives._classification",
+        per_class=True,
         cost_note=(
             "Latency: batch 1 at the validation set's mean length, after warm-up, median (p50) and 95th percentile "
             "over repeats until the median is stable; throughput: examples/s at batch 32."

@@ -43,7 +43,7 @@ BAD = [
     ({"student": {"model": "distilbert-base-uncased", "layer_selection": "importance"}}, "student.layer_selection:"),
     (
         {"student": {"model": "distilbert-base-uncased"}, "distill": {"hidden_weight": 1.0}},
-        "distill.hidden_weight: matches the student's layers with the teacher's token by token",
+        "distill.hidden_weight: matches the student's layers with the teacher's layers they were cut from",
     ),
     (
         {

@@ -62,6 +62,7 @@ def test_multi_objective_report_renders_every_figure_offline_with_the_exported_p
     text = out.read_text()
     # Self-contained: plotly.js inlined, nothing loaded from elsewhere.
     assert "Plotly" in text and len(text) > 3_000_000
+    assert "<h2>Each class (validation)</h2>" in text  # a classification study (TaskSpec.per_class)
     assert not re.search(r"<script[^>]+src=|<link[^>]+href=|<img[^>]+src=\"?http", text)
 
     page = browser.dom(out.as_uri(), offline=True)

@@ -17,7 +17,6 @@ from hpo import config_from_dict
 from hpo._run import run
 from hpo._teacher import LogitCache
 from objectives import (
-    METRICS,
     DataArgs,
     StudentArgs,
     TopKLogits,
@@ -172,17 +171,18 @@ def test_changing_one_row_of_a_local_csv_trains_a_new_teacher(tmp_path: Path) ->
     assert second != first and (second / "metrics.json").is_file() and (first / "metrics.json").is_file()
 
 
-def test_trials_with_a_layer_term_use_the_live_teacher_not_the_cache() -> None:
+@pytest.mark.parametrize("task", ["classification", "causal-lm"])
+def test_trials_with_a_layer_term_use_the_live_teacher_not_the_cache(task: str) -> None:
     from hpo._runner import TrialRunner
 
     space = {"distill.hidden_weight": {"type": "categorical", "choices": [0.0, 1.5]}}
-    config = config_from_dict(tiny_config("layers", n_trials=2, search_space=space))
+    config = config_from_dict(tiny_config("layers", n_trials=2, search_space=space, task=task))
     asked: list[tuple[float, bool]] = []
 
     class Runner(TrialRunner):
         def train(self, config: Any, params: dict, seed: int, *args: Any, **kwargs: Any) -> dict[str, float]:
             asked.append((config.distill.hidden_weight, self._cached(config)))
-            return dict.fromkeys((*METRICS, "val_loss", "steps"), 1.0)
+            return dict.fromkeys((*config.task_spec.metrics, "val_loss", "steps"), 1.0)
 
     study = optuna.create_study(directions=["maximize"])
     for weight in (0.0, 1.5):

@@ -229,3 +229,45 @@ def test_importance_selection_drops_a_layer_that_changes_nothing(family: str) ->
     kept = student_layers(StudentArgs(num_layers=3, layer_selection="importance"), 4, influence)
     assert kept == [0, 1, 3]
     assert student_layers(StudentArgs(num_layers=3), 4) == [0, 2, 3]  # even spacing would have kept it
+
+
+def _raw_layer_outputs(model: torch.nn.Module) -> list[torch.Tensor]:
+    """A list that each forward pass fills with every decoder layer's output (the raw residual stream)."""
+    raw: list[torch.Tensor] = []
+    for layer in decoder_layers(model):
+        layer.register_forward_hook(lambda m, a, out: raw.append(out[0] if isinstance(out, tuple) else out))
+    return raw
+
+
+def scrambled_final_norm(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with random final-norm weights (and biases): at their initial ones (and zeros) norm(norm(h)) would
+    equal norm(h), and a state normed twice could not be told from one normed once."""
+    from objectives._decoders import final_norm
+
+    with torch.no_grad():
+        for parameter in final_norm(model).parameters():
+            parameter.uniform_(0.5, 2.0, generator=torch.Generator().manual_seed(3))
+    return model
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_hidden_states_are_raw_but_the_last_and_final_normed_gives_what_the_head_reads(family: str) -> None:
+    from objectives._decoders import final_norm
+    from objectives._losses import final_normed
+
+    model = scrambled_final_norm(tiny_decoder(family))
+    norm, raw = final_norm(model), _raw_layer_outputs(model)
+    with torch.no_grad():
+        out = model(_ids(), output_hidden_states=True)
+        states = out.hidden_states
+        assert len(states) == 5 and len(raw) == 4
+        # transformers 5: entries 1..L-1 are the layers' raw outputs, the last is after the final norm
+        assert all(torch.equal(states[i], raw[i - 1]) for i in (1, 2, 3))
+        assert torch.allclose(states[4], norm(raw[3]), atol=1e-6) and not torch.allclose(states[4], raw[3])
+        normed = final_normed(states, range(5), 5, norm)
+        assert all(torch.allclose(normed[i], norm(raw[i - 1]), atol=1e-6) for i in (1, 2, 3, 4))
+        assert torch.allclose(normed[0], norm(states[0]))
+        # a selection of entries: only the last of the model's states is taken as it is
+        picked = final_normed([states[2], states[4]], [2, 4], 5, norm)
+        assert torch.equal(picked[1], states[4]) and torch.allclose(picked[0], norm(raw[1]))
+        assert torch.allclose(model.get_output_embeddings()(normed[4]), out.logits, atol=1e-5)

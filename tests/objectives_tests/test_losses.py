@@ -307,3 +307,55 @@ def test_classification_kd_takes_every_divergence_and_forward_kl_is_hintons() ->
         assert loss.item() == pytest.approx((0.5 * t * t * kd + 0.5 * ce).item(), rel=1e-5)
     jsd = kd_loss(student, labels, teacher, temperature=t, alpha=1.0, divergence="jsd") / (t * t)
     assert 0 < jsd.item() < math.log(2) and jsd.item() < min(hinton.item(), reverse.item())
+
+
+def _lm_layer_terms(keep: list[int], *, final_norm: bool = True) -> tuple[float, float]:
+    """(hidden, attention) terms of :class:`LayerDistillLoss` between a tiny Llama (random final norm) and the
+    student of its layers ``keep``, on one batch: the loss less its logit term."""
+    from objectives import cut_decoder
+    from objectives._decoders import final_norm as norm_of
+    from objectives._losses import LayerDistillLoss
+    from tests.objectives_tests.test_decoders import _ids, scrambled_final_norm, tiny_decoder
+
+    teacher = scrambled_final_norm(tiny_decoder("llama", initializer_range=0.3))  # attention far from uniform
+    student = cut_decoder(teacher, keep).eval()
+    ids = _ids()
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        t, s = (
+            m.set_attn_implementation("eager")
+            or m(ids, attention_mask=mask, output_hidden_states=True, output_attentions=True)
+            for m in (teacher, student)
+        )
+    logits = get_loss("lm_kd", temperature=2.0, alpha=0.5)
+    norms = (norm_of(student), norm_of(teacher)) if final_norm else None
+    terms = []
+    for hidden, attention in ((1.0, 0.0), (0.0, 1.0)):
+        loss = LayerDistillLoss(
+            logits,
+            keep,
+            hidden_weight=hidden,
+            attention_weight=attention,
+            student_width=32,
+            teacher_width=32,
+            final_norms=norms,
+        )
+        assert list(loss.parameters()) == []  # the norms are the models', not the loss's
+        terms.append((loss(s, ids, t, mask) - logits(s.logits, ids, t.logits)).item())
+    return terms[0], terms[1]
+
+
+def test_lm_layer_terms_vanish_for_identical_layers_and_grow_once_the_student_differs() -> None:
+    assert _lm_layer_terms([0, 1, 2, 3]) == pytest.approx((0, 0), abs=1e-6)  # every layer kept
+    # the first two layers: the same states and attentions as the teacher's first two
+    assert _lm_layer_terms([0, 1]) == pytest.approx((0, 0), abs=1e-6)
+    hidden, attention = _lm_layer_terms([0, 2])  # layer 2 now reads layer 0's output
+    assert hidden > 0.1 and attention > 0.1
+
+
+def test_lm_hidden_states_are_compared_after_the_final_norm() -> None:
+    # The student of the first two layers ends with its (normed) last state, the teacher's layer 1 output is raw:
+    # compared as returned they differ although the residual streams are equal.
+    hidden, _ = _lm_layer_terms([0, 1], final_norm=False)
+    assert hidden > 1
+    assert _lm_layer_terms([0, 1])[0] == pytest.approx(0, abs=1e-6)

@@ -3,6 +3,7 @@ architecture with its own tokenizer, trained against the teacher's per-example l
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from objectives import (
 )
 from objectives._classification import heldout_metrics, save_model, student_workload
 from objectives._models import load_tokenizer
+from tests.conftest import write_corpus
 
 DATA = DataArgs(max_train_rows=64, max_val_rows=16, max_length=32)
 ARGS = TrainArgs(max_steps=3, batch_size=8, eval_every=3, lr=1e-3)
@@ -125,17 +127,48 @@ def test_a_student_of_another_architecture_learns_from_cached_logits_on_its_own_
         distill_student(work, teacher_dir, student, ARGS, DistillArgs(hidden_weight=1.0), seed=0)
 
 
-@pytest.mark.parametrize(
-    ("student", "distill", "key"),
-    [
-        (StudentArgs(), DistillArgs(hidden_weight=1.0), r"distill\.hidden_weight"),
-        (StudentArgs(), DistillArgs(attention_weight=1.0), r"distill\.attention_weight"),
-    ],
-)
-def test_causal_lm_students_refuse_what_is_classification_only(
-    student: StudentArgs, distill: DistillArgs, key: str
-) -> None:
-    from objectives import _causal_lm as causal_lm
+@pytest.mark.parametrize("task", ["_classification", "_causal_lm"])
+@pytest.mark.parametrize("key", ["hidden_weight", "attention_weight"])
+def test_a_student_model_of_its_own_takes_no_layer_terms(task: str, key: str) -> None:
+    import importlib
 
-    with pytest.raises(ConfigError, match=key):  # refused before any model or data is touched
-        causal_lm.distill_student(None, Path("no-teacher"), student, ARGS, distill, seed=0)
+    distill = importlib.import_module(f"objectives.{task}").distill_student
+    with pytest.raises(ConfigError) as error:  # refused before any model or data is touched
+        distill(None, Path("no-teacher"), StudentArgs(model="other"), ARGS, DistillArgs(**{key: 1.0}), seed=0)
+    assert error.value.key == f"distill.{key}" and "student.model of its own" in str(error.value)
+
+
+def test_layer_distillation_trains_a_causal_lm_student_from_the_live_teacher(tiny_lm: str, tmp_path: Path) -> None:
+    from objectives import _causal_lm as lm
+    from objectives._train import report_steps
+
+    work = lm.prepare_workload(
+        DataArgs(name=write_corpus(tmp_path / "corpus.txt"), block_size=16, max_train_rows=16, max_val_rows=4), tiny_lm
+    )
+    args = TrainArgs(max_steps=2, batch_size=4, eval_every=2, eval_batch_size=4, lr=1e-3)
+    layered = DistillArgs(hidden_weight=1.0, attention_weight=1.0)
+
+    def run(student: StudentArgs, distill: DistillArgs) -> tuple[Any, dict[str, Any], list[float], list]:
+        """The trained student, its metrics, its logged training losses and the cache's calls."""
+        cache, losses = RecordingCache(), []
+        with report_steps(lambda step, total, loss, score: losses.append(loss) if loss is not None else None):
+            model, metrics = lm.distill_student(work, Path(tiny_lm), student, args, distill, seed=0, logits=cache)
+        return model, metrics, losses, cache.calls
+
+    runs = {
+        "plain": run(StudentArgs(num_layers=2), DistillArgs()),
+        "layered": run(StudentArgs(num_layers=2), layered),
+        # a scratch student narrower than the teacher, with fewer heads: through the map, heads averaged
+        "scratch": run(StudentArgs(num_layers=2, init="scratch", hidden_size=16, num_attention_heads=2), layered),
+    }
+    for name in ("layered", "scratch"):
+        model, metrics, losses, calls = runs[name]
+        assert calls == []  # the layer terms need the teacher's hidden states: no cached logits read
+        assert metrics["steps"] == 2 and math.isfinite(metrics["perplexity"]) and math.isfinite(losses[-1])
+        assert model.config._attn_implementation == "sdpa"  # eager attention only while training
+    assert [name for name, _ in runs["plain"][3]] == ["train"]  # without layer terms the cache serves the teacher
+    assert runs["scratch"][0].config.hidden_size == 16
+    # same seed, student and batches: the layer terms add to the training loss
+    assert runs["layered"][2][-1] > runs["plain"][2][-1]
+    assert runs["layered"][1]["perplexity"] != runs["plain"][1]["perplexity"]
+    assert runs["layered"][1]["params"] == runs["plain"][1]["params"]  # the student saves no map or extra weights
