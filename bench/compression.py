@@ -5,7 +5,7 @@ distilled from it (integrated KD; the teacher's logits cached once, or the teach
 learn its hidden states) for the same number of steps, batch and seed. Width-pruned students keep the teacher's most
 important heads, FFN neurons and hidden channels (``objectives._pruning``).
 
-    python bench/compression.py [--steps 300] [--rows N] [--teacher-steps N] [--rounds 5]
+    python bench/compression.py [--steps 300] [--rows N] [--teacher-steps N] [--rounds 5] [--seeds 3]
 
 Prints accuracy, p50 latency (batch 1, one thread), params and size of each model, the most accurate student at no
 more than a third of the teacher's latency with its share of the teacher's accuracy, and each width-pruned student
@@ -82,6 +82,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, help="training rows, the teacher's and the students' (default: all)")
     parser.add_argument("--teacher-steps", type=int, help="teacher fine-tuning steps (default: the quickstart's)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved latency rounds over all models")
+    parser.add_argument("--seeds", type=int, default=3, help="training seeds of every student")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(os.cpu_count() or 1)
@@ -98,53 +99,61 @@ def main() -> None:
     models = {TEACHER: load_teacher(tmp / "teacher", work)}
     cache = LogitCache(ArtifactDir(tmp, "bench"), tmp / "teacher")
     train = replace(config.train, max_steps=args.steps, eval_every=args.steps, patience=None)
-    for name, (student, changes) in STUDENTS.items():
-        start = time.perf_counter()
-        distill = replace(config.distill, **changes)
-        logits = None if distill.needs_teacher_states else cache
-        models[name], rows[name] = distill_student(work, tmp / "teacher", student, train, distill, 0, logits=logits)
-        print(f"{name}: {time.perf_counter() - start:.0f} s", flush=True)
+    accuracies: dict[str, list[float]] = {TEACHER: [rows[TEACHER]["accuracy"]]}
+    for seed in range(args.seeds):
+        for name, (student, changes) in STUDENTS.items():
+            start = time.perf_counter()
+            distill = replace(config.distill, **changes)
+            logits = None if distill.needs_teacher_states else cache
+            model, metrics = distill_student(work, tmp / "teacher", student, train, distill, seed, logits=logits)
+            if seed == 0:  # one model per architecture for the latency rounds; every seed's accuracy
+                models[name], rows[name] = model, metrics
+            accuracies.setdefault(name, []).append(metrics["accuracy"])
+            print(f"seed {seed}, {name}: {metrics['accuracy']:.3f}, {time.perf_counter() - start:.0f} s", flush=True)
     print(f"measuring latency: {args.rounds} interleaved rounds over {len(models)} models", flush=True)
     one = latency_input(work, next(models[TEACHER].parameters()).device)
     for name, p50 in interleaved_latency(models, one, args.rounds).items():
         rows[name]["latency_ms"] = p50
+    mean = {k: statistics.mean(v) for k, v in accuracies.items()}
+    sd = {k: statistics.stdev(v) if len(v) > 1 else 0.0 for k, v in accuracies.items()}
 
     n = len(work.validation)
     print(
         f"\n{len(work.train)} training rows, {n} validation rows, students {args.steps} steps of batch "
-        f"{train.batch_size}, seed 0; latency batch 1, {COST_THREADS} thread, median of {args.rounds} interleaved "
-        f"rounds; {torch.get_num_threads()} training threads"
+        f"{train.batch_size}, seeds 0..{args.seeds - 1} (accuracy: mean +- sd over seeds; the teacher: one run); "
+        f"latency batch 1, {COST_THREADS} thread, median of {args.rounds} interleaved rounds; "
+        f"{torch.get_num_threads()} training threads"
     )
-    print(f"{'model':58} {'accuracy':>8} {'p50 ms':>7} {'params':>11} {'MB':>6}")
+    print(f"{'model':58} {'accuracy':>14} {'p50 ms':>7} {'params':>11} {'MB':>6}")
     for name, m in rows.items():
-        print(f"{name:58} {m['accuracy']:8.3f} {m['latency_ms']:7.2f} {int(m['params']):11,d} {m['size_mb']:6.1f}")
-    t = rows[TEACHER]
-    p = t["accuracy"]
-    se = math.sqrt(p * (1 - p) / n)
-    print(f"standard error of one accuracy on {n} rows: {se:.3f}")
-    fast = {k: m for k, m in rows.items() if k in STUDENTS and m["latency_ms"] <= t["latency_ms"] / 3}
+        accuracy = f"{mean[name]:.3f} +- {sd[name]:.3f}"
+        print(f"{name:58} {accuracy:>14} {m['latency_ms']:7.2f} {int(m['params']):11,d} {m['size_mb']:6.1f}")
+    t, p = rows[TEACHER], mean[TEACHER]
+    print(f"standard error of one accuracy on {n} rows: {math.sqrt(p * (1 - p) / n):.3f}")
+    fast = [k for k in STUDENTS if rows[k]["latency_ms"] <= t["latency_ms"] / 3]
     if fast:
-        best = max(fast, key=lambda k: fast[k]["accuracy"])
-        b = fast[best]
+        best = max(fast, key=mean.__getitem__)
+        b = rows[best]
         print(
-            f"best student at <= 1/3 of the teacher's latency: {best}: accuracy {b['accuracy']:.3f} = "
-            f"{100 * b['accuracy'] / p:.1f}% of the teacher's, latency {b['latency_ms'] / t['latency_ms']:.2f}x, "
+            f"best student at <= 1/3 of the teacher's latency: {best}: accuracy {mean[best]:.3f} = "
+            f"{100 * mean[best] / p:.1f}% of the teacher's, latency {b['latency_ms'] / t['latency_ms']:.2f}x, "
             f"params {b['params'] / t['params']:.2f}x"
         )
     else:
         print("no student at <= 1/3 of the teacher's latency")
-    depth_only = {k: rows[k] for k, (s, changes) in STUDENTS.items() if not s.narrower and not changes}
+    # Within noise: the difference of two seed means is under twice its standard error (from the seeds' spread).
+    depth_only = [k for k, (s, changes) in STUDENTS.items() if not s.narrower and not changes]
     for name, (student, _) in STUDENTS.items():
         if not student.narrower:
             continue
-        w = rows[name]
-        near = min(depth_only, key=lambda k: abs(math.log(depth_only[k]["latency_ms"] / w["latency_ms"])))
-        d = depth_only[near]
-        diff = w["accuracy"] - d["accuracy"]
-        verdict = "within noise" if abs(diff) < 2 * math.sqrt(2) * se else ("better" if diff > 0 else "worse")
+        latency = rows[name]["latency_ms"]
+        near = min(depth_only, key=lambda k: abs(math.log(rows[k]["latency_ms"] / latency)))
+        diff = mean[name] - mean[near]
+        noise = 2 * math.sqrt((sd[name] ** 2 + sd[near] ** 2) / args.seeds)
+        verdict = "within noise" if abs(diff) <= noise else ("better" if diff > 0 else "worse")
         print(
-            f"{name}: {diff:+.3f} accuracy against {near} ({verdict}), at {w['latency_ms'] / d['latency_ms']:.2f}x "
-            "its latency"
+            f"{name}: {diff:+.3f} accuracy against {near} ({verdict}, 2 SE {noise:.3f}), at "
+            f"{latency / rows[near]['latency_ms']:.2f}x its latency"
         )
 
 

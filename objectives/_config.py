@@ -209,14 +209,15 @@ class StudentArgs:
     """Attention heads of a ``scratch`` student; null keeps the teacher's."""
     hidden_ratio: float = 1.0
     """Fraction of the teacher's hidden channels kept, in (0, 1], rounded to a multiple of 8 (``init: teacher``):
-    the channels of largest mean |LayerNorm output| on the calibration sample, sliced through every layer,
-    the embeddings and the head."""
+    the channels of largest mean |LayerNorm / RMSNorm output| on the calibration sample, sliced through every
+    layer, the embeddings and the head. BERT-style encoders and Llama-style decoders."""
     ffn_ratio: float = 1.0
     """Fraction of each layer's feed-forward neurons kept, in (0, 1], rounded to a multiple of 8 (``init:
     teacher``): those of largest mean |activation| on the calibration sample."""
     heads_ratio: float = 1.0
     """Fraction of each layer's attention heads kept, in (0, 1], rounded to whole heads (``init: teacher``):
-    those whose output has the largest mean norm on the calibration sample; each keeps the teacher's head size."""
+    those whose output has the largest mean norm on the calibration sample; each keeps the teacher's head size.
+    With grouped-query attention it is the fraction of key/value groups kept, each with all its query heads."""
     layer_selection: Literal["even", "importance"] = "even"
     """Which ``num_layers`` teacher layers a student keeps: ``even``: evenly spaced from first to last;
     ``importance``: those whose output differs most from their input on the calibration sample (block influence,

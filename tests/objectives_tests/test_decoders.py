@@ -188,10 +188,11 @@ def test_a_local_directory_loads_with_dropout_a_pad_token_and_an_identity_of_its
 
 
 @pytest.mark.slow
-def test_offline_smollm2_loads_cuts_and_round_trips(tmp_path: Path) -> None:
+def test_offline_smollm2_loads_cuts_prunes_and_round_trips(tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from objectives import lm_identity, load_causal_lm, load_lm_tokenizer
+    from objectives import StudentArgs, lm_identity, load_causal_lm, load_lm_tokenizer
+    from objectives._pruning import decoder_importance, prune_decoder
 
     teacher = load_causal_lm("smollm2-135m").eval()
     assert len(decoder_layers(teacher)) == 30 and teacher.config.vocab_size == 49152
@@ -200,7 +201,15 @@ def test_offline_smollm2_loads_cuts_and_round_trips(tmp_path: Path) -> None:
     )
     tokenizer = load_lm_tokenizer("smollm2-135m")
     assert tokenizer.pad_token is not None and tokenizer.eos_token_id is not None
-    student = cut_decoder(teacher, [0, 10, 20, 29]).eval()
+    keep = [0, 10, 20, 29]
+    calibration = [
+        tokenizer(["The history of the city", "In 1998 , the band split"], return_tensors="pt", padding=True)
+    ]
+    importance = decoder_importance(teacher, [{"input_ids": b["input_ids"]} for b in calibration])
+    half = StudentArgs(hidden_ratio=0.5, ffn_ratio=0.5, heads_ratio=0.5)
+    student = prune_decoder(cut_decoder(teacher, keep), keep, importance, half).eval()
+    c = student.config  # 9 query heads in 3 key/value groups: 2 whole groups kept
+    assert (c.hidden_size, c.intermediate_size, c.num_attention_heads, c.num_key_value_heads) == (288, 768, 6, 2)
     assert student.get_output_embeddings().weight.data_ptr() == student.get_input_embeddings().weight.data_ptr()
     student.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
