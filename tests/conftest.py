@@ -77,13 +77,66 @@ def write_corpus(path: os.PathLike[str], documents: int = 60, seed: int = 0) -> 
     return str(path)
 
 
+def tiny_decoder(family: str, **overrides: object):
+    """A randomly initialised 4-layer causal LM of ``family``, built from a config (no download); ``overrides`` set
+    config keys. The Llama is GQA: 4 query heads read 2 key/value heads."""
+    import torch
+    from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaConfig, OPTConfig, Qwen2Config
+
+    configs = {
+        "llama": lambda: LlamaConfig(
+            vocab_size=128,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+            tie_word_embeddings=True,
+        ),
+        "gpt2": lambda: GPT2Config(vocab_size=128, n_layer=4, n_embd=32, n_head=4, n_positions=64),
+        "gpt_neox": lambda: GPTNeoXConfig(
+            vocab_size=128,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            max_position_embeddings=64,
+        ),
+        "qwen2": lambda: Qwen2Config(
+            vocab_size=128,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+            layer_types=["full_attention", "sliding_attention", "full_attention", "sliding_attention"],
+            use_sliding_window=True,
+            sliding_window=8,
+        ),
+        "opt": lambda: OPTConfig(
+            vocab_size=128,
+            hidden_size=32,
+            num_hidden_layers=2,
+            ffn_dim=64,
+            num_attention_heads=4,
+            word_embed_proj_dim=32,
+        ),
+    }
+    config = configs[family]()
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
 @pytest.fixture(scope="session")
 def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A directory holding a tiny Llama-style causal LM (4 layers, 32 wide, tied embeddings) and a word-level
+    """A directory holding :func:`tiny_decoder`'s Llama (4 layers, 32 wide, GQA, tied embeddings) and a word-level
     tokenizer of :data:`TINY_TEXT`, saved as a Hugging Face model: a teacher that loads in a second."""
-    import torch
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     out = tmp_path_factory.mktemp("tiny-lm")
     words = Tokenizer(models.WordLevel(unk_token="<unk>"))
@@ -91,18 +144,7 @@ def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> str:
     words.train_from_iterator(TINY_TEXT, trainers.WordLevelTrainer(special_tokens=["<unk>", "<eos>"]))
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, unk_token="<unk>", eos_token="<eos>", pad_token="<eos>")
     tokenizer.save_pretrained(out)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        tie_word_embeddings=True,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    LlamaForCausalLM(config).save_pretrained(out)
+    llama = {"vocab_size": len(tokenizer), "max_position_embeddings": 256}
+    ids = {"eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
+    tiny_decoder("llama", **llama, **ids).save_pretrained(out)
     return str(out)

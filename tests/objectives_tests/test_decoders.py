@@ -6,59 +6,7 @@ import pytest
 import torch
 
 from objectives import ConfigError, cut_decoder, decoder_layers, scratch_decoder
-
-
-def tiny_decoder(family: str, **overrides: object):
-    """A randomly initialised 4-layer causal LM of ``family``, built from a config (no download)."""
-    from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaConfig, OPTConfig, Qwen2Config
-
-    configs = {
-        "llama": lambda: LlamaConfig(
-            vocab_size=128,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=64,
-            tie_word_embeddings=True,
-        ),
-        "gpt2": lambda: GPT2Config(vocab_size=128, n_layer=4, n_embd=32, n_head=4, n_positions=64),
-        "gpt_neox": lambda: GPTNeoXConfig(
-            vocab_size=128,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            max_position_embeddings=64,
-        ),
-        "qwen2": lambda: Qwen2Config(
-            vocab_size=128,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=64,
-            layer_types=["full_attention", "sliding_attention", "full_attention", "sliding_attention"],
-            use_sliding_window=True,
-            sliding_window=8,
-        ),
-        "opt": lambda: OPTConfig(
-            vocab_size=128,
-            hidden_size=32,
-            num_hidden_layers=2,
-            ffn_dim=64,
-            num_attention_heads=4,
-            word_embed_proj_dim=32,
-        ),
-    }
-    config = configs[family]()
-    for key, value in overrides.items():
-        setattr(config, key, value)
-    torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(config).eval()
-
+from tests.conftest import tiny_decoder
 
 FAMILIES = ("llama", "gpt2", "gpt_neox")
 

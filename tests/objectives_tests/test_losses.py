@@ -315,7 +315,8 @@ def _lm_layer_terms(keep: list[int], *, final_norm: bool = True) -> tuple[float,
     from objectives import cut_decoder
     from objectives._decoders import final_norm as norm_of
     from objectives._losses import LayerDistillLoss
-    from tests.objectives_tests.test_decoders import _ids, scrambled_final_norm, tiny_decoder
+    from tests.conftest import tiny_decoder
+    from tests.objectives_tests.test_decoders import _ids, scrambled_final_norm
 
     teacher = scrambled_final_norm(tiny_decoder("llama", initializer_range=0.3))  # attention far from uniform
     student = cut_decoder(teacher, keep).eval()

@@ -11,7 +11,7 @@ from objectives import ConfigError, Importance, StudentArgs
 from objectives._decoders import cut_decoder, decoder_layers
 from objectives._models import count_parameters
 from objectives._pruning import decoder_importance, prune_decoder
-from tests.objectives_tests.test_decoders import tiny_decoder
+from tests.conftest import tiny_decoder
 
 VOCAB, H, FFN, HEADS, KV, HEAD_DIM, LAYERS = 128, 32, 64, 4, 2, 8, 4
 
