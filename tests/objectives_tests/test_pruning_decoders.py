@@ -15,13 +15,15 @@ from tests.conftest import tiny_decoder
 from tests.objectives_tests.test_pruning import assert_beats_random_pruning
 
 VOCAB, H, FFN, HEADS, KV, HEAD_DIM, LAYERS = 128, 32, 64, 4, 2, 8, 4
+FAMILIES = ("llama", "qwen2")
 
 
-def uneven_llama() -> torch.nn.Module:
-    """The tiny GQA Llama (4 query heads reading 2 key/value heads) with units of unequal scale, as in a trained
-    model: one log-normal gain per hidden channel shared by every RMSNorm, one per key/value head on its value
-    projection, one per FFN neuron on its up projection."""
-    model = tiny_decoder("llama")
+def uneven_llama(family: str = "llama") -> torch.nn.Module:
+    """The tiny GQA Llama (4 query heads reading 2 key/value heads; or the Qwen2 of the same shape, with q/k/v
+    biases and sliding-window layers) with units of unequal scale, as in a trained model: one log-normal gain per
+    hidden channel shared by every RMSNorm, one per key/value head on its value projection, one per FFN neuron on
+    its up projection."""
+    model = tiny_decoder(family)
     g = torch.Generator().manual_seed(1)
     channel = torch.exp(torch.randn(H, generator=g))
     with torch.no_grad():
@@ -51,8 +53,9 @@ def pruned(teacher: torch.nn.Module, importance: Importance, args: StudentArgs, 
     return prune_decoder(cut_decoder(teacher, keep), keep, importance, args)
 
 
-def test_ratios_of_one_reproduce_the_teacher_exactly() -> None:
-    teacher = uneven_llama()
+@pytest.mark.parametrize("family", FAMILIES)
+def test_ratios_of_one_reproduce_the_teacher_exactly(family: str) -> None:
+    teacher = uneven_llama(family)
     student = pruned(teacher, decoder_importance(teacher, batches()), StudentArgs())
     assert torch.equal(logits(student), logits(teacher))
     assert count_parameters(student) == count_parameters(teacher)
@@ -112,10 +115,11 @@ def test_half_widths_have_the_expected_shapes_and_beat_a_random_pruning() -> Non
     assert_beats_random_pruning(importance, error)
 
 
-def test_a_pruned_decoder_saves_loads_and_generates_with_a_cache(tmp_path: Path) -> None:
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_pruned_decoder_saves_loads_and_generates_with_a_cache(family: str, tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM
 
-    teacher = uneven_llama()
+    teacher = uneven_llama(family)
     args = StudentArgs(hidden_ratio=0.75, ffn_ratio=0.25, heads_ratio=0.5)
     student = pruned(teacher, decoder_importance(teacher, batches()), args, keep=[1, 2])
     student.save_pretrained(tmp_path)
