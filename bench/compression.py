@@ -6,6 +6,7 @@ learn its hidden states) for the same number of steps, batch and seed. Width-pru
 important heads, FFN neurons and hidden channels (``objectives._pruning``).
 
     python bench/compression.py [--steps 300] [--rows N] [--teacher-steps N] [--rounds 5] [--seeds 3]
+    python bench/compression.py --latency-only 3     # how much the latency ratios move between passes
 
 Prints accuracy, p50 latency (batch 1, one thread), params and size of each model, the most accurate student at no
 more than a third of the teacher's latency with its share of the teacher's accuracy, and each width-pruned student
@@ -29,8 +30,16 @@ import torch
 
 from hpo import load_config
 from hpo._teacher import LogitCache
-from objectives import StudentArgs, distill_student, finetune_teacher, load_teacher, prepare_workload
-from objectives._classification import latency_input
+from objectives import (
+    StudentArgs,
+    build_student,
+    distill_student,
+    finetune_teacher,
+    load_classifier,
+    load_teacher,
+    prepare_workload,
+)
+from objectives._classification import Workload, latency_input
 from objectives._costs import COST_THREADS
 from objectives._metrics import latency_ms
 from storage import ArtifactDir
@@ -76,6 +85,26 @@ def interleaved_latency(models: dict[str, torch.nn.Module], one: dict[str, torch
     return {name: statistics.median(values) for name, values in runs.items()}
 
 
+def latency_spread(work: Workload, teacher_name: str, passes: int, rounds: int) -> None:
+    """Each student's latency as a share of the teacher's, in ``passes`` separate interleaved measurements: how
+    much the ratios move between runs on this machine (latency depends on the architecture, not the weights)."""
+    teacher = load_classifier(teacher_name, work.num_labels).eval()
+    models = {
+        TEACHER: teacher,
+        **{k: build_student(teacher, s, calibration=work.train) for k, (s, _) in STUDENTS.items()},
+    }
+    one = latency_input(work, torch.device("cpu"))
+    ratios: dict[str, list[float]] = {name: [] for name in STUDENTS}
+    for _ in range(passes):
+        p50 = interleaved_latency(models, one, rounds)
+        for name in STUDENTS:
+            ratios[name].append(p50[name] / p50[TEACHER])
+        print(f"pass: teacher {p50[TEACHER]:.2f} ms", flush=True)
+    print(f"\n{'student':58} latency / teacher's, {passes} passes of {rounds} interleaved rounds")
+    for name, values in ratios.items():
+        print(f"{name:58} {'  '.join(f'{v:.2f}' for v in values)}   (min {min(values):.2f}, max {max(values):.2f})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=300, help="training steps of every student")
@@ -83,12 +112,22 @@ def main() -> None:
     parser.add_argument("--teacher-steps", type=int, help="teacher fine-tuning steps (default: the quickstart's)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved latency rounds over all models")
     parser.add_argument("--seeds", type=int, default=3, help="training seeds of every student")
+    parser.add_argument(
+        "--latency-only",
+        type=int,
+        metavar="PASSES",
+        help="train nothing: time the architectures (untrained, built from the pretrained teacher) in PASSES "
+        "separate passes of --rounds rounds and print each student's latency / teacher latency per pass",
+    )
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(os.cpu_count() or 1)
     config = load_config(Path(__file__).parents[1] / "examples" / "quickstart.yaml")
     data = config.data if args.rows is None else replace(config.data, max_train_rows=args.rows)
     work = prepare_workload(data, config.teacher.model)
+    if args.latency_only:
+        latency_spread(work, config.teacher.model, args.latency_only, args.rounds)
+        return
     tmp = Path(tempfile.mkdtemp(prefix="hpo-compression-"))
     start = time.perf_counter()
     teacher_args = config.teacher
