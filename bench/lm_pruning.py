@@ -20,9 +20,9 @@ import time
 import torch
 
 from objectives import DataArgs, Importance, StudentArgs, lm_evaluate
-from objectives._causal_lm import prepare_workload
-from objectives._decoders import cut_decoder, decoder_layers, load_causal_lm
-from objectives._pruning import decoder_importance, prune_decoder
+from objectives._causal_lm import lm_importance, prepare_workload
+from objectives._decoders import decoder_layers, load_causal_lm
+from objectives._pruning import prune_decoder
 
 SETTINGS = {
     "ffn 0.75": StudentArgs(ffn_ratio=0.75),
@@ -53,8 +53,7 @@ def main() -> None:
     teacher = load_causal_lm("smollm2-135m").eval()
     keep = list(range(len(decoder_layers(teacher))))
     size = min(args.calibration, len(work.train))
-    batches = [work.train.batch(range(i, min(i + 8, size))) for i in range(0, size, 8)]
-    importance = decoder_importance(teacher, batches)
+    importance = lm_importance(teacher, work.train, size)
     base = perplexity(teacher, work.validation)
     print(
         f"SmolLM2-135M, {size} calibration blocks, {len(work.validation)} validation blocks of {args.block_size} "
@@ -62,14 +61,12 @@ def main() -> None:
     )
     print(f"{'setting':28} {'importance':>10} {'random (mean, min-max)':>32}")
     for name, setting in SETTINGS.items():
-        ours = perplexity(prune_decoder(cut_decoder(teacher, keep), keep, importance, setting), work.validation)
+        ours = perplexity(prune_decoder(teacher, keep, importance, setting), work.validation)
         randoms = []
         for draw in range(args.draws):
             g = torch.Generator().manual_seed(draw)
             scores = Importance(**{k: torch.rand(v.shape, generator=g) for k, v in vars(importance).items()})
-            randoms.append(
-                perplexity(prune_decoder(cut_decoder(teacher, keep), keep, scores, setting), work.validation)
-            )
+            randoms.append(perplexity(prune_decoder(teacher, keep, scores, setting), work.validation))
         spread = f"{statistics.mean(randoms):.1f} ({min(randoms):.1f}-{max(randoms):.1f})"
         ratio = math.log(statistics.mean(randoms)) / math.log(ours)
         print(f"{name:28} {ours:10.1f} {spread:>32}   log-ppl ratio random/importance {ratio:.2f}")

@@ -178,7 +178,7 @@ def load_teacher(path: Path, work: Workload) -> torch.nn.Module:
     return frozen_teacher(path, work.device, load_causal_lm)
 
 
-def _importance(base: torch.nn.Module, calibration: Blocks, size: int) -> Importance:
+def lm_importance(base: torch.nn.Module, calibration: Blocks, size: int) -> Importance:
     """:func:`objectives._pruning.decoder_importance` of ``base`` on the first ``size`` calibration blocks, once per
     model and data in this process."""
 
@@ -211,7 +211,7 @@ def _kept_layers(base: torch.nn.Module, args: StudentArgs, calibration: Blocks) 
     ``student.calibration_size`` training blocks."""
     influence = None
     if args.layer_selection == "importance":
-        influence = _importance(base, calibration, args.calibration_size).influence
+        influence = lm_importance(base, calibration, args.calibration_size).influence
     try:
         return student_layers(args, num_layers(base), influence)
     except ConfigError as exc:
@@ -226,10 +226,9 @@ def _student(base: torch.nn.Module, args: StudentArgs, dropout: float | None, ca
     if args.init == "scratch":
         widths = {k: getattr(args, k) for k in ("hidden_size", "intermediate_size", "num_attention_heads")}
         return scratch_decoder(set_dropout(copy.deepcopy(base.config), dropout), len(keep), **widths)
-    student = cut_decoder(base, keep, dropout)
     if not args.narrower:
-        return student
-    return prune_decoder(student, keep, _importance(base, calibration, args.calibration_size), args)
+        return cut_decoder(base, keep, dropout)
+    return prune_decoder(base, keep, lm_importance(base, calibration, args.calibration_size), args, dropout)
 
 
 def finetune_student(

@@ -129,14 +129,10 @@ def _with_layers(config: Any, keep: list[int], total: int) -> Any:
     return config
 
 
-def cut_decoder(model: Any, keep: list[int], dropout: float | None = None) -> Any:
-    """A student of the decoder layers ``keep`` of ``model`` (the teacher), in that order, renumbered 0..k-1.
-
-    Built with ``from_config`` from the teacher's config (layer count and per-layer lists cut), so attention modules
-    carry their new index into the KV cache; the teacher's embeddings, kept layers, final norm and head are copied
-    and loaded strictly, and input and output embeddings stay tied when the teacher's are."""
-    from transformers import AutoModelForCausalLM
-
+def cut_config(model: Any, keep: list[int], dropout: float | None = None) -> Any:
+    """The config of a student of the decoder layers ``keep`` of ``model`` (the teacher): the teacher's with the
+    layer count and per-layer lists cut, every dropout set to ``dropout`` if given; layer lists a renumbered
+    student cannot compute alike are a :class:`ConfigError`."""
     total = len(decoder_layers(model))
     bad = [i for i in keep if not 0 <= i < total]
     if not keep or bad or len(set(keep)) != len(keep):
@@ -147,12 +143,27 @@ def cut_decoder(model: Any, keep: list[int], dropout: float | None = None) -> An
             "this GPT-2 scales attention by 1 / (layer index + 1) (scale_attn_by_inverse_layer_idx), so renumbered "
             f"layers would compute something else; keep the first layers (0..{len(keep) - 1}) or use init: scratch",
         )
-    config = set_dropout(_with_layers(model.config, keep, total), dropout)
-    student = AutoModelForCausalLM.from_config(config, dtype=next(model.parameters()).dtype)
-    state, _ = _renumbered_state(model, keep)
+    return set_dropout(_with_layers(model.config, keep, total), dropout)
+
+
+def decoder_from_state(teacher: Any, config: Any, state: dict[str, Any]) -> Any:
+    """A causal LM built with ``from_config`` from ``config`` in the teacher's dtype (so attention modules carry
+    their own index into the KV cache), ``state`` loaded strictly, the teacher's generation config copied; input
+    and output embeddings stay tied when the config ties them."""
+    from transformers import AutoModelForCausalLM
+
+    student = AutoModelForCausalLM.from_config(config, dtype=next(teacher.parameters()).dtype)
     student.load_state_dict(state, strict=True)
-    student.generation_config = copy.deepcopy(model.generation_config)
+    student.generation_config = copy.deepcopy(teacher.generation_config)
     return student
+
+
+def cut_decoder(model: Any, keep: list[int], dropout: float | None = None) -> Any:
+    """A student of the decoder layers ``keep`` of ``model`` (the teacher), in that order, renumbered 0..k-1
+    (:func:`cut_config`): the teacher's embeddings, kept layers, final norm and head copied
+    (:func:`decoder_from_state`)."""
+    state, _ = _renumbered_state(model, keep)
+    return decoder_from_state(model, cut_config(model, keep, dropout), state)
 
 
 def _set_width(config: Any, key: str, value: int | None) -> None:

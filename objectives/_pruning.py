@@ -389,26 +389,27 @@ def _decoder_head_dim(config: Any) -> int:
     return int(getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
 
 
-def prune_decoder(student: Any, keep: list[int], importance: Importance, args: StudentArgs) -> Any:
-    """``student`` (a causal LM cut from the teacher: its layer i is teacher layer ``keep[i]``) narrowed to the
-    widths of ``args`` by the teacher's ``importance``: the most important hidden channels, FFN neurons and
+def prune_decoder(
+    teacher: Any, keep: list[int], importance: Importance, args: StudentArgs, dropout: float | None = None
+) -> Any:
+    """A student of the decoder layers ``keep`` of ``teacher`` (:func:`objectives._decoders.cut_config`) at the
+    widths of ``args``, chosen by the teacher's ``importance``: the most important hidden channels, FFN neurons and
     key/value groups (scored by the summed importance of their query heads; a group keeps all its query heads,
-    so grouped-query attention stays whole) kept, their weights copied, the head size unchanged. Built with
-    ``from_config`` (so ``save_pretrained`` / ``from_pretrained`` round-trip it) and loaded strictly; tied
-    embeddings stay tied. Families other than Llama-style are a :class:`ConfigError` naming the ratio."""
-    from transformers import AutoModelForCausalLM
+    so grouped-query attention stays whole) kept, their weights sliced from the teacher's, the head size unchanged.
+    Built with ``from_config`` (so ``save_pretrained`` / ``from_pretrained`` round-trip it) and loaded strictly;
+    tied embeddings stay tied. Families other than Llama-style are a :class:`ConfigError` naming the ratio."""
+    from objectives._decoders import cut_config, decoder_from_state, decoder_layers
+    from objectives._models import _renumbered_state
 
-    from objectives._decoders import decoder_layers
-
-    if not all(_llama_style(layer) for layer in decoder_layers(student)):
+    if not all(_llama_style(layer) for layer in decoder_layers(teacher)):
         key = next(k for k in ("hidden_ratio", "ffn_ratio", "heads_ratio") if getattr(args, k) < 1)
         raise ConfigError(
             f"student.{key}",
             f"width pruning of causal LMs needs Llama-style layers (self_attn.q/k/v/o_proj, mlp.gate/up/down_proj: "
-            f"Llama, Mistral, Qwen2 and alike); the teacher is {student.config.model_type!r}: keep the ratios at 1.0 "
+            f"Llama, Mistral, Qwen2 and alike); the teacher is {teacher.config.model_type!r}: keep the ratios at 1.0 "
             "(num_layers still cuts it)",
         )
-    config = copy.deepcopy(student.config)
+    config = cut_config(teacher, keep, dropout)
     widths, size = Widths.of(config, args), _decoder_head_dim(config)
     group = widths.heads // widths.kv_heads
     hidden = _top(importance.hidden, widths.hidden)
@@ -422,13 +423,5 @@ def prune_decoder(student: Any, keep: list[int], importance: Importance, args: S
         units["ffn"][new] = _top(importance.ffn[old], widths.ffn)
     config.hidden_size, config.intermediate_size, config.head_dim = widths.hidden, widths.ffn, size
     config.num_attention_heads, config.num_key_value_heads = widths.heads, widths.kv_heads
-    narrowed = AutoModelForCausalLM.from_config(config, dtype=next(student.parameters()).dtype)
-
-    def layer_of(key: str) -> int | None:
-        match = re.search(r"\.layers\.(\d+)\.", key)
-        return None if match is None else int(match[1])
-
-    state = prune_state(student.state_dict(), layer_of, hidden, units, _DECODER_ROWS_COLS)
-    narrowed.load_state_dict(state, strict=True)
-    narrowed.generation_config = copy.deepcopy(student.generation_config)
-    return narrowed
+    state, layer_of = _renumbered_state(teacher, keep)
+    return decoder_from_state(teacher, config, prune_state(state, layer_of, hidden, units, _DECODER_ROWS_COLS))

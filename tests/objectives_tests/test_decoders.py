@@ -155,7 +155,7 @@ def test_offline_smollm2_loads_cuts_prunes_and_round_trips(tmp_path: Path) -> No
     ]
     importance = decoder_importance(teacher, [{"input_ids": b["input_ids"]} for b in calibration])
     half = StudentArgs(hidden_ratio=0.5, ffn_ratio=0.5, heads_ratio=0.5)
-    student = prune_decoder(cut_decoder(teacher, keep), keep, importance, half).eval()
+    student = prune_decoder(teacher, keep, importance, half).eval()
     c = student.config  # 9 query heads in 3 key/value groups: 2 whole groups kept
     assert (c.hidden_size, c.intermediate_size, c.num_attention_heads, c.num_key_value_heads) == (288, 768, 6, 2)
     assert student.get_output_embeddings().weight.data_ptr() == student.get_input_embeddings().weight.data_ptr()

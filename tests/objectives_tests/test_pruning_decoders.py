@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from objectives import ConfigError, Importance, StudentArgs
-from objectives._decoders import cut_decoder, decoder_layers
+from objectives._decoders import decoder_layers
 from objectives._models import count_parameters
 from objectives._pruning import decoder_importance, prune_decoder
 from tests.conftest import tiny_decoder
@@ -50,7 +50,7 @@ def logits(model: torch.nn.Module) -> torch.Tensor:
 
 def pruned(teacher: torch.nn.Module, importance: Importance, args: StudentArgs, keep: list[int] | None = None):
     keep = list(range(LAYERS)) if keep is None else keep
-    return prune_decoder(cut_decoder(teacher, keep), keep, importance, args)
+    return prune_decoder(teacher, keep, importance, args)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
