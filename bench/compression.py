@@ -3,7 +3,7 @@
 The teacher is fine-tuned as in ``examples/quickstart.yaml`` (the same data, split and settings); every student is
 distilled from it (integrated KD; the teacher's logits cached once, or the teacher live for the students that also
 learn its hidden states) for the same number of steps, batch and seed. Width-pruned students keep the teacher's most
-important heads, FFN neurons and hidden channels (``objectives._pruning``).
+important heads, FFN neurons and hidden channels (``objectives.students._pruning``).
 
     python bench/compression.py [--steps 300] [--rows N] [--teacher-steps N] [--rounds 5] [--seeds 3]
     python bench/compression.py --latency-only 3     # how much the latency ratios move between passes
@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from hpo import load_config
-from hpo._teacher import LogitCache
+from hpo.execution._teacher import LogitCache
 from objectives import (
     StudentArgs,
     build_student,
@@ -39,9 +39,9 @@ from objectives import (
     load_teacher,
     prepare_workload,
 )
-from objectives._classification import Workload, latency_input
-from objectives._costs import COST_THREADS
-from objectives._metrics import latency_ms
+from objectives.tasks._classification import Workload, latency_input
+from objectives.evaluation._costs import COST_THREADS
+from objectives.evaluation._metrics import latency_ms
 from storage import ArtifactDir
 
 WIDTHS = {"hidden_ratio": 0.5, "ffn_ratio": 0.5, "heads_ratio": 0.5}

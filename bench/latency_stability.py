@@ -10,7 +10,7 @@ variation of the p50 across processes is the noise that latency adds to a Pareto
 
 Prints each process's p50 / p95, the CV of p50 (target: at most 3%) and the correlation of consecutive processes'
 p50s: near 0 when each process's offset is its own, near 1 when the host drifts (then no measurement inside a
-process can remove it; the study keeps one measurement per architecture and hardware instead, ``hpo._costs``).
+process can remove it; the study keeps one measurement per architecture and hardware instead, ``hpo.execution._costs``).
 Each process also times a fixed reference (one random-weight transformer layer of the student's width, measured
 the same way right after the model) and the CV of model / reference is printed: how much of the spread a
 host-speed correction by a reference workload would remove.
@@ -30,7 +30,7 @@ import torch
 
 def child(threads: int) -> None:
     from objectives import DataArgs, StudentArgs, _trial, build_student, load_classifier, measure_cost, prepare_workload
-    from objectives._metrics import latency_ms, torch_threads
+    from objectives.evaluation._metrics import latency_ms, torch_threads
 
     _trial.COST_THREADS = threads
     torch.manual_seed(0)

@@ -1,7 +1,7 @@
 """Width pruning of a real causal LM, before any retraining: activation importance against random choices.
 
 SmolLM2-135M (the offline default teacher) is pruned at each width setting twice over: by the importance scores of
-``objectives._pruning.decoder_importance`` on calibration blocks of WikiText-2's training split, and by random
+``objectives.students._pruning.decoder_importance`` on calibration blocks of WikiText-2's training split, and by random
 scores of the same shape (``--draws`` draws); each pruned model's perplexity on validation blocks is printed with
 the unpruned model's. No student is trained: this isolates what the ranking keeps, the starting point that
 distillation then recovers from.
@@ -20,9 +20,9 @@ import time
 import torch
 
 from objectives import DataArgs, Importance, StudentArgs, lm_evaluate
-from objectives._causal_lm import lm_importance, prepare_workload
-from objectives._decoders import decoder_layers, load_causal_lm
-from objectives._pruning import prune_decoder
+from objectives.tasks._causal_lm import lm_importance, prepare_workload
+from objectives.students._decoders import decoder_layers, load_causal_lm
+from objectives.students._pruning import prune_decoder
 
 SETTINGS = {
     "ffn 0.75": StudentArgs(ffn_ratio=0.75),

@@ -31,9 +31,9 @@ import optuna
 import torch
 
 from hpo import config_from_dict
-from hpo._runner import TrialRunner
-from hpo._study import open_study
-from hpo._worker import Budget, Retry, Worker
+from hpo.execution._runner import TrialRunner
+from hpo.study._study import open_study
+from hpo.execution._worker import Budget, Retry, Worker
 from objectives import DataArgs, Workload, prepare_workload
 
 SPACES = {

@@ -1,6 +1,6 @@
 """Orchestration cost per trial (storage + sampler + worker loop), by storage and number of worker processes.
 
-Each worker process runs the real worker loop (``hpo._worker.Worker``) and trial runner on the ``synthetic``
+Each worker process runs the real worker loop (``hpo.execution._worker.Worker``) and trial runner on the ``synthetic``
 objective with no sleep: its computation takes microseconds, so a trial's time is orchestration, the same work a
 real trial pays around its training: claiming or creating the trial, TPE sampling, 3 intermediate reports with
 pruning checks, heartbeats, 16 user attributes (metrics, seed, host, pid), telling the result.
@@ -23,9 +23,9 @@ import uuid
 import optuna
 
 from hpo import config_from_dict
-from hpo._runner import TrialRunner
-from hpo._study import open_study
-from hpo._worker import Budget, Retry, Worker
+from hpo.execution._runner import TrialRunner
+from hpo.study._study import open_study
+from hpo.execution._worker import Budget, Retry, Worker
 
 SPACE = {
     "train.lr": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True},

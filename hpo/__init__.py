@@ -1,6 +1,6 @@
 """Orchestration: the study config, search space, samplers and pruners, the study, the trial runner and the CLI."""
 
-from hpo._config import (
+from hpo.study._config import (
     Config,
     PrunerArgs,
     SamplerArgs,
@@ -9,9 +9,9 @@ from hpo._config import (
     dump_config,
     load_config,
 )
-from hpo._pruners import PRUNERS, make_pruner
-from hpo._samplers import SAMPLERS, make_sampler
-from hpo._search_space import ParamSpec, grid_of, suggest_params
+from hpo.study._pruners import PRUNERS, make_pruner
+from hpo.study._samplers import SAMPLERS, make_sampler
+from hpo.study._search_space import ParamSpec, grid_of, suggest_params
 
 __all__ = [
     "PRUNERS",

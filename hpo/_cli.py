@@ -74,9 +74,9 @@ def _require_studies(url: str) -> None:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from hpo._config import load_config
-    from hpo._data_summary import summarise_data
-    from hpo._study import validate_search
+    from hpo.study._config import load_config
+    from hpo.views._data_summary import summarise_data
+    from hpo.study._study import validate_search
 
     config = load_config(args.config)
     validate_search(config)
@@ -91,9 +91,9 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 def _load(args: argparse.Namespace) -> tuple[object, str]:
     """The config of ``hpo run`` / ``hpo create``, checked whole (its data opened too) before anything is written."""
-    from hpo._config import load_config
-    from hpo._data_summary import summarise_data
-    from hpo._study import validate_search
+    from hpo.study._config import load_config
+    from hpo.views._data_summary import summarise_data
+    from hpo.study._study import validate_search
 
     config = load_config(args.config)
     if getattr(args, "n_trials", None) is not None:
@@ -107,8 +107,8 @@ def _load(args: argparse.Namespace) -> tuple[object, str]:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from hpo._run import run
-    from hpo._worker import StopFlag
+    from hpo.execution._run import run
+    from hpo.execution._worker import StopFlag
 
     config, url = _load(args)
     _limit_memory(args.memory_limit)
@@ -121,7 +121,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_create(args: argparse.Namespace) -> int:
     from optuna.trial import TrialState
 
-    from hpo._run import create
+    from hpo.execution._run import create
     from storage import redact_url
 
     config, url = _load(args)
@@ -141,7 +141,7 @@ def _cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
-    from hpo._slots import launch, parse_gpus, plan_slots
+    from hpo.execution._slots import launch, parse_gpus, plan_slots
 
     url = _storage_url(args.storage)
     for flag in ("per_gpu", "procs", "n_trials"):
@@ -190,7 +190,7 @@ def _flag_error(exc: ValueError) -> ConfigError:
 
 
 def _limit_memory(mib: int | None) -> None:
-    from hpo._slots import limit_memory
+    from hpo.execution._slots import limit_memory
 
     if mib is None:
         return
@@ -201,14 +201,14 @@ def _limit_memory(mib: int | None) -> None:
 
 
 def _run_slot(args: argparse.Namespace, url: str) -> int:
-    from hpo._run import run_slot
-    from hpo._worker import StopFlag
+    from hpo.execution._run import run_slot
+    from hpo.execution._worker import StopFlag
 
     _limit_memory(args.memory_limit)
     stop = StopFlag()
     stop.install()
     if args.study is None:
-        from hpo._pool import serve
+        from hpo.execution._pool import serve
 
         ran = serve(
             url,
@@ -239,7 +239,7 @@ def _run_slot(args: argparse.Namespace, url: str) -> int:
 
 
 def _cmd_pause(args: argparse.Namespace) -> int:
-    from hpo._pool import pause
+    from hpo.execution._pool import pause
     from storage import redact_url, schema_exists
 
     url = _storage_url(args.storage)
@@ -250,9 +250,9 @@ def _cmd_pause(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from hpo._constraints import parse_constraint
+    from hpo.study._constraints import parse_constraint
     from hpo._export import export, front_table
-    from hpo._study import load_study
+    from hpo.study._study import load_study
     from objectives import ALL_METRICS
     from storage import create_storage
 
@@ -326,7 +326,7 @@ def _only_study(storage: object, url: str) -> str:
 
 
 def _cmd_delete(args: argparse.Namespace) -> int:
-    from hpo._study import delete_study
+    from hpo.study._study import delete_study
     from storage import create_storage, redact_url
 
     url = _storage_url(args.storage)
@@ -353,7 +353,7 @@ def _cmd_delete(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from hpo._config import load_job
+    from hpo.study._config import load_job
     from hpo._training import train_job
 
     job = load_job(args.job)
@@ -375,7 +375,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_status(args: argparse.Namespace) -> int:
     import time
 
-    from hpo._status import status
+    from hpo.views._status import status
 
     url = _storage_url(args.storage)
     _require_studies(url)
@@ -398,7 +398,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     import optuna
 
-    from hpo._report import write_report
+    from hpo.views._report import write_report
     from storage import create_storage, redact_url
 
     url = _storage_url(args.storage)
@@ -421,7 +421,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_dashboard(args: argparse.Namespace) -> int:
-    from hpo._dashboard import serve
+    from hpo.views._dashboard import serve
 
     if not 0 <= args.port <= 65535:
         raise ConfigError("--port", f"must be 0-65535, got {args.port}")
@@ -583,7 +583,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         from sqlalchemy.exc import SQLAlchemyError
 
-        from hpo._worker import StorageUnavailable, TooManyFailures
+        from hpo.execution._worker import StorageUnavailable, TooManyFailures
 
         if isinstance(exc, StorageUnavailable):
             _error(f"--storage: {exc}")

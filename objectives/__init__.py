@@ -18,9 +18,9 @@ from objectives._config import (
     TrainArgs,
     check_layer_terms,
 )
-from objectives._corpus import CORPORA, Blocks, Corpus, load_corpus, pack
-from objectives._data import DATASETS, Encoded, Rows, Task, forget_encoded, load_rows, load_task, open_data
-from objectives._decoders import (
+from objectives.data._corpus import CORPORA, Blocks, Corpus, load_corpus, pack
+from objectives.data._data import DATASETS, Encoded, Rows, Task, forget_encoded, load_rows, load_task, open_data
+from objectives.students._decoders import (
     CAUSAL_LMS,
     cut_decoder,
     decoder_layers,
@@ -30,7 +30,7 @@ from objectives._decoders import (
     resolve_lm,
     scratch_decoder,
 )
-from objectives._models import (
+from objectives.students._models import (
     MODELS,
     build_student,
     kept_layers,
@@ -41,7 +41,7 @@ from objectives._models import (
     student_layers,
     weights_hash,
 )
-from objectives._task import (
+from objectives.tasks._task import (
     ALL_METRICS,
     HIGHER_IS_BETTER,
     METRICS,
@@ -54,39 +54,39 @@ from objectives._task import (
 )
 
 _LAZY = {
-    "CostStore": "objectives._costs",
-    "Workload": "objectives._classification",
-    "finetune_teacher": "objectives._classification",
-    "measure_cost": "objectives._classification",
-    "prepare_workload": "objectives._classification",
-    "student_workload": "objectives._classification",
-    "LayerDistillLoss": "objectives._losses",
-    "attention_loss": "objectives._losses",
-    "hidden_state_loss": "objectives._losses",
-    "NonFiniteLoss": "objectives._train",
-    "Report": "objectives._train",
-    "report_steps": "objectives._train",
-    "run_synthetic": "objectives._synthetic",
-    "distill_student": "objectives._classification",
-    "finetune_student": "objectives._classification",
-    "load_teacher": "objectives._classification",
-    "unload_teachers": "objectives._fit",
-    "heldout_metrics": "objectives._classification",
-    "never_predicted": "objectives._metrics",
-    "per_class": "objectives._metrics",
-    "cost_hardware": "objectives._costs",
-    "teacher_logits": "objectives._train",
-    "LogitSource": "objectives._fit",
-    "TopKLogits": "objectives._logits",
-    "compress_logits": "objectives._logits",
-    "load_logits": "objectives._logits",
-    "read_logits": "objectives._logits",
-    "LMEvaluation": "objectives._metrics",
-    "lm_evaluate": "objectives._metrics",
-    "generation_costs": "objectives._metrics",
-    "Importance": "objectives._pruning",
-    "measure_importance": "objectives._pruning",
-    "prune_widths": "objectives._pruning",
+    "CostStore": "objectives.evaluation._costs",
+    "Workload": "objectives.tasks._classification",
+    "finetune_teacher": "objectives.tasks._classification",
+    "measure_cost": "objectives.tasks._classification",
+    "prepare_workload": "objectives.tasks._classification",
+    "student_workload": "objectives.tasks._classification",
+    "LayerDistillLoss": "objectives.training._losses",
+    "attention_loss": "objectives.training._losses",
+    "hidden_state_loss": "objectives.training._losses",
+    "NonFiniteLoss": "objectives.training._train",
+    "Report": "objectives.training._train",
+    "report_steps": "objectives.training._train",
+    "run_synthetic": "objectives.tasks._synthetic",
+    "distill_student": "objectives.tasks._classification",
+    "finetune_student": "objectives.tasks._classification",
+    "load_teacher": "objectives.tasks._classification",
+    "unload_teachers": "objectives.training._fit",
+    "heldout_metrics": "objectives.tasks._classification",
+    "never_predicted": "objectives.evaluation._metrics",
+    "per_class": "objectives.evaluation._metrics",
+    "cost_hardware": "objectives.evaluation._costs",
+    "teacher_logits": "objectives.training._train",
+    "LogitSource": "objectives.training._fit",
+    "TopKLogits": "objectives.training._logits",
+    "compress_logits": "objectives.training._logits",
+    "load_logits": "objectives.training._logits",
+    "read_logits": "objectives.training._logits",
+    "LMEvaluation": "objectives.evaluation._metrics",
+    "lm_evaluate": "objectives.evaluation._metrics",
+    "generation_costs": "objectives.evaluation._metrics",
+    "Importance": "objectives.students._pruning",
+    "measure_importance": "objectives.students._pruning",
+    "prune_widths": "objectives.students._pruning",
 }
 
 

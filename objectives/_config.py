@@ -324,7 +324,7 @@ class DistillArgs:
     KL(student || teacher) (mode-seeking), ``jsd`` the generalised Jensen-Shannon divergence weighted by
     ``jsd_beta`` (as in on-policy distillation, GKD). Searchable as a categorical."""
     jsd_beta: float = 0.5
-    """``loss: jsd``: the weight beta of the generalised JSD, in (0, 1) (see ``objectives._losses``)."""
+    """``loss: jsd``: the weight beta of the generalised JSD, in (0, 1) (see ``objectives.training._losses``)."""
     cache_teacher_logits: bool = True
     """Compute the frozen teacher's logits once per study and read them in every trial instead of running the
     teacher on every batch (exact: the teacher is in eval mode). False runs the live teacher."""
@@ -340,7 +340,7 @@ class DistillArgs:
     states (and the embeddings output) and those of the teacher layer it was cut from (a ``scratch`` student's
     layer i: the teacher layer it stands for), through a learned linear map where the widths differ
     (``student.hidden_ratio`` < 1, or a scratch ``hidden_size``); padding excluded. A causal LM's states are
-    compared after each model's final norm (``objectives._losses.final_normed``). 0 turns it off. Searchable."""
+    compared after each model's final norm (``objectives.training._losses.final_normed``). 0 turns it off. Searchable."""
     attention_weight: float = 0.0
     """Weight gamma of the attention term (MiniLM): KL(teacher || student) between the attention distributions of
     matched layers, heads averaged where the counts differ (``student.heads_ratio`` < 1, or a scratch

@@ -14,8 +14,8 @@ import yaml
 from hpo import config_from_dict
 from objectives import TASKS, ConfigError
 from tests.conftest import write_corpus
-from tests.hpo_tests.test_run import hpo
-from tests.objectives_tests.test_corpus import word_tokenizer
+from tests.hpo_tests.execution_tests.test_run import hpo
+from tests.objectives_tests.data_tests.test_corpus import word_tokenizer
 
 LM_METRICS = TASKS["causal-lm"].metrics
 
@@ -160,7 +160,7 @@ def test_a_student_of_another_family_distils_when_it_shares_the_teachers_vocabul
     tiny_lm: str, tmp_path: Path
 ) -> None:
     from objectives import DataArgs, DistillArgs, StudentArgs, TrainArgs
-    from objectives import _causal_lm as lm
+    from objectives.tasks import _causal_lm as lm
 
     corpus = write_corpus(tmp_path / "corpus.txt")
     work = lm.prepare_workload(DataArgs(name=corpus, block_size=16, max_train_rows=16, max_val_rows=4), tiny_lm)

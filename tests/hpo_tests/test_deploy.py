@@ -17,9 +17,9 @@ import yaml
 from sqlalchemy.engine import make_url
 
 from hpo._cli import _parser
-from hpo._config import config_from_dict
-from hpo._run import create
-from tests.hpo_tests.test_workers import synthetic
+from hpo.study._config import config_from_dict
+from hpo.execution._run import create
+from tests.hpo_tests.execution_tests.test_workers import synthetic
 
 ROOT = Path(__file__).parents[2]
 KUBE = ROOT / "deploy" / "kubernetes"

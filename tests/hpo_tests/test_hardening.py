@@ -26,10 +26,10 @@ from sqlalchemy.engine import make_url
 
 from hpo import config_from_dict
 from hpo._cli import main
-from hpo._study import CLAIM_ATTR, CONFIG_ATTR, load_study, open_study
-from hpo._teacher import LogitCache
+from hpo.study._study import CLAIM_ATTR, CONFIG_ATTR, load_study, open_study
+from hpo.execution._teacher import LogitCache
 from objectives import METRICS
-from objectives._data import Encoded
+from objectives.data._data import Encoded
 from storage import ArtifactDir, create_storage
 from tests.conftest import tiny_config
 
@@ -186,7 +186,7 @@ def test_no_command_prints_the_password_on_success_or_failure(tmp_path: Path, pg
 
 
 def test_a_failed_trial_keeps_no_password_in_its_fail_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from hpo._runner import TrialRunner
+    from hpo.execution._runner import TrialRunner
 
     config = config_from_dict(synthetic("leak"))
     study = open_study(config, f"sqlite:///{tmp_path}/s.db")
@@ -330,7 +330,7 @@ def test_a_relative_artifacts_dir_is_stored_absolute(tmp_path: Path) -> None:
 
 
 def test_train_refuses_a_non_empty_out_dir_without_overwrite(tmp_path: Path) -> None:
-    from hpo._config import TrainJob, dump_job
+    from hpo.study._config import TrainJob, dump_job
 
     job = tmp_path / "job.yaml"
     job.write_text(dump_job(TrainJob(name="m")))
@@ -407,7 +407,7 @@ def test_dashboard_refuses_foreign_host_headers(tmp_path: Path) -> None:
 
 
 def test_an_opened_dashboard_accepts_any_host_name() -> None:
-    from hpo._dashboard import host_check
+    from hpo.views._dashboard import host_check
 
     def app(environ: dict, start_response: object) -> list[bytes]:
         start_response("200 OK", [])  # type: ignore[operator]
@@ -432,7 +432,7 @@ def test_an_unexpected_exception_names_its_type_and_points_to_verbose(
     def bug(config: object) -> None:
         raise KeyError("teacher")  # a bug inside the code, not a user error
 
-    monkeypatch.setattr("hpo._study.validate_search", bug)
+    monkeypatch.setattr("hpo.study._study.validate_search", bug)
     assert main(["validate", str(path)]) == 1
     err = capsys.readouterr().err
     assert err == "hpo: error: unexpected KeyError: 'teacher' (run with -v for the traceback)\n"
@@ -442,7 +442,7 @@ def test_an_unexpected_exception_names_its_type_and_points_to_verbose(
     assert err.strip().splitlines()[-1] == "hpo: error: unexpected KeyError: 'teacher'"
     # The same through a real process.
     code = (
-        "import sys, hpo._study as s\n"
+        "import sys, hpo.study._study as s\n"
         "def bug(config): raise KeyError('teacher')\n"
         "s.validate_search = bug\n"
         "from hpo._cli import main\n"

@@ -1,0 +1,315 @@
+"""Pool workers: ``hpo worker`` without ``--study`` serves every study of a storage, the way a job queue serves jobs.
+
+The pool only decides which study next. Before each trial it surveys the storage (two queries) and tries the
+studies that have budget left and are not paused, best first: highest ``priority``; among equals the one with the
+fewest running trials (workers are shared fairly), then the one this process served last (no needless switch).
+Each study's trial is started and run by that study's :class:`~hpo.execution._worker.Worker`, as in a single-study worker
+(start under the study's lock, so ``max_parallel``, the budget and a pause hold across the pool; heartbeat,
+retries, SIGTERM, OOM, database backoff), with the study's own config, heartbeat settings, seed and teacher.
+
+A study's workload (tokenised data, teacher logits) is prepared when the pool first runs one of its trials (under
+that trial's heartbeat) and kept for the last ``keep`` studies served; when the pool switches studies it unloads the
+teachers it holds and returns cached GPU memory, so the next study has the GPU to itself.
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import logging
+import random
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import optuna
+from optuna.trial import TrialState
+
+from hpo.study._config import Config, config_from_dict
+from hpo.study._study import CONFIG_ATTR, apply_settings, is_grid, load_study
+from hpo.execution._worker import FAIL_REASON, Retry, StopFlag, TooManyFailures, Worker
+from objectives import ConfigError, forget_encoded
+from storage import (
+    PAUSED_ATTR,
+    create_storage,
+    is_storage_error,
+    redact_url,
+    set_heartbeat,
+    set_paused,
+    trial_counts,
+)
+
+if TYPE_CHECKING:  # the training side (torch) loads only in a worker, not for hpo status / pause
+    from hpo.execution._runner import TrialRunner
+
+log = logging.getLogger("hpo")
+
+
+@dataclass
+class Standing:
+    """Where one study stands, from one survey of the storage."""
+
+    name: str
+    study_id: int
+    config: Config
+    """The study's stored config with its live settings (``n_trials``, ``priority``, ``max_parallel``)."""
+    paused: bool
+    finished: int
+    """COMPLETE or PRUNED trials."""
+    running: int
+    waiting: int
+
+    @property
+    def done(self) -> bool:
+        """The budget is spent: ``n_trials`` trials finished, or a grid with nothing queued or running."""
+        n = self.config.n_trials
+        if n is not None and self.finished >= n:
+            return True
+        return is_grid(self.config) and self.waiting == 0 and self.running == 0
+
+    @property
+    def state(self) -> str:
+        """``done``, ``paused`` or ``running`` (budget left: served by workers, or waiting for them)."""
+        return "done" if self.done else "paused" if self.paused else "running"
+
+
+def survey(storage: optuna.storages.RDBStorage, configs: dict[int, Config] | None = None) -> list[Standing]:
+    """Every study created by hpo in ``storage``, with its settings and trial counts. ``configs`` caches the
+    parsed stored configs by study id (they never change; the settings are re-read every time)."""
+    configs = {} if configs is None else configs
+    counts = trial_counts(storage)
+    out = []
+    for frozen in storage.get_all_studies():
+        attrs = frozen.user_attrs
+        if CONFIG_ATTR not in attrs:
+            continue  # not created by hpo: no config to run it with
+        config = configs.get(frozen._study_id)
+        if config is None:
+            try:
+                config = configs[frozen._study_id] = config_from_dict(attrs[CONFIG_ATTR])
+            except ConfigError as exc:
+                log.warning("study %r: its stored config is not valid here (%s); skipping it", frozen.study_name, exc)
+                continue
+        by_state = counts.get(frozen._study_id, {})
+        out.append(
+            Standing(
+                name=frozen.study_name,
+                study_id=frozen._study_id,
+                config=apply_settings(config, attrs),
+                paused=bool(attrs.get(PAUSED_ATTR, False)),
+                finished=by_state.get(TrialState.COMPLETE, 0) + by_state.get(TrialState.PRUNED, 0),
+                running=by_state.get(TrialState.RUNNING, 0),
+                waiting=by_state.get(TrialState.WAITING, 0),
+            )
+        )
+    return out
+
+
+def rank(studies: list[Standing], last: int | None = None) -> list[Standing]:
+    """The studies a pool worker may start a trial of, best first: highest priority, then fewest running trials,
+    then ``last`` (the study id it served last), then at random (workers starting together spread out).
+
+    Studies at their ``max_parallel`` or with their whole budget in flight stay in the list: trying them is what
+    finds their stale trials (workers killed mid-trial) and re-queues them."""
+    candidates = [s for s in studies if not s.done and not s.paused]
+    return sorted(candidates, key=lambda s: (-s.config.priority, s.running, s.study_id != last, random.random()))
+
+
+def free_accelerator_memory() -> None:
+    """Unload the teachers this process holds and return PyTorch's cached GPU memory to the device."""
+    import torch
+
+    from objectives import unload_teachers
+
+    unload_teachers()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+class Pool:
+    """One pool worker process: serves the studies of ``storage`` until stopped, or until none has budget left
+    (``until_idle``), ``max_trials`` trials, or ``timeout`` seconds."""
+
+    def __init__(
+        self,
+        storage: optuna.storages.RDBStorage,
+        *,
+        keep: int = 2,
+        poll: float = 5.0,
+        until_idle: bool = False,
+        stop: StopFlag | None = None,
+        gpu: int | None = None,
+        max_trials: int | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        self.storage = storage
+        self.keep = keep
+        self.poll = poll
+        self.until_idle = until_idle
+        self.stop = stop or StopFlag()
+        self.gpu = gpu
+        self.max_trials = max_trials
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.retry = Retry()
+        self.configs: dict[int, Config] = {}
+        self.workers: dict[int, Worker] = {}
+        self.runners: OrderedDict[int, TrialRunner] = OrderedDict()
+        """Prepared workloads of the last ``keep`` studies served, least recently used first."""
+        self.given_up: set[int] = set()
+        self.current: int | None = None
+        """The study whose trial ran last in this process."""
+        self.ran = 0
+
+    def _done(self) -> bool:
+        return (
+            self.stop.requested
+            or (self.max_trials is not None and self.ran >= self.max_trials)
+            or (self.deadline is not None and time.monotonic() >= self.deadline)
+        )
+
+    def run(self) -> int:
+        """The pool loop; returns the number of trials this process ran."""
+        idle = False
+        while not self._done():
+            studies = self.retry(survey, self.storage, self.configs, what="surveying the studies")
+            self._forget_deleted({s.study_id for s in studies})
+            if self._serve(studies):
+                idle = False
+                continue
+            if self.until_idle and all(s.done or s.study_id in self.given_up for s in studies):
+                log.info("no study has budget left; leaving (--until-idle)")
+                break
+            if not idle:
+                log.info("nothing to start; looking again every %g s", self.poll)
+                idle = True
+            self.stop.event.wait(self.poll)
+        return self.ran
+
+    def _serve(self, studies: list[Standing]) -> bool:
+        """Start and run one trial of the best study that has one to start; False when none has."""
+        for standing in rank([s for s in studies if s.study_id not in self.given_up], self.current):
+            w = standing.config.worker
+            set_heartbeat(self.storage, w.heartbeat_interval, w.grace_period, w.max_retries)
+            try:
+                worker = self._worker(standing)
+                worker.budget.n_trials = standing.config.n_trials
+                worker.budget.max_parallel = standing.config.max_parallel
+                started = worker.step()
+            except TooManyFailures as exc:
+                log.error("study %r: %s; this worker leaves it", standing.name, exc)
+                self.given_up.add(standing.study_id)
+                return True
+            except (KeyError, ConfigError):  # deleted since the survey; the next survey forgets it
+                log.info("study %r is gone", standing.name)
+                continue
+            if started:
+                self.ran += 1
+                return True
+        return False
+
+    def _worker(self, standing: Standing) -> Worker:
+        """The worker loop of a study (cheap: no model or data until it runs a trial)."""
+        from hpo.execution._run import process_salt, study_worker
+
+        worker = self.workers.get(standing.study_id)
+        if worker is None:
+            study, _ = self.retry(load_study, self.storage, standing.name, process_salt(), what="loading the study")
+            if self.gpu is not None:
+                standing.config.device = "cuda:0"  # CUDA_VISIBLE_DEVICES pins this process to its GPU
+            objective = functools.partial(self._objective, standing.study_id, study, standing.config)
+            worker = study_worker(study, standing.config, objective, stop=self.stop, label=f"{standing.name} ")
+            self.workers[standing.study_id] = worker
+        return worker
+
+    def _objective(self, study_id: int, study: optuna.Study, config: Config, trial: optuna.Trial) -> list[float]:
+        from hpo.execution._run import prepare_runner
+
+        if self.current != study_id:
+            if self.current is not None:
+                free_accelerator_memory()
+            log.info("serving study %r (priority %d)", study.study_name, config.priority)
+            self.current = study_id
+        runner = self.runners.get(study_id)
+        if runner is None:
+            try:
+                runner = prepare_runner(config, study, {"gpu": self.gpu if self.gpu is not None else "cpu"})
+            except Exception as exc:
+                if not is_storage_error(exc):
+                    trial.set_user_attr(FAIL_REASON, f"preparing the study: {type(exc).__name__}: {exc}"[:1000])
+                raise
+            self.runners[study_id] = runner
+            while len(self.runners) > self.keep:
+                self._drop_runner(next(iter(self.runners)))
+        self.runners.move_to_end(study_id)
+        return runner(trial)
+
+    def _drop_runner(self, study_id: int) -> None:
+        runner = self.runners.pop(study_id)
+        if runner.work is not None:
+            forget_encoded(runner.work.train, runner.work.validation)
+        gc.collect()
+
+    def _forget_deleted(self, present: set[int]) -> None:
+        """Drop what this process keeps for studies deleted from the storage."""
+        for study_id in set(self.workers) - present:
+            del self.workers[study_id]
+            if study_id in self.runners:
+                self._drop_runner(study_id)
+        for study_id in set(self.configs) - present:
+            del self.configs[study_id]
+
+
+def serve(
+    url: str,
+    *,
+    gpu: int | None,
+    threads: int,
+    keep: int,
+    poll: float,
+    until_idle: bool,
+    max_trials: int | None,
+    timeout: float | None,
+    stop: StopFlag,
+) -> int:
+    """One pool worker slot (``hpo worker`` without ``--study``). Returns trials run."""
+    import torch
+
+    from hpo.execution._run import require_schema
+
+    torch.set_num_threads(threads)
+    require_schema(url)
+    storage = Retry()(create_storage, url, create_tables=False, what=f"connecting to {redact_url(url)}")
+    pool = Pool(
+        storage,
+        keep=keep,
+        poll=poll,
+        until_idle=until_idle,
+        stop=stop,
+        gpu=gpu,
+        max_trials=max_trials,
+        timeout=timeout,
+    )
+    try:
+        return pool.run()
+    finally:
+        storage.remove_session()
+        storage.engine.dispose()
+
+
+def pause(url: str, name: str, paused: bool) -> str:
+    """``hpo pause`` / ``hpo resume``: stop or restart new trials of study ``name``; running trials go on."""
+    storage = create_storage(url, create_tables=False)
+    try:
+        ids = {s.study_name: s._study_id for s in storage.get_all_studies()}
+        if name not in ids:
+            known = ", ".join(sorted(ids)) or "none"
+            raise ConfigError("NAME", f"no study named {name!r} in {redact_url(url)} (studies: {known})")
+        set_paused(storage, ids[name], paused)
+        running = storage.get_n_trials(ids[name], (TrialState.RUNNING,))
+    finally:
+        storage.engine.dispose()
+    if paused:
+        return f"study {name!r} paused: no new trial starts, {running} running go on; hpo resume {name} restarts it"
+    return f"study {name!r} resumed: workers start its trials again"

@@ -1,0 +1,229 @@
+"""Running trials in this process: ``hpo run`` (create or load, then work) and one ``hpo worker`` slot."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+import torch
+
+from hpo.study._config import Config
+from hpo.views._progress import Progress
+from hpo.execution._runner import TrialRunner, describe, warn_never_predicted
+from hpo.study._study import is_grid, load_study, open_study
+from hpo.views._table import results_table, state_counts
+from hpo.execution._teacher import LogitCache, ensure_teacher
+from hpo.execution._worker import Budget, Retry, StopFlag, Worker
+from objectives import ConfigError
+from storage import ArtifactDir, create_storage, redact_url, schema_exists
+
+log = logging.getLogger("hpo")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is the first visible CUDA device when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def prepare_runner(config: Config, study: optuna.Study, attrs: dict[str, Any] | None = None) -> TrialRunner:
+    """The trial runner of ``config``: data tokenised once for this process, the teacher trained once per study."""
+    if config.objective == "synthetic":
+        return TrialRunner(config, attrs=attrs)
+    device = resolve_device(config.device)
+    work = config.task_spec.implementation().prepare_workload(config.data, config.teacher.model, device)
+    log.info(
+        "data %s: %d train / %d validation %s (test split of %d %s held out), device %s",
+        config.data.name,
+        len(work.train),
+        len(work.validation),
+        work.unit,
+        work.n_test,
+        config.task_spec.unit,
+        device,
+    )
+    if config.objective != "distill":
+        return TrialRunner(config, work, None, attrs)
+    artifacts = ArtifactDir(config.artifacts_dir, config.name)
+    teacher_dir, teacher = ensure_teacher(config, work, artifacts, study)
+    scores = ", ".join(f"{m} {teacher[m]:.4f}" for m in config.task_spec.validation_metrics[:2])
+    log.info("teacher: validation %s (%s)", scores, teacher_dir)
+    warn_never_predicted("the teacher", teacher.get("per_class") or {})
+    return TrialRunner(
+        config,
+        work,
+        teacher_dir,
+        attrs,
+        LogitCache(artifacts, teacher_dir, config.train.eval_batch_size, config.distill.cache_top_k),
+    )
+
+
+def _storage(url: str, config: Config, *, create_tables: bool) -> optuna.storages.RDBStorage:
+    w = config.worker
+    return Retry(w.storage_retries)(
+        create_storage,
+        url,
+        heartbeat_interval=w.heartbeat_interval,
+        grace_period=w.grace_period,
+        max_retries=w.max_retries,
+        create_tables=create_tables,
+        what=f"connecting to {redact_url(url)}",
+    )
+
+
+def study_worker(
+    study: optuna.Study,
+    config: Config,
+    objective: Callable[[optuna.Trial], list[float]],
+    *,
+    max_trials: int | None = None,
+    timeout: float | None = None,
+    stop: StopFlag | None = None,
+    bars: Progress | None = None,
+    label: str = "",
+) -> Worker:
+    """The worker loop of ``study`` in this process, following its config's budget and worker settings.
+
+    With ``bars``, progress bars follow the study's finished trials and each trial's training steps; ``label``
+    starts each progress log line (a pool worker names the study).
+    """
+    budget = Budget(
+        n_trials=config.n_trials,
+        grid=is_grid(config),
+        max_parallel=config.max_parallel,
+        max_trials=max_trials,
+        deadline=None if timeout is None else time.monotonic() + timeout,
+        max_consecutive_failures=config.worker.max_consecutive_failures,
+    )
+
+    def progress(trial: optuna.trial.FrozenTrial) -> None:
+        finished = study._storage.get_n_trials(
+            study._study_id, (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+        )
+        log.info("%s[%s/%s] %s", label, finished, config.n_trials or "-", describe(trial, config.metric_names))
+        if bars is not None:
+            bars.finished(finished)
+
+    def shown(trial: optuna.Trial) -> list[float]:
+        if bars is None:
+            return objective(trial)
+        with bars.training(f"trial {trial.number}"):
+            return objective(trial)
+
+    w = config.worker
+    return Worker(
+        study,
+        shown,
+        budget,
+        max_retries=w.max_retries,
+        retry=Retry(w.storage_retries),
+        stop=stop,
+        on_trial=progress,
+        poll=min(1.0, w.heartbeat_interval),
+        idle_limit=w.grace_period + 3 * w.heartbeat_interval,
+    )
+
+
+def work(study: optuna.Study, config: Config, runner: TrialRunner, **kw: Any) -> int:
+    """Run trials of ``study`` in this process until its budget is spent; returns how many this process ran.
+    Keywords as :func:`study_worker`."""
+    return study_worker(study, config, runner, **kw).run()
+
+
+def create(config: Config, url: str) -> optuna.Study:
+    """``hpo create``: the study with its config stored (idempotent for the same config)."""
+    log.info("study %r on %s", config.name, redact_url(url))
+    return open_study(config, _storage(url, config, create_tables=True))
+
+
+def _bars(study: optuna.Study, config: Config, show: bool) -> Progress | None:
+    if not show:
+        return None
+    finished = study._storage.get_n_trials(
+        study._study_id, (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    )
+    return Progress(config.n_trials, finished)
+
+
+def _prepare_and_work(study: optuna.Study, config: Config, bars: Progress | None, attrs: Any = None, **kw: Any) -> int:
+    try:
+        with bars.training("teacher") if bars is not None else contextlib.nullcontext():
+            runner = prepare_runner(config, study, attrs)
+        return work(study, config, runner, bars=bars, **kw)
+    finally:
+        if bars is not None:
+            bars.close()
+
+
+def run(
+    config: Config, url: str, threads: int | None = None, stop: StopFlag | None = None, progress: bool = False
+) -> str:
+    """``hpo run``: create or load the study, run its remaining budget here, return the results table.
+
+    ``progress`` shows progress bars (for a terminal)."""
+    # A fixed thread count keeps latency measurements comparable between trials.
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+    study = create(config, url)
+    if _prepare_and_work(study, config, _bars(study, config, progress), timeout=config.timeout, stop=stop) == 0:
+        log.info("study budget of %s trials already spent; showing results", config.n_trials)
+    return f"study {config.name!r}: {state_counts(study)}\n\n{results_table(study, metrics=config.task_spec.metrics)}"
+
+
+def require_schema(url: str) -> None:
+    """Workers never create tables: refuse a storage without them, naming the command that creates them."""
+    if not Retry()(schema_exists, url, what=f"connecting to {redact_url(url)}"):
+        raise ConfigError(
+            "--storage", f"{redact_url(url)} has no study tables; run hpo create (or hpo db upgrade) first"
+        )
+
+
+def process_salt() -> str:
+    """Seeds this process's samplers apart from other workers': seeded alike, they would propose the same
+    parameters."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def run_slot(
+    url: str,
+    study_name: str,
+    *,
+    gpu: int | None,
+    threads: int,
+    max_trials: int | None,
+    timeout: float | None,
+    stop: StopFlag,
+    progress: bool = False,
+) -> int:
+    """One ``hpo worker`` slot: load the study's stored config, then work. Returns trials run.
+
+    ``progress`` shows progress bars (for a terminal)."""
+    torch.set_num_threads(threads)
+    bootstrap = Config(name=study_name)
+    require_schema(url)
+    # The stored config carries the study's heartbeat and retry settings, so read it first, then reconnect with them.
+    plain = _storage(url, bootstrap, create_tables=False)
+    _, config = Retry(bootstrap.worker.storage_retries)(load_study, plain, study_name, what="loading the study")
+    plain.engine.dispose()
+    study, _ = Retry(config.worker.storage_retries)(
+        load_study, _storage(url, config, create_tables=False), study_name, process_salt(), what="loading the study"
+    )
+    if gpu is not None:
+        config.device = "cuda:0"  # CUDA_VISIBLE_DEVICES pins this process to its GPU
+    ran = _prepare_and_work(
+        study,
+        config,
+        _bars(study, config, progress),
+        {"gpu": gpu if gpu is not None else "cpu"},
+        max_trials=max_trials,
+        timeout=timeout,
+        stop=stop,
+    )
+    study._storage.remove_session()
+    return ran

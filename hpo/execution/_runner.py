@@ -1,0 +1,234 @@
+"""The trial runner: turns an Optuna trial into a training run and records what happened.
+
+Each trial records every metric as a user attribute, plus its seed, host, GPU and process; a failure records
+``fail_reason`` (``nan``, ``oom`` or the exception) and the worker goes on with the next trial.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import logging
+import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+
+from hpo.study._config import Config, apply_params
+from hpo.execution._costs import StudyCosts
+from hpo.study._pareto_pruner import ParetoRungPruner
+from hpo.study._pruners import make_pruner
+from hpo.study._search_space import suggest_params
+from hpo.views._table import format_params
+from hpo.execution._worker import FAIL_REASON
+from objectives import (
+    CostStore,
+    LogitSource,
+    NonFiniteLoss,
+    Report,
+    never_predicted,
+    run_synthetic,
+)
+from storage import is_storage_error, redact_text
+
+log = logging.getLogger("hpo")
+
+PER_CLASS_ATTR = "per_class"
+"""User attribute of a finished trial (and key of the teacher's metrics): validation precision, recall, F1, support
+and predicted count of each class, by class name."""
+
+
+def warn_never_predicted(what: str, scores: dict[str, dict[str, float]]) -> list[str]:
+    """Log a warning naming the classes ``what`` (a model) never predicts on validation; returns them."""
+    missing = never_predicted(scores)
+    if missing:
+        shown = ", ".join(f"{name!r} ({scores[name]['support']:.0f} rows)" for name in missing)
+        log.warning(
+            "%s never predicts class %s on validation: accuracy hides it, read f1 (macro) and the per-class "
+            "scores; train.class_weights: balanced may help",
+            what,
+            shown,
+        )
+    return missing
+
+
+CURVE_PREFIX = "val_step_"
+"""User attributes of a multi-objective trial's validation curve (``val_step_<step>``: the pruning metric)."""
+
+
+def trial_seed(study_seed: int, trial_number: int) -> int:
+    """A 31-bit seed derived from the study seed and the trial number (stable across machines and runs)."""
+    digest = hashlib.sha256(f"{study_seed}:{trial_number}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+def is_oom(exc: BaseException) -> bool:
+    """Whether ``exc`` is an out-of-memory error (CUDA OOM, a refused CPU allocation, MemoryError)."""
+    message = str(exc).lower()
+    return (
+        isinstance(exc, torch.OutOfMemoryError | MemoryError)
+        or "out of memory" in message
+        or "can't allocate memory" in message
+    )
+
+
+class TrialRunner:
+    """The objective of a study: one call trains and scores one student.
+
+    ``work`` (the task's tokenised data) is needed by the real objectives, ``teacher_dir`` by ``distill``; ``attrs`` are
+    recorded on every trial (e.g. the GPU of the worker slot).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        work: Any = None,
+        teacher_dir: Path | None = None,
+        attrs: dict[str, Any] | None = None,
+        logits: LogitSource | None = None,
+    ) -> None:
+        self.config = config
+        self.work = work
+        self.teacher_dir = teacher_dir
+        self.logits = logits
+        self.attrs = {"host": socket.gethostname(), "pid": os.getpid(), **(attrs or {})}
+        pruner = make_pruner(config.pruner.name, config.pruner.options, len(config.directions))
+        self.pareto = pruner if isinstance(pruner, ParetoRungPruner) else None
+        self.constraints = config.parsed_constraints()
+        self._study_costs: StudyCosts | None = None
+
+    def _report(self, trial: optuna.Trial) -> Report:
+        """The training loop's report callback: records the pruning metric's curve and asks the pruner.
+
+        A single-objective study reports the value to Optuna, negated when the metric's direction differs from the
+        study's (Optuna's pruners rank intermediate values in the study's direction); the Pareto-rung pruner gets
+        it signed so that higher is better. A run's final validation is recorded but never pruned: a trial that
+        trained its whole budget is COMPLETE."""
+        metric, direction = self.config.pruning
+        multi = self.config.is_multi_objective
+        study_direction = "maximize" if multi else next(iter(self.config.directions.values()))
+        sign = 1.0 if direction == study_direction else -1.0
+        better = 1.0 if direction == "maximize" else -1.0
+
+        def report(step: int, scores: dict[str, float], final: bool) -> None:
+            value = scores[metric]
+            if multi:  # Optuna rejects trial.report on multi-objective studies: keep the curve ourselves
+                trial.set_user_attr(f"{CURVE_PREFIX}{step}", value)
+                if final or self.pareto is None:
+                    return
+                if self.pareto.should_prune(trial.study, trial, step, better * value, self.config.directions):
+                    raise optuna.TrialPruned(f"dominated at step {step} (validation {metric} {value:.4f})")
+                return
+            trial.report(sign * value, step)
+            if not final and trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at step {step} with validation {metric} {value:.4f}")
+
+        return report
+
+    def _record(self, trial: optuna.Trial, metrics: dict[str, float]) -> None:
+        """Store ``metrics`` as user attributes and set every constraint they decide (each only once)."""
+        for key, value in metrics.items():
+            trial.set_user_attr(key, value)
+        for constraint in self.constraints:
+            if constraint.metric in metrics and constraint.metric not in self._constrained:
+                trial.set_constraint(constraint.metric, constraint.violation(metrics[constraint.metric]))
+                self._constrained.add(constraint.metric)
+
+    def train(
+        self,
+        config: Config,
+        params: dict[str, Any],
+        seed: int,
+        trial_number: int,
+        report: Report | None = None,
+        on_cost: Callable[[dict[str, float]], None] | None = None,
+        costs: CostStore | None = None,
+    ) -> dict[str, float]:
+        """Run the configured objective with ``config`` (the trial's ``params`` already applied); cost metrics are
+        kept in ``costs`` (by default this process's own store)."""
+        if config.objective == "synthetic":
+            space = config.search_space
+            normalised = {name: space[name].normalise(value) for name, value in params.items()}
+            return run_synthetic(normalised, config.synthetic, trial_number, seed, report, on_cost)
+        assert self.work is not None
+        task = config.task_spec.implementation()
+        if config.objective == "distill":
+            assert self.teacher_dir is not None
+            logits = self.logits if self._cached(config) else None
+            args = (config.student, config.train, config.distill, seed, report, on_cost, logits)
+            return task.distill_student(self.work, self.teacher_dir, *args, costs=costs)[1]
+        args = (config.student, config.train, seed, report, on_cost)
+        return task.finetune_student(self.work, config.teacher.model, *args, costs=costs)[1]
+
+    def _cached(self, config: Config) -> bool:
+        """Whether a distillation trial reads the teacher's cached logits: the cache is on and there is one, and no
+        layer term (``distill.hidden_weight``, ``attention_weight``) needs the live teacher's hidden states."""
+        return (
+            config.distill.cache_teacher_logits and not config.distill.needs_teacher_states and self.logits is not None
+        )
+
+    def _costs(self, study: optuna.Study) -> StudyCosts:
+        """The study's shared cost store (one per runner: a runner serves one study)."""
+        if self._study_costs is None:
+            self._study_costs = StudyCosts(study)
+        return self._study_costs
+
+    def __call__(self, trial: optuna.Trial) -> list[float]:
+        self._constrained: set[str] = set()  # constraints this trial has set (Optuna keeps the first value)
+        params = suggest_params(trial, self.config.search_space)
+        seed = trial_seed(self.config.seed, trial.number)
+        trial.set_user_attr("seed", seed)
+        for key, value in self.attrs.items():
+            trial.set_user_attr(key, value)
+        try:
+            config = apply_params(self.config, params)
+            if config.objective == "distill":  # which teacher path the trial used (a searched weight may change it)
+                trial.set_user_attr("teacher_logits", "cache" if self._cached(config) else "live")
+            metrics = self.train(
+                config,
+                params,
+                seed,
+                trial.number,
+                self._report(trial),
+                lambda cost: self._record(trial, cost),
+                self._costs(trial.study),
+            )
+        except optuna.TrialPruned:
+            raise
+        except NonFiniteLoss as exc:
+            trial.set_user_attr(FAIL_REASON, "nan")
+            raise optuna.TrialPruned(str(exc)) from None
+        except Exception as exc:
+            if is_storage_error(exc):
+                raise  # the database is away: nothing can be recorded now; the worker retries
+            reason = "oom" if is_oom(exc) else redact_text(f"{type(exc).__name__}: {exc}")[:1000]
+            trial.set_user_attr(FAIL_REASON, reason)
+            raise
+        finally:
+            gc.collect()  # free the trial's model and optimiser before the next one
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        self._record(trial, {key: metrics[key] for key in (*self.config.task_spec.metrics, "val_loss", "steps")})
+        if PER_CLASS_ATTR in metrics:  # the real objectives (the synthetic one has no classes)
+            trial.set_user_attr(PER_CLASS_ATTR, metrics[PER_CLASS_ATTR])
+            warn_never_predicted(f"trial {trial.number}", metrics[PER_CLASS_ATTR])
+        if self.constraints:
+            trial.set_user_attr("feasible", all(c.violation(metrics[c.metric]) <= 0 for c in self.constraints))
+        return [metrics[m] for m in self.config.metric_names]
+
+
+def describe(trial: optuna.trial.FrozenTrial, metric_names: list[str]) -> str:
+    """One progress line for a finished trial."""
+    attrs = trial.user_attrs
+    shown = ", ".join(f"{m}={attrs[m]:.4g}" for m in metric_names if m in attrs)
+    if not shown and trial.intermediate_values:
+        step = max(trial.intermediate_values)
+        shown = f"validation score {trial.intermediate_values[step]:.4g} at step {step}"
+    params = format_params(trial.params)
+    seconds = (trial.datetime_complete - trial.datetime_start).total_seconds() if trial.datetime_complete else 0.0
+    reason = f" ({attrs[FAIL_REASON]})" if FAIL_REASON in attrs else ""
+    return f"trial {trial.number} {trial.state.name}{reason} in {seconds:.0f}s: {shown or '-'} | {params}"

@@ -1,0 +1,115 @@
+"""``hpo worker`` slots: one process per GPU slot (K per GPU) or N CPU processes, each running the worker loop.
+
+Children get the storage URL through the environment (``HPO_STORAGE``), never on their command line, where any
+user could read its password with ``ps``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+log = logging.getLogger("hpo")
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where one worker process runs: a GPU index (pinned with CUDA_VISIBLE_DEVICES) or the CPU."""
+
+    gpu: int | None
+    threads: int
+
+
+def parse_gpus(value: str, visible: int) -> list[int]:
+    """``all`` -> every visible GPU, ``none`` -> [], ``0,1,3`` -> those indices (checked against ``visible``)."""
+    if value == "none":
+        return []
+    if value == "all":
+        return list(range(visible))
+    try:
+        gpus = [int(part) for part in value.split(",")]
+    except ValueError:
+        raise ValueError(f"--gpus: expected all, none or indices like 0,1,3, got {value!r}") from None
+    missing = [g for g in gpus if not 0 <= g < visible]
+    if missing:
+        raise ValueError(f"--gpus: GPUs {missing} do not exist here ({visible} visible)")
+    return gpus
+
+
+def limit_memory(mib: int) -> None:
+    """Cap this process's data memory (heap and private mappings: Linux ``RLIMIT_DATA``) at ``mib`` MiB.
+
+    An allocation past the cap fails where it is made (torch: "can't allocate memory"), so the trial that made it
+    ends FAIL with ``fail_reason`` ``oom``, its memory is freed, and the worker goes on to the next trial."""
+    import resource
+
+    from objectives.evaluation._metrics import process_memory
+
+    used = process_memory("VmData") // 2**20
+    if mib <= used:
+        raise ValueError(f"--memory-limit: {mib} MiB is not above what the worker already holds ({used} MiB)")
+    _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    if hard != resource.RLIM_INFINITY and mib * 2**20 > hard:
+        raise ValueError(f"--memory-limit: {mib} MiB is above this process's hard limit ({hard // 2**20} MiB)")
+    resource.setrlimit(resource.RLIMIT_DATA, (mib * 2**20, hard))
+    log.info("memory limit: %d MiB of data per worker process", mib)
+
+
+def plan_slots(gpus: list[int], per_gpu: int, procs: int, cores: int) -> list[Slot]:
+    """K slots per listed GPU, or ``procs`` CPU slots sharing the cores (so they do not oversubscribe them)."""
+    if gpus:
+        return [Slot(gpu, max(1, cores // (len(gpus) * per_gpu))) for gpu in gpus for _ in range(per_gpu)]
+    return [Slot(None, max(1, cores // procs)) for _ in range(procs)]
+
+
+def device_of(gpu: int, visible_devices: str | None) -> str:
+    """``CUDA_VISIBLE_DEVICES`` of the slot on GPU index ``gpu``: the ``gpu``-th of this process's
+    ``visible_devices`` (Slurm and Kubernetes set them to the GPUs they allotted), else the node's GPU ``gpu``."""
+    return visible_devices.split(",")[gpu] if visible_devices else str(gpu)
+
+
+def launch(
+    slots: list[Slot],
+    child_args: list[str],
+    storage_url: str,
+    visible_devices: str | None = None,
+    stop_timeout: float = 120.0,
+) -> int:
+    """Start one child ``hpo worker`` per slot and wait. SIGTERM / SIGINT are passed on to every child; children
+    still alive ``stop_timeout`` seconds later are killed. Returns 0 when every child exited 0. Slots are pinned to
+    their GPU with :func:`device_of` this process's ``visible_devices``."""
+    children = []
+    for slot in slots:
+        env = {**os.environ, "HPO_STORAGE": storage_url}
+        args = [*child_args, "--threads", str(slot.threads)]
+        if slot.gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = device_of(slot.gpu, visible_devices)
+            args += ["--slot-gpu", str(slot.gpu)]
+        children.append(subprocess.Popen([sys.executable, "-m", "hpo._cli", "worker", *args], env=env))
+    log.info("started %d worker processes: %s", len(children), ", ".join(str(c.pid) for c in children))
+
+    stopping = {"at": None}
+
+    def forward(signum: int, frame: object) -> None:
+        stopping["at"] = stopping["at"] or time.monotonic()
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    while any(c.poll() is None for c in children):
+        if stopping["at"] is not None and time.monotonic() - stopping["at"] > stop_timeout:
+            for child in children:
+                if child.poll() is None:
+                    log.warning("worker %d did not stop in %.0f s; killing it", child.pid, stop_timeout)
+                    child.kill()
+        time.sleep(0.2)
+    codes = [c.returncode for c in children]
+    log.info("worker processes exited with %s", codes)
+    return 0 if all(code == 0 for code in codes) else 1

@@ -1,0 +1,129 @@
+"""The study's teacher: fine-tuned once, published as an artifact, reused by every trial and worker."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+
+from hpo.study._config import Config, config_to_dict
+from objectives import (
+    TopKLogits,
+    read_logits,
+    teacher_logits,
+    weights_hash,
+)
+from storage import ArtifactDir
+
+log = logging.getLogger("hpo")
+
+TEACHER_ATTR = "teacher"
+"""Study user attribute with the teacher's artifact path and validation metrics."""
+
+
+NEAR_CONSTANT = 0.98
+"""A teacher that gives one label to at least this share of the validation examples predicts near-constantly."""
+
+F1_GAP = 0.15
+"""A teacher whose macro-F1 is this far or more below its accuracy gets the majority label right and the others
+wrong (a constant binary predictor at 0.61 accuracy scores 0.38 macro-F1)."""
+
+
+def teacher_warning(metrics: dict) -> str | None:
+    """Why distilling from a teacher with these validation ``metrics`` is meaningless, or None if nothing says so:
+    near-constant predictions (``top_share`` >= :data:`NEAR_CONSTANT`) or macro-F1 far below accuracy
+    (:data:`F1_GAP`)."""
+    accuracy, f1, top = metrics.get("accuracy"), metrics.get("f1"), metrics.get("top_share")
+    if top is not None and top >= NEAR_CONSTANT:
+        why = f"it gives one label to {100 * top:.0f}% of the validation examples"
+    elif accuracy is not None and f1 is not None and accuracy - f1 >= F1_GAP:
+        why = f"its macro-F1 ({f1:.3f}) is far below its accuracy ({accuracy:.3f})"
+    else:
+        return None
+    return (
+        f"the teacher looks broken: {why}; students distilled from it learn little beyond the majority label. "
+        "Train it longer (teacher.train.max_steps), check the labels, or pick another base model."
+    )
+
+
+def teacher_key(config: Config, work: Any) -> str:
+    """Artifact name of the teacher: changes whenever anything that shapes its weights changes: its config, the data
+    config and content (the rows and splits: ``Task.fingerprint``), the base model's weights and the seed."""
+    recipe = {
+        "teacher": config_to_dict(config)["teacher"],
+        "data": config_to_dict(config)["data"],
+        "data_fingerprint": work.fingerprint,
+        "base_model": config.task_spec.implementation().model_identity(config.teacher.model),
+        "seed": config.seed,
+    }
+    return "teacher-" + hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def ensure_teacher(config: Config, work: Any, artifacts: ArtifactDir, study: optuna.Study) -> tuple[Path, dict]:
+    """Path and metrics of the study's fine-tuned teacher, training it first if no worker has yet.
+
+    Workers that arrive while another trains it wait on the artifact lock, then load the published result.
+    """
+    name = teacher_key(config, work)
+    with artifacts.lock(name):
+        if not artifacts.exists(name):
+            steps = config.teacher.train.max_steps
+            if steps:
+                log.info("fine-tuning the teacher %s (%d steps), once for this study", config.teacher.model, steps)
+            else:
+                log.info("scoring the teacher %s as it is (teacher.train.max_steps: 0)", config.teacher.model)
+            with artifacts.staging(name) as tmp:
+                metrics = config.task_spec.implementation().finetune_teacher(work, config.teacher, config.seed, tmp)
+                (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    path = artifacts.entry(name)
+    metrics = json.loads((path / "metrics.json").read_text())
+    warning = teacher_warning(metrics)
+    if warning:
+        log.warning("%s", warning)
+    if TEACHER_ATTR not in study.user_attrs:
+        study.set_user_attr(TEACHER_ATTR, {"path": str(path), "model": config.teacher.model, **metrics})
+    return path, metrics
+
+
+class LogitCache:
+    """The teacher's logits over a data set, computed once per (teacher weights, token ids) and shared by every
+    trial and worker through the study's artifact directory.
+
+    The key hashes the teacher's weight file and the exact token ids (so the tokenizer, ``max_length`` and the data
+    are all in it), and ``top_k``: a teacher with more outputs than that has only its top-k logits per example and
+    the remaining mass stored (:class:`objectives.TopKLogits`). The first process to need an entry computes it under
+    the artifact lock and publishes it atomically; the others wait on the lock, then read it; a half-written entry is
+    never published.
+    """
+
+    def __init__(self, artifacts: ArtifactDir, teacher_dir: Path, batch_size: int = 128, top_k: int = 64) -> None:
+        self.artifacts = artifacts
+        self.batch_size = batch_size
+        self.top_k = top_k
+        self.teacher_hash = weights_hash(teacher_dir)
+        self.computed = 0
+        self._memory: dict[str, torch.Tensor | TopKLogits] = {}
+
+    def entry(self, name: str, data: Any) -> str:
+        """Artifact name of the logits of ``data`` (called ``name``, e.g. ``train``)."""
+        key = hashlib.sha256(f"{self.teacher_hash}:{data.fingerprint()}:{self.top_k}".encode()).hexdigest()[:16]
+        return f"logits-{name}-{key}.pt"
+
+    def __call__(self, name: str, data: Any, teacher: torch.nn.Module) -> torch.Tensor | TopKLogits:
+        entry = self.entry(name, data)
+        if entry not in self._memory:
+            with self.artifacts.lock(entry):
+                if not self.artifacts.exists(entry):
+                    log.info("computing the teacher's logits on %d %s examples, once for this study", len(data), name)
+                    with self.artifacts.staging(entry) as tmp:
+                        logits = teacher_logits(teacher, data, self.batch_size, self.top_k)
+                        torch.save(logits if isinstance(logits, torch.Tensor) else logits.state(), tmp)
+                    self.computed += 1
+            # never unpickled; memory-mapped, so a large LM cache is paged in as trials read it
+            self._memory[entry] = read_logits(self.artifacts.entry(entry))
+        return self._memory[entry]

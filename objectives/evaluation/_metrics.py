@@ -1,0 +1,376 @@
+"""Metrics: quality (accuracy, macro-F1; perplexity for language models), cost (latency, throughput, size, FLOPs;
+per generated token for language models) and peak training memory."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import math
+import platform
+import statistics
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from objectives.training._losses import next_token
+
+
+def accuracy(preds: Sequence[int], labels: Sequence[int]) -> float:
+    """accuracy = (1 / N) * sum_n [pred_n == y_n]."""
+    return sum(int(p == y) for p, y in zip(preds, labels, strict=True)) / max(1, len(labels))
+
+
+def macro_f1(preds: Sequence[int], labels: Sequence[int]) -> float:
+    """macro-F1 = (1 / |C|) * sum_{c in C} 2 TP_c / (2 TP_c + FP_c + FN_c), C = the labels present in ``labels`` or
+    ``preds`` (scikit-learn's ``f1_score(average="macro")``): a label absent from both is not scored, so a
+    validation subset that lacks a class is not marked down for it."""
+    present = sorted(set(labels) | set(preds))
+    scores = []
+    for c in present:
+        tp = sum(1 for p, y in zip(preds, labels, strict=True) if p == c and y == c)
+        fp = sum(1 for p, y in zip(preds, labels, strict=True) if p == c and y != c)
+        fn = sum(1 for p, y in zip(preds, labels, strict=True) if p != c and y == c)
+        scores.append(2 * tp / (2 * tp + fp + fn))
+    return sum(scores) / max(1, len(present))
+
+
+def per_class(preds: Sequence[int], labels: Sequence[int], names: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Scores of each class c (keyed by its name), from its confusion counts:
+
+    precision_c = TP_c / (TP_c + FP_c), recall_c = TP_c / (TP_c + FN_c), F1_c = 2 TP_c / (2 TP_c + FP_c + FN_c)
+    (0 where the denominator is 0); support_c = TP_c + FN_c rows of the class, predicted_c = TP_c + FP_c rows
+    predicted as it. A class with support > 0 and predicted = 0 is never predicted: its recall and F1 are 0. A
+    prediction outside the classes (a model with more outputs than the data has classes) counts as FN_y only.
+    """
+    tp, fp, fn = [0] * len(names), [0] * len(names), [0] * len(names)
+    for p, y in zip(preds, labels, strict=True):
+        if p == y:
+            tp[y] += 1
+        else:
+            fn[y] += 1
+            if 0 <= p < len(names):  # an output beyond the data's classes is an error of row y only
+                fp[p] += 1
+    return {
+        name: {
+            "precision": tp[c] / (tp[c] + fp[c]) if tp[c] + fp[c] else 0.0,
+            "recall": tp[c] / (tp[c] + fn[c]) if tp[c] + fn[c] else 0.0,
+            "f1": 2 * tp[c] / (2 * tp[c] + fp[c] + fn[c]) if tp[c] + fp[c] + fn[c] else 0.0,
+            "support": float(tp[c] + fn[c]),
+            "predicted": float(tp[c] + fp[c]),
+        }
+        for c, name in enumerate(names)
+    }
+
+
+def never_predicted(scores: dict[str, dict[str, float]]) -> list[str]:
+    """Classes of :func:`per_class` scores that have rows but were predicted for none of them."""
+    return [name for name, s in scores.items() if s["support"] > 0 and s["predicted"] == 0]
+
+
+def size_mb(params: int) -> float:
+    """Size of the fp32 weights: params * 4 bytes / 2^20."""
+    return params * 4 / 2**20
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` torch intra-op threads, then restore the previous count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def hardware(device: torch.device, threads: int) -> str:
+    """What a cost was measured on: the GPU's name, or the CPU's model name and the torch thread count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux
+        info = ""
+    names = [line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")]
+    return f"{(names or [platform.processor() or 'CPU'])[0]}, {threads} thread{'' if threads == 1 else 's'}"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def lowest_round_median(
+    run_round: Callable[[], list[float]], *, max_samples: int, rel_tol: float = 0.01
+) -> tuple[float, float]:
+    """(p50, p95) of timings taken in rounds: ``run_round`` times one round of calls (ms each).
+
+    p50 is the lowest round median, so a round slowed by another process on the machine does not count (as
+    ``timeit`` takes the minimum); rounds go on until it has improved by less than ``rel_tol`` over the last two
+    rounds, or ``max_samples`` timings are taken. p95 is over all timings."""
+    times: list[float] = []
+    best: list[float] = []  # the lowest round median after each round
+    while len(times) < max_samples:
+        round_times = run_round()
+        times += round_times
+        best.append(min([statistics.median(round_times), *best[-1:]]))
+        if len(best) >= 3 and best[-3] - best[-1] <= rel_tol * best[-1]:
+            break
+    ordered = sorted(times)
+    return best[-1], ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+
+
+@torch.inference_mode()
+def latency_ms(
+    model: torch.nn.Module,
+    inputs: dict[str, torch.Tensor],
+    *,
+    warmup: int = 10,
+    min_repeats: int = 30,
+    max_repeats: int = 300,
+    rel_tol: float = 0.01,
+) -> tuple[float, float]:
+    """(p50, p95) forward latency in ms for ``inputs`` (batch 1) after ``warmup`` calls, in rounds of
+    ``min_repeats`` calls and at most ``max_repeats`` (:func:`lowest_round_median`). The GPU is synchronised around
+    each call so the time is the kernel's, not the launch's.
+    """
+    device = next(model.parameters()).device
+    model.eval()
+    for _ in range(warmup):
+        model(**inputs)
+    _sync(device)
+
+    def run_round() -> list[float]:
+        round_times = []
+        for _ in range(min_repeats):
+            start = time.perf_counter()
+            model(**inputs)
+            _sync(device)
+            round_times.append((time.perf_counter() - start) * 1000)
+        return round_times
+
+    return lowest_round_median(run_round, max_samples=max_repeats, rel_tol=rel_tol)
+
+
+@torch.inference_mode()
+def throughput(model: torch.nn.Module, inputs: dict[str, torch.Tensor], *, repeats: int = 5) -> float:
+    """Samples per second of forward passes over the batch ``inputs`` (batch 32), after one warm-up pass."""
+    device = next(model.parameters()).device
+    model.eval()
+    model(**inputs)
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        model(**inputs)
+    _sync(device)
+    return repeats * inputs["input_ids"].shape[0] / (time.perf_counter() - start)
+
+
+def gflops(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> float:
+    """Forward GFLOPs per example, counted by ``torch.utils.flop_counter`` on ``inputs`` (one example)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        model(**inputs)
+    return counter.get_total_flops() / inputs["input_ids"].shape[0] / 1e9
+
+
+@dataclass
+class LMEvaluation:
+    """A causal LM's scores on a split of token blocks."""
+
+    loss: float
+    """Mean next-token negative log-likelihood, nats per token, over every predicted token of the split."""
+    perplexity: float
+    """exp(loss)."""
+    token_accuracy: float
+    """Share of the predicted tokens that are the model's argmax."""
+    tokens: int
+    """Tokens predicted (the loss's denominator)."""
+
+    def scores(self) -> dict[str, float]:
+        """The validation scores a report receives (``val_loss`` is the one minimised)."""
+        return {"perplexity": self.perplexity, "token_accuracy": self.token_accuracy, "val_loss": self.loss}
+
+
+@torch.inference_mode()
+def lm_evaluate(model: torch.nn.Module, blocks: Any, batch_size: int) -> LMEvaluation:
+    """Next-token scores of ``model`` on every batch of ``blocks.eval_batches(batch_size)`` (an
+    :class:`objectives.Blocks`, or anything giving ``input_ids`` / ``attention_mask`` / ``labels`` batches):
+
+    loss = NLL = -(1 / M) * sum_{tokens} log p(y_{t+1} | y_<=t),  perplexity = exp(NLL),
+    token_accuracy = (1 / M) * sum_{tokens} [argmax p(. | y_<=t) == y_{t+1}]
+
+    over the M predicted tokens of the whole split (targets labelled -100 or padded out by the attention mask are
+    not predicted): token-weighted, so a batch with more tokens counts more, and the perplexity is that of the
+    split, not a mean of per-batch perplexities. Each batch's (B, L, V) logits exist at once: keep ``batch_size``
+    small for large vocabularies."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    nll = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    count = 0
+    for batch in blocks.eval_batches(batch_size):
+        input_ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+        labels = batch["labels"].to(device).masked_fill(mask == 0, -100)
+        z, y, _ = next_token(model(input_ids=input_ids, attention_mask=mask).logits, labels)
+        nll += torch.nn.functional.cross_entropy(z.float(), y, reduction="sum").double()
+        correct += (z.argmax(-1) == y).sum()
+        count += y.numel()
+    model.train(was_training)
+    loss = nll.item() / max(1, count)
+    return LMEvaluation(loss, math.exp(loss), correct.item() / max(1, count), count)
+
+
+@torch.inference_mode()
+def generation_costs(
+    model: torch.nn.Module,
+    prompt_ids: torch.Tensor,
+    *,
+    new_tokens: int = 32,
+    prefill_tokens: int = 128,
+    batch: int = 8,
+    rounds: int = 10,
+    prefill_repeats: int = 5,
+    throughput_repeats: int = 2,
+    rel_tol: float = 0.01,
+) -> dict[str, float]:
+    """What generating text with a causal LM costs; ``prompt_ids`` (1, P) is the fixed prompt.
+
+    - ``latency_ms`` / ``latency_ms_p95``: ms per generated token, greedy at batch 1 with the KV cache: each round
+      prefills the prompt (untimed) and times ``new_tokens`` one-token decoding steps (forward and argmax); p50 is
+      the lowest round median over at most ``rounds`` rounds after one warm-up round (:func:`lowest_round_median`),
+      p95 over every step.
+    - ``prefill_ms``: one forward pass over a ``prefill_tokens``-token prompt (the prompt repeated to that length),
+      as :func:`latency_ms` times it in rounds of ``prefill_repeats``.
+    - ``throughput``: generated tokens per second of ``model.generate`` (greedy, exactly ``new_tokens`` new tokens)
+      on ``batch`` copies of the prompt, over ``throughput_repeats`` calls after a short warm-up call.
+    - ``gflops``: forward GFLOPs per token over the prompt (:func:`gflops` / P).
+    """
+    device = next(model.parameters()).device
+    model.eval()
+    prompt = prompt_ids.to(device)
+
+    def decode_round() -> list[float]:
+        out = model(input_ids=prompt, use_cache=True)
+        cache, token = out.cache, out.logits[:, -1:].argmax(-1)  # transformers >= 5.24 names it cache
+        _sync(device)
+        times = []
+        for _ in range(new_tokens):
+            start = time.perf_counter()
+            out = model(input_ids=token, cache=cache, use_cache=True)
+            token = out.logits[:, -1:].argmax(-1)
+            _sync(device)
+            times.append((time.perf_counter() - start) * 1000)
+        return times
+
+    decode_round()
+    p50, p95 = lowest_round_median(decode_round, max_samples=rounds * new_tokens, rel_tol=rel_tol)
+    repeats = -(-prefill_tokens // prompt.shape[1])
+    long_prompt = {"input_ids": prompt.repeat(1, repeats)[:, :prefill_tokens]}
+    prefill = latency_ms(
+        model, long_prompt, warmup=1, min_repeats=prefill_repeats, max_repeats=rounds * prefill_repeats, rel_tol=rel_tol
+    )[0]
+    prompts = prompt.repeat(batch, 1)
+    config = model.generation_config
+    eos = config.eos_token_id[0] if isinstance(config.eos_token_id, list) else config.eos_token_id
+    pad = config.pad_token_id if config.pad_token_id is not None else eos
+    settings = {"attention_mask": torch.ones_like(prompts), "do_sample": False, "pad_token_id": pad or 0}
+    model.generate(prompts, max_new_tokens=2, min_new_tokens=2, **settings)
+    _sync(device)
+    start = time.perf_counter()
+    generated = 0
+    for _ in range(throughput_repeats):
+        out = model.generate(prompts, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **settings)
+        generated += (out.shape[1] - prompt.shape[1]) * batch
+    _sync(device)
+    return {
+        "latency_ms": p50,
+        "latency_ms_p95": p95,
+        "prefill_ms": prefill,
+        "throughput": generated / (time.perf_counter() - start),
+        "gflops": gflops(model, {"input_ids": prompt}) / prompt.shape[1],
+    }
+
+
+def process_memory(field: str = "VmRSS") -> int:
+    """A memory line of ``/proc/self/status``, in bytes: ``VmRSS`` resident now, ``VmHWM`` the resident peak since
+    the last reset, ``VmData`` heap and private mappings (what ``RLIMIT_DATA`` caps)."""
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise OSError(f"/proc/self/status has no {field}")
+
+
+def _release_free_heap() -> None:
+    """Hand freed heap pages back to the OS (glibc ``malloc_trim``), so that memory reused later counts as growth."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
+
+
+def _reset_rss_peak() -> bool:
+    """Reset the kernel's peak-RSS counter (VmHWM); False where the kernel does not allow it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class PeakMemory:
+    """Peak memory of a block, in MiB: CUDA max allocated on GPU; on CPU the peak growth of the process RSS over
+    its value at entry, with freed heap first returned to the OS.
+
+    On CPU the kernel's own high-water mark (VmHWM, reset through ``/proc/self/clear_refs``) is exact, so
+    a short-lived allocation is never missed; where that reset is not allowed, a background thread samples
+    the RSS every ``interval`` seconds instead."""
+
+    def __init__(self, device: torch.device, interval: float = 0.02) -> None:
+        self.device = device
+        self.interval = interval
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._start = 0
+        self._peak = 0
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._peak = max(self._peak, process_memory())
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._start = torch.cuda.memory_allocated(self.device)
+            return self
+        # Freed but still-resident heap would be reused without any RSS growth: release it before the baseline.
+        _release_free_heap()
+        self._start = self._peak = process_memory()
+        if not _reset_rss_peak():
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.device.type == "cuda":
+            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+            return
+        if self._thread is None:
+            self._peak = process_memory("VmHWM")
+        else:
+            self._stop.set()
+            self._thread.join()
+            self._peak = max(self._peak, process_memory())
+        self.peak_mb = max(0, self._peak - self._start) / 2**20

@@ -1,0 +1,366 @@
+"""The causal-LM task: a decoder-only language model cut from the teacher and distilled over token distributions.
+
+Implements :class:`objectives.tasks._task.TaskImplementation`. Text is packed into ``data.block_size`` token blocks per
+split; the student keeps some of the teacher's decoder layers (weights copied, tied embeddings kept tied) or starts
+from scratch; quality is validation perplexity and next-token accuracy, cost is per-token generation latency with
+the KV cache, prefill time and batched throughput.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from objectives._config import (
+    ConfigError,
+    DataArgs,
+    DistillArgs,
+    StudentArgs,
+    TeacherArgs,
+    TrainArgs,
+    check_layer_terms,
+)
+from objectives.data._corpus import Blocks, Corpus, load_corpus, pack
+from objectives.evaluation._costs import CostStore, stored_cost
+from objectives.students._decoders import (
+    cut_decoder,
+    final_norm,
+    lm_identity,
+    load_causal_lm,
+    load_lm_tokenizer,
+    scratch_decoder,
+)
+from objectives.training._fit import CostHook, LogitSource, Stage, distill_stages, fit, frozen_teacher
+from objectives.training._logits import TopKLogits
+from objectives.training._losses import LayerDistillLoss, get_loss
+from objectives.evaluation._metrics import generation_costs, lm_evaluate, size_mb
+from objectives.students._models import count_parameters, num_layers, quiet_transformers, set_dropout, student_layers
+from objectives.students._pruning import Importance, cached_importance, decoder_importance, prune_decoder
+from objectives.training._train import Report
+
+PROMPTS = ("The history of the city", "In 1998 , the band", "The species is found in")
+"""Fixed prompts whose greedy continuations a model card shows for each model."""
+
+COST_PROMPT = 128
+"""Tokens of the prompt costs are measured after (validation text): the prefill length, and the context that
+per-token latency is measured in (shorter for a model with fewer positions than this plus :data:`NEW_TOKENS`)."""
+
+NEW_TOKENS = 32
+"""Tokens generated after the prompt for per-token latency and throughput."""
+
+
+@dataclass
+class Workload:
+    """The packed train and validation blocks of a study, shared by all its trials in a process."""
+
+    corpus: Corpus
+    tokenizer: Any
+    train: Blocks
+    validation: Blocks
+    device: torch.device
+
+    @property
+    def fingerprint(self) -> str:
+        """The text's content and splits (``Corpus.fingerprint``)."""
+        return self.corpus.fingerprint
+
+    @property
+    def unit(self) -> str:
+        return f"blocks of {self.train.block_size} tokens"
+
+    def test(self) -> Blocks:
+        """The packed test split (for full-training reports; no trial reads it)."""
+        return _packed(self.tokenizer, self.corpus, "test")
+
+    @property
+    def n_test(self) -> int:
+        """Documents of the held-out test split (counted without tokenising it: trials never touch it)."""
+        return len(self.corpus.splits["test"])
+
+
+_PACKED: dict[tuple[str, str, str, int, int | None, int | None], Blocks] = {}
+
+
+def _packed(tokenizer: Any, corpus: Corpus, split: str) -> Blocks:
+    """``Corpus.blocks`` of one split, once per process for a corpus, tokenizer, block size and caps."""
+    args = corpus.args
+    key = (
+        corpus.fingerprint,
+        str(tokenizer.name_or_path),
+        split,
+        args.block_size,
+        args.max_train_rows,
+        args.max_val_rows,
+    )
+    if key not in _PACKED:
+        _PACKED[key] = corpus.blocks(tokenizer, split)
+    return _PACKED[key]
+
+
+def prepare_workload(data: DataArgs, model: str, device: str | torch.device = "cpu") -> Workload:
+    """Load the corpus and pack its train and validation splits with ``model``'s tokenizer (cached per process)."""
+    quiet_transformers()
+    try:
+        corpus = load_corpus(data)
+    except ConfigError as exc:
+        raise exc.under("data") from None
+    tokenizer = load_lm_tokenizer(model)
+    train = _packed(tokenizer, corpus, "train")
+    validation = _packed(tokenizer, corpus, "validation")
+    for name, blocks in (("train", train), ("validation", validation)):
+        if len(blocks) == 0:
+            raise ConfigError("data.block_size", f"the {name} split has fewer than {data.block_size} tokens")
+    return Workload(corpus, tokenizer, train, validation, torch.device(device))
+
+
+def measure_cost(model: torch.nn.Module, work: Workload, costs: CostStore | None = None) -> dict[str, float]:
+    """Per-token generation latency (batch 1, KV cache), prefill, throughput (batch 8), FLOPs per token, size,
+    after a fixed prompt of validation text; once per architecture, hardware and prompt
+    (:func:`objectives.evaluation._costs.stored_cost`)."""
+    device = next(model.parameters()).device
+    # A model with few positions (GPT-2 style absolute embeddings) gets a shorter prompt: prompt + new tokens fit.
+    limit = getattr(model.config, "max_position_embeddings", None) or COST_PROMPT + NEW_TOKENS
+    length = min(COST_PROMPT, limit - NEW_TOKENS)
+    flat = work.validation.batch(range(min(len(work.validation), -(-length // work.validation.block_size))))
+    prompt = flat["input_ids"].reshape(1, -1)[:, :length].to(device)
+
+    def measure() -> dict[str, float]:
+        params = count_parameters(model)
+        cost = generation_costs(model, prompt, new_tokens=NEW_TOKENS, prefill_tokens=length)
+        return {**cost, "params": float(params), "size_mb": size_mb(params)}
+
+    return stored_cost(model, prompt.tolist(), measure, costs)
+
+
+def _fit(
+    model: torch.nn.Module,
+    work: Workload,
+    stages: list[Stage],
+    *,
+    seed: int,
+    report: Report | None = None,
+    on_cost: CostHook | None = None,
+    costs: CostStore | None = None,
+) -> dict[str, Any]:
+    """Train ``model`` through ``stages`` and return every metric of the task plus ``val_loss`` and ``steps``."""
+    evaluation, metrics = fit(
+        model,
+        stages,
+        work.validation,
+        device=work.device,
+        evaluate=lm_evaluate,
+        cost=lambda m: measure_cost(m, work, costs),
+        seed=seed,
+        report=report,
+        on_cost=on_cost,
+    )
+    return {**evaluation.scores(), **metrics}
+
+
+def finetune_teacher(work: Workload, args: TeacherArgs, seed: int, out_dir: Path) -> dict[str, Any]:
+    """Adapt the base model to the corpus with next-token CE for ``args.train.max_steps`` (0: use it as it is),
+    save it and the tokenizer to ``out_dir``, return its validation metrics (perplexity: the study's baseline)."""
+    torch.manual_seed(seed)
+    quiet_transformers()
+    model = load_causal_lm(args.model, args.train.dropout)
+    metrics = _fit(model, work, [Stage(work.train, args.train, get_loss("lm_ce"))], seed=seed)
+    model.save_pretrained(out_dir)
+    work.tokenizer.save_pretrained(out_dir)
+    return metrics
+
+
+def load_teacher(path: Path, work: Workload) -> torch.nn.Module:
+    """The frozen teacher saved at ``path``, loaded once per process and device."""
+    return frozen_teacher(path, work.device, load_causal_lm)
+
+
+def lm_importance(base: torch.nn.Module, calibration: Blocks, size: int) -> Importance:
+    """:func:`objectives.students._pruning.decoder_importance` of ``base`` on the first ``size`` calibration blocks, once per
+    model and data in this process."""
+
+    def measure() -> Importance:
+        batches = [calibration.batch(range(i, min(i + 8, size))) for i in range(0, min(size, len(calibration)), 8)]
+        return decoder_importance(base, batches)
+
+    return cached_importance(base, calibration, size, measure)
+
+
+def _other_model(args: StudentArgs, work: Workload) -> torch.nn.Module | None:
+    """The pretrained LM ``student.model`` names (None: the student comes from the teacher). It must read and
+    predict the teacher's tokens, whose distributions it learns token by token: a tokenizer with another vocabulary
+    is a :class:`ConfigError`."""
+    if args.model is None:
+        return None
+    theirs, ours = load_lm_tokenizer(args.model).get_vocab(), work.tokenizer.get_vocab()
+    if theirs != ours:
+        raise ConfigError(
+            "student.model",
+            f"{args.model!r} has another vocabulary ({len(theirs):,} tokens, the teacher's {len(ours):,}); a causal-LM "
+            "student must share the teacher's tokenizer, as its next-token distributions are compared token by token",
+        )
+    return load_causal_lm(args.model)
+
+
+def _kept_layers(base: torch.nn.Module, args: StudentArgs, calibration: Blocks) -> list[int]:
+    """The decoder layers of ``base`` the student of ``args`` keeps, in order (student layer i is ``base`` layer
+    ``[i]``): evenly spaced, or with ``layer_selection: importance`` the most influential on
+    ``student.calibration_size`` training blocks."""
+    influence = None
+    if args.layer_selection == "importance":
+        influence = lm_importance(base, calibration, args.calibration_size).influence
+    try:
+        return student_layers(args, num_layers(base), influence)
+    except ConfigError as exc:
+        raise exc.under("student") from None
+
+
+def _student(base: torch.nn.Module, args: StudentArgs, dropout: float | None, calibration: Blocks) -> torch.nn.Module:
+    """``base`` with the decoder layers ``args`` keeps (:func:`_kept_layers`), weights copied and tied embeddings
+    tied, and with width ratios below 1 narrowed to the most important channels, neurons and key/value groups
+    (:func:`objectives.students._pruning.prune_decoder`); or from scratch."""
+    keep = _kept_layers(base, args, calibration)
+    if args.init == "scratch":
+        widths = {k: getattr(args, k) for k in ("hidden_size", "intermediate_size", "num_attention_heads")}
+        return scratch_decoder(set_dropout(copy.deepcopy(base.config), dropout), len(keep), **widths)
+    if not args.narrower:
+        return cut_decoder(base, keep, dropout)
+    return prune_decoder(base, keep, lm_importance(base, calibration, args.calibration_size), args, dropout)
+
+
+def finetune_student(
+    work: Workload,
+    base_model: str,
+    student: StudentArgs,
+    args: TrainArgs,
+    seed: int,
+    report: Report | None = None,
+    on_cost: CostHook | None = None,
+    costs: CostStore | None = None,
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The student cut from the base (not adapted) model, trained with next-token CE; returns it and its metrics.
+    The base model is loaded once per process (frozen; the student gets copies of its weights), so its importance
+    scores are measured once per study, not per trial."""
+    torch.manual_seed(seed)
+    quiet_transformers()
+    base = _other_model(student, work) or frozen_teacher(Path(base_model), work.device, load_causal_lm)
+    model = _student(base, student, args.dropout, work.train)
+    stages = [Stage(work.train, args, get_loss("lm_ce"))]
+    return model, _fit(model, work, stages, seed=seed, report=report, on_cost=on_cost, costs=costs)
+
+
+def transfer_blocks(work: Workload, files: list[str]) -> Blocks:
+    """Unlabelled text for sequential distillation: the training text and every file of ``files``, packed."""
+    import datasets
+
+    texts = list(work.corpus.splits["train"]["text"])
+    for path in files:
+        texts += [line for line in Path(path).expanduser().read_text().splitlines() if line.strip()]
+    return pack(work.tokenizer, datasets.Dataset.from_dict({"text": texts}), work.train.block_size, None)
+
+
+def distill_student(
+    work: Workload,
+    teacher_dir: Path,
+    student: StudentArgs,
+    args: TrainArgs,
+    distill: DistillArgs,
+    seed: int,
+    report: Report | None = None,
+    on_cost: CostHook | None = None,
+    logits: LogitSource | None = None,
+    costs: CostStore | None = None,
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """A student cut from the teacher, trained per non-padding token with
+
+    - ``integrated``: alpha * T^2 * D(teacher, student) + (1 - alpha) * CE(next token), D the ``distill.loss``
+      divergence (forward KL, reverse KL or generalised JSD), or
+    - ``sequential``: the KD term alone (alpha = 1) on the transfer text for ``transfer_ratio`` of the steps, then
+      CE for the rest.
+
+    With ``logits``, the teacher's distributions come from its cached top-k logits per token (the study's cache)
+    instead of a teacher forward pass on every batch.
+
+    ``distill.hidden_weight`` / ``attention_weight`` add the layer terms of :class:`objectives.training._losses.
+    LayerDistillLoss` to the KD stage: student layer i against the teacher layer it was cut from (a scratch
+    student's: the one it stands for, through a learned map where the widths differ), hidden states compared after
+    each model's final norm. They read the live teacher on every batch, and ``logits`` is not used: a cache of
+    SmolLM2-135M's hidden states would take 35,712 bytes per token (31 states x 576 x fp16), 92 times the 389 of
+    its top-64 logits (see ``DistillArgs.attention_weight``), against one teacher forward pass per batch."""
+    check_layer_terms(student, distill)
+    torch.manual_seed(seed)
+    quiet_transformers()
+    teacher = load_teacher(teacher_dir, work)
+    model = _student(_other_model(student, work) or teacher, student, args.dropout, work.train)
+    if distill.needs_teacher_states:
+        logits = None  # the layer terms read the live teacher's hidden states; cached logits have none
+
+    def signal(name: str, data: Blocks) -> torch.nn.Module | torch.Tensor | TopKLogits:
+        return teacher if logits is None else logits(name, data, teacher)
+
+    divergence = {"divergence": distill.loss, "jsd_beta": distill.jsd_beta, "temperature": distill.temperature}
+
+    def kd(alpha: float) -> Any:
+        loss = get_loss("lm_kd", alpha=alpha, **divergence)
+        if not distill.needs_teacher_states:
+            return loss
+        return LayerDistillLoss(
+            loss,
+            _kept_layers(teacher, student, work.train),
+            hidden_weight=distill.hidden_weight,
+            attention_weight=distill.attention_weight,
+            student_width=model.config.hidden_size,
+            teacher_width=teacher.config.hidden_size,
+            final_norms=(final_norm(model), final_norm(teacher)),
+        )
+
+    stages = distill_stages(
+        work.train,
+        args,
+        distill,
+        ce=get_loss("lm_ce"),
+        kd=kd,
+        signal=signal,
+        transfer=lambda: transfer_blocks(work, distill.transfer_files),
+    )
+    return model, _fit(model, work, stages, seed=seed, report=report, on_cost=on_cost, costs=costs)
+
+
+@torch.inference_mode()
+def samples(model: torch.nn.Module, work: Workload, max_new_tokens: int = 20) -> list[tuple[str, str]]:
+    """Greedy continuations of :data:`PROMPTS`: (prompt, continuation) pairs."""
+    device = next(model.parameters()).device
+    model.eval()
+    out = []
+    for prompt in PROMPTS:
+        ids = work.tokenizer(prompt, return_tensors="pt")["input_ids"].to(device)
+        generated = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=work.tokenizer.pad_token_id,
+        )
+        out.append((prompt, work.tokenizer.decode(generated[0, ids.shape[1] :], skip_special_tokens=True).strip()))
+    return out
+
+
+def heldout_metrics(model: torch.nn.Module, work: Workload) -> dict[str, Any]:
+    """Perplexity and next-token accuracy on the held-out test split, cost, and greedy continuations of fixed
+    prompts (``samples``), for full-training reports (never called by a trial)."""
+    model.to(work.device)
+    evaluation = lm_evaluate(model, work.test(), 16)
+    return {**evaluation.scores(), "samples": samples(model, work), **measure_cost(model, work)}
+
+
+model_identity = lm_identity
+
+
+def save_model(model: torch.nn.Module, work: Workload, out: Path) -> None:
+    """Write ``model`` and the tokenizer to ``out`` (``AutoModelForCausalLM.from_pretrained`` and
+    ``pipeline("text-generation")`` load it)."""
+    model.save_pretrained(out)
+    work.tokenizer.save_pretrained(out)

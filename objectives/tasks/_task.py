@@ -1,0 +1,173 @@
+"""Tasks: what kind of model a study shrinks (a sentence classifier, a causal language model).
+
+A :class:`TaskSpec` names a task's metrics and its defaults without importing torch (configs validate on it); its
+:meth:`TaskSpec.implementation` is the module that does the work, with the functions of :class:`TaskImplementation`,
+so the runner, worker, export, full training and report never branch on the task. Adding a task is one
+implementation module and one entry in :data:`TASKS`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from objectives._config import ConfigError
+
+
+class TaskImplementation(Protocol):
+    """The functions every task module provides (``objectives.tasks._classification``, ``objectives.tasks._causal_lm``).
+
+    ``work`` is the task's workload: its data split, tokenised once per process, with ``train`` and ``validation``
+    (counted in ``unit``), ``fingerprint`` (content and splits), ``n_test`` (size of the held-out split, in the
+    spec's ``unit``) and the ``device``."""
+
+    def model_identity(self, name: str) -> str:
+        """Which weights the base model ``name`` is (a hash of a directory's weight files, or a hub revision)."""
+        ...
+
+    def prepare_workload(self, data: Any, model: str, device: Any = "cpu") -> Any:
+        """Load, split and tokenise the data with ``model``'s tokenizer (cached per process)."""
+        ...
+
+    def finetune_teacher(self, work: Any, args: Any, seed: int, out_dir: Path) -> dict[str, Any]:
+        """Adapt the base model to the task, save it (and its tokenizer) to ``out_dir``, return its validation
+        metrics."""
+        ...
+
+    def load_teacher(self, path: Path, work: Any) -> Any:
+        """The frozen teacher saved at ``path``, loaded once per process and device."""
+        ...
+
+    def finetune_student(self, work: Any, base_model: str, *args: Any, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+        """The student trained from the base model on the task's own targets: (model, metrics)."""
+        ...
+
+    def distill_student(self, work: Any, teacher_dir: Path, *args: Any, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+        """The student distilled from the teacher saved at ``teacher_dir``: (model, metrics)."""
+        ...
+
+    def heldout_metrics(self, model: Any, work: Any) -> dict[str, Any]:
+        """Quality on the held-out test split and cost, for full-training reports (never called by a trial); a
+        classifier adds ``per_class`` scores, a language model ``samples`` (greedy continuations of fixed
+        prompts)."""
+        ...
+
+    def save_model(self, model: Any, work: Any, out: Path) -> None:
+        """Write ``model`` and the tokenizer as a Hugging Face directory loadable by the task's Auto class."""
+        ...
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A task's metrics and defaults; :meth:`implementation` does the work."""
+
+    name: str
+    """The value of ``task:`` in a config."""
+    metrics: tuple[str, ...]
+    """Metrics every finished trial records as user attributes (and the teacher baseline too); objectives,
+    constraints and ``hpo export --pick`` name these."""
+    validation_metrics: tuple[str, ...]
+    """Scores reported at every validation of a training run (what pruners see); the first is the task's quality
+    metric, the default objective and pruning metric."""
+    card_metrics: tuple[str, ...]
+    """Columns of the model card's and the report's benchmark tables."""
+    module: str
+    """The implementation module, imported on first use."""
+    pipeline_tag: str = "text-classification"
+    """The Hugging Face pipeline a trained model serves (model card metadata)."""
+    cost_note: str = ""
+    """What the cost metrics measure, in a sentence for the model card and the report."""
+    unit: str = "rows"
+    """What a held-out split is counted in (texts of a classifier, tokens of a language model)."""
+    per_class: bool = False
+    """Whether trials and the teacher record scores per class (``per_class``), which the report tables."""
+    defaults: dict[str, Any] = field(default_factory=dict)
+    """Config values this task changes from the classification defaults, e.g. its default data and teacher."""
+
+    @property
+    def quality(self) -> str:
+        return self.validation_metrics[0]
+
+    def implementation(self) -> TaskImplementation:
+        return importlib.import_module(self.module)  # type: ignore[return-value]
+
+
+_COSTS = (
+    "latency_ms",
+    "latency_ms_p95",
+    "throughput",
+    "params",
+    "size_mb",
+    "train_seconds",
+    "peak_memory_mb",
+    "gflops",
+)
+
+TASKS: dict[str, TaskSpec] = {
+    "classification": TaskSpec(
+        name="classification",
+        metrics=("accuracy", "f1", *_COSTS),
+        validation_metrics=("accuracy", "f1", "val_loss"),
+        card_metrics=("accuracy", "f1", "latency_ms", "latency_ms_p95", "throughput", "params", "size_mb"),
+        module="objectives.tasks._classification",
+        per_class=True,
+        cost_note=(
+            "Latency: batch 1 at the validation set's mean length, after warm-up, median (p50) and 95th percentile "
+            "over repeats until the median is stable; throughput: examples/s at batch 32."
+        ),
+    ),
+    "causal-lm": TaskSpec(
+        name="causal-lm",
+        metrics=("perplexity", "token_accuracy", *_COSTS[:2], "prefill_ms", *_COSTS[2:]),
+        validation_metrics=("perplexity", "token_accuracy", "val_loss"),
+        card_metrics=("perplexity", "token_accuracy", "latency_ms", "prefill_ms", "throughput", "params", "size_mb"),
+        module="objectives.tasks._causal_lm",
+        pipeline_tag="text-generation",
+        cost_note=(
+            "Latency: ms per generated token at batch 1 with the KV cache after a fixed prompt, median (p50) and 95th "
+            "percentile; prefill: one forward pass over a 128-token prompt; throughput: generated tokens/s at "
+            "batch 8 (greedy)."
+        ),
+        unit="documents",
+        defaults={
+            "directions": {"perplexity": "minimize"},
+            "data": {"name": "wikitext-2"},
+            # a batch's (B, L, V) logits exist at once at validation: 128 blocks of a 49k vocabulary would be GBs
+            "teacher": {"model": "smollm2-135m", "train": {"max_steps": 0, "eval_batch_size": 16}},
+            "train": {"eval_batch_size": 16},
+            "distill": {"cache_top_k": 64},
+        },
+    ),
+}
+"""Tasks by name; ``classification`` is the default of every config."""
+
+HIGHER_IS_BETTER = frozenset({"accuracy", "f1", "token_accuracy", "throughput"})
+"""Metrics where more is better; for every other metric of any task less is better (``perplexity``, ``val_loss``,
+the costs)."""
+
+ALL_METRICS = tuple(dict.fromkeys(m for spec in TASKS.values() for m in spec.metrics))
+"""Every metric of every task, in order of first appearance."""
+
+QUALITY_METRICS = frozenset(m for spec in TASKS.values() for m in spec.validation_metrics)
+"""Every validation score of every task (quality); every other objective is a cost."""
+
+
+METRICS = TASKS["classification"].metrics
+"""Metrics of the classification task (the default): every finished classification trial records them."""
+
+VALIDATION_METRICS = TASKS["classification"].validation_metrics
+"""Validation scores of the classification task."""
+
+
+def get_task(name: str) -> TaskSpec:
+    """The task ``name``; a :class:`ConfigError` on ``task`` lists the valid ones."""
+    if name not in TASKS:
+        raise ConfigError("task", f"unknown task {name!r}; valid: {', '.join(TASKS)}")
+    return TASKS[name]
+
+
+def direction(metric: str) -> str:
+    """``maximize`` for metrics of :data:`HIGHER_IS_BETTER`, else ``minimize``."""
+    return "maximize" if metric in HIGHER_IS_BETTER else "minimize"

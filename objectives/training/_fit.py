@@ -1,0 +1,143 @@
+"""A trial's training run, whatever the task: cost first, then the training stages, then the final scores."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from objectives._config import DistillArgs, TrainArgs
+from objectives.training._logits import TopKLogits
+from objectives.evaluation._metrics import PeakMemory
+from objectives.students._models import num_layers
+from objectives.training._train import Evaluate, Report, eager_attention, train
+
+CostHook = Callable[[dict[str, float]], None]
+"""Called once with the cost metrics (latency, throughput, params, size, FLOPs) before training starts: they
+depend on the architecture only, so multi-objective pruning can compare trials on them early."""
+
+
+LogitSource = Callable[[str, Any, torch.nn.Module], "torch.Tensor | TopKLogits"]
+"""Given a name (``train``, ``transfer``), the data and the teacher, returns the teacher's logits for every example
+(e.g. from a cache shared by all trials of a study)."""
+
+_TEACHERS: dict[tuple[str, str], torch.nn.Module] = {}
+
+
+def frozen_teacher(path: Path, device: torch.device, load: Callable[[str], torch.nn.Module]) -> torch.nn.Module:
+    """The teacher saved at ``path``, loaded by ``load`` once per process and device, in eval mode, frozen."""
+    key = (str(path), str(device))
+    if key not in _TEACHERS:
+        teacher = load(str(path)).to(device).eval()
+        teacher.requires_grad_(False)
+        _TEACHERS[key] = teacher
+    return _TEACHERS[key]
+
+
+def unload_teachers() -> None:
+    """Drop the teachers :func:`frozen_teacher` keeps (their memory, on the GPU too, is freed once no trial holds
+    them); the next trial that needs one loads it again."""
+    _TEACHERS.clear()
+
+
+@dataclass
+class Stage:
+    """One training phase of a trial: data, settings, loss and (for distillation) the frozen teacher or its cached
+    logits."""
+
+    data: Any
+    args: TrainArgs
+    loss_fn: Any
+    teacher: torch.nn.Module | torch.Tensor | TopKLogits | None = None
+
+
+def distill_stages(
+    train_data: Any,
+    args: TrainArgs,
+    distill: DistillArgs,
+    *,
+    ce: Any,
+    kd: Callable[[float], Any],
+    signal: Callable[[str, Any], Any],
+    transfer: Callable[[], Any],
+) -> list[Stage]:
+    """The stages of a distillation run, whatever the task:
+
+    - ``integrated``: one run with ``kd(alpha)`` (alpha * T^2 * D(teacher, student) + (1 - alpha) * CE) against the
+      teacher's ``signal("train", train_data)``; with alpha = 0 (and no layer term, ``hidden_weight`` /
+      ``attention_weight``) plain ``ce``, no teacher needed;
+    - ``sequential``: ``kd(1.0)`` alone on the ``transfer()`` set for ``transfer_ratio`` of the step budget, then
+      ``ce`` on the training data for the rest (the same total budget as integrated).
+    """
+    if distill.approach == "integrated" and distill.alpha == 0 and not distill.needs_teacher_states:  # plain CE
+        return [Stage(train_data, args, ce)]
+    if distill.approach == "integrated":
+        return [Stage(train_data, args, kd(distill.alpha), signal("train", train_data))]
+    kd_steps = max(1, round(args.max_steps * distill.transfer_ratio))
+    unlabelled = transfer()
+    return [
+        Stage(unlabelled, replace(args, max_steps=kd_steps, patience=None), kd(1.0), signal("transfer", unlabelled)),
+        Stage(train_data, replace(args, max_steps=max(1, args.max_steps - kd_steps)), ce),
+    ]
+
+
+def _offset(report: Report, offset: int, *, last: bool) -> Report:
+    """``report`` for one stage of a run: steps continue from ``offset``, final only in the ``last`` stage."""
+    return lambda step, scores, final: report(offset + step, scores, final and last)
+
+
+def fit(
+    model: torch.nn.Module,
+    stages: list[Stage],
+    validation: Any,
+    *,
+    device: torch.device,
+    evaluate: Evaluate,
+    cost: Callable[[torch.nn.Module], dict[str, float]],
+    seed: int,
+    report: Report | None = None,
+    on_cost: CostHook | None = None,
+) -> tuple[Any, dict[str, float]]:
+    """Train ``model`` through ``stages``, scoring on ``validation`` with ``evaluate``; returns the last evaluation
+    and the metrics every task records: its ``cost(model)`` (measured before training, handed to ``on_cost``),
+    ``steps``, ``train_seconds`` and ``peak_memory_mb``.
+
+    Steps are numbered across stages, so reports of a later stage continue where the earlier one ended; only the
+    last stage's last validation is reported as final.
+    """
+    model.to(device)
+    measured = cost(model)
+    if on_cost is not None:
+        on_cost(measured)
+    start = time.perf_counter()
+    done = 0
+    with PeakMemory(device) as memory:
+        for stage in stages:
+            attentions = getattr(stage.loss_fn, "model_outputs", {}).get("output_attentions", False)
+            live = [stage.teacher] if isinstance(stage.teacher, torch.nn.Module) else []
+            with eager_attention(model, *live) if attentions else contextlib.nullcontext():
+                result = train(
+                    model,
+                    stage.data,
+                    validation,
+                    stage.args,
+                    loss_fn=stage.loss_fn,
+                    evaluate=evaluate,
+                    n_layers=num_layers(model),
+                    seed=seed,
+                    teacher=stage.teacher,
+                    report=None if report is None else _offset(report, done, last=stage is stages[-1]),
+                )
+            done += result.steps
+    metrics = {
+        "steps": float(done),
+        "train_seconds": time.perf_counter() - start,
+        "peak_memory_mb": memory.peak_mb,
+        **measured,
+    }
+    return result.evaluation, metrics

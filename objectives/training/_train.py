@@ -1,0 +1,283 @@
+"""The training loop shared by teacher fine-tuning, trial fine-tuning and distillation."""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import copy
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from objectives._config import TrainArgs
+from objectives.data._data import Encoded
+from objectives.training._logits import TopKLogits, cat_logits, compress_logits, load_logits
+from objectives.evaluation._metrics import accuracy, macro_f1
+from objectives.training._optim import build_optimizer
+
+Report = Callable[[int, dict[str, float], bool], None]
+"""Called at every validation with (step, validation scores, final): the scores are the task's validation metrics
+(``accuracy``, ``f1``, ``val_loss`` for a classifier; ``perplexity``, ``token_accuracy``, ``val_loss`` for a
+language model); ``final`` is true at the run's last validation (its whole budget trained, or early stopping ending
+it), where a pruner must not stop it. It may raise to stop the run (pruning)."""
+
+StepCallback = Callable[[int, int, "float | None", "float | None"], None]
+"""Called after every optimiser step with (step, max_steps, loss, validation score): the mean training loss since
+the last logging step at logging steps (every ``LOG_EVERY`` steps and at validations; None between, so there is no
+per-step host sync), the task's first validation score (accuracy, perplexity) at validation steps (else None).
+For progress display."""
+
+LOG_EVERY = 10
+
+_ON_STEP: contextvars.ContextVar[StepCallback | None] = contextvars.ContextVar("on_step", default=None)
+
+
+@contextlib.contextmanager
+def report_steps(callback: StepCallback | None) -> Iterator[None]:
+    """Make ``callback`` the default ``on_step`` of every ``train`` call inside the block (e.g. a whole trial)."""
+    token = _ON_STEP.set(callback)
+    try:
+        yield
+    finally:
+        _ON_STEP.reset(token)
+
+
+@contextlib.contextmanager
+def eager_attention(*models: torch.nn.Module) -> Iterator[None]:
+    """Run transformers ``models`` with eager attention inside the block, then restore their own implementation:
+    the fused kernels (SDPA, the default) return no attention probabilities for ``output_attentions``."""
+    before = [model.config._attn_implementation for model in models]
+    for model in models:
+        model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        for model, implementation in zip(models, before, strict=True):
+            model.set_attn_implementation(implementation)
+
+
+class NonFiniteLoss(FloatingPointError):
+    """The training loss became NaN or infinite; the run cannot continue."""
+
+
+@dataclass
+class Evaluation:
+    loss: float
+    accuracy: float
+    f1: float
+    top_share: float
+    """Share of the examples predicted as the most often predicted label (1.0: a constant prediction)."""
+    preds: list[int] = field(default_factory=list)
+    """Predicted class of each example (in ``eval_batches`` order), for per-class scores."""
+    labels: list[int] = field(default_factory=list)
+    """True class of each example, in the same order."""
+
+    def scores(self) -> dict[str, float]:
+        """The validation scores a :data:`Report` receives."""
+        return {"accuracy": self.accuracy, "f1": self.f1, "val_loss": self.loss}
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    evaluation: Any
+    stopped_early: bool
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``precision`` on ``device``; None means plain fp32."""
+    if device.type != "cuda" or precision == "fp32":
+        return None
+    if precision == "bf16" or (precision == "auto" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return torch.float16
+
+
+def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+class Scored(Protocol):
+    """What an evaluation function returns: ``loss`` (minimised by early stopping) and the scores reported."""
+
+    loss: float
+
+    def scores(self) -> dict[str, float]: ...
+
+
+Evaluate = Callable[[torch.nn.Module, Any, int], Scored]
+"""(model, validation data, batch size) -> the model's scores on the data."""
+
+
+@torch.inference_mode()
+def evaluate(model: torch.nn.Module, data: Encoded, batch_size: int) -> Evaluation:
+    """Mean cross-entropy, accuracy, macro-F1 and the most often predicted label's share of ``model`` on ``data``."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    preds: list[int] = []
+    labels: list[int] = []
+    total_loss = torch.zeros((), device=device)
+    for batch in data.eval_batches(batch_size):
+        batch = _to(batch, device)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+        total_loss += torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="sum")
+        preds += logits.argmax(-1).tolist()
+        labels += batch["labels"].tolist()
+    model.train(was_training)
+    loss = total_loss.item() / len(labels)
+    top_share = max(preds.count(c) for c in set(preds)) / len(preds)
+    return Evaluation(loss, accuracy(preds, labels), macro_f1(preds, labels), top_share, preds, labels)
+
+
+def _compact(logits: torch.Tensor | TopKLogits) -> torch.Tensor | dict[str, Any]:
+    return logits if isinstance(logits, torch.Tensor) else logits.state()
+
+
+@torch.inference_mode()
+def teacher_logits(
+    teacher: torch.nn.Module, data: Any, batch_size: int, top_k: int | None = None
+) -> torch.Tensor | TopKLogits:
+    """The frozen ``teacher``'s logits for every example of ``data`` (row i for example i: a text's (V,) logits, or
+    a block's (L, V)), in fp32 on the CPU; with ``top_k``, compressed batch by batch (:func:`compress_logits`), so
+    the full (N, V) or (N, L, V) array never exists."""
+    device = next(teacher.parameters()).device
+    teacher.eval()
+    parts, rows = [], []
+    for batch in data.eval_batches(batch_size):
+        batch = _to(batch, device)
+        logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float().cpu()
+        if top_k is not None:  # stored compactly batch by batch (fp16, int32), so fp32 / int64 copies never pile up
+            logits = load_logits(_compact(compress_logits(logits, top_k)))
+        parts.append(logits)
+        rows.append(batch["index"].cpu())
+    return cat_logits(parts)[torch.cat(rows).argsort()]
+
+
+def train(
+    model: torch.nn.Module,
+    train_data: Any,
+    val_data: Any,
+    args: TrainArgs,
+    *,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor],
+    n_layers: int,
+    evaluate: Evaluate = evaluate,
+    seed: int,
+    teacher: torch.nn.Module | torch.Tensor | TopKLogits | None = None,
+    report: Report | None = None,
+    on_step: StepCallback | None = None,
+) -> TrainResult:
+    """Train ``model`` for ``args.max_steps`` optimiser steps and return its final validation scores.
+
+    ``train_data`` and ``val_data`` give batches (``train_batches``, ``eval_batches``: texts of a classifier,
+    token blocks of a language model); ``evaluate`` scores ``val_data`` (classification's by default) and
+    ``loss_fn(logits, labels, teacher_logits)`` is the task's loss; a loss with ``model_outputs`` (e.g.
+    :class:`objectives.training._losses.LayerDistillLoss`) is called ``loss_fn(student_outputs, labels, teacher_outputs,
+    attention_mask)`` with both models asked for those outputs (the teacher live), and its own parameters train
+    with the model.
+
+    With ``args.patience`` set, stops once validation loss has not improved for that many validations and restores
+    the best weights seen. ``on_step`` (default: the callback of an enclosing ``report_steps``) follows progress.
+    ``teacher`` is a frozen model run on every batch, or its logits for every example of ``train_data``,
+    precomputed (rows by example index; :class:`TopKLogits` for large vocabularies): the same numbers without the
+    teacher's forward passes.
+    """
+    on_step = on_step if on_step is not None else _ON_STEP.get()
+    device = next(model.parameters()).device
+    torch.manual_seed(seed)
+    # A layer-distillation loss asks both models for hidden states or attentions and may train parameters of its
+    # own (a projection); every other loss sees logits only, and no extra outputs are computed for it.
+    outputs = {k: v for k, v in getattr(loss_fn, "model_outputs", {}).items() if v}
+    extra = list(loss_fn.to(device).parameters()) if isinstance(loss_fn, torch.nn.Module) else []
+    optimizer, schedule = build_optimizer(model, args, n_layers, device, extra)
+    dtype = autocast_dtype(args.precision, device)
+    # fp16 needs loss scaling to keep small gradients from underflowing; bf16 has fp32's range and does not.
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype is torch.float16)
+    amp = (lambda: torch.autocast("cuda", dtype=dtype)) if dtype else contextlib.nullcontext
+    # Compiled forward for the training steps only: validation runs rarely and its batch shapes vary more.
+    forward = torch.compile(model, dynamic=True) if args.compile else model
+    batches = train_data.train_batches(args.batch_size, seed, group_by_length=args.group_by_length)
+    if isinstance(teacher, torch.nn.Module):
+        teacher.eval()  # frozen teacher: no dropout, so its logits are a fixed function of the input
+    elif teacher is not None:
+        teacher = teacher.to(device)
+    # Non-finite losses are accumulated on the device and checked only at validation steps: a per-step .item()
+    # would force a host sync every step.
+    nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+    running_loss, logged_step = torch.zeros((), device=device), 0
+    best_loss, best_state, best_eval, bad_evals = math.inf, None, None, 0
+    evaluation = None
+    if args.max_steps == 0:  # a teacher used as it is: scored, not trained
+        model.eval()
+        return TrainResult(0, evaluate(model, val_data, args.eval_batch_size), False)
+    model.train()
+    step = 0
+    for step in range(1, args.max_steps + 1):
+        for _ in range(args.grad_accum_steps):
+            batch = _to(next(batches), device)
+            inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+            with amp():
+                student_out = forward(**inputs, **outputs)
+                teacher_out = None
+                if isinstance(teacher, torch.nn.Module):
+                    with torch.no_grad():
+                        teacher_out = teacher(**inputs, **outputs)
+                elif teacher is not None:
+                    teacher_out = teacher[batch["index"]]
+            if outputs:
+                loss = loss_fn(student_out, batch["labels"], teacher_out, batch["attention_mask"])
+            else:
+                teacher_logits = teacher_out.logits if isinstance(teacher, torch.nn.Module) else teacher_out
+                loss = loss_fn(student_out.logits, batch["labels"], teacher_logits)
+            loss = loss / args.grad_accum_steps
+            nonfinite |= ~torch.isfinite(loss.detach())
+            if on_step is not None:
+                running_loss += loss.detach().float()
+            scaler.scale(loss).backward()
+        if args.max_grad_norm is not None:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_([*model.parameters(), *extra], args.max_grad_norm)
+        scaler.step(optimizer)
+        scaler.update()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        validating = not (step % args.eval_every and step != args.max_steps)
+        mean_loss = None
+        if on_step is not None and (validating or step % LOG_EVERY == 0):
+            mean_loss = running_loss.item() / (step - logged_step)  # the one host sync, at logging steps only
+            running_loss.zero_()
+            logged_step = step
+        if not validating:
+            if on_step is not None:
+                on_step(step, args.max_steps, mean_loss, None)
+            continue
+        if nonfinite.item():
+            raise NonFiniteLoss(f"training loss became NaN or infinite by step {step}")
+        evaluation = evaluate(model, val_data, args.eval_batch_size)
+        scores = evaluation.scores()
+        if on_step is not None:
+            on_step(step, args.max_steps, mean_loss, next(iter(scores.values())))
+        stop = False
+        if args.patience is not None:
+            if evaluation.loss < best_loss:
+                best_loss, best_eval, bad_evals = evaluation.loss, evaluation, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                bad_evals += 1
+                stop = bad_evals >= args.patience
+        if report is not None:
+            report(step, scores, stop or step == args.max_steps)
+        if stop:
+            break
+    stopped_early = step < args.max_steps
+    if best_state is not None:
+        model.load_state_dict(best_state)
+        evaluation = best_eval
+    assert evaluation is not None
+    model.eval()
+    return TrainResult(step, evaluation, stopped_early)

@@ -1,0 +1,25 @@
+import pytest
+
+from hpo.execution._slots import Slot, device_of, parse_gpus, plan_slots
+
+
+def test_parse_gpus() -> None:
+    assert parse_gpus("none", 4) == []
+    assert parse_gpus("all", 4) == [0, 1, 2, 3]
+    assert parse_gpus("0,1,3", 4) == [0, 1, 3]
+    with pytest.raises(ValueError, match=r"--gpus: GPUs \[5\] do not exist here \(4 visible\)"):
+        parse_gpus("1,5", 4)
+    with pytest.raises(ValueError, match="--gpus: expected all, none or indices"):
+        parse_gpus("first", 4)
+
+
+def test_slots_pin_gpus_and_split_cpu_cores() -> None:
+    assert plan_slots([0, 2], per_gpu=2, procs=1, cores=16) == [Slot(0, 4), Slot(0, 4), Slot(2, 4), Slot(2, 4)]
+    assert plan_slots([], per_gpu=1, procs=4, cores=2) == [Slot(None, 1)] * 4  # never fewer than one thread
+    assert plan_slots([], per_gpu=1, procs=2, cores=16) == [Slot(None, 8)] * 2
+
+
+def test_slots_pin_the_gpus_a_scheduler_allotted() -> None:
+    # Slurm / Kubernetes set CUDA_VISIBLE_DEVICES=3,5: slot GPU 1 is the node's GPU 5, not GPU 1.
+    assert [device_of(gpu, "3,5") for gpu in (0, 1)] == ["3", "5"]
+    assert device_of(1, None) == "1"

@@ -1,0 +1,151 @@
+"""``hpo report``: a self-contained HTML file, rendered in a real headless Chromium with no network."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import yaml
+from optuna.trial import TrialState
+
+from hpo.views._report import figures
+from tests.hpo_tests import browser
+from tests.hpo_tests.execution_tests.test_workers import synthetic
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def hpo(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "hpo._cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300, check=False
+    )
+
+
+def make_study(tmp_path: Path, config: dict) -> str:
+    """Run a synthetic study to its budget in a SQLite file; returns the storage URL."""
+    url = f"sqlite:///{tmp_path / 'report.db'}"
+    path = tmp_path / f"{config['name']}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = hpo("run", str(path), "--storage", url, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    return url
+
+
+def multi_objective(name: str = "pareto") -> dict:
+    return synthetic(
+        name,
+        n_trials=12,
+        directions={"accuracy": "maximize", "latency_ms": "minimize"},
+        sampler={"name": "nsga2"},
+        synthetic={"steps": 4, "crash_trials": [2]},
+        worker={"max_retries": 0},
+    )
+
+
+TEACHER = {"model": "minilm-l6", "accuracy": 0.81, "f1": 0.8099, "latency_ms": 6.32, "latency_ms_p95": 7.94}
+
+
+def test_multi_objective_report_renders_every_figure_offline_with_the_exported_pick(tmp_path: Path) -> None:
+    url = make_study(tmp_path, multi_objective())
+    study = optuna.load_study(study_name="pareto", storage=url)
+    pick = min(study.best_trials, key=lambda t: t.values[1]).number
+    study.set_user_attr("export", {"trial": pick, "path": "exported/"})
+    study.set_user_attr("teacher", {**TEACHER, "throughput": 251.0, "params": 22.7e6, "size_mb": 86.6})
+
+    out = tmp_path / "out" / "report.html"
+    result = hpo("report", "--storage", url, "--study", "pareto", "--out", str(out), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"{out}: 8 figures" in result.stdout
+    text = out.read_text()
+    # Self-contained: plotly.js inlined, nothing loaded from elsewhere.
+    assert "Plotly" in text and len(text) > 3_000_000
+    assert "<h2>Each class (validation)</h2>" in text  # a classification study (TaskSpec.per_class)
+    assert not re.search(r"<script[^>]+src=|<link[^>]+href=|<img[^>]+src=\"?http", text)
+
+    page = browser.dom(out.as_uri(), offline=True)
+    slugs = re.findall(r'<div id="fig-([\w.-]+)" class="plotly-graph-div js-plotly-plot"', page)
+    assert sorted(slugs) == sorted(
+        [
+            "history_accuracy",
+            "history_latency_ms",
+            "pareto_front",
+            "importance_accuracy",
+            "importance_latency_ms",
+            "intermediate_values",
+            "parallel_accuracy",
+            "parallel_latency_ms",
+        ]
+    )
+    # Every figure rendered: plotly drew an SVG with its data inside each figure's div.
+    for part in page.split('class="plotly-graph-div js-plotly-plot"')[1:]:
+        assert 'class="main-svg"' in part.split('class="figure"')[0]
+    assert f"exported: trial {pick}" in page  # the star on the Pareto front and its legend
+    assert f"trial {pick} (exported)" in page  # and the students table
+    assert "teacher (minilm-l6)" in page and "0.8100" in page and "22.7M" in page
+    assert "RuntimeError: synthetic crash in trial 2" in page  # trial counts by state with fail reasons
+    assert re.search(r"<td>FAIL</td><td>1</td>", page) and re.search(r"<td>COMPLETE</td><td>12</td>", page)
+
+    shot = browser.screenshot(out.as_uri(), tmp_path / "report.png", size="1300,2600", offline=True)
+    assert shot.read_bytes().startswith(PNG_MAGIC) and shot.stat().st_size > 20_000
+
+
+def test_single_objective_report_marks_where_trials_were_pruned(tmp_path: Path) -> None:
+    config = synthetic(
+        "pruned",
+        n_trials=12,
+        pruner={"name": "median", "options": {"n_startup_trials": 2, "n_warmup_steps": 1}},
+        synthetic={"steps": 6},
+    )
+    study = optuna.load_study(study_name="pruned", storage=make_study(tmp_path, config))
+    pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
+    assert pruned, "the median pruner pruned nothing; the test needs pruned trials"
+
+    figs = {f.slug: f for f in figures(study)}
+    assert set(figs) == {"history_accuracy", "importance_accuracy", "intermediate_values", "parallel_accuracy"}
+    assert all(f.figure is not None for f in figs.values())
+    curves = figs["intermediate_values"].figure.data
+    assert len(curves) == len(study.trials)
+    marked = [trace for trace in curves if "x" in trace.marker.symbol]
+    assert len(marked) == len(pruned)
+    for trace, trial in zip(marked, pruned, strict=True):
+        last = max(trial.intermediate_values)
+        assert trace.marker.symbol[-1] == "x" and trace.x[-1] == last  # the cross sits where it was pruned
+
+
+def test_report_errors_are_one_line_naming_the_flag(tmp_path: Path) -> None:
+    url = make_study(tmp_path, synthetic("small", n_trials=2))
+    missing = hpo("report", "--storage", url, "--study", "nope", cwd=tmp_path)
+    assert missing.returncode == 2
+    assert missing.stderr.strip() == f"hpo: error: --study: no study named 'nope' in {url} (studies: small)"
+    empty = hpo("report", "--storage", f"sqlite:///{tmp_path / 'empty.db'}", "--study", "x", cwd=tmp_path)
+    assert empty.returncode == 2 and empty.stderr.startswith("hpo: error: --storage: ")
+
+
+def test_png_export_needs_the_png_extra(tmp_path: Path) -> None:
+    url = make_study(tmp_path, synthetic("png", n_trials=3))
+    result = hpo("report", "--storage", url, "--study", "png", "--out", "r.html", "--png", "figs", cwd=tmp_path)
+    try:
+        import kaleido  # noqa: F401
+    except ImportError:
+        assert result.returncode == 2
+        assert result.stderr.strip() == "hpo: error: --png: writing PNGs needs kaleido: pip install 'distill-hpo[png]'"
+        assert not (tmp_path / "r.html").exists()  # checked before any work
+        return
+    assert result.returncode == 0, result.stderr
+    pngs = sorted((tmp_path / "figs").glob("*.png"))
+    assert pngs and all(p.read_bytes().startswith(PNG_MAGIC) for p in pngs)
+
+
+def test_report_of_a_study_without_finished_trials_says_why_figures_are_missing(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'report.db'}"
+    path = tmp_path / "new.yaml"
+    path.write_text(yaml.safe_dump(synthetic("new")))
+    assert hpo("create", str(path), "--storage", url, cwd=tmp_path).returncode == 0
+    out = tmp_path / "r.html"
+    result = hpo("report", "--storage", url, "--study", "new", "--out", str(out), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert ": 0 figures" in result.stdout and result.stdout.count("not available") == 4
+    assert "No completed trials yet." in out.read_text()
