@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from hpo import load_config
-from hpo.execution._teacher import LogitCache
+from hpo.execution import LogitCache
 from objectives import (
     StudentArgs,
     build_student,
@@ -39,9 +39,8 @@ from objectives import (
     load_teacher,
     prepare_workload,
 )
+from objectives.evaluation import COST_THREADS, latency_ms
 from objectives.tasks._classification import Workload, latency_input
-from objectives.evaluation._costs import COST_THREADS
-from objectives.evaluation._metrics import latency_ms
 from storage import ArtifactDir
 
 WIDTHS = {"hidden_ratio": 0.5, "ffn_ratio": 0.5, "heads_ratio": 0.5}

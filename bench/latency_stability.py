@@ -30,7 +30,7 @@ import torch
 
 def child(threads: int) -> None:
     from objectives import DataArgs, StudentArgs, _trial, build_student, load_classifier, measure_cost, prepare_workload
-    from objectives.evaluation._metrics import latency_ms, torch_threads
+    from objectives.evaluation import latency_ms, torch_threads
 
     _trial.COST_THREADS = threads
     torch.manual_seed(0)

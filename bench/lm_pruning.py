@@ -20,9 +20,8 @@ import time
 import torch
 
 from objectives import DataArgs, Importance, StudentArgs, lm_evaluate
+from objectives.students import decoder_layers, load_causal_lm, prune_decoder
 from objectives.tasks._causal_lm import lm_importance, prepare_workload
-from objectives.students._decoders import decoder_layers, load_causal_lm
-from objectives.students._pruning import prune_decoder
 
 SETTINGS = {
     "ffn 0.75": StudentArgs(ffn_ratio=0.75),

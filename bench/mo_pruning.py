@@ -24,10 +24,8 @@ import optuna
 from optuna._hypervolume import compute_hypervolume
 
 from hpo import config_from_dict
-from hpo.study._config import apply_params
-from hpo.execution._runner import CURVE_PREFIX, TrialRunner, trial_seed
-from hpo.study._study import open_study
-from hpo.execution._worker import Budget, Retry, Worker
+from hpo.execution import Budget, Retry, TrialRunner, Worker, trial_seed
+from hpo.study import CURVE_PREFIX, apply_params, open_study
 
 STEPS = 8
 REFERENCE = np.array([-0.5, 10.0])  # (-accuracy, latency_ms): both minimised

@@ -31,9 +31,8 @@ import optuna
 import torch
 
 from hpo import config_from_dict
-from hpo.execution._runner import TrialRunner
-from hpo.study._study import open_study
-from hpo.execution._worker import Budget, Retry, Worker
+from hpo.execution import Budget, Retry, TrialRunner, Worker
+from hpo.study import open_study
 from objectives import DataArgs, Workload, prepare_workload
 
 SPACES = {

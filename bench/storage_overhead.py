@@ -23,9 +23,8 @@ import uuid
 import optuna
 
 from hpo import config_from_dict
-from hpo.execution._runner import TrialRunner
-from hpo.study._study import open_study
-from hpo.execution._worker import Budget, Retry, Worker
+from hpo.execution import Budget, Retry, TrialRunner, Worker
+from hpo.study import open_study
 
 SPACE = {
     "train.lr": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True},

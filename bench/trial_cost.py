@@ -29,7 +29,7 @@ from unittest import mock
 
 import torch
 
-from hpo.execution._teacher import LogitCache
+from hpo.execution import LogitCache
 from objectives import (
     DataArgs,
     DistillArgs,

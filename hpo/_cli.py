@@ -74,9 +74,8 @@ def _require_studies(url: str) -> None:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from hpo.study._config import load_config
-    from hpo.views._data_summary import summarise_data
-    from hpo.study._study import validate_search
+    from hpo.study import load_config, validate_search
+    from hpo.views import summarise_data
 
     config = load_config(args.config)
     validate_search(config)
@@ -91,9 +90,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 def _load(args: argparse.Namespace) -> tuple[object, str]:
     """The config of ``hpo run`` / ``hpo create``, checked whole (its data opened too) before anything is written."""
-    from hpo.study._config import load_config
-    from hpo.views._data_summary import summarise_data
-    from hpo.study._study import validate_search
+    from hpo.study import load_config, validate_search
+    from hpo.views import summarise_data
 
     config = load_config(args.config)
     if getattr(args, "n_trials", None) is not None:
@@ -107,8 +105,7 @@ def _load(args: argparse.Namespace) -> tuple[object, str]:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from hpo.execution._run import run
-    from hpo.execution._worker import StopFlag
+    from hpo.execution import StopFlag, run
 
     config, url = _load(args)
     _limit_memory(args.memory_limit)
@@ -121,7 +118,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_create(args: argparse.Namespace) -> int:
     from optuna.trial import TrialState
 
-    from hpo.execution._run import create
+    from hpo.execution import create
     from storage import redact_url
 
     config, url = _load(args)
@@ -141,7 +138,7 @@ def _cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
-    from hpo.execution._slots import launch, parse_gpus, plan_slots
+    from hpo.execution import launch, parse_gpus, plan_slots
 
     url = _storage_url(args.storage)
     for flag in ("per_gpu", "procs", "n_trials"):
@@ -190,7 +187,7 @@ def _flag_error(exc: ValueError) -> ConfigError:
 
 
 def _limit_memory(mib: int | None) -> None:
-    from hpo.execution._slots import limit_memory
+    from hpo.execution import limit_memory
 
     if mib is None:
         return
@@ -201,14 +198,13 @@ def _limit_memory(mib: int | None) -> None:
 
 
 def _run_slot(args: argparse.Namespace, url: str) -> int:
-    from hpo.execution._run import run_slot
-    from hpo.execution._worker import StopFlag
+    from hpo.execution import StopFlag, run_slot
 
     _limit_memory(args.memory_limit)
     stop = StopFlag()
     stop.install()
     if args.study is None:
-        from hpo.execution._pool import serve
+        from hpo.execution import serve
 
         ran = serve(
             url,
@@ -239,7 +235,7 @@ def _run_slot(args: argparse.Namespace, url: str) -> int:
 
 
 def _cmd_pause(args: argparse.Namespace) -> int:
-    from hpo.execution._pool import pause
+    from hpo.study import pause
     from storage import redact_url, schema_exists
 
     url = _storage_url(args.storage)
@@ -250,9 +246,8 @@ def _cmd_pause(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from hpo.study._constraints import parse_constraint
     from hpo._export import export, front_table
-    from hpo.study._study import load_study
+    from hpo.study import load_study, parse_constraint
     from objectives import ALL_METRICS
     from storage import create_storage
 
@@ -326,7 +321,7 @@ def _only_study(storage: object, url: str) -> str:
 
 
 def _cmd_delete(args: argparse.Namespace) -> int:
-    from hpo.study._study import delete_study
+    from hpo.study import delete_study
     from storage import create_storage, redact_url
 
     url = _storage_url(args.storage)
@@ -353,8 +348,8 @@ def _cmd_delete(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from hpo.study._config import load_job
     from hpo._training import train_job
+    from hpo.study import load_job
 
     job = load_job(args.job)
     if args.seeds < 1:
@@ -375,7 +370,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_status(args: argparse.Namespace) -> int:
     import time
 
-    from hpo.views._status import status
+    from hpo.views import status
 
     url = _storage_url(args.storage)
     _require_studies(url)
@@ -398,7 +393,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     import optuna
 
-    from hpo.views._report import write_report
+    from hpo.views import write_report
     from storage import create_storage, redact_url
 
     url = _storage_url(args.storage)
@@ -421,7 +416,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_dashboard(args: argparse.Namespace) -> int:
-    from hpo.views._dashboard import serve
+    from hpo.views import serve
 
     if not 0 <= args.port <= 65535:
         raise ConfigError("--port", f"must be 0-65535, got {args.port}")
@@ -583,7 +578,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         from sqlalchemy.exc import SQLAlchemyError
 
-        from hpo.execution._worker import StorageUnavailable, TooManyFailures
+        from hpo.execution import StorageUnavailable, TooManyFailures
 
         if isinstance(exc, StorageUnavailable):
             _error(f"--storage: {exc}")

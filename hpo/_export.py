@@ -10,11 +10,8 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.study._config import SourceArgs, TrainJob, apply_params, dump_job
-from hpo.study._constraints import Constraint
-from hpo.study._study import load_study
-from hpo.views._table import format_cell, format_params, never_predicted_notes, render
-from hpo.execution._teacher import TEACHER_ATTR
+from hpo.study import TEACHER_ATTR, Constraint, SourceArgs, TrainJob, apply_params, dump_job, load_study
+from hpo.views import format_cell, format_params, never_predicted_notes, render
 from objectives import HIGHER_IS_BETTER, METRICS, ConfigError
 
 EXPORT_ATTR = "export"

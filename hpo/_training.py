@@ -21,10 +21,9 @@ from typing import Any
 
 import torch
 
-from hpo.study._config import TrainJob, dump_job
-from hpo.execution._run import resolve_device
-from hpo.views._table import PER_CLASS_HEADER, format_cell, per_class_rows, render
-from hpo.execution._teacher import teacher_warning
+from hpo.execution import resolve_device
+from hpo.study import TrainJob, dump_job, teacher_warning
+from hpo.views import PER_CLASS_HEADER, format_cell, per_class_rows, render
 from objectives import HIGHER_IS_BETTER, Report, cost_hardware
 
 log = logging.getLogger("hpo")

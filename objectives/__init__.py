@@ -5,9 +5,6 @@ Config classes and registries import without torch; the training entry points lo
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 from objectives._config import (
     ConfigError,
     DataArgs,
@@ -18,30 +15,40 @@ from objectives._config import (
     TrainArgs,
     check_layer_terms,
 )
-from objectives.data._corpus import CORPORA, Blocks, Corpus, load_corpus, pack
-from objectives.data._data import DATASETS, Encoded, Rows, Task, forget_encoded, load_rows, load_task, open_data
-from objectives.students._decoders import (
+from objectives._lazy import lazy_exports
+from objectives.data import (
+    CORPORA,
+    DATASETS,
+    Blocks,
+    Corpus,
+    Encoded,
+    Rows,
+    Task,
+    forget_encoded,
+    load_corpus,
+    load_rows,
+    load_task,
+    open_data,
+    pack,
+)
+from objectives.students import (
     CAUSAL_LMS,
+    MODELS,
     cut_decoder,
     decoder_layers,
     lm_identity,
     load_causal_lm,
-    load_lm_tokenizer,
-    resolve_lm,
-    scratch_decoder,
-)
-from objectives.students._models import (
-    MODELS,
-    build_student,
-    kept_layers,
     load_classifier,
+    load_lm_tokenizer,
     model_identity,
     name_labels,
+    resolve_lm,
     resolve_model,
+    scratch_decoder,
     student_layers,
     weights_hash,
 )
-from objectives.tasks._task import (
+from objectives.tasks import (
     ALL_METRICS,
     HIGHER_IS_BETTER,
     METRICS,
@@ -54,47 +61,45 @@ from objectives.tasks._task import (
 )
 
 _LAZY = {
-    "CostStore": "objectives.evaluation._costs",
+    "build_student": "objectives.students",
+    "kept_layers": "objectives.students",
+    "CostStore": "objectives.evaluation",
     "Workload": "objectives.tasks._classification",
     "finetune_teacher": "objectives.tasks._classification",
     "measure_cost": "objectives.tasks._classification",
     "prepare_workload": "objectives.tasks._classification",
     "student_workload": "objectives.tasks._classification",
-    "LayerDistillLoss": "objectives.training._losses",
-    "attention_loss": "objectives.training._losses",
-    "hidden_state_loss": "objectives.training._losses",
-    "NonFiniteLoss": "objectives.training._train",
-    "Report": "objectives.training._train",
-    "report_steps": "objectives.training._train",
-    "run_synthetic": "objectives.tasks._synthetic",
+    "LayerDistillLoss": "objectives.training",
+    "attention_loss": "objectives.training",
+    "hidden_state_loss": "objectives.training",
+    "NonFiniteLoss": "objectives.training",
+    "Report": "objectives.training",
+    "report_steps": "objectives.training",
+    "run_synthetic": "objectives.tasks",
     "distill_student": "objectives.tasks._classification",
     "finetune_student": "objectives.tasks._classification",
     "load_teacher": "objectives.tasks._classification",
-    "unload_teachers": "objectives.training._fit",
+    "unload_teachers": "objectives.training",
     "heldout_metrics": "objectives.tasks._classification",
-    "never_predicted": "objectives.evaluation._metrics",
-    "per_class": "objectives.evaluation._metrics",
-    "cost_hardware": "objectives.evaluation._costs",
-    "teacher_logits": "objectives.training._train",
-    "LogitSource": "objectives.training._fit",
-    "TopKLogits": "objectives.training._logits",
-    "compress_logits": "objectives.training._logits",
-    "load_logits": "objectives.training._logits",
-    "read_logits": "objectives.training._logits",
-    "LMEvaluation": "objectives.evaluation._metrics",
-    "lm_evaluate": "objectives.evaluation._metrics",
-    "generation_costs": "objectives.evaluation._metrics",
-    "Importance": "objectives.students._pruning",
-    "measure_importance": "objectives.students._pruning",
-    "prune_widths": "objectives.students._pruning",
+    "never_predicted": "objectives.evaluation",
+    "per_class": "objectives.evaluation",
+    "cost_hardware": "objectives.evaluation",
+    "teacher_logits": "objectives.training",
+    "LogitSource": "objectives.training",
+    "TopKLogits": "objectives.training",
+    "compress_logits": "objectives.training",
+    "load_logits": "objectives.training",
+    "read_logits": "objectives.training",
+    "LMEvaluation": "objectives.evaluation",
+    "lm_evaluate": "objectives.evaluation",
+    "generation_costs": "objectives.evaluation",
+    "Importance": "objectives.students",
+    "measure_importance": "objectives.students",
+    "prune_widths": "objectives.students",
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'objectives' has no attribute {name!r}")
-
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 __all__ = [
     "ALL_METRICS",
@@ -146,6 +151,7 @@ __all__ = [
     "heldout_metrics",
     "hidden_state_loss",
     "kept_layers",
+    "lazy_exports",
     "lm_evaluate",
     "lm_identity",
     "load_causal_lm",

@@ -2,3 +2,54 @@
 
 Imports ``hpo.study``, ``hpo.views`` (progress bars, results tables), ``objectives`` and ``storage``.
 """
+
+from __future__ import annotations
+
+from hpo.execution._pool import Pool, rank, serve
+from hpo.execution._slots import Slot, device_of, launch, limit_memory, parse_gpus, plan_slots
+from hpo.execution._worker import Budget, Retry, StopFlag, StorageUnavailable, TooManyFailures, Worker
+from objectives import lazy_exports
+
+_LAZY = {
+    "create": "._run",
+    "prepare_runner": "._run",
+    "resolve_device": "._run",
+    "run": "._run",
+    "run_slot": "._run",
+    "TrialRunner": "._runner",
+    "trial_seed": "._runner",
+    "warn_never_predicted": "._runner",
+    "LogitCache": "._teacher",
+    "ensure_teacher": "._teacher",
+}
+"""Names whose modules load torch: imported on first use."""
+
+__getattr__ = lazy_exports(__name__, _LAZY)
+
+__all__ = [
+    "Budget",
+    "LogitCache",
+    "Pool",
+    "Retry",
+    "Slot",
+    "StopFlag",
+    "StorageUnavailable",
+    "TooManyFailures",
+    "TrialRunner",
+    "Worker",
+    "create",
+    "device_of",
+    "ensure_teacher",
+    "launch",
+    "limit_memory",
+    "parse_gpus",
+    "plan_slots",
+    "prepare_runner",
+    "rank",
+    "resolve_device",
+    "run",
+    "run_slot",
+    "serve",
+    "trial_seed",
+    "warn_never_predicted",
+]

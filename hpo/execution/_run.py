@@ -13,13 +13,11 @@ from typing import Any
 import optuna
 import torch
 
-from hpo.study._config import Config
-from hpo.views._progress import Progress
 from hpo.execution._runner import TrialRunner, describe, warn_never_predicted
-from hpo.study._study import is_grid, load_study, open_study
-from hpo.views._table import results_table, state_counts
 from hpo.execution._teacher import LogitCache, ensure_teacher
 from hpo.execution._worker import Budget, Retry, StopFlag, Worker
+from hpo.study import Config, is_grid, load_study, open_study
+from hpo.views import Progress, results_table, state_counts
 from objectives import ConfigError
 from storage import ArtifactDir, create_storage, redact_url, schema_exists
 

@@ -18,13 +18,9 @@ from typing import Any
 import optuna
 import torch
 
-from hpo.study._config import Config, apply_params
 from hpo.execution._costs import StudyCosts
-from hpo.study._pareto_pruner import ParetoRungPruner
-from hpo.study._pruners import make_pruner
-from hpo.study._search_space import suggest_params
-from hpo.views._table import format_params
-from hpo.execution._worker import FAIL_REASON
+from hpo.study import CURVE_PREFIX, Config, ParetoRungPruner, apply_params, make_pruner, suggest_params
+from hpo.views import format_params
 from objectives import (
     CostStore,
     LogitSource,
@@ -33,7 +29,7 @@ from objectives import (
     never_predicted,
     run_synthetic,
 )
-from storage import is_storage_error, redact_text
+from storage import FAIL_REASON, is_storage_error, redact_text
 
 log = logging.getLogger("hpo")
 
@@ -54,10 +50,6 @@ def warn_never_predicted(what: str, scores: dict[str, dict[str, float]]) -> list
             shown,
         )
     return missing
-
-
-CURVE_PREFIX = "val_step_"
-"""User attributes of a multi-objective trial's validation curve (``val_step_<step>``: the pruning metric)."""
 
 
 def trial_seed(study_seed: int, trial_number: int) -> int:

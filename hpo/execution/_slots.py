@@ -48,7 +48,7 @@ def limit_memory(mib: int) -> None:
     ends FAIL with ``fail_reason`` ``oom``, its memory is freed, and the worker goes on to the next trial."""
     import resource
 
-    from objectives.evaluation._metrics import process_memory
+    from objectives.evaluation import process_memory
 
     used = process_memory("VmData") // 2**20
     if mib <= used:

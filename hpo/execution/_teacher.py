@@ -11,7 +11,7 @@ from typing import Any
 import optuna
 import torch
 
-from hpo.study._config import Config, config_to_dict
+from hpo.study import TEACHER_ATTR, Config, config_to_dict, teacher_warning
 from objectives import (
     TopKLogits,
     read_logits,
@@ -21,34 +21,6 @@ from objectives import (
 from storage import ArtifactDir
 
 log = logging.getLogger("hpo")
-
-TEACHER_ATTR = "teacher"
-"""Study user attribute with the teacher's artifact path and validation metrics."""
-
-
-NEAR_CONSTANT = 0.98
-"""A teacher that gives one label to at least this share of the validation examples predicts near-constantly."""
-
-F1_GAP = 0.15
-"""A teacher whose macro-F1 is this far or more below its accuracy gets the majority label right and the others
-wrong (a constant binary predictor at 0.61 accuracy scores 0.38 macro-F1)."""
-
-
-def teacher_warning(metrics: dict) -> str | None:
-    """Why distilling from a teacher with these validation ``metrics`` is meaningless, or None if nothing says so:
-    near-constant predictions (``top_share`` >= :data:`NEAR_CONSTANT`) or macro-F1 far below accuracy
-    (:data:`F1_GAP`)."""
-    accuracy, f1, top = metrics.get("accuracy"), metrics.get("f1"), metrics.get("top_share")
-    if top is not None and top >= NEAR_CONSTANT:
-        why = f"it gives one label to {100 * top:.0f}% of the validation examples"
-    elif accuracy is not None and f1 is not None and accuracy - f1 >= F1_GAP:
-        why = f"its macro-F1 ({f1:.3f}) is far below its accuracy ({accuracy:.3f})"
-    else:
-        return None
-    return (
-        f"the teacher looks broken: {why}; students distilled from it learn little beyond the majority label. "
-        "Train it longer (teacher.train.max_steps), check the labels, or pick another base model."
-    )
 
 
 def teacher_key(config: Config, work: Any) -> str:

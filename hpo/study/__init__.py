@@ -2,3 +2,69 @@
 
 Imports ``objectives`` and ``storage``; never ``hpo.execution`` or ``hpo.views``.
 """
+
+from __future__ import annotations
+
+from hpo.study._config import (
+    Config,
+    PrunerArgs,
+    SamplerArgs,
+    SourceArgs,
+    TrainJob,
+    apply_params,
+    config_from_dict,
+    config_to_dict,
+    dump_config,
+    dump_job,
+    load_config,
+    load_job,
+)
+from hpo.study._constraints import Constraint, parse_constraint
+from hpo.study._pareto_pruner import ParetoRungPruner, rung_attr
+from hpo.study._pruners import PRUNERS, make_pruner
+from hpo.study._records import BUDGET_ATTR, CONFIG_ATTR, CURVE_PREFIX, TEACHER_ATTR, teacher_warning
+from hpo.study._samplers import SAMPLERS, make_sampler
+from hpo.study._search_space import ParamSpec, grid_of, suggest_params
+from hpo.study._study import CLAIM_ATTR, delete_study, is_grid, load_study, open_study, study_task, validate_search
+from hpo.study._survey import Standing, pause, survey
+
+__all__ = [
+    "BUDGET_ATTR",
+    "CLAIM_ATTR",
+    "CONFIG_ATTR",
+    "CURVE_PREFIX",
+    "PRUNERS",
+    "SAMPLERS",
+    "TEACHER_ATTR",
+    "Config",
+    "Constraint",
+    "ParamSpec",
+    "ParetoRungPruner",
+    "PrunerArgs",
+    "SamplerArgs",
+    "SourceArgs",
+    "Standing",
+    "TrainJob",
+    "apply_params",
+    "config_from_dict",
+    "config_to_dict",
+    "delete_study",
+    "dump_config",
+    "dump_job",
+    "grid_of",
+    "is_grid",
+    "load_config",
+    "load_job",
+    "load_study",
+    "make_pruner",
+    "make_sampler",
+    "open_study",
+    "parse_constraint",
+    "pause",
+    "rung_attr",
+    "study_task",
+    "suggest_params",
+    "survey",
+    "teacher_warning",
+    "validate_search",
+]

@@ -16,21 +16,16 @@ import optuna
 
 from hpo.study._config import RUN_CONTROL, Config, config_diff, config_to_dict
 from hpo.study._pruners import make_pruner
+from hpo.study._records import BUDGET_ATTR, CONFIG_ATTR, TEACHER_ATTR
 from hpo.study._samplers import make_sampler
 from hpo.study._search_space import grid_of
 from objectives import ConfigError, TaskSpec, get_task
 from storage import ArtifactDir, claim_study_attr
 
-CONFIG_ATTR = "config"
-"""Study user attribute holding the study's config (without run-control fields such as the storage URL)."""
-
 CLAIM_ATTR = "hpo:config"
 """Study system attribute written once, by the first creator: the config and a token naming that creator. Only the
 creator whose token is kept stores the config and queues the grid, so concurrent ``hpo create`` queue it once."""
 
-BUDGET_ATTR = "n_trials"
-"""Study user attribute holding the trial budget that workers follow; the latest ``hpo create`` / ``hpo run`` sets
-it."""
 
 SETTINGS = (BUDGET_ATTR, "priority", "max_parallel")
 """Config fields kept as study user attributes of the same name, not in the stored config: the latest
@@ -200,7 +195,6 @@ def delete_study(
     artifact directory (None when not deleted). Refuses while trials are RUNNING (workers are on it) unless
     ``force``."""
     from hpo.study._config import config_from_dict
-    from hpo.execution._teacher import TEACHER_ATTR
 
     summary = _summary(storage, name, "NAME")
     study = optuna.load_study(study_name=name, storage=storage)

@@ -2,3 +2,42 @@
 
 Imports ``hpo.study``, ``objectives`` and ``storage``; never ``hpo.execution``: a view reads the stored study, it runs nothing.
 """
+
+from __future__ import annotations
+
+from hpo.views._dashboard import host_check, serve
+from hpo.views._data_summary import summarise_data
+from hpo.views._progress import Progress
+from hpo.views._report import figures, per_class_table, states_table, write_report
+from hpo.views._status import eta, status
+from hpo.views._table import (
+    PER_CLASS_HEADER,
+    format_cell,
+    format_params,
+    never_predicted_notes,
+    per_class_rows,
+    render,
+    results_table,
+    state_counts,
+)
+
+__all__ = [
+    "PER_CLASS_HEADER",
+    "Progress",
+    "eta",
+    "figures",
+    "format_cell",
+    "format_params",
+    "host_check",
+    "never_predicted_notes",
+    "per_class_rows",
+    "per_class_table",
+    "render",
+    "results_table",
+    "serve",
+    "state_counts",
+    "states_table",
+    "status",
+    "summarise_data",
+    "write_report",
+]

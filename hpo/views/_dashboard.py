@@ -17,8 +17,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import optuna
 import yaml
 
-from hpo.study._study import CONFIG_ATTR
-from hpo.execution._teacher import TEACHER_ATTR
+from hpo.study import CONFIG_ATTR, TEACHER_ATTR
 from objectives import ConfigError, get_task
 from storage import create_storage, redact_url, schema_exists
 

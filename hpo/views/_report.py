@@ -20,12 +20,10 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.execution._runner import CURVE_PREFIX
-from hpo.study._study import study_task
+from hpo.study import CURVE_PREFIX, TEACHER_ATTR, study_task, teacher_warning
 from hpo.views._table import PER_CLASS_HEADER, best_trials, format_cell, per_class_rows
-from hpo.execution._teacher import TEACHER_ATTR, teacher_warning
-from hpo.execution._worker import FAIL_REASON
 from objectives import ConfigError
+from storage import FAIL_REASON
 
 EXPORT_ATTR = "export"
 """Study user attribute written by ``hpo export``: a dict with at least ``{"trial": <trial number>}``."""

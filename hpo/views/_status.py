@@ -7,11 +7,8 @@ import datetime
 import optuna
 from optuna.trial import TrialState
 
-from hpo.study._config import config_from_dict
-from hpo.execution._pool import survey
-from hpo.study._study import BUDGET_ATTR, CONFIG_ATTR
+from hpo.study import BUDGET_ATTR, CONFIG_ATTR, TEACHER_ATTR, config_from_dict, survey, teacher_warning
 from hpo.views._table import best_trials, format_cell, never_predicted_notes, render, state_counts
-from hpo.execution._teacher import TEACHER_ATTR, teacher_warning
 from objectives import ConfigError
 from storage import FAIL_REASON, create_storage, redact_url
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import optuna
 
-from hpo.execution._teacher import TEACHER_ATTR
+from hpo.study import TEACHER_ATTR
 from objectives import METRICS, never_predicted
 
 _FORMATS = {

@@ -2,3 +2,52 @@
 
 Imports ``objectives._config``, ``objectives.data`` and ``objectives.students``.
 """
+
+from __future__ import annotations
+
+from objectives._lazy import lazy_exports
+
+_LAZY = {
+    "LMEvaluation": "._metrics",
+    "cost_hardware": "._costs",
+    "COST_THREADS": "._costs",
+    "CostStore": "._costs",
+    "stored_cost": "._costs",
+    "PeakMemory": "._metrics",
+    "accuracy": "._metrics",
+    "generation_costs": "._metrics",
+    "gflops": "._metrics",
+    "latency_ms": "._metrics",
+    "lm_evaluate": "._metrics",
+    "macro_f1": "._metrics",
+    "never_predicted": "._metrics",
+    "per_class": "._metrics",
+    "process_memory": "._metrics",
+    "size_mb": "._metrics",
+    "throughput": "._metrics",
+    "torch_threads": "._metrics",
+}
+"""Names whose modules load torch: imported on first use."""
+
+__getattr__ = lazy_exports(__name__, _LAZY)
+
+__all__ = [
+    "COST_THREADS",
+    "CostStore",
+    "LMEvaluation",
+    "PeakMemory",
+    "accuracy",
+    "cost_hardware",
+    "generation_costs",
+    "gflops",
+    "latency_ms",
+    "lm_evaluate",
+    "macro_f1",
+    "never_predicted",
+    "per_class",
+    "process_memory",
+    "size_mb",
+    "stored_cost",
+    "throughput",
+    "torch_threads",
+]

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 import torch
 
 from objectives.evaluation._metrics import hardware, torch_threads
-from objectives.students._models import count_parameters
+from objectives.students import count_parameters
 
 
 class CostStore(Protocol):

@@ -17,8 +17,6 @@ from typing import Any
 
 import torch
 
-from objectives.training._losses import next_token
-
 
 def accuracy(preds: Sequence[int], labels: Sequence[int]) -> float:
     """accuracy = (1 / N) * sum_n [pred_n == y_n]."""
@@ -374,3 +372,13 @@ class PeakMemory:
             self._thread.join()
             self._peak = max(self._peak, process_memory())
         self.peak_mb = max(0, self._peak - self._start) / 2**20
+
+
+def next_token(
+    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A causal LM's predictions lined up with their targets: position t predicts token t + 1, so the logits of
+    positions 0..L-2 whose target ``labels[:, t + 1]`` is not ``ignore_index``, (M, V), those M targets, and the
+    (B, L - 1) mask that picked them (the last position predicts nothing in the block)."""
+    mask = labels[:, 1:] != ignore_index
+    return logits[:, :-1][mask], labels[:, 1:][mask], mask

@@ -2,3 +2,84 @@
 
 Imports ``objectives._config`` and ``objectives.data``.
 """
+
+from __future__ import annotations
+
+from objectives._lazy import lazy_exports
+from objectives.students._decoders import (
+    CAUSAL_LMS,
+    cut_decoder,
+    decoder_layers,
+    final_norm,
+    lm_identity,
+    load_causal_lm,
+    load_lm_tokenizer,
+    resolve_lm,
+    scratch_decoder,
+)
+from objectives.students._models import (
+    MODELS,
+    load_classifier,
+    load_tokenizer,
+    model_identity,
+    name_labels,
+    resolve_model,
+    weights_hash,
+)
+from objectives.students._shared import (
+    count_parameters,
+    num_layers,
+    quiet_transformers,
+    renumbered_state,
+    set_dropout,
+    student_layers,
+)
+
+_LAZY = {
+    "measure_importance": "._pruning",
+    "Importance": "._pruning",
+    "cached_importance": "._pruning",
+    "calibration_batches": "._pruning",
+    "decoder_importance": "._pruning",
+    "prune_decoder": "._pruning",
+    "prune_widths": "._pruning",
+    "build_student": "._student",
+    "kept_layers": "._student",
+}
+"""Names whose modules load torch: imported on first use."""
+
+__getattr__ = lazy_exports(__name__, _LAZY)
+
+__all__ = [
+    "CAUSAL_LMS",
+    "MODELS",
+    "Importance",
+    "build_student",
+    "cached_importance",
+    "calibration_batches",
+    "count_parameters",
+    "cut_decoder",
+    "decoder_importance",
+    "decoder_layers",
+    "final_norm",
+    "kept_layers",
+    "lm_identity",
+    "load_causal_lm",
+    "load_classifier",
+    "load_lm_tokenizer",
+    "load_tokenizer",
+    "measure_importance",
+    "model_identity",
+    "name_labels",
+    "num_layers",
+    "prune_decoder",
+    "prune_widths",
+    "quiet_transformers",
+    "renumbered_state",
+    "resolve_lm",
+    "resolve_model",
+    "scratch_decoder",
+    "set_dropout",
+    "student_layers",
+    "weights_hash",
+]

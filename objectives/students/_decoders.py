@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from objectives._config import ConfigError, StudentArgs
-from objectives.data._data import package_file
-from objectives.students._models import _renumbered_state, model_identity, quiet_transformers, set_dropout, student_layers
+from objectives.data import package_file
+from objectives.students._models import model_identity
+from objectives.students._shared import quiet_transformers, renumbered_state, set_dropout, student_layers
 
 if TYPE_CHECKING:
     import torch
@@ -162,7 +163,7 @@ def cut_decoder(model: Any, keep: list[int], dropout: float | None = None) -> An
     """A student of the decoder layers ``keep`` of ``model`` (the teacher), in that order, renumbered 0..k-1
     (:func:`cut_config`): the teacher's embeddings, kept layers, final norm and head copied
     (:func:`decoder_from_state`)."""
-    state, _ = _renumbered_state(model, keep)
+    state, _ = renumbered_state(model, keep)
     return decoder_from_state(model, cut_config(model, keep, dropout), state)
 
 

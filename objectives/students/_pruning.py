@@ -11,19 +11,20 @@ query heads that read it.
 
 from __future__ import annotations
 
-import copy
 import random
 import re
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from objectives._config import ConfigError, StudentArgs
-from objectives.data._data import Encoded, collate
+from objectives.data import Encoded, collate
+from objectives.students._decoders import cut_config, decoder_from_state, decoder_layers
+from objectives.students._models import encoder_layers, head_size, narrow_classifier
+from objectives.students._shared import renumbered_state
 
 CALIBRATION_SEED = 0
 """Seed of the calibration sample: every trial of a study prunes from the same examples, so equal ratios give
@@ -54,25 +55,10 @@ def calibration_batches(data: Encoded, size: int, batch_size: int = 32) -> list[
     ]
 
 
-def _encoder_layers(model: Any, key: str) -> Any:
-    layers = getattr(getattr(model.base_model, "encoder", None), "layer", None)
-    if layers is None or not all(hasattr(layer, "intermediate") for layer in layers):
-        raise ConfigError(
-            key,
-            f"needs a BERT-style encoder (e.g. MiniLM) to measure importance on; the teacher is "
-            f"{model.config.model_type!r}",
-        )
-    return layers
-
-
-def _head_size(config: Any) -> int:
-    return int(getattr(config, "attention_head_size", config.hidden_size // config.num_attention_heads))
-
-
 def measure_importance(model: Any, batches: list[dict[str, torch.Tensor]], key: str = "hidden_ratio") -> Importance:
     """The :class:`Importance` of a BERT-style ``model`` over ``batches`` (eval mode, no gradients); another
     architecture is a :class:`ConfigError` naming ``key`` (the setting that asked for it)."""
-    layers = _encoder_layers(model, key)
+    layers = encoder_layers(model, key)
     config = model.config
     n_layers, heads, hidden = len(layers), config.num_attention_heads, config.hidden_size
     device = next(model.parameters()).device
@@ -144,11 +130,6 @@ def teacher_importance(model: Any, data: Encoded, size: int, key: str) -> Import
     """:func:`measure_importance` of a classifier on ``size`` calibration examples of ``data``, cached
     (:func:`cached_importance`); ``key`` names the setting that asked for it in errors."""
     return cached_importance(model, data, size, lambda: measure_importance(model, calibration_batches(data, size), key))
-
-
-def select_layers(influence: torch.Tensor, k: int) -> list[int]:
-    """The ``k`` layers of greatest block influence, in model order."""
-    return sorted(int(i) for i in torch.topk(influence, k).indices)
 
 
 def _round8(ratio: float, width: int) -> int:
@@ -229,39 +210,6 @@ def prune_state(
     return out
 
 
-def narrow_classifier(config: Any) -> Any:
-    """A BERT-style sequence classifier from ``config``; with ``config.attention_head_size`` set (a pruned student
-    keeps its teacher's head size), its attention has that size per head whatever the hidden size (transformers
-    otherwise ties it to hidden_size / heads)."""
-    from transformers import AutoModelForSequenceClassification
-
-    if not hasattr(config, "attention_head_size"):
-        return AutoModelForSequenceClassification.from_config(config)
-    heads, size = config.num_attention_heads, _head_size(config)
-    config = copy.deepcopy(config)
-    config.num_attention_heads = 1  # always divides hidden_size; the attention is resized below
-    model = AutoModelForSequenceClassification.from_config(config)
-    model.config.num_attention_heads = heads
-    hidden, inner = config.hidden_size, heads * size
-    for layer in _encoder_layers(model, "student"):
-        attn = layer.attention.self
-        for name in ("query", "key", "value"):
-            setattr(attn, name, torch.nn.Linear(hidden, inner))
-        layer.attention.output.dense = torch.nn.Linear(inner, hidden)
-        attn.num_attention_heads, attn.attention_head_size, attn.all_head_size = heads, size, inner
-        attn.scaling = size**-0.5
-    return model
-
-
-def load_narrow_classifier(path: str, config: Any) -> Any:
-    """A model saved from :func:`narrow_classifier` (``save_pretrained``) in directory ``path``."""
-    from safetensors.torch import load_file
-
-    model = narrow_classifier(config)
-    model.load_state_dict(load_file(str(Path(path) / "model.safetensors")), strict=True)
-    return model
-
-
 def prune_widths(
     teacher_config: Any,
     config: Any,
@@ -276,7 +224,7 @@ def prune_widths(
     student's layers; ``layer_of(key)`` is a key's student layer or None). ``config`` is the student's config
     (depth and dropout set); its widths are set here."""
     widths = Widths.of(teacher_config, args)
-    size = _head_size(teacher_config)
+    size = head_size(teacher_config)
     config.hidden_size, config.intermediate_size, config.num_attention_heads = widths.hidden, widths.ffn, widths.heads
     if widths.hidden != widths.heads * size:
         config.attention_head_size = size
@@ -331,7 +279,6 @@ def decoder_importance(model: Any, batches: list[dict[str, torch.Tensor]]) -> Im
     decoder_layers` knows, through hooks on the layers), hidden channels by mean |norm output|, and for Llama-style
     layers each query head by the mean norm of its output (the input of ``o_proj``) and each FFN neuron by its mean
     |activation| (the input of ``down_proj``); other families get empty head and neuron scores."""
-    from objectives.students._decoders import decoder_layers
 
     layers = decoder_layers(model)
     config = model.config
@@ -398,9 +345,6 @@ def prune_decoder(
     so grouped-query attention stays whole) kept, their weights sliced from the teacher's, the head size unchanged.
     Built with ``from_config`` (so ``save_pretrained`` / ``from_pretrained`` round-trip it) and loaded strictly;
     tied embeddings stay tied. Families other than Llama-style are a :class:`ConfigError` naming the ratio."""
-    from objectives.students._decoders import cut_config, decoder_from_state, decoder_layers
-    from objectives.students._models import _renumbered_state
-
     if not all(_llama_style(layer) for layer in decoder_layers(teacher)):
         key = next(k for k in ("hidden_ratio", "ffn_ratio", "heads_ratio") if getattr(args, k) < 1)
         raise ConfigError(
@@ -423,5 +367,5 @@ def prune_decoder(
         units["ffn"][new] = _top(importance.ffn[old], widths.ffn)
     config.hidden_size, config.intermediate_size, config.head_dim = widths.hidden, widths.ffn, size
     config.num_attention_heads, config.num_key_value_heads = widths.heads, widths.kv_heads
-    state, layer_of = _renumbered_state(teacher, keep)
+    state, layer_of = renumbered_state(teacher, keep)
     return decoder_from_state(teacher, config, prune_state(state, layer_of, hidden, units, _DECODER_ROWS_COLS))

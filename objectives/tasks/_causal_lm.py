@@ -24,23 +24,37 @@ from objectives._config import (
     TrainArgs,
     check_layer_terms,
 )
-from objectives.data._corpus import Blocks, Corpus, load_corpus, pack
-from objectives.evaluation._costs import CostStore, stored_cost
-from objectives.students._decoders import (
+from objectives.data import Blocks, Corpus, load_corpus, pack
+from objectives.evaluation import CostStore, generation_costs, lm_evaluate, size_mb, stored_cost
+from objectives.students import (
+    Importance,
+    cached_importance,
+    count_parameters,
     cut_decoder,
+    decoder_importance,
     final_norm,
     lm_identity,
     load_causal_lm,
     load_lm_tokenizer,
+    num_layers,
+    prune_decoder,
+    quiet_transformers,
     scratch_decoder,
+    set_dropout,
+    student_layers,
 )
-from objectives.training._fit import CostHook, LogitSource, Stage, distill_stages, fit, frozen_teacher
-from objectives.training._logits import TopKLogits
-from objectives.training._losses import LayerDistillLoss, get_loss
-from objectives.evaluation._metrics import generation_costs, lm_evaluate, size_mb
-from objectives.students._models import count_parameters, num_layers, quiet_transformers, set_dropout, student_layers
-from objectives.students._pruning import Importance, cached_importance, decoder_importance, prune_decoder
-from objectives.training._train import Report
+from objectives.training import (
+    CostHook,
+    LayerDistillLoss,
+    LogitSource,
+    Report,
+    Stage,
+    TopKLogits,
+    distill_stages,
+    fit,
+    frozen_teacher,
+    get_loss,
+)
 
 PROMPTS = ("The history of the city", "In 1998 , the band", "The species is found in")
 """Fixed prompts whose greedy continuations a model card shows for each model."""

@@ -14,13 +14,9 @@ from typing import Any
 import torch
 
 from objectives._config import DataArgs, DistillArgs, StudentArgs, TeacherArgs, TrainArgs, check_layer_terms
-from objectives.evaluation._costs import CostStore, stored_cost
-from objectives.data._data import Encoded, Rows, Task, collate, encode, open_data
-from objectives.training._fit import CostHook, LogitSource, Stage, distill_stages, fit, frozen_teacher
-from objectives.training._logits import TopKLogits
-from objectives.training._losses import LayerDistillLoss, balanced_weights, get_loss
-from objectives.evaluation._metrics import gflops, latency_ms, per_class, size_mb, throughput
-from objectives.students._models import (
+from objectives.data import Encoded, Rows, Task, collate, encode, open_data
+from objectives.evaluation import CostStore, gflops, latency_ms, per_class, size_mb, stored_cost, throughput
+from objectives.students import (
     build_student,
     count_parameters,
     kept_layers,
@@ -29,10 +25,22 @@ from objectives.students._models import (
     name_labels,
     quiet_transformers,
 )
-from objectives.students._models import (
-    model_identity as model_identity,  # the task interface names it
+from objectives.students import model_identity as model_identity
+from objectives.training import (
+    CostHook,
+    LayerDistillLoss,
+    LogitSource,
+    Report,
+    Stage,
+    TopKLogits,
+    balanced_weights,
+    distill_stages,
+    evaluate,
+    fit,
+    frozen_teacher,
+    get_loss,
+    teacher_logits,
 )
-from objectives.training._train import Report, evaluate, teacher_logits
 
 
 @dataclass

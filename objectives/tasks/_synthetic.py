@@ -22,8 +22,8 @@ import time
 from collections.abc import Callable
 
 from objectives._config import ConfigError, SyntheticArgs
-from objectives.evaluation._metrics import size_mb
-from objectives.training._train import NonFiniteLoss, Report
+from objectives.evaluation import size_mb
+from objectives.training import NonFiniteLoss, Report
 
 
 def _allocate(mib: float | None) -> None:

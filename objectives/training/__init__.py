@@ -2,3 +2,82 @@
 
 Imports ``objectives._config``, ``objectives.data``, ``objectives.students`` and ``objectives.evaluation``.
 """
+
+from __future__ import annotations
+
+from objectives._lazy import lazy_exports
+
+_LAZY = {
+    "unload_teachers": "._fit",
+    "CostHook": "._fit",
+    "LogitSource": "._fit",
+    "Stage": "._fit",
+    "distill_stages": "._fit",
+    "fit": "._fit",
+    "frozen_teacher": "._fit",
+    "TopKLogits": "._logits",
+    "cat_logits": "._logits",
+    "compress_logits": "._logits",
+    "load_logits": "._logits",
+    "read_logits": "._logits",
+    "LOSSES": "._losses",
+    "LayerDistillLoss": "._losses",
+    "attention_loss": "._losses",
+    "balanced_weights": "._losses",
+    "cross_entropy_loss": "._losses",
+    "final_normed": "._losses",
+    "get_loss": "._losses",
+    "hidden_state_loss": "._losses",
+    "kd_loss": "._losses",
+    "lm_ce_loss": "._losses",
+    "lm_kd_loss": "._losses",
+    "build_optimizer": "._optim",
+    "layer_depth": "._optim",
+    "param_groups": "._optim",
+    "LOG_EVERY": "._train",
+    "NonFiniteLoss": "._train",
+    "Report": "._train",
+    "evaluate": "._train",
+    "report_steps": "._train",
+    "teacher_logits": "._train",
+    "train": "._train",
+}
+"""Names whose modules load torch: imported on first use."""
+
+__getattr__ = lazy_exports(__name__, _LAZY)
+
+__all__ = [
+    "LOG_EVERY",
+    "LOSSES",
+    "CostHook",
+    "LayerDistillLoss",
+    "LogitSource",
+    "NonFiniteLoss",
+    "Report",
+    "Stage",
+    "TopKLogits",
+    "attention_loss",
+    "balanced_weights",
+    "build_optimizer",
+    "cat_logits",
+    "compress_logits",
+    "cross_entropy_loss",
+    "distill_stages",
+    "evaluate",
+    "final_normed",
+    "fit",
+    "frozen_teacher",
+    "get_loss",
+    "hidden_state_loss",
+    "kd_loss",
+    "layer_depth",
+    "lm_ce_loss",
+    "lm_kd_loss",
+    "load_logits",
+    "param_groups",
+    "read_logits",
+    "report_steps",
+    "teacher_logits",
+    "train",
+    "unload_teachers",
+]

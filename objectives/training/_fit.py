@@ -12,9 +12,9 @@ from typing import Any
 import torch
 
 from objectives._config import DistillArgs, TrainArgs
+from objectives.evaluation import PeakMemory
+from objectives.students import num_layers
 from objectives.training._logits import TopKLogits
-from objectives.evaluation._metrics import PeakMemory
-from objectives.students._models import num_layers
 from objectives.training._train import Evaluate, Report, eager_attention, train
 
 CostHook = Callable[[dict[str, float]], None]

@@ -67,16 +67,6 @@ def kd_loss(
     return alpha * t * t * kd + (1 - alpha) * ce
 
 
-def next_token(
-    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A causal LM's predictions lined up with their targets: position t predicts token t + 1, so the logits of
-    positions 0..L-2 whose target ``labels[:, t + 1]`` is not ``ignore_index``, (M, V), those M targets, and the
-    (B, L - 1) mask that picked them (the last position predicts nothing in the block)."""
-    mask = labels[:, 1:] != ignore_index
-    return logits[:, :-1][mask], labels[:, 1:][mask], mask
-
-
 def lm_ce_loss(
     student_logits: torch.Tensor, labels: torch.Tensor, teacher_logits: Any = None, *, ignore_index: int = -100
 ) -> torch.Tensor:
@@ -149,7 +139,7 @@ def lm_kd_loss(
     loss = alpha * T^2 * (1 / M) * sum_{tokens} D(q_T, p_T) + (1 - alpha) * CE
 
     over the M predicted tokens (position t predicts token t + 1, targets ``ignore_index`` excluded; see
-    :func:`next_token`), q_T = softmax(z_t / T) the teacher's and p_T = softmax(z_s / T) the student's next-token
+    :func:`objectives.evaluation.next_token`), q_T = softmax(z_t / T) the teacher's and p_T = softmax(z_s / T) the student's next-token
     distribution at the same position, D one of :data:`DIVERGENCES` (:func:`token_divergence`), CE the
     :func:`lm_ce_loss` at T = 1. ``teacher_logits`` (B, L, V), or a :class:`TopKLogits` over (B, L, k): then both
     distributions are folded into its k + 1 buckets (the teacher's top k at that token, the rest), as

@@ -13,9 +13,9 @@ from typing import Any, Protocol
 import torch
 
 from objectives._config import TrainArgs
-from objectives.data._data import Encoded
+from objectives.data import Encoded
+from objectives.evaluation import accuracy, macro_f1
 from objectives.training._logits import TopKLogits, cat_logits, compress_logits, load_logits
-from objectives.evaluation._metrics import accuracy, macro_f1
 from objectives.training._optim import build_optimizer
 
 Report = Callable[[int, dict[str, float], bool], None]

@@ -17,8 +17,8 @@ import yaml
 from sqlalchemy.engine import make_url
 
 from hpo._cli import _parser
-from hpo.study._config import config_from_dict
-from hpo.execution._run import create
+from hpo.execution import create
+from hpo.study import config_from_dict
 from tests.hpo_tests.execution_tests.test_workers import synthetic
 
 ROOT = Path(__file__).parents[2]

@@ -16,13 +16,11 @@ from optuna.distributions import FloatDistribution
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from hpo import config_from_dict
-from hpo.study._constraints import parse_constraint
 from hpo._export import pick_trial
-from hpo.study._pareto_pruner import rung_attr
-from hpo.execution._run import run
-from hpo.study._study import open_study
+from hpo.execution import run
+from hpo.study import open_study, parse_constraint, rung_attr
 from objectives import METRICS, ConfigError
-from objectives.data._data import Task
+from objectives.data import Task
 from tests.conftest import tiny_config
 
 
@@ -241,8 +239,8 @@ def test_study_export_and_full_training_round_trip(tmp_path: Path, monkeypatch: 
 
 
 def test_the_card_names_a_distillation_gain_only_outside_seed_noise() -> None:
-    from hpo.execution._teacher import teacher_warning
     from hpo._training import distillation_gain, interval95
+    from hpo.study import teacher_warning
 
     def runs(*accuracies: float) -> list[dict[str, float]]:
         return [{"accuracy": a} for a in accuracies]

@@ -26,10 +26,10 @@ from sqlalchemy.engine import make_url
 
 from hpo import config_from_dict
 from hpo._cli import main
-from hpo.study._study import CLAIM_ATTR, CONFIG_ATTR, load_study, open_study
-from hpo.execution._teacher import LogitCache
+from hpo.execution import LogitCache
+from hpo.study import CLAIM_ATTR, CONFIG_ATTR, load_study, open_study
 from objectives import METRICS
-from objectives.data._data import Encoded
+from objectives.data import Encoded
 from storage import ArtifactDir, create_storage
 from tests.conftest import tiny_config
 
@@ -186,7 +186,7 @@ def test_no_command_prints_the_password_on_success_or_failure(tmp_path: Path, pg
 
 
 def test_a_failed_trial_keeps_no_password_in_its_fail_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from hpo.execution._runner import TrialRunner
+    from hpo.execution import TrialRunner
 
     config = config_from_dict(synthetic("leak"))
     study = open_study(config, f"sqlite:///{tmp_path}/s.db")
@@ -330,7 +330,7 @@ def test_a_relative_artifacts_dir_is_stored_absolute(tmp_path: Path) -> None:
 
 
 def test_train_refuses_a_non_empty_out_dir_without_overwrite(tmp_path: Path) -> None:
-    from hpo.study._config import TrainJob, dump_job
+    from hpo.study import TrainJob, dump_job
 
     job = tmp_path / "job.yaml"
     job.write_text(dump_job(TrainJob(name="m")))
@@ -407,7 +407,7 @@ def test_dashboard_refuses_foreign_host_headers(tmp_path: Path) -> None:
 
 
 def test_an_opened_dashboard_accepts_any_host_name() -> None:
-    from hpo.views._dashboard import host_check
+    from hpo.views import host_check
 
     def app(environ: dict, start_response: object) -> list[bytes]:
         start_response("200 OK", [])  # type: ignore[operator]

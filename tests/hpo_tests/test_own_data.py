@@ -15,11 +15,9 @@ from optuna.distributions import FloatDistribution
 from transformers import AutoConfig
 
 from hpo import config_from_dict
-from hpo.views._report import per_class_table
-from hpo.execution._runner import warn_never_predicted
-from hpo.views._status import status
-from hpo.study._study import open_study
-from hpo.views._table import render, results_table
+from hpo.execution import warn_never_predicted
+from hpo.study import open_study
+from hpo.views import per_class_table, render, results_table, status
 from objectives import METRICS
 from tests.conftest import tiny_config
 
@@ -290,8 +288,8 @@ def test_own_csv_from_study_to_a_model_with_named_labels(tmp_path: Path) -> None
 
 
 def test_model_card_names_the_labels_and_scores_each_class() -> None:
-    from hpo.study._config import TrainJob
     from hpo._training import model_card, warn_short_training
+    from hpo.study import TrainJob
 
     cost = {"latency_ms": 2.0, "latency_ms_p95": 2.5, "throughput": 300.0, "params": 15_620_000.0, "size_mb": 59.6}
     rows = {

@@ -22,9 +22,8 @@ import sqlalchemy
 import yaml
 from optuna.trial import TrialState
 
-from hpo.study._config import config_from_dict
-from hpo.execution._pool import Pool, Standing, pause, rank, survey
-from hpo.execution._run import create
+from hpo.execution import Pool, create, rank
+from hpo.study import Standing, config_from_dict, pause, survey
 from storage import create_storage
 from tests.hpo_tests.execution_tests.test_workers import run_cli, synthetic, wait_for
 

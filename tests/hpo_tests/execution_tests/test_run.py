@@ -14,9 +14,8 @@ import torch
 import yaml
 
 from hpo import apply_params
-from hpo.execution._run import prepare_runner
-from hpo.execution._runner import trial_seed
-from hpo.study._study import load_study
+from hpo.execution import prepare_runner, trial_seed
+from hpo.study import load_study
 from objectives import METRICS
 from storage import create_storage
 from tests.conftest import tiny_config

@@ -1,6 +1,6 @@
 import pytest
 
-from hpo.execution._slots import Slot, device_of, parse_gpus, plan_slots
+from hpo.execution import Slot, device_of, parse_gpus, plan_slots
 
 
 def test_parse_gpus() -> None:

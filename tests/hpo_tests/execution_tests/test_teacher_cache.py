@@ -14,8 +14,7 @@ import pytest
 import torch
 
 from hpo import config_from_dict
-from hpo.execution._run import run
-from hpo.execution._teacher import LogitCache
+from hpo.execution import LogitCache, run
 from objectives import (
     DataArgs,
     StudentArgs,
@@ -25,9 +24,9 @@ from objectives import (
     load_classifier,
     prepare_workload,
 )
-from objectives.tasks._classification import Stage, _fit
-from objectives.data._data import collate
-from objectives.training._losses import kd_loss
+from objectives.data import collate
+from objectives.tasks._classification import _fit
+from objectives.training import Stage, kd_loss
 from storage import ArtifactDir
 from tests.conftest import tiny_config
 
@@ -150,7 +149,7 @@ def test_a_large_output_teacher_is_cached_as_top_k_and_trains_a_student(tmp_path
 
 
 def test_changing_one_row_of_a_local_csv_trains_a_new_teacher(tmp_path: Path) -> None:
-    from hpo.execution._teacher import ensure_teacher
+    from hpo.execution import ensure_teacher
 
     csv = tmp_path / "reviews.csv"
     lines = [f"review number {i} was {'great' if i % 2 else 'awful'},{i % 2}" for i in range(40)]
@@ -173,7 +172,7 @@ def test_changing_one_row_of_a_local_csv_trains_a_new_teacher(tmp_path: Path) ->
 
 @pytest.mark.parametrize("task", ["classification", "causal-lm"])
 def test_trials_with_a_layer_term_use_the_live_teacher_not_the_cache(task: str) -> None:
-    from hpo.execution._runner import TrialRunner
+    from hpo.execution import TrialRunner
 
     space = {"distill.hidden_weight": {"type": "categorical", "choices": [0.0, 1.5]}}
     config = config_from_dict(tiny_config("layers", n_trials=2, search_space=space, task=task))

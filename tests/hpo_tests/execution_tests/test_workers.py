@@ -19,7 +19,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from hpo.views._report import states_table
+from hpo.views import states_table
 from tests.conftest import tiny_config
 
 SPACE = {

@@ -7,7 +7,7 @@ import optuna
 import pytest
 
 from hpo import PRUNERS, SAMPLERS, ParamSpec, grid_of, make_pruner, make_sampler, suggest_params
-from hpo.study._pareto_pruner import ParetoRungPruner
+from hpo.study import ParetoRungPruner
 from objectives import ConfigError
 
 SPACE = {
@@ -90,7 +90,7 @@ def _params(url: str, name: str) -> list[tuple]:
 
 def test_a_fresh_study_is_reproducible_and_a_resumed_one_proposes_new_parameters(tmp_path: Path) -> None:
     from hpo import config_from_dict
-    from hpo.execution._run import run
+    from hpo.execution import run
 
     def config(n_trials: int) -> object:
         space = {"train.lr": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True}}
@@ -108,8 +108,8 @@ def test_a_fresh_study_is_reproducible_and_a_resumed_one_proposes_new_parameters
 
 def test_pareto_rungs_rank_a_minimised_pruning_metric_the_right_way_round(tmp_path: Path) -> None:
     from hpo import config_from_dict
-    from hpo.study._pareto_pruner import rung_attr
-    from hpo.execution._run import run
+    from hpo.execution import run
+    from hpo.study import rung_attr
 
     name = f"mo-loss-{uuid.uuid4().hex[:8]}"
     config = {

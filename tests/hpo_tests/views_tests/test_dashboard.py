@@ -25,8 +25,8 @@ import yaml
 
 from tests.conftest import tiny_config
 from tests.hpo_tests import browser
-from tests.hpo_tests.views_tests.test_report import PNG_MAGIC, multi_objective
 from tests.hpo_tests.execution_tests.test_workers import synthetic
+from tests.hpo_tests.views_tests.test_report import PNG_MAGIC, multi_objective
 
 
 def in_terminal(args: list[str], cwd: Path, timeout: float = 300) -> tuple[int, str]:

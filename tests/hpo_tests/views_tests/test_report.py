@@ -11,7 +11,7 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
-from hpo.views._report import figures
+from hpo.views import figures
 from tests.hpo_tests import browser
 from tests.hpo_tests.execution_tests.test_workers import synthetic
 

@@ -12,8 +12,7 @@ from pathlib import Path
 import optuna
 import yaml
 
-from hpo.views._status import eta
-from hpo.views._table import format_cell
+from hpo.views import eta, format_cell
 from tests.hpo_tests.execution_tests.test_workers import synthetic
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from objectives import ConfigError, DataArgs, load_rows, load_task
-from objectives.data._data import Encoded, Task, collate, encode, forget_encoded, normalise_text, train_batches
-from objectives.students._models import load_tokenizer
+from objectives.data import Encoded, Task, collate, encode, forget_encoded, normalise_text, train_batches
+from objectives.students import load_tokenizer
 
 
 def test_rt_snippets_drops_neutral_rows_and_is_balanced() -> None:

@@ -3,8 +3,7 @@ import time
 import pytest
 import torch
 
-from objectives.evaluation import _metrics
-from objectives.evaluation._metrics import PeakMemory, accuracy, gflops, latency_ms, macro_f1, size_mb, throughput
+from objectives.evaluation import PeakMemory, _metrics, accuracy, gflops, latency_ms, macro_f1, size_mb, throughput
 
 
 def test_accuracy_and_macro_f1_by_hand() -> None:
@@ -75,7 +74,7 @@ def test_peak_memory_samples_where_the_peak_cannot_be_reset(monkeypatch: pytest.
 
 
 def test_per_class_scores_by_hand_and_a_class_never_predicted() -> None:
-    from objectives.evaluation._metrics import never_predicted, per_class
+    from objectives.evaluation import never_predicted, per_class
 
     labels = [0, 0, 0, 1, 1, 2]
     preds = [0, 0, 1, 1, 0, 0]  # class 2 (one row) is never predicted
@@ -113,7 +112,7 @@ class _Batches:
 def test_lm_evaluation_is_token_weighted_over_the_split() -> None:
     import math
 
-    from objectives.evaluation._metrics import lm_evaluate
+    from objectives.evaluation import lm_evaluate
 
     table = torch.tensor([[4.0, 0.0, -1.0], [0.0, 3.0, 0.0], [-2.0, 0.5, 2.0]])
     log_p = table.log_softmax(-1)
@@ -159,7 +158,7 @@ def test_lm_evaluation_of_packed_blocks() -> None:
     import datasets
 
     from objectives import Blocks
-    from objectives.evaluation._metrics import lm_evaluate
+    from objectives.evaluation import lm_evaluate
 
     ids = torch.randint(0, 64, (5, 8), generator=torch.Generator().manual_seed(0))
     blocks = Blocks(datasets.Dataset.from_dict({"input_ids": ids.int().tolist()}).with_format("numpy"), 8, 0)
@@ -173,7 +172,7 @@ def test_lm_evaluation_of_packed_blocks() -> None:
 
 
 def test_generation_costs_report_every_cost() -> None:
-    from objectives.evaluation._metrics import generation_costs
+    from objectives.evaluation import generation_costs
 
     prompt = torch.randint(0, 64, (1, 12), generator=torch.Generator().manual_seed(0))
     costs = generation_costs(

@@ -140,7 +140,7 @@ def test_offline_smollm2_loads_cuts_prunes_and_round_trips(tmp_path: Path) -> No
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from objectives import StudentArgs, lm_identity, load_causal_lm, load_lm_tokenizer
-    from objectives.students._pruning import decoder_importance, prune_decoder
+    from objectives.students import decoder_importance, prune_decoder
 
     teacher = load_causal_lm("smollm2-135m").eval()
     assert len(decoder_layers(teacher)) == 30 and teacher.config.vocab_size == 49152
@@ -171,7 +171,7 @@ def test_offline_smollm2_loads_cuts_prunes_and_round_trips(tmp_path: Path) -> No
 @pytest.mark.parametrize("family", ("llama", "gpt2"))
 def test_importance_selection_drops_a_layer_that_changes_nothing(family: str) -> None:
     from objectives import StudentArgs, student_layers
-    from objectives.students._pruning import decoder_importance
+    from objectives.students import decoder_importance
 
     model = tiny_decoder(family)
     identity = decoder_layers(model)[2]
@@ -199,7 +199,7 @@ def _raw_layer_outputs(model: torch.nn.Module) -> list[torch.Tensor]:
 def scrambled_final_norm(model: torch.nn.Module) -> torch.nn.Module:
     """``model`` with random final-norm weights (and biases): at their initial ones (and zeros) norm(norm(h)) would
     equal norm(h), and a state normed twice could not be told from one normed once."""
-    from objectives.students._decoders import final_norm
+    from objectives.students import final_norm
 
     with torch.no_grad():
         for parameter in final_norm(model).parameters():
@@ -209,8 +209,8 @@ def scrambled_final_norm(model: torch.nn.Module) -> torch.nn.Module:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_hidden_states_are_raw_but_the_last_and_final_normed_gives_what_the_head_reads(family: str) -> None:
-    from objectives.students._decoders import final_norm
-    from objectives.training._losses import final_normed
+    from objectives.students import final_norm
+    from objectives.training import final_normed
 
     model = scrambled_final_norm(tiny_decoder(family))
     norm, raw = final_norm(model), _raw_layer_outputs(model)

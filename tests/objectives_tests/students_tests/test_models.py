@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from objectives import ConfigError, StudentArgs, build_student, load_classifier, resolve_model, student_layers
-from objectives.students._models import load_tokenizer
+from objectives.students import load_tokenizer
 
 
 @pytest.fixture(scope="module")

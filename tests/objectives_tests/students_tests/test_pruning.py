@@ -11,9 +11,8 @@ import torch
 from transformers import AutoModelForSequenceClassification, BertConfig
 
 from objectives import ConfigError, Importance, StudentArgs, build_student, load_classifier, measure_importance
-from objectives.data._data import Encoded
-from objectives.students._models import _renumbered_state, count_parameters, student_layers
-from objectives.students._pruning import calibration_batches, prune_widths
+from objectives.data import Encoded
+from objectives.students import calibration_batches, count_parameters, prune_widths, renumbered_state, student_layers
 
 H, FFN, HEADS, LAYERS, VOCAB, POSITIONS, LABELS = 64, 128, 4, 4, 120, 64, 3
 
@@ -64,7 +63,7 @@ def logits(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]]) -> to
 
 def pruned(teacher: torch.nn.Module, importance: Importance, args: StudentArgs) -> torch.nn.Module:
     keep = list(range(LAYERS))
-    state, layer_of = _renumbered_state(teacher, keep)
+    state, layer_of = renumbered_state(teacher, keep)
     return prune_widths(teacher.config, copy.deepcopy(teacher.config), keep, importance, args, state, layer_of)
 
 

@@ -8,9 +8,7 @@ import pytest
 import torch
 
 from objectives import ConfigError, Importance, StudentArgs
-from objectives.students._decoders import decoder_layers
-from objectives.students._models import count_parameters
-from objectives.students._pruning import decoder_importance, prune_decoder
+from objectives.students import count_parameters, decoder_importance, decoder_layers, prune_decoder
 from tests.conftest import tiny_decoder
 from tests.objectives_tests.students_tests.test_pruning import assert_beats_random_pruning
 

@@ -24,8 +24,8 @@ from objectives import (
     prepare_workload,
     teacher_logits,
 )
+from objectives.students import load_tokenizer
 from objectives.tasks._classification import heldout_metrics, save_model, student_workload
-from objectives.students._models import load_tokenizer
 from tests.conftest import write_corpus
 
 DATA = DataArgs(max_train_rows=64, max_val_rows=16, max_length=32)
@@ -140,7 +140,7 @@ def test_a_student_model_of_its_own_takes_no_layer_terms(task: str, key: str) ->
 
 def test_layer_distillation_trains_a_causal_lm_student_from_the_live_teacher(tiny_lm: str, tmp_path: Path) -> None:
     from objectives.tasks import _causal_lm as lm
-    from objectives.training._train import report_steps
+    from objectives.training import report_steps
 
     work = lm.prepare_workload(
         DataArgs(name=write_corpus(tmp_path / "corpus.txt"), block_size=16, max_train_rows=16, max_val_rows=4), tiny_lm

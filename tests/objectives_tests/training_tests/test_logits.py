@@ -4,8 +4,7 @@ import pytest
 import torch
 
 from objectives import DataArgs, load_classifier, prepare_workload, teacher_logits
-from objectives.training._logits import TopKLogits, cat_logits, compress_logits, load_logits, read_logits
-from objectives.training._losses import kd_loss, lm_kd_loss
+from objectives.training import TopKLogits, cat_logits, compress_logits, kd_loss, lm_kd_loss, load_logits, read_logits
 
 
 def _logits(n: int = 6, vocab: int = 50, seed: int = 0) -> torch.Tensor:

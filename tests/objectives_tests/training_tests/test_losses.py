@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from objectives import ConfigError
-from objectives.training._losses import LOSSES, get_loss, kd_loss
+from objectives.training import LOSSES, get_loss, kd_loss
 
 
 def _softmax(xs: list[float]) -> list[float]:
@@ -63,7 +63,7 @@ def test_registry_binds_options_and_lists_names_on_a_miss() -> None:
 
 
 def test_balanced_class_weights_are_inverse_frequency_and_weigh_only_the_label_term() -> None:
-    from objectives.training._losses import balanced_weights, cross_entropy_loss
+    from objectives.training import balanced_weights, cross_entropy_loss
 
     weights = balanced_weights([0, 0, 0, 1], 3)  # N = 4, C = 3: w = 4 / (3 * n_c); class 2 has no rows
     assert torch.allclose(weights, torch.tensor([4 / 9, 4 / 3, 0.0]))
@@ -87,7 +87,7 @@ def _lm(batch: int = 2, length: int = 5, vocab: int = 7, seed: int = 0) -> tuple
 
 
 def test_lm_cross_entropy_predicts_the_next_token_by_hand() -> None:
-    from objectives.training._losses import lm_ce_loss
+    from objectives.training import lm_ce_loss
 
     z = torch.tensor([[[1.0, 0.0, -1.0], [0.5, 0.2, 0.1], [3.0, -3.0, 0.0]]])  # (1, 3, 3)
     y = torch.tensor([[2, 1, 0]])
@@ -103,7 +103,7 @@ def test_lm_cross_entropy_predicts_the_next_token_by_hand() -> None:
 
 
 def test_lm_divergences_by_hand() -> None:
-    from objectives.training._losses import lm_kd_loss
+    from objectives.training import lm_kd_loss
 
     zs, zt = [1.0, -0.5, 0.2], [2.0, 0.1, -1.0]
     p, q = _softmax(zs), _softmax(zt)
@@ -130,7 +130,7 @@ def test_lm_divergences_by_hand() -> None:
 
 
 def test_lm_divergences_vanish_for_equal_logits_and_jsd_is_bounded_and_symmetric() -> None:
-    from objectives.training._losses import lm_kd_loss
+    from objectives.training import lm_kd_loss
 
     z, y = _lm()
     for divergence in ("forward_kl", "reverse_kl", "jsd"):
@@ -153,7 +153,7 @@ def test_lm_divergences_vanish_for_equal_logits_and_jsd_is_bounded_and_symmetric
 
 
 def test_lm_kd_counts_only_predicted_tokens_and_mixes_in_cross_entropy() -> None:
-    from objectives.training._losses import lm_ce_loss, lm_kd_loss
+    from objectives.training import lm_ce_loss, lm_kd_loss
 
     zs, y = _lm()
     zt = _lm(seed=3)[0]
@@ -173,8 +173,7 @@ def test_lm_kd_counts_only_predicted_tokens_and_mixes_in_cross_entropy() -> None
 
 
 def test_lm_kd_on_top_k_with_one_token_left_out_equals_the_full_loss_and_gradients_flow() -> None:
-    from objectives.training._logits import compress_logits
-    from objectives.training._losses import lm_kd_loss
+    from objectives.training import compress_logits, lm_kd_loss
 
     zs, y = _lm(vocab=9)
     zt = _lm(vocab=9, seed=4)[0]
@@ -214,7 +213,7 @@ def _outputs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> object:
 
 
 def test_hidden_state_loss_matches_the_formula_and_ignores_padding() -> None:
-    from objectives.training._losses import hidden_state_loss
+    from objectives.training import hidden_state_loss
 
     gen = torch.Generator().manual_seed(0)
     s, t = torch.randn(2, 4, 3, generator=gen), torch.randn(2, 4, 3, generator=gen)
@@ -229,7 +228,7 @@ def test_hidden_state_loss_matches_the_formula_and_ignores_padding() -> None:
 
 def test_layer_terms_vanish_for_the_teacher_as_its_own_student() -> None:
     from objectives import StudentArgs, build_student
-    from objectives.training._losses import LayerDistillLoss, attention_loss, get_loss
+    from objectives.training import LayerDistillLoss, attention_loss, get_loss
 
     teacher = _tiny_bert()
     student = build_student(teacher, StudentArgs()).eval()  # every layer kept, weights copied
@@ -254,7 +253,7 @@ def test_layer_terms_vanish_for_the_teacher_as_its_own_student() -> None:
 
 
 def test_attention_loss_averages_heads_when_the_student_has_fewer() -> None:
-    from objectives.training._losses import attention_loss
+    from objectives.training import attention_loss
 
     gen = torch.Generator().manual_seed(0)
     teacher = torch.randn(2, 4, 5, 5, generator=gen).softmax(-1)
@@ -268,7 +267,7 @@ def test_attention_loss_averages_heads_when_the_student_has_fewer() -> None:
 
 def test_hidden_state_gradient_reaches_the_map_of_a_narrow_student() -> None:
     from objectives import Encoded, StudentArgs, build_student
-    from objectives.training._losses import LayerDistillLoss, get_loss
+    from objectives.training import LayerDistillLoss, get_loss
 
     teacher = _tiny_bert()
     ids = torch.randint(1, 60, (16, 6), generator=torch.Generator().manual_seed(2)).tolist()
@@ -313,8 +312,8 @@ def _lm_layer_terms(keep: list[int], *, final_norm: bool = True) -> tuple[float,
     """(hidden, attention) terms of :class:`LayerDistillLoss` between a tiny Llama (random final norm) and the
     student of its layers ``keep``, on one batch: the loss less its logit term."""
     from objectives import cut_decoder
-    from objectives.students._decoders import final_norm as norm_of
-    from objectives.training._losses import LayerDistillLoss
+    from objectives.students import final_norm as norm_of
+    from objectives.training import LayerDistillLoss
     from tests.conftest import tiny_decoder
     from tests.objectives_tests.students_tests.test_decoders import _ids, scrambled_final_norm
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from objectives import TrainArgs
-from objectives.training._optim import build_optimizer, layer_depth, param_groups
+from objectives.training import build_optimizer, layer_depth, param_groups
 
 
 class _Encoder(torch.nn.Module):

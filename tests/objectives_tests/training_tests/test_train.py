@@ -8,10 +8,9 @@ import pytest
 import torch
 
 from objectives import DataArgs, StudentArgs, TrainArgs, build_student, load_classifier, load_task, report_steps
-from objectives.data._data import encode
-from objectives.training._losses import get_loss
-from objectives.students._models import load_tokenizer
-from objectives.training._train import LOG_EVERY, train
+from objectives.data import encode
+from objectives.students import load_tokenizer
+from objectives.training import LOG_EVERY, get_loss, train
 
 
 def test_step_callback_sees_every_step_loss_at_logging_steps_and_validation_accuracy() -> None:

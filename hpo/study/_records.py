@@ -1,0 +1,47 @@
+"""What hpo keeps in a study, by name: the stored config, the trial budget, the teacher and its validation metrics
+(and when they say the teacher looks broken), and per-trial validation curves. Views read these; execution writes
+them."""
+
+from __future__ import annotations
+
+CONFIG_ATTR = "config"
+"""Study user attribute holding the study's config (without run-control fields such as the storage URL)."""
+
+
+BUDGET_ATTR = "n_trials"
+"""Study user attribute holding the trial budget that workers follow; the latest ``hpo create`` / ``hpo run`` sets
+it."""
+
+
+TEACHER_ATTR = "teacher"
+"""Study user attribute with the teacher's artifact path and validation metrics."""
+
+
+NEAR_CONSTANT = 0.98
+"""A teacher that gives one label to at least this share of the validation examples predicts near-constantly."""
+
+
+F1_GAP = 0.15
+"""A teacher whose macro-F1 is this far or more below its accuracy gets the majority label right and the others
+wrong (a constant binary predictor at 0.61 accuracy scores 0.38 macro-F1)."""
+
+
+def teacher_warning(metrics: dict) -> str | None:
+    """Why distilling from a teacher with these validation ``metrics`` is meaningless, or None if nothing says so:
+    near-constant predictions (``top_share`` >= :data:`NEAR_CONSTANT`) or macro-F1 far below accuracy
+    (:data:`F1_GAP`)."""
+    accuracy, f1, top = metrics.get("accuracy"), metrics.get("f1"), metrics.get("top_share")
+    if top is not None and top >= NEAR_CONSTANT:
+        why = f"it gives one label to {100 * top:.0f}% of the validation examples"
+    elif accuracy is not None and f1 is not None and accuracy - f1 >= F1_GAP:
+        why = f"its macro-F1 ({f1:.3f}) is far below its accuracy ({accuracy:.3f})"
+    else:
+        return None
+    return (
+        f"the teacher looks broken: {why}; students distilled from it learn little beyond the majority label. "
+        "Train it longer (teacher.train.max_steps), check the labels, or pick another base model."
+    )
+
+
+CURVE_PREFIX = "val_step_"
+"""User attributes of a multi-objective trial's validation curve (``val_step_<step>``: the pruning metric)."""
