@@ -9,7 +9,7 @@ from hpo import apply_params, config_from_dict, dump_config, load_config
 from hpo._cli import main
 from objectives import ConfigError
 
-EXAMPLES = sorted((Path(__file__).parents[2] / "examples").glob("*.yaml"))
+EXAMPLES = sorted((Path(__file__).parents[3] / "examples").glob("*.yaml"))
 
 
 def test_examples_exist() -> None:

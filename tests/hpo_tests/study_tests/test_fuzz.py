@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from hpo._cli import main
 
-EXAMPLES = sorted((Path(__file__).parents[2] / "examples").glob("*.yaml"))
+EXAMPLES = sorted((Path(__file__).parents[3] / "examples").glob("*.yaml"))
 
 WEIRD_VALUES = st.one_of(
     st.none(),
@@ -110,7 +110,7 @@ def test_mutated_configs_are_valid_or_one_line(config: dict, tmp_path: Path) -> 
     ],
 )
 def test_a_few_mutants_through_a_real_process(tmp_path: Path, mutate: Any, error: str) -> None:
-    config = yaml.safe_load((Path(__file__).parents[2] / "examples" / "quickstart.yaml").read_text())
+    config = yaml.safe_load((Path(__file__).parents[3] / "examples" / "quickstart.yaml").read_text())
     mutate(config)
     path = tmp_path / "mutant.yaml"
     path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
