@@ -1,4 +1,5 @@
-# Set-up and the two README commands. `make quickstart` runs the main job, `make test` the tests.
+# Set-up and the two README commands. `make quickstart` runs the main job, `make test` the tests (under 10 minutes on
+# 2 cores); `make test-slow` the slow set that CI runs too.
 VENV ?= .venv
 PYTHON ?= python3
 # The CPU wheel of torch that installs from local disk here; on a GPU node use e.g. TORCH_SPEC="torch==2.13.0".
@@ -10,7 +11,10 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: setup quickstart test lint
+# Test processes (pytest-xdist): tests mostly wait on subprocesses, databases and heartbeats, so two share two cores.
+TEST_WORKERS ?= 2
+
+.PHONY: setup quickstart test test-slow lint
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +35,10 @@ quickstart: setup
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/pytest -q --durations=15
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=10
+
+test-slow: setup
+	$(BIN)/pytest -q -m slow -n $(TEST_WORKERS) --dist worksteal --durations=10
 
 lint: setup
 	$(BIN)/ruff check .

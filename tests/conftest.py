@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 import pytest
 
@@ -53,6 +55,25 @@ def tiny_config(name: str, **overrides: object) -> dict:
     }
     config.update(overrides)
     return config
+
+
+def sentiment_csv(path: os.PathLike[str], rows: int = 240) -> str:
+    """A local CSV (columns ``text``, ``label``) of ``rows`` distinct short reviews, half ``positive`` and half
+    ``negative`` by their adjectives: a labelled set whose full splits a test can train and evaluate in seconds."""
+    from pathlib import Path
+
+    words = {
+        "positive": ["gorgeous", "moving", "witty", "tender", "brilliant", "warm"],
+        "negative": ["dull", "clumsy", "tedious", "shallow", "bland", "messy"],
+    }
+    nouns = ["film", "story", "script", "cast", "ending", "score", "comedy", "drama"]
+    lines = ["text,label"]
+    for i in range(rows):
+        label = "positive" if i % 2 else "negative"
+        adjectives = words[label]
+        lines.append(f"a {adjectives[i % 6]} and {adjectives[(i // 6) % 6]} {nouns[i % 8]}, number {i},{label}")
+    Path(path).write_text("\n".join(lines) + "\n")
+    return str(path)
 
 
 TINY_TEXT = [
@@ -148,3 +169,76 @@ def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> str:
     ids = {"eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
     tiny_decoder("llama", **llama, **ids).save_pretrained(out)
     return str(out)
+
+
+class PostgresCluster:
+    """A PostgreSQL cluster of this test alone (Debian's ``initdb`` and ``pg_ctl``, run as the ``postgres`` user when
+    the tests run as root), listening on 127.0.0.1 at a free port with trust authentication: a test may stop and
+    restart it, or give it a low ``max_connections``, without touching the shared server other tests use."""
+
+    def __init__(self, root: os.PathLike[str], **settings: object) -> None:
+        import glob
+        import pwd
+        import shutil
+        import socket
+
+        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+        if not found:
+            pytest.skip("needs PostgreSQL's server binaries (Debian's postgresql package)")
+        self.bin = os.path.dirname(found[-1])
+        self.root = os.fspath(root)
+        self.data = os.path.join(self.root, "data")
+        os.makedirs(self.root, exist_ok=True)
+        self.user = pwd.getpwnam("postgres") if os.geteuid() == 0 else None
+        if self.user is not None:
+            shutil.chown(self.root, self.user.pw_uid, self.user.pw_gid)
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        options = {"listen_addresses": "'127.0.0.1'", "port": self.port, "unix_socket_directories": f"'{self.root}'"}
+        options.update({key: str(value) for key, value in settings.items()})
+        self._pg("initdb", "-D", self.data, "-A", "trust", "-U", "postgres", "--no-sync")
+        with open(os.path.join(self.data, "postgresql.conf"), "a") as conf:
+            conf.writelines(f"{key} = {value}\n" for key, value in options.items())
+        self.start()
+
+    def _pg(self, program: str, *args: str) -> None:
+        import subprocess
+
+        def demote() -> None:
+            if self.user is not None:
+                os.setgid(self.user.pw_gid)
+                os.setuid(self.user.pw_uid)
+
+        subprocess.run(
+            [os.path.join(self.bin, program), *args], check=True, capture_output=True, timeout=120, preexec_fn=demote
+        )
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def start(self) -> None:
+        self._pg("pg_ctl", "-D", self.data, "-l", os.path.join(self.root, "log"), "-w", "start")
+
+    def stop(self) -> None:
+        self._pg("pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop")
+
+
+@pytest.fixture
+def private_pg() -> Iterator[PostgresCluster]:
+    """A :class:`PostgresCluster` started for one test and stopped after it. Its folder is made under /tmp, not
+    pytest's root-only temporary folder, so the ``postgres`` user can reach it."""
+    import shutil
+    import tempfile
+
+    root = tempfile.mkdtemp(prefix="hpo-pg-")
+    try:
+        cluster = PostgresCluster(root)
+        try:
+            yield cluster
+        finally:
+            with contextlib.suppress(Exception):
+                cluster.stop()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

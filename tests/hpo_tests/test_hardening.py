@@ -432,7 +432,7 @@ def test_an_unexpected_exception_names_its_type_and_points_to_verbose(
     def bug(config: object) -> None:
         raise KeyError("teacher")  # a bug inside the code, not a user error
 
-    monkeypatch.setattr("hpo.study._study.validate_search", bug)
+    monkeypatch.setattr("hpo.study.validate_search", bug)
     assert main(["validate", str(path)]) == 1
     err = capsys.readouterr().err
     assert err == "hpo: error: unexpected KeyError: 'teacher' (run with -v for the traceback)\n"

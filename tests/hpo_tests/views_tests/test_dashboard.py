@@ -24,8 +24,8 @@ import pytest
 import yaml
 
 from tests.conftest import tiny_config
-from tests.hpo_tests import browser
 from tests.hpo_tests.execution_tests.test_workers import synthetic
+from tests.hpo_tests.views_tests import browser
 from tests.hpo_tests.views_tests.test_report import PNG_MAGIC, multi_objective
 
 

@@ -12,8 +12,8 @@ import yaml
 from optuna.trial import TrialState
 
 from hpo.views import figures
-from tests.hpo_tests import browser
 from tests.hpo_tests.execution_tests.test_workers import synthetic
+from tests.hpo_tests.views_tests import browser
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -115,8 +115,7 @@ def test_registry_names_resolve_offline_and_a_missing_package_says_how_to_instal
 
 def test_a_local_directory_loads_with_dropout_a_pad_token_and_an_identity_of_its_weights(tmp_path: Path) -> None:
     from objectives import lm_identity, load_causal_lm, load_lm_tokenizer
-
-    from .test_corpus import word_tokenizer
+    from tests.objectives_tests.data_tests.test_corpus import word_tokenizer
 
     teacher = tiny_decoder("llama")
     teacher.save_pretrained(tmp_path)
