@@ -11,8 +11,10 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-# Test processes (pytest-xdist): tests mostly wait on subprocesses, databases and heartbeats, so two share two cores.
+# Test processes (pytest-xdist): tests mostly wait on subprocesses, databases and heartbeats, so two share two cores;
+# each process (and every hpo it starts) computes with one thread, so they do not oversubscribe the cores.
 TEST_WORKERS ?= 2
+TEST_ENV := OMP_NUM_THREADS=1
 
 .PHONY: setup quickstart test test-slow lint
 
@@ -35,10 +37,10 @@ quickstart: setup
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=10
+	$(TEST_ENV) $(BIN)/pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=10
 
 test-slow: setup
-	$(BIN)/pytest -q -m slow -n $(TEST_WORKERS) --dist worksteal --durations=10
+	$(TEST_ENV) $(BIN)/pytest -q -m slow -n $(TEST_WORKERS) --dist worksteal --durations=10
 
 lint: setup
 	$(BIN)/ruff check .

@@ -1,4 +1,7 @@
-"""Orchestration: the study config, search space, samplers and pruners, the study, the trial runner and the CLI."""
+"""Orchestration, in three rooms and the commands above them: ``hpo.study`` (what is searched and how, what a study
+keeps), ``hpo.views`` (what a user sees), ``hpo.execution`` (running trials); ``_cli``, ``_export`` and ``_training``
+(``hpo train``) use them all. The study's public names are re-exported here. Imports ``objectives`` and ``storage``,
+never the other way."""
 
 from hpo.study import (
     PRUNERS,

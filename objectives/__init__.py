@@ -1,6 +1,8 @@
-"""What a trial does: data, models, losses, the training loop and metrics. Never imports ``hpo``.
+"""What a trial does, Optuna-free, in rooms from the bottom up: ``_config`` (the typed arguments), ``data``,
+``students``, ``evaluation``, ``training``, ``tasks``; each imports only rooms below it. Never imports ``hpo``.
 
-Config classes and registries import without torch; the training entry points load torch on first use.
+Config classes and registries import without torch; the training entry points load torch on first use
+(:func:`lazy_exports`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from objectives.data import (
     open_data,
     pack,
 )
+from objectives.evaluation import never_predicted, per_class
 from objectives.students import (
     CAUSAL_LMS,
     MODELS,
@@ -81,8 +84,6 @@ _LAZY = {
     "load_teacher": "objectives.tasks._classification",
     "unload_teachers": "objectives.training",
     "heldout_metrics": "objectives.tasks._classification",
-    "never_predicted": "objectives.evaluation",
-    "per_class": "objectives.evaluation",
     "cost_hardware": "objectives.evaluation",
     "teacher_logits": "objectives.training",
     "LogitSource": "objectives.training",

@@ -4,6 +4,8 @@ and storage/, and every import in the allowed direction, between the packages an
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -132,6 +134,13 @@ def test_there_is_no_import_circle() -> None:
 
 def test_every_import_goes_the_allowed_direction() -> None:
     assert against_the_direction(modules()) == []
+
+
+def test_the_study_and_the_views_import_without_torch() -> None:
+    """``hpo status``, ``hpo report`` and ``hpo pause`` start without loading torch (a second or more of start-up)."""
+    code = "import sys, hpo._cli, hpo.study, hpo.views, objectives, storage; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "False"
 
 
 def test_every_room_is_a_package_that_says_what_it_owns() -> None:

@@ -14,8 +14,6 @@ from typing import TextIO
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from objectives import report_steps
-
 
 class Progress:
     """Two bars: the study's finished trials of its budget, and the steps of the current training run."""
@@ -54,6 +52,8 @@ class Progress:
         self.steps = tqdm(desc=label, unit="step", position=1, file=self.file, leave=False)
         self.val_accuracy = None
         try:
+            from objectives import report_steps  # torch: only once a trial runs
+
             with report_steps(self.on_step):
                 yield
         finally:

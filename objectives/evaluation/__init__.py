@@ -1,4 +1,5 @@
-"""Measuring a model: quality metrics (accuracy, macro-F1, per-class scores, perplexity), costs (latency, throughput, size, FLOPs, peak memory, generation speed) and the store that measures each cost once per architecture.
+"""Measuring a model: quality metrics (accuracy, macro-F1, per-class scores, perplexity), costs (latency, throughput,
+size, FLOPs, peak memory, generation speed) and the store that measures each cost once per architecture.
 
 Imports ``objectives._config``, ``objectives.data`` and ``objectives.students``.
 """
@@ -6,6 +7,7 @@ Imports ``objectives._config``, ``objectives.data`` and ``objectives.students``.
 from __future__ import annotations
 
 from objectives._lazy import lazy_exports
+from objectives.evaluation._scores import accuracy, macro_f1, never_predicted, per_class
 
 _LAZY = {
     "LMEvaluation": "._metrics",
@@ -14,14 +16,10 @@ _LAZY = {
     "CostStore": "._costs",
     "stored_cost": "._costs",
     "PeakMemory": "._metrics",
-    "accuracy": "._metrics",
     "generation_costs": "._metrics",
     "gflops": "._metrics",
     "latency_ms": "._metrics",
     "lm_evaluate": "._metrics",
-    "macro_f1": "._metrics",
-    "never_predicted": "._metrics",
-    "per_class": "._metrics",
     "process_memory": "._metrics",
     "size_mb": "._metrics",
     "throughput": "._metrics",

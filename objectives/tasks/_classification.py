@@ -152,7 +152,7 @@ def _fit(
 ) -> dict[str, Any]:
     """Train ``model`` through ``stages`` (:func:`objectives.training._fit.fit`) and return every metric of the task plus
     ``val_loss``, ``steps``, ``top_share`` and ``per_class`` (validation scores of each class by name,
-    :func:`objectives.evaluation._metrics.per_class`)."""
+    :func:`objectives.evaluation.per_class`)."""
     evaluation, metrics = fit(
         model,
         stages,

@@ -93,6 +93,7 @@ GRID = {
 }
 
 
+@pytest.mark.slow
 def test_concurrent_creators_queue_the_grid_once_on_a_fresh_postgresql_database(tmp_path: Path, pg_url: str) -> None:
     for round_ in range(5):  # same config in rounds 0, 2, 4; seeds 0 and 7 in rounds 1, 3
         same = round_ % 2 == 0
@@ -442,7 +443,7 @@ def test_an_unexpected_exception_names_its_type_and_points_to_verbose(
     assert err.strip().splitlines()[-1] == "hpo: error: unexpected KeyError: 'teacher'"
     # The same through a real process.
     code = (
-        "import sys, hpo.study._study as s\n"
+        "import sys, hpo.study as s\n"
         "def bug(config): raise KeyError('teacher')\n"
         "s.validate_search = bug\n"
         "from hpo._cli import main\n"

@@ -129,14 +129,10 @@ def test_worker_needs_an_existing_study_and_never_creates_tables(tmp_path: Path,
     )
 
 
-@pytest.mark.parametrize("n_trials", [80, pytest.param(400, marks=pytest.mark.slow)])
-def test_eight_workers_spend_the_budget_exactly(tmp_path: Path, pg_url: str, name: str, n_trials: int) -> None:
-    """Eight worker processes on one study: every trial number once, exactly ``n_trials`` complete, all eight take
-    part. Each trial sleeps 0.25 s, so the last worker to start still finds budget (the 80-trial run, by default,
-    takes about 10 s of work; the 400-trial run is in the slow set that CI runs)."""
-    config = synthetic(name, n_trials=n_trials, sampler={"name": "random"})
-    config["synthetic"] = {"steps": 3, "sleep": 0.25}
-    create(tmp_path, pg_url, config)
+@pytest.mark.slow
+def test_eight_workers_four_hundred_trials(tmp_path: Path, pg_url: str, name: str) -> None:
+    n_trials = 400
+    create(tmp_path, pg_url, synthetic(name, n_trials=n_trials, sampler={"name": "random"}))
     result = run_cli("worker", "--study", name, "--procs", "8", url=pg_url, cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     all_trials = trials(pg_url, name)
@@ -172,6 +168,7 @@ def test_grid_runs_every_point_exactly_once_with_eight_workers(tmp_path: Path, p
     assert points == {(b, n) for b in (8, 16, 32) for n in (1, 2, 3, 4)}
 
 
+@pytest.mark.slow
 def test_sigkill_trial_goes_stale_and_is_rerun_with_the_same_params(tmp_path: Path, pg_url: str, name: str) -> None:
     config = synthetic(name, n_trials=3)
     config["synthetic"] = {"steps": 10, "sleep": 4.0}
@@ -235,6 +232,7 @@ def test_oom_nan_and_crash_are_recorded_and_the_worker_goes_on(tmp_path: Path, p
     assert all(t.state != TrialState.RUNNING for t in final.values())
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("pg_ctlcluster") is None, reason="needs Debian's pg_ctlcluster")
 def test_memory_limit_fails_the_greedy_trial_as_oom_and_the_worker_goes_on(
     tmp_path: Path, pg_url: str, name: str
@@ -263,6 +261,7 @@ def test_memory_limit_below_what_a_worker_holds_is_refused(tmp_path: Path, pg_ur
     assert not trials(pg_url, name)
 
 
+@pytest.mark.slow
 def test_database_restart_mid_study_loses_nothing(tmp_path: Path, private_pg: PostgresCluster, name: str) -> None:
     """The worker's own PostgreSQL cluster is stopped for 5 s and started again mid-study (a cluster of this test
     alone: the shared server other tests use stays up)."""
@@ -295,6 +294,7 @@ def test_mariadb_create_and_worker(tmp_path: Path, mysql_url: str, name: str) ->
     assert 5 <= by_state["COMPLETE"] <= 6  # the budget; two workers racing for the last slot may both start one
 
 
+@pytest.mark.slow
 def test_workers_report_one_latency_per_architecture(tmp_path: Path, pg_url: str, name: str) -> None:
     # Real MiniLM students, one architecture, two worker processes: each would measure its own latency (a few
     # percent apart); the first measurement stored in the study is the one every trial reports.
