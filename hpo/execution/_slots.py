@@ -26,9 +26,17 @@ class Slot:
 
 
 def parse_gpus(value: str, visible: int) -> list[int]:
-    """``all`` -> every visible GPU, ``none`` -> [], ``0,1,3`` -> those indices (checked against ``visible``)."""
+    """``all`` -> every visible GPU, ``none`` -> [], ``0,1,3`` -> those indices (checked against ``visible``).
+
+    GPUs asked for where none is visible is an error, never a quiet fall-back to one CPU process: a GPU node whose
+    driver or ``CUDA_VISIBLE_DEVICES`` is wrong would otherwise run trials on the CPU for hours."""
     if value == "none":
         return []
+    if visible == 0:
+        raise ValueError(
+            f"--gpus: {value} asks for GPUs but no CUDA device is visible here (check the driver, the CUDA build of "
+            "torch and CUDA_VISIBLE_DEVICES); for CPU workers leave --gpus out (or --gpus none) and use --procs N"
+        )
     if value == "all":
         return list(range(visible))
     try:

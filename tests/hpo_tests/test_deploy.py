@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import torch
 import yaml
 from sqlalchemy.engine import make_url
 
@@ -102,7 +103,8 @@ def test_sbatch_is_an_array_of_one_gpu_pool_workers_until_idle() -> None:
     assert re.fullmatch(r"\d+-\d+", options["array"]) and options["gres"] == "gpu:1"
     assert options["signal"].startswith("B:TERM@")  # SIGTERM before the time limit: the trial is re-queued
     (line,) = [line for line in SBATCH.read_text().splitlines() if line.startswith("exec hpo ")]
-    args = _parser().parse_args(shlex.split(line)[2:])
+    assert line.endswith(' "$@"')  # the script's own arguments go to hpo worker
+    args = _parser().parse_args(shlex.split(line.removesuffix(' "$@"'))[2:])
     assert (args.command, args.study, args.until_idle, args.gpus) == ("worker", None, True, "all")
     assert "--storage" not in line  # the URL comes from HPO_STORAGE
     assert subprocess.run(["bash", "-n", str(SBATCH)], check=False).returncode == 0
@@ -118,8 +120,17 @@ def test_sbatch_script_runs_a_pool_worker_until_no_study_has_budget(tmp_path: Pa
         "SLURM_SUBMIT_DIR": str(tmp_path),
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",  # hpo on PATH, as the script says
     }
-    result = subprocess.run(
-        ["bash", str(SBATCH)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False
+    if not torch.cuda.is_available():  # a node without a visible GPU is refused, not served on the CPU
+        refused = subprocess.run(["bash", str(SBATCH)], cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+        assert refused.returncode == 2 and "hpo: error: --gpus: all asks for GPUs" in refused.stderr, refused.stderr
+    result = subprocess.run(  # the CPU asked for explicitly: arguments after the script go to hpo worker
+        ["bash", str(SBATCH), "--gpus", "none"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "no study has budget left; leaving (--until-idle)" in result.stderr

@@ -1,4 +1,10 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
+import torch
 
 from hpo.execution import Slot, device_of, parse_gpus, plan_slots
 
@@ -11,6 +17,28 @@ def test_parse_gpus() -> None:
         parse_gpus("1,5", 4)
     with pytest.raises(ValueError, match="--gpus: expected all, none or indices"):
         parse_gpus("first", 4)
+    with pytest.raises(ValueError, match="--gpus: 0 asks for GPUs but no CUDA device is visible here"):
+        parse_gpus("0", 0)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine where no CUDA device is visible")
+@pytest.mark.parametrize("gpus", ["all", "0,1"])
+def test_gpus_asked_for_where_none_is_visible_is_one_line_not_a_cpu_worker(tmp_path: Path, gpus: str) -> None:
+    env = {**os.environ, "HPO_STORAGE": f"sqlite:///{tmp_path}/hpo.db"}
+    result = subprocess.run(
+        [sys.executable, "-m", "hpo._cli", "worker", "--gpus", gpus, "--until-idle"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines() == [
+        f"hpo: error: --gpus: {gpus} asks for GPUs but no CUDA device is visible here (check the driver, the CUDA "
+        "build of torch and CUDA_VISIBLE_DEVICES); for CPU workers leave --gpus out (or --gpus none) and use --procs N"
+    ]
+    assert list(tmp_path.iterdir()) == []  # no worker started, no database touched
 
 
 def test_slots_pin_gpus_and_split_cpu_cores() -> None:
