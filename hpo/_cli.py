@@ -138,7 +138,7 @@ def _cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
-    from hpo.execution import launch, parse_gpus, plan_slots
+    from hpo.execution import launch, parse_gpus, plan_slots, usable_cores
 
     url = _storage_url(args.storage)
     for flag in ("per_gpu", "procs", "n_trials"):
@@ -164,7 +164,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         gpus = parse_gpus(args.gpus, visible)
     except ValueError as exc:
         raise _flag_error(exc) from None
-    slots = plan_slots(gpus, args.per_gpu, args.procs, args.threads or os.cpu_count() or 1)
+    slots = plan_slots(gpus, args.per_gpu, args.procs, args.threads or usable_cores())
     child = ["--study", args.study] if args.study is not None else _pool_flags(args)
     if args.n_trials is not None:
         child += ["--n-trials", str(args.n_trials)]
@@ -198,7 +198,7 @@ def _limit_memory(mib: int | None) -> None:
 
 
 def _run_slot(args: argparse.Namespace, url: str) -> int:
-    from hpo.execution import StopFlag, run_slot
+    from hpo.execution import StopFlag, run_slot, usable_cores
 
     _limit_memory(args.memory_limit)
     stop = StopFlag()
@@ -209,7 +209,7 @@ def _run_slot(args: argparse.Namespace, url: str) -> int:
         ran = serve(
             url,
             gpu=args.slot_gpu,
-            threads=args.threads or os.cpu_count() or 1,
+            threads=args.threads or usable_cores(),
             keep=args.keep,
             poll=args.poll,
             until_idle=args.until_idle,
@@ -223,7 +223,7 @@ def _run_slot(args: argparse.Namespace, url: str) -> int:
         url,
         args.study,
         gpu=args.slot_gpu,
-        threads=args.threads or os.cpu_count() or 1,
+        threads=args.threads or usable_cores(),
         max_trials=args.n_trials,
         timeout=args.timeout,
         stop=stop,
@@ -436,7 +436,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("config", help="YAML study config")
     run.add_argument("--storage", help=STORAGE_HELP)
     run.add_argument("--n-trials", type=int, help="study trial budget (finished trials), overriding the config")
-    run.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
+    run.add_argument("--threads", type=int, help="torch CPU threads (default: the cores this process may use)")
     run.add_argument("--memory-limit", type=int, metavar="MIB", help=MEMORY_HELP)
     run.set_defaults(func=_cmd_run)
 
@@ -523,7 +523,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("job", help="YAML job written by hpo export")
     train.add_argument("--out", required=True, help="output model directory (new or empty)")
     train.add_argument("--overwrite", action="store_true", help="write into --out even if it holds files")
-    train.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
+    train.add_argument("--threads", type=int, help="torch CPU threads (default: the cores this process may use)")
     train.add_argument(
         "--seeds", type=int, default=1, help="train the students with N seeds; the card reports mean ± std (1)"
     )

@@ -7,12 +7,17 @@ user could read its password with ``ps``.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
+
+from objectives import ConfigError
 
 log = logging.getLogger("hpo")
 
@@ -47,6 +52,33 @@ def parse_gpus(value: str, visible: int) -> list[int]:
     if missing:
         raise ValueError(f"--gpus: GPUs {missing} do not exist here ({visible} visible)")
     return gpus
+
+
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+"""The cgroup v2 CPU quota of this container (Docker ``--cpus``, a Kubernetes CPU limit)."""
+
+
+def usable_cores(cpu_max: Path = CGROUP_CPU_MAX, environ: Mapping[str, str] = os.environ) -> int:
+    """The CPU cores this process may use, the default for torch threads: the fewest of
+
+    - its CPU affinity, ``len(os.sched_getaffinity(0))`` (``taskset``, Slurm's and Kubernetes' CPU pinning);
+    - the cgroup v2 quota in ``cpu_max`` (``"QUOTA PERIOD"`` in microseconds: ``ceil(QUOTA / PERIOD)`` cores;
+      ``"max PERIOD"`` or no file: no quota);
+    - ``SLURM_CPUS_PER_TASK`` in ``environ`` (``sbatch --cpus-per-task``).
+
+    ``os.cpu_count()`` counts the node's cores, which a container or a job step may not use: threads past the
+    quota are throttled, and several workers on one node oversubscribe it."""
+    counts = [len(os.sched_getaffinity(0))]
+    if cpu_max.is_file():
+        quota, period = cpu_max.read_text().split()
+        if quota != "max":
+            counts.append(math.ceil(int(quota) / int(period)))
+    slurm = environ.get("SLURM_CPUS_PER_TASK")
+    if slurm is not None:
+        if not slurm.isdigit() or int(slurm) < 1:
+            raise ConfigError("SLURM_CPUS_PER_TASK", f"expected a whole number of CPUs >= 1, got {slurm!r}")
+        counts.append(int(slurm))
+    return max(1, min(counts))
 
 
 def limit_memory(mib: int) -> None:
