@@ -1,7 +1,9 @@
 """``hpo worker`` slots: one process per GPU slot (K per GPU) or N CPU processes, each running the worker loop.
 
-Children get the storage URL through the environment (``HPO_STORAGE``), never on their command line, where any
-user could read its password with ``ps``.
+Children get the storage URL without its password through the environment (``HPO_STORAGE``), never on their
+command line, where any user could read it with ``ps``; the password reaches each child through a pipe it inherits
+(``HPO_STORAGE_PASSWORD_FILE=/dev/fd/N``, read once at its start), so it is in no environment (``/proc/PID/environ``,
+``docker inspect``) either.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from sqlalchemy.engine import make_url
 
 from objectives import ConfigError
 
@@ -113,6 +117,14 @@ def device_of(gpu: int, visible_devices: str | None) -> str:
     return visible_devices.split(",")[gpu] if visible_devices else str(gpu)
 
 
+def _password_pipe(password: str) -> int:
+    """The read end of a new pipe that holds ``password`` and is closed for writing (a child reads it to its end)."""
+    read, write = os.pipe()
+    os.write(write, password.encode())  # a few bytes: far below the pipe's buffer, so this never blocks
+    os.close(write)
+    return read
+
+
 def launch(
     slots: list[Slot],
     child_args: list[str],
@@ -123,14 +135,21 @@ def launch(
     """Start one child ``hpo worker`` per slot and wait. SIGTERM / SIGINT are passed on to every child; children
     still alive ``stop_timeout`` seconds later are killed. Returns 0 when every child exited 0. Slots are pinned to
     their GPU with :func:`device_of` this process's ``visible_devices``."""
+    url = make_url(storage_url)
     children = []
     for slot in slots:
-        env = {**os.environ, "HPO_STORAGE": storage_url}
+        env = {**os.environ, "HPO_STORAGE": url._replace(password=None).render_as_string(hide_password=False)}
         args = [*child_args, "--threads", str(slot.threads)]
         if slot.gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = device_of(slot.gpu, visible_devices)
             args += ["--slot-gpu", str(slot.gpu)]
-        children.append(subprocess.Popen([sys.executable, "-m", "hpo._cli", "worker", *args], env=env))
+        secret = _password_pipe(url.password) if url.password else None
+        if secret is not None:
+            env["HPO_STORAGE_PASSWORD_FILE"] = f"/dev/fd/{secret}"
+        command = [sys.executable, "-m", "hpo._cli", "worker", *args]
+        children.append(subprocess.Popen(command, env=env, pass_fds=() if secret is None else (secret,)))
+        if secret is not None:
+            os.close(secret)
     log.info("started %d worker processes: %s", len(children), ", ".join(str(c.pid) for c in children))
 
     stopping = {"at": None}

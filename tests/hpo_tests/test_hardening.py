@@ -11,6 +11,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -184,6 +185,75 @@ def test_no_command_prints_the_password_on_success_or_failure(tmp_path: Path, pg
     study = optuna.load_study(study_name=name, storage=pg_url)
     assert SECRET not in json.dumps([study.user_attrs, study._storage.get_study_system_attrs(study._study_id)])
     optuna.delete_study(study_name=name, storage=pg_url)
+
+
+@contextlib.contextmanager
+def database_with_password(backend: str, pg_url: str, mysql_url: str, password: str) -> Iterator[str]:
+    """A fresh database and its URL without ``password``, which logs in with it. MariaDB: a new user who logs in
+    with that password only (so a worker that runs trials got it); PostgreSQL (trust authentication here): the
+    password is not checked."""
+    if backend == "postgresql":
+        with fresh_database(pg_url) as url:
+            yield url
+        return
+    import pymysql
+
+    name = f"hpo_t_{uuid.uuid4().hex[:12]}"
+    admin = make_url(mysql_url)
+    conn = pymysql.connect(host=admin.host, port=admin.port or 3306, user=admin.username, autocommit=True)
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute(f"CREATE DATABASE `{name}`")
+            cursor.execute(f"CREATE USER '{name}'@'%' IDENTIFIED BY '{password}'")  # letters and digits only
+            cursor.execute(f"GRANT ALL ON `{name}`.* TO '{name}'@'%'")
+        yield admin.set(username=name, database=name).render_as_string(hide_password=False)
+    finally:
+        with conn.cursor() as cursor:
+            cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
+            cursor.execute(f"DROP USER IF EXISTS '{name}'@'%'")
+        conn.close()
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "mysql"])
+def test_worker_processes_get_the_password_through_a_pipe_not_their_environment(
+    tmp_path: Path, pg_url: str, mysql_url: str, backend: str
+) -> None:
+    password = f"Pw{uuid.uuid4().hex[:12]}"
+    with database_with_password(backend, pg_url, mysql_url, password) as url:
+        secret = tmp_path / "db_password"
+        secret.write_text(password + "\n")
+        secret.chmod(0o600)
+        env = {"HPO_STORAGE": url, "HPO_STORAGE_PASSWORD_FILE": str(secret)}  # as in docker-compose.yml
+        config = write(tmp_path / "s.yaml", synthetic("piped", n_trials=4, synthetic={"steps": 2, "sleep": 1.0}))
+        assert hpo("create", str(config), cwd=tmp_path, env=env).returncode == 0
+        pool = subprocess.Popen(
+            [sys.executable, "-m", "hpo._cli", "worker", "--procs", "2", "--until-idle", "--poll", "0.5"],
+            cwd=tmp_path,
+            env={**os.environ, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        seen: dict[int, tuple[bytes, bytes]] = {}
+        while pool.poll() is None:  # read every child's environment and command line while it runs
+            with contextlib.suppress(FileNotFoundError):
+                for pid in Path(f"/proc/{pool.pid}/task/{pool.pid}/children").read_text().split():
+                    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                        proc = Path("/proc", pid)
+                        seen[int(pid)] = ((proc / "environ").read_bytes(), (proc / "cmdline").read_bytes())
+            time.sleep(0.05)
+        out, err = pool.communicate()
+        assert pool.returncode == 0, err[-3000:]
+        assert len(seen) == 2 and all(environ for environ, _ in seen.values())
+        for environ, cmdline in seen.values():
+            assert password.encode() not in environ + cmdline
+            variables = dict(line.split(b"=", 1) for line in environ.split(b"\0") if b"=" in line)
+            assert variables[b"HPO_STORAGE"] == url.encode()
+            assert variables[b"HPO_STORAGE_PASSWORD_FILE"].startswith(b"/dev/fd/")
+        with_password = make_url(url).set(password=password).render_as_string(hide_password=False)
+        states = [t.state for t in optuna.load_study(study_name="piped", storage=with_password).trials]
+        assert states == [TrialState.COMPLETE] * 4  # on MariaDB: the children logged in with the piped password
+        assert password not in out + err
 
 
 def test_a_failed_trial_keeps_no_password_in_its_fail_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
