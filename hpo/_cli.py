@@ -416,12 +416,16 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_dashboard(args: argparse.Namespace) -> int:
-    from hpo.views import serve
+    from hpo.views import check_allowed_host, serve
 
     if not 0 <= args.port <= 65535:
         raise ConfigError("--port", f"must be 0-65535, got {args.port}")
     try:
-        serve(_storage_url(args.storage), args.host, args.port)
+        allow = tuple(check_allowed_host(name) for name in args.allow_host)
+    except ValueError as exc:
+        raise _flag_error(exc) from None
+    try:
+        serve(_storage_url(args.storage), args.host, args.port, allow)
     except KeyboardInterrupt:
         return 0
     return 0
@@ -500,6 +504,14 @@ def _parser() -> argparse.ArgumentParser:
     dashboard.add_argument("--storage", help="storage URL (default: HPO_STORAGE, then sqlite:///hpo.db)")
     dashboard.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine)")
     dashboard.add_argument("--port", type=int, default=8080, help="port (default: 8080; 0 picks a free one)")
+    dashboard.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a name the dashboard is reached by besides loopback and --host, e.g. a Service name (repeatable); "
+        "other Host headers get 403",
+    )
     dashboard.set_defaults(func=_cmd_dashboard)
 
     export_help = (
