@@ -136,20 +136,20 @@ def launch(
     still alive ``stop_timeout`` seconds later are killed. Returns 0 when every child exited 0. Slots are pinned to
     their GPU with :func:`device_of` this process's ``visible_devices``."""
     url = make_url(storage_url)
+    without_password = url._replace(password=None).render_as_string(hide_password=False)
     children = []
     for slot in slots:
-        env = {**os.environ, "HPO_STORAGE": url._replace(password=None).render_as_string(hide_password=False)}
+        env = {**os.environ, "HPO_STORAGE": without_password}
         args = [*child_args, "--threads", str(slot.threads)]
         if slot.gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = device_of(slot.gpu, visible_devices)
             args += ["--slot-gpu", str(slot.gpu)]
-        secret = _password_pipe(url.password) if url.password else None
-        if secret is not None:
-            env["HPO_STORAGE_PASSWORD_FILE"] = f"/dev/fd/{secret}"
-        command = [sys.executable, "-m", "hpo._cli", "worker", *args]
-        children.append(subprocess.Popen(command, env=env, pass_fds=() if secret is None else (secret,)))
-        if secret is not None:
-            os.close(secret)
+        fds = (_password_pipe(url.password),) if url.password else ()
+        if fds:
+            env["HPO_STORAGE_PASSWORD_FILE"] = f"/dev/fd/{fds[0]}"
+        children.append(subprocess.Popen([sys.executable, "-m", "hpo._cli", "worker", *args], env=env, pass_fds=fds))
+        for fd in fds:
+            os.close(fd)  # the child holds its own copy
     log.info("started %d worker processes: %s", len(children), ", ".join(str(c.pid) for c in children))
 
     stopping = {"at": None}
