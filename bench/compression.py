@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from hpo import load_config
-from hpo.execution import LogitCache
+from hpo.execution import LogitCache, usable_cores
 from objectives import (
     StudentArgs,
     build_student,
@@ -120,7 +120,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(usable_cores())
     config = load_config(Path(__file__).parents[1] / "examples" / "quickstart.yaml")
     data = config.data if args.rows is None else replace(config.data, max_train_rows=args.rows)
     work = prepare_workload(data, config.teacher.model)

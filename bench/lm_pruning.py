@@ -19,6 +19,7 @@ import time
 
 import torch
 
+from hpo.execution import usable_cores
 from objectives import DataArgs, Importance, StudentArgs, lm_evaluate
 from objectives.students import decoder_layers, load_causal_lm, prune_decoder
 from objectives.tasks._causal_lm import lm_importance, prepare_workload
@@ -43,7 +44,7 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=3, help="random prunings per setting")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(usable_cores())
     start = time.perf_counter()
     data = DataArgs(
         name="wikitext-2", block_size=args.block_size, max_train_rows=args.calibration, max_val_rows=args.blocks

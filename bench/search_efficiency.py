@@ -31,7 +31,7 @@ import optuna
 import torch
 
 from hpo import config_from_dict
-from hpo.execution import Budget, Retry, TrialRunner, Worker
+from hpo.execution import Budget, Retry, TrialRunner, Worker, usable_cores
 from hpo.study import open_study
 from objectives import DataArgs, Workload, prepare_workload
 
@@ -169,7 +169,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(usable_cores())
     data = DataArgs(max_length=args.max_length, max_train_rows=args.rows, max_val_rows=args.val_rows)
     work = prepare_workload(data, "minilm-l6")
     budget = args.budget_trials * args.steps

@@ -23,7 +23,7 @@ import uuid
 import optuna
 
 from hpo import config_from_dict
-from hpo.execution import Budget, Retry, TrialRunner, Worker
+from hpo.execution import Budget, Retry, TrialRunner, Worker, usable_cores
 from hpo.study import open_study
 
 SPACE = {
@@ -101,7 +101,7 @@ def main() -> None:
         "sqlite": f"sqlite:///{tmp}/bench.db",
         "journal": f"{tmp}/bench.journal",
     }
-    print(f"{args.trials} synthetic trials per run, TPE + median pruner, {os.cpu_count()} cores")
+    print(f"{args.trials} synthetic trials per run, TPE + median pruner, {usable_cores()} cores")
     print(f"{'storage':<11} {'workers':>7} {'trials/s':>9} {'ms/trial':>9} {'% of 60 s':>10}")
     for kind, where in targets.items():
         for workers in args.workers:

@@ -29,7 +29,7 @@ from unittest import mock
 
 import torch
 
-from hpo.execution import LogitCache
+from hpo.execution import LogitCache, usable_cores
 from objectives import (
     DataArgs,
     DistillArgs,
@@ -57,7 +57,7 @@ def main() -> None:
     parser.add_argument("--block-size", type=int, default=64, help="causal-lm: tokens per block")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(usable_cores())
     tmp = Path(tempfile.mkdtemp(prefix="hpo-trial-cost-"))
     if args.task == "causal-lm":
         causal_lm(args, tmp)

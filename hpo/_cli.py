@@ -138,7 +138,7 @@ def _cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
-    from hpo.execution import launch, parse_gpus, plan_slots
+    from hpo.execution import launch, parse_gpus, plan_slots, usable_cores
 
     url = _storage_url(args.storage)
     for flag in ("per_gpu", "procs", "n_trials"):
@@ -164,7 +164,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         gpus = parse_gpus(args.gpus, visible)
     except ValueError as exc:
         raise _flag_error(exc) from None
-    slots = plan_slots(gpus, args.per_gpu, args.procs, args.threads or os.cpu_count() or 1)
+    slots = plan_slots(gpus, args.per_gpu, args.procs, args.threads or usable_cores())
     child = ["--study", args.study] if args.study is not None else _pool_flags(args)
     if args.n_trials is not None:
         child += ["--n-trials", str(args.n_trials)]
@@ -198,7 +198,7 @@ def _limit_memory(mib: int | None) -> None:
 
 
 def _run_slot(args: argparse.Namespace, url: str) -> int:
-    from hpo.execution import StopFlag, run_slot
+    from hpo.execution import StopFlag, run_slot, usable_cores
 
     _limit_memory(args.memory_limit)
     stop = StopFlag()
@@ -209,7 +209,7 @@ def _run_slot(args: argparse.Namespace, url: str) -> int:
         ran = serve(
             url,
             gpu=args.slot_gpu,
-            threads=args.threads or os.cpu_count() or 1,
+            threads=args.threads or usable_cores(),
             keep=args.keep,
             poll=args.poll,
             until_idle=args.until_idle,
@@ -223,7 +223,7 @@ def _run_slot(args: argparse.Namespace, url: str) -> int:
         url,
         args.study,
         gpu=args.slot_gpu,
-        threads=args.threads or os.cpu_count() or 1,
+        threads=args.threads or usable_cores(),
         max_trials=args.n_trials,
         timeout=args.timeout,
         stop=stop,
@@ -416,12 +416,16 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_dashboard(args: argparse.Namespace) -> int:
-    from hpo.views import serve
+    from hpo.views import check_allowed_host, serve
 
     if not 0 <= args.port <= 65535:
         raise ConfigError("--port", f"must be 0-65535, got {args.port}")
     try:
-        serve(_storage_url(args.storage), args.host, args.port)
+        allow = tuple(check_allowed_host(name) for name in args.allow_host)
+    except ValueError as exc:
+        raise _flag_error(exc) from None
+    try:
+        serve(_storage_url(args.storage), args.host, args.port, allow)
     except KeyboardInterrupt:
         return 0
     return 0
@@ -436,7 +440,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("config", help="YAML study config")
     run.add_argument("--storage", help=STORAGE_HELP)
     run.add_argument("--n-trials", type=int, help="study trial budget (finished trials), overriding the config")
-    run.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
+    run.add_argument("--threads", type=int, help="torch CPU threads (default: the cores this process may use)")
     run.add_argument("--memory-limit", type=int, metavar="MIB", help=MEMORY_HELP)
     run.set_defaults(func=_cmd_run)
 
@@ -500,6 +504,14 @@ def _parser() -> argparse.ArgumentParser:
     dashboard.add_argument("--storage", help="storage URL (default: HPO_STORAGE, then sqlite:///hpo.db)")
     dashboard.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine)")
     dashboard.add_argument("--port", type=int, default=8080, help="port (default: 8080; 0 picks a free one)")
+    dashboard.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a name the dashboard is reached by besides loopback and --host, e.g. a Service name (repeatable); "
+        "other Host headers get 403",
+    )
     dashboard.set_defaults(func=_cmd_dashboard)
 
     export_help = (
@@ -523,7 +535,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("job", help="YAML job written by hpo export")
     train.add_argument("--out", required=True, help="output model directory (new or empty)")
     train.add_argument("--overwrite", action="store_true", help="write into --out even if it holds files")
-    train.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
+    train.add_argument("--threads", type=int, help="torch CPU threads (default: the cores this process may use)")
     train.add_argument(
         "--seeds", type=int, default=1, help="train the students with N seeds; the card reports mean ± std (1)"
     )

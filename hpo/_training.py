@@ -14,14 +14,13 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import statistics
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from hpo.execution import resolve_device
+from hpo.execution import resolve_device, usable_cores
 from hpo.study import TrainJob, dump_job, teacher_warning
 from hpo.views import PER_CLASS_HEADER, format_cell, per_class_rows, render
 from objectives import HIGHER_IS_BETTER, Report, cost_hardware
@@ -258,7 +257,7 @@ def train_job(job: TrainJob, out: Path, threads: int | None = None, seeds: int =
 
     With ``seeds`` > 1 the students are trained with seeds ``job.seed``, ``job.seed + 1``, ...; the saved model is
     the first seed's; ``test`` holds the means over seeds and ``test_by_seed`` every run."""
-    threads = threads or os.cpu_count() or 1
+    threads = threads or usable_cores()
     torch.set_num_threads(threads)
     warn_short_training(job)
     device = resolve_device(job.device)

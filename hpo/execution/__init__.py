@@ -8,7 +8,7 @@ Imports ``hpo.study``, ``hpo.views`` (progress bars, results tables), ``objectiv
 from __future__ import annotations
 
 from hpo.execution._pool import Pool, rank, serve
-from hpo.execution._slots import Slot, device_of, launch, limit_memory, parse_gpus, plan_slots
+from hpo.execution._slots import Slot, device_of, launch, limit_memory, parse_gpus, plan_slots, usable_cores
 from hpo.execution._worker import Budget, Retry, StopFlag, StorageUnavailable, TooManyFailures, Worker
 from objectives import lazy_exports
 
@@ -53,5 +53,6 @@ __all__ = [
     "run_slot",
     "serve",
     "trial_seed",
+    "usable_cores",
     "warn_never_predicted",
 ]

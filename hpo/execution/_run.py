@@ -14,6 +14,7 @@ import optuna
 import torch
 
 from hpo.execution._runner import TrialRunner, describe, warn_never_predicted
+from hpo.execution._slots import usable_cores
 from hpo.execution._teacher import LogitCache, ensure_teacher
 from hpo.execution._worker import Budget, Retry, StopFlag, Worker
 from hpo.study import Config, is_grid, load_study, open_study
@@ -167,7 +168,7 @@ def run(
 
     ``progress`` shows progress bars (for a terminal)."""
     # A fixed thread count keeps latency measurements comparable between trials.
-    torch.set_num_threads(threads or os.cpu_count() or 1)
+    torch.set_num_threads(threads or usable_cores())
     study = create(config, url)
     if _prepare_and_work(study, config, _bars(study, config, progress), timeout=config.timeout, stop=stop) == 0:
         log.info("study budget of %s trials already spent; showing results", config.n_trials)

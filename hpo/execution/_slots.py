@@ -1,18 +1,27 @@
 """``hpo worker`` slots: one process per GPU slot (K per GPU) or N CPU processes, each running the worker loop.
 
-Children get the storage URL through the environment (``HPO_STORAGE``), never on their command line, where any
-user could read its password with ``ps``.
+Children get the storage URL without its password through the environment (``HPO_STORAGE``), never on their
+command line, where any user could read it with ``ps``; the password reaches each child through a pipe it inherits
+(``HPO_STORAGE_PASSWORD_FILE=/dev/fd/N``, read once at its start), so it is in no environment (``/proc/PID/environ``,
+``docker inspect``) either.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+
+from objectives import ConfigError
 
 log = logging.getLogger("hpo")
 
@@ -26,9 +35,17 @@ class Slot:
 
 
 def parse_gpus(value: str, visible: int) -> list[int]:
-    """``all`` -> every visible GPU, ``none`` -> [], ``0,1,3`` -> those indices (checked against ``visible``)."""
+    """``all`` -> every visible GPU, ``none`` -> [], ``0,1,3`` -> those indices (checked against ``visible``).
+
+    GPUs asked for where none is visible is an error, never a quiet fall-back to one CPU process: a GPU node whose
+    driver or ``CUDA_VISIBLE_DEVICES`` is wrong would otherwise run trials on the CPU for hours."""
     if value == "none":
         return []
+    if visible == 0:
+        raise ValueError(
+            f"--gpus: {value} asks for GPUs but no CUDA device is visible here (check the driver, the CUDA build of "
+            "torch and CUDA_VISIBLE_DEVICES); for CPU workers leave --gpus out (or --gpus none) and use --procs N"
+        )
     if value == "all":
         return list(range(visible))
     try:
@@ -39,6 +56,33 @@ def parse_gpus(value: str, visible: int) -> list[int]:
     if missing:
         raise ValueError(f"--gpus: GPUs {missing} do not exist here ({visible} visible)")
     return gpus
+
+
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+"""The cgroup v2 CPU quota of this container (Docker ``--cpus``, a Kubernetes CPU limit)."""
+
+
+def usable_cores(cpu_max: Path = CGROUP_CPU_MAX, environ: Mapping[str, str] = os.environ) -> int:
+    """The CPU cores this process may use, the default for torch threads: the fewest of
+
+    - its CPU affinity, ``len(os.sched_getaffinity(0))`` (``taskset``, Slurm's and Kubernetes' CPU pinning);
+    - the cgroup v2 quota in ``cpu_max`` (``"QUOTA PERIOD"`` in microseconds: ``ceil(QUOTA / PERIOD)`` cores;
+      ``"max PERIOD"`` or no file: no quota);
+    - ``SLURM_CPUS_PER_TASK`` in ``environ`` (``sbatch --cpus-per-task``).
+
+    ``os.cpu_count()`` counts the node's cores, which a container or a job step may not use: threads past the
+    quota are throttled, and several workers on one node oversubscribe it."""
+    counts = [len(os.sched_getaffinity(0))]
+    if cpu_max.is_file():
+        quota, period = cpu_max.read_text().split()
+        if quota != "max":
+            counts.append(math.ceil(int(quota) / int(period)))
+    slurm = environ.get("SLURM_CPUS_PER_TASK")
+    if slurm is not None:
+        if not slurm.isdigit() or int(slurm) < 1:
+            raise ConfigError("SLURM_CPUS_PER_TASK", f"expected a whole number of CPUs >= 1, got {slurm!r}")
+        counts.append(int(slurm))
+    return max(1, min(counts))
 
 
 def limit_memory(mib: int) -> None:
@@ -73,6 +117,14 @@ def device_of(gpu: int, visible_devices: str | None) -> str:
     return visible_devices.split(",")[gpu] if visible_devices else str(gpu)
 
 
+def _password_pipe(password: str) -> int:
+    """The read end of a new pipe that holds ``password`` and is closed for writing (a child reads it to its end)."""
+    read, write = os.pipe()
+    os.write(write, password.encode())  # a few bytes: far below the pipe's buffer, so this never blocks
+    os.close(write)
+    return read
+
+
 def launch(
     slots: list[Slot],
     child_args: list[str],
@@ -83,14 +135,21 @@ def launch(
     """Start one child ``hpo worker`` per slot and wait. SIGTERM / SIGINT are passed on to every child; children
     still alive ``stop_timeout`` seconds later are killed. Returns 0 when every child exited 0. Slots are pinned to
     their GPU with :func:`device_of` this process's ``visible_devices``."""
+    url = make_url(storage_url)
+    without_password = url._replace(password=None).render_as_string(hide_password=False)
     children = []
     for slot in slots:
-        env = {**os.environ, "HPO_STORAGE": storage_url}
+        env = {**os.environ, "HPO_STORAGE": without_password}
         args = [*child_args, "--threads", str(slot.threads)]
         if slot.gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = device_of(slot.gpu, visible_devices)
             args += ["--slot-gpu", str(slot.gpu)]
-        children.append(subprocess.Popen([sys.executable, "-m", "hpo._cli", "worker", *args], env=env))
+        fds = (_password_pipe(url.password),) if url.password else ()
+        if fds:
+            env["HPO_STORAGE_PASSWORD_FILE"] = f"/dev/fd/{fds[0]}"
+        children.append(subprocess.Popen([sys.executable, "-m", "hpo._cli", "worker", *args], env=env, pass_fds=fds))
+        for fd in fds:
+            os.close(fd)  # the child holds its own copy
     log.info("started %d worker processes: %s", len(children), ", ".join(str(c.pid) for c in children))
 
     stopping = {"at": None}

@@ -7,7 +7,7 @@ runs nothing.
 
 from __future__ import annotations
 
-from hpo.views._dashboard import host_check, serve
+from hpo.views._dashboard import check_allowed_host, serve
 from hpo.views._data_summary import summarise_data
 from hpo.views._progress import Progress
 from hpo.views._report import figures, per_class_table, states_table, write_report
@@ -26,11 +26,11 @@ from hpo.views._table import (
 __all__ = [
     "PER_CLASS_HEADER",
     "Progress",
+    "check_allowed_host",
     "eta",
     "figures",
     "format_cell",
     "format_params",
-    "host_check",
     "never_predicted_notes",
     "per_class_rows",
     "per_class_table",

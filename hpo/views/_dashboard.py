@@ -73,16 +73,17 @@ def annotate(storage: optuna.storages.BaseStorage) -> int:
     return changed
 
 
-def host_check(app: Callable, bind: str) -> Callable:
-    """WSGI middleware answering 403 to a request whose ``Host`` header is not a loopback name or the bind address.
+def host_check(app: Callable, bind: str, allow: tuple[str, ...] = ()) -> Callable:
+    """WSGI middleware answering 403 to a request whose ``Host`` header (port dropped) is not a loopback name, the
+    bind address, or one of the names in ``allow`` (``--allow-host``).
 
-    A web page on another site can make the browser send requests to 127.0.0.1 under its own name (DNS rebinding);
-    the ``Host`` header still names that site, so the dashboard's write API refuses them. A dashboard opened to the
-    network with ``--host 0.0.0.0`` accepts any name.
+    A web page on another site can make the browser send requests to the dashboard under its own name (DNS
+    rebinding); the ``Host`` header still names that site, so the dashboard's write API refuses them. Bound to
+    ``0.0.0.0`` the check stays on: the names users reach it by (a Service or server name) must be listed.
     """
-    if bind in OPEN_HOSTS:
-        return app
-    allowed = {*LOCAL_HOSTS, bind.strip("[]").lower()}
+    allowed = {*LOCAL_HOSTS, *(name.strip("[]").lower() for name in allow)}
+    if bind not in OPEN_HOSTS:
+        allowed.add(bind.strip("[]").lower())
 
     def checked(environ: dict, start_response: Callable) -> Any:
         header = environ.get("HTTP_HOST", "")
@@ -90,9 +91,23 @@ def host_check(app: Callable, bind: str) -> Callable:
         if name.strip("[]").lower() in allowed:
             return app(environ, start_response)
         start_response("403 Forbidden", [("Content-Type", "text/plain")])
-        return [f"Host {header!r} refused: use http://127.0.0.1 (or the address given to --host)\n".encode()]
+        return [
+            f"Host {header!r} refused: use http://127.0.0.1, or start hpo dashboard with --allow-host "
+            f"{name.strip('[]') or 'NAME'}\n".encode()
+        ]
 
     return checked
+
+
+def check_allowed_host(name: str) -> str:
+    """``name`` of ``--allow-host`` as the Host header carries it without its port; ValueError for a URL, a port,
+    a path or an empty name."""
+    if not name or any(c in name for c in "/ @") or (":" in name and not name.startswith("[")):
+        raise ValueError(
+            f"--allow-host: expected a host name or address like dashboard.example.org, 10.0.0.5 or [fd00::5] "
+            f"(no scheme, port or path), got {name!r}"
+        )
+    return name
 
 
 def _reach(host: str) -> str:
@@ -101,15 +116,16 @@ def _reach(host: str) -> str:
     return "reachable from the network: optuna-dashboard has no login, so expose it only on a trusted network"
 
 
-def serve(storage_url: str, host: str = "127.0.0.1", port: int = 8080) -> None:
-    """Serve optuna-dashboard on ``storage_url`` at ``host:port`` until interrupted."""
+def serve(storage_url: str, host: str = "127.0.0.1", port: int = 8080, allow: tuple[str, ...] = ()) -> None:
+    """Serve optuna-dashboard on ``storage_url`` at ``host:port`` until interrupted, to requests whose ``Host`` is
+    a loopback name, ``host`` or one of ``allow`` (:func:`host_check`)."""
     from optuna_dashboard import wsgi
 
     if not schema_exists(storage_url):
         raise ConfigError("--storage", f"{redact_url(storage_url)} has no studies; run hpo create or hpo run first")
     storage = create_storage(storage_url, create_tables=False)
     annotate(storage)
-    app = host_check(wsgi(storage), host)
+    app = host_check(wsgi(storage), host, allow)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     server_class = type("_Server", (_Server,), {"address_family": family})
     try:
@@ -122,6 +138,9 @@ def serve(storage_url: str, host: str = "127.0.0.1", port: int = 8080) -> None:
     shown_host = f"[{host}]" if ":" in host else host
     print(f"optuna-dashboard on {redact_url(storage_url)}", flush=True)
     print(f"  http://{shown_host}:{bound}/dashboard  ({host}: {_reach(host)})", flush=True)
+    if host in OPEN_HOSTS:
+        names = ", ".join([*LOCAL_HOSTS, *allow])
+        print(f"  answers requests addressed to {names} only (add names with --allow-host)", flush=True)
     try:
         server.serve_forever()
     finally:

