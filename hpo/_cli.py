@@ -44,12 +44,16 @@ def _storage_url(flag: str | None, config_value: str | None = None) -> str:
     secret) fills in the password of a URL that has none, so it never appears in an environment or command line."""
     from sqlalchemy.engine import make_url
 
-    from storage import resolve_storage_url
+    from storage import POOL_SIZE_ENV, pool_size, resolve_storage_url
 
     try:
         url = resolve_storage_url(flag, os.environ.get("HPO_STORAGE"), config_value)
     except ValueError as exc:
         raise ConfigError("--storage", str(exc).removeprefix("storage: ")) from None
+    try:
+        pool_size()
+    except ValueError as exc:
+        raise ConfigError(POOL_SIZE_ENV, str(exc).removeprefix(f"{POOL_SIZE_ENV}: ")) from None
     secret = os.environ.get("HPO_STORAGE_PASSWORD_FILE")
     if not secret or make_url(url).get_backend_name() == "sqlite" or make_url(url).password is not None:
         return url

@@ -21,7 +21,9 @@ from storage._rdb import (
 )
 from storage._url import (
     DEFAULT_STORAGE_URL,
+    POOL_SIZE_ENV,
     engine_kwargs,
+    pool_size,
     redact_text,
     redact_url,
     resolve_storage_url,
@@ -32,6 +34,7 @@ __all__ = [
     "DEFAULT_STORAGE_URL",
     "FAIL_REASON",
     "PAUSED_ATTR",
+    "POOL_SIZE_ENV",
     "ArtifactDir",
     "LostWorkerCallback",
     "claim_study_attr",
@@ -39,6 +42,7 @@ __all__ = [
     "driver_error",
     "engine_kwargs",
     "is_storage_error",
+    "pool_size",
     "redact_text",
     "redact_url",
     "resolve_storage_url",

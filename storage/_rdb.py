@@ -37,7 +37,9 @@ def create_storage(
 
     With ``heartbeat_interval`` set, running trials send heartbeats and a trial whose worker died is marked FAIL
     once ``grace_period`` seconds pass without one, and re-queued with the same parameters up to ``max_retries``
-    times. Workers pass ``create_tables=False``: only ``hpo create`` / ``hpo db upgrade`` change the schema.
+    times. Workers pass ``create_tables=False``: only ``hpo create`` / ``hpo db upgrade`` change the schema; they
+    hold one connection (:func:`~storage._url.engine_kwargs`), which Optuna's own schema check would need twice at
+    once, so the check here reads the two versions one after the other.
     """
     validate_storage_url(url)
     from sqlalchemy.exc import IntegrityError, ProgrammingError
@@ -46,14 +48,18 @@ def create_storage(
         try:
             with warnings.catch_warnings():  # heartbeats and their retry callback are experimental since Optuna 2
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(
+                storage = optuna.storages.RDBStorage(
                     url,
-                    engine_kwargs=engine_kwargs(url),
+                    engine_kwargs=engine_kwargs(url, overflow=1 if create_tables else 0),
                     heartbeat_interval=heartbeat_interval,
                     grace_period=grace_period,
                     heartbeat_stale_trial_callback=LostWorkerCallback(max_retries) if heartbeat_interval else None,
                     skip_table_creation=not create_tables,
+                    skip_compatibility_check=not create_tables,
                 )
+            if not create_tables:
+                _check_schema(storage)
+            return storage
         except (IntegrityError, ProgrammingError) as exc:
             # Two first-time creators race on CREATE TABLE (PostgreSQL: UniqueViolation on pg_type) or on the
             # version row; the loser finds the tables made once the winner commits.
@@ -61,6 +67,18 @@ def create_storage(
                 raise
             time.sleep(0.2 * (attempt + 1))
     raise AssertionError("unreachable")
+
+
+def _check_schema(storage: optuna.storages.RDBStorage) -> None:
+    """Optuna's schema compatibility check (its own takes two connections at once): the tables' version must be the
+    one this Optuna writes."""
+    manager = storage._version_manager
+    current, head = manager.get_current_version(), manager.get_head_version()
+    if current != head:
+        fix = "run hpo db upgrade" if current in manager.get_all_versions() else "install the Optuna that wrote them"
+        raise RuntimeError(
+            f"the study tables have schema {current}, this Optuna ({optuna.__version__}) needs {head}: {fix}"
+        )
 
 
 class LostWorkerCallback:
@@ -303,7 +321,9 @@ def trial_counts(storage: optuna.storages.BaseStorage) -> dict[int, dict[TrialSt
 def upgrade_schema(url: str) -> tuple[str, str]:
     """Run Optuna's schema migration on ``url``; returns the (before, after) schema versions."""
     validate_storage_url(url)
-    storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url), skip_compatibility_check=True)
+    storage = optuna.storages.RDBStorage(
+        url, engine_kwargs=engine_kwargs(url, overflow=1), skip_compatibility_check=True
+    )
     before = storage.get_current_version()
     storage.upgrade()
     return before, storage.get_current_version()

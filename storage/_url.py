@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
@@ -84,13 +85,50 @@ def redact_text(text: str) -> str:
     return _QUERY_SECRET.sub(r"\g<head>***", text)
 
 
-def engine_kwargs(url: str) -> dict[str, Any]:
+POOL_SIZE_ENV = "HPO_DB_POOL_SIZE"
+"""Environment variable: database connections one process may hold (default 1)."""
+
+
+def pool_size() -> int:
+    """The connections one process may hold on a server database: ``HPO_DB_POOL_SIZE``, default 1.
+
+    One is enough for a worker: Optuna's heartbeat thread and the trial's own calls take turns on it (each holds it
+    for one short transaction), so N worker processes need N connections, not 2N. Raises ``ValueError`` naming the
+    variable when it is not an integer >= 1."""
+    value = os.environ.get(POOL_SIZE_ENV, "1")
+    try:
+        size = int(value)
+    except ValueError:
+        size = 0
+    if size < 1:
+        raise ValueError(f"{POOL_SIZE_ENV}: must be an integer >= 1 (connections per process), got {value!r}")
+    return size
+
+
+def engine_kwargs(url: str, overflow: int = 0) -> dict[str, Any]:
     """SQLAlchemy engine options suited to the database behind ``url``.
 
     SQLite: a long busy timeout, so several local worker processes wait for the write lock instead of failing.
-    Server databases: ``pool_pre_ping`` so a connection dropped by a database restart is replaced, not used.
+    Server databases: at most :func:`pool_size` connections per process, plus ``overflow`` opened for a moment and
+    closed after (0 for workers: a thread that finds the connection busy waits for it instead of opening another),
+    so the database's ``max_connections`` bounds the number of workers predictably; ``pool_pre_ping`` so a connection dropped by a database restart is replaced,
+    not used. PostgreSQL connections carry the process id as ``application_name`` (seen in ``pg_stat_activity``).
     """
     backend = make_url(url).get_backend_name()
     if backend == "sqlite":
         return {"connect_args": {"timeout": 60}}
-    return {"pool_pre_ping": True, "pool_recycle": 3600}
+    options: dict[str, Any] = {
+        "pool_pre_ping": True,
+        "pool_recycle": 3600,
+        "pool_size": pool_size(),
+        "max_overflow": overflow,
+    }
+    if backend == "postgresql":
+        # pg_stat_activity names each process's connections (who holds how many).
+        options["connect_args"] = {"application_name": f"hpo pid {os.getpid()}"}
+        if make_url(url).get_driver_name() == "psycopg":
+            # psycopg 3 prepares a statement it has run 5 times, on the server connection it ran on; behind
+            # PgBouncer in transaction mode the next run lands on another and fails. Optuna's queries are cheap to
+            # plan, so none is prepared: the same URL works direct and through PgBouncer.
+            options["connect_args"]["prepare_threshold"] = None
+    return options

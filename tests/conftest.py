@@ -225,16 +225,16 @@ class PostgresCluster:
         self._pg("pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop")
 
 
-@pytest.fixture
-def private_pg() -> Iterator[PostgresCluster]:
-    """A :class:`PostgresCluster` started for one test and stopped after it. Its folder is made under /tmp, not
-    pytest's root-only temporary folder, so the ``postgres`` user can reach it."""
+@contextlib.contextmanager
+def private_cluster(**settings: object) -> Iterator[PostgresCluster]:
+    """A :class:`PostgresCluster` with ``settings`` (e.g. ``max_connections=40``), stopped and removed on leaving.
+    Its folder is made under /tmp, not pytest's root-only temporary folder, so the ``postgres`` user can reach it."""
     import shutil
     import tempfile
 
     root = tempfile.mkdtemp(prefix="hpo-pg-")
     try:
-        cluster = PostgresCluster(root)
+        cluster = PostgresCluster(root, **settings)
         try:
             yield cluster
         finally:
@@ -242,3 +242,66 @@ def private_pg() -> Iterator[PostgresCluster]:
                 cluster.stop()
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def pgbouncer(database: str, port: int, pool_size: int = 2) -> Iterator[str]:
+    """PgBouncer in transaction pooling mode on 127.0.0.1 (a free port) in front of ``database`` on the PostgreSQL at
+    127.0.0.1:``port``, with ``pool_size`` server connections for all its clients; yields the URL of the database
+    through it. Run as the ``postgres`` user (PgBouncer refuses root), stopped on leaving."""
+    import pwd
+    import shutil
+    import socket
+    import subprocess
+    import tempfile
+    import time
+
+    binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+    if not os.path.exists(binary):
+        pytest.skip("needs pgbouncer (apt-get install pgbouncer)")
+    user = pwd.getpwnam("postgres") if os.geteuid() == 0 else None
+    root = tempfile.mkdtemp(prefix="hpo-pgbouncer-")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        listen = probe.getsockname()[1]
+    users = os.path.join(root, "users.txt")
+    with open(users, "w") as f:
+        f.write('"postgres" ""\n')
+    ini = os.path.join(root, "pgbouncer.ini")
+    with open(ini, "w") as f:
+        f.write(
+            f"[databases]\n{database} = host=127.0.0.1 port={port} dbname={database}\n"
+            f"[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {listen}\nunix_socket_dir =\n"
+            f"auth_type = trust\nauth_file = {users}\npool_mode = transaction\n"
+            f"default_pool_size = {pool_size}\nmax_client_conn = 200\nlogfile = {root}/log\n"
+        )
+    if user is not None:
+        for path in (root, users, ini):
+            shutil.chown(path, user.pw_uid, user.pw_gid)
+
+    def demote() -> None:
+        if user is not None:
+            os.setgid(user.pw_gid)
+            os.setuid(user.pw_uid)
+
+    proc = subprocess.Popen([binary, ini], preexec_fn=demote, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        for _ in range(100):
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", listen)) == 0:
+                    break
+            if proc.poll() is not None:
+                raise RuntimeError(f"pgbouncer exited: {proc.stderr.read().decode()[-2000:]}")
+            time.sleep(0.1)
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{listen}/{database}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def private_pg() -> Iterator[PostgresCluster]:
+    """A :func:`private_cluster` with default settings, for one test."""
+    with private_cluster() as cluster:
+        yield cluster

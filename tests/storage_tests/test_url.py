@@ -1,3 +1,8 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from storage import DEFAULT_STORAGE_URL, engine_kwargs, redact_text, redact_url, resolve_storage_url
@@ -35,9 +40,26 @@ def test_url_without_password_is_unchanged() -> None:
     assert redact_url("postgresql+psycopg://postgres@127.0.0.1:5432/test").endswith("@127.0.0.1:5432/test")
 
 
-def test_engine_options_per_backend() -> None:
+def test_engine_options_per_backend(monkeypatch: pytest.MonkeyPatch) -> None:
     assert engine_kwargs("sqlite:///x.db") == {"connect_args": {"timeout": 60}}
-    assert engine_kwargs("postgresql+psycopg://h/db")["pool_pre_ping"] is True
+    pg = engine_kwargs("postgresql+psycopg://h/db")
+    assert pg["pool_pre_ping"] is True and (pg["pool_size"], pg["max_overflow"]) == (1, 0)
+    assert pg["connect_args"] == {"application_name": f"hpo pid {os.getpid()}", "prepare_threshold": None}
+    assert engine_kwargs("mysql+pymysql://h/db", overflow=1)["max_overflow"] == 1
+    monkeypatch.setenv("HPO_DB_POOL_SIZE", "4")
+    assert engine_kwargs("postgresql+psycopg://h/db")["pool_size"] == 4
+
+
+@pytest.mark.parametrize("value", ["0", "two", "-1"])
+def test_a_bad_pool_size_is_one_line_naming_the_variable(value: str, tmp_path: Path) -> None:
+    env = {**os.environ, "HPO_DB_POOL_SIZE": value, "HPO_STORAGE": "postgresql+psycopg://postgres@127.0.0.1/test"}
+    result = subprocess.run(
+        [sys.executable, "-m", "hpo._cli", "status"], env=env, cwd=tmp_path, capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"hpo: error: HPO_DB_POOL_SIZE: must be an integer >= 1 (connections per process), got {value!r}"
+    )
 
 
 @pytest.mark.parametrize(

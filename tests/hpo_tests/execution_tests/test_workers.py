@@ -16,11 +16,12 @@ from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy
 import yaml
 from optuna.trial import TrialState
 
 from hpo.views import states_table
-from tests.conftest import PostgresCluster, tiny_config
+from tests.conftest import PostgresCluster, pgbouncer, private_cluster, tiny_config
 
 SPACE = {
     "train.lr": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True},
@@ -283,6 +284,62 @@ def test_database_restart_mid_study_loses_nothing(tmp_path: Path, private_pg: Po
     assert "retry" in err  # it saw the outage and backed off
     by_state = states(pg_url, name)
     assert by_state["COMPLETE"] == 30 and by_state.get("RUNNING", 0) == 0
+
+
+@pytest.mark.slow
+def test_thirty_two_workers_fit_in_forty_connections(tmp_path: Path, name: str) -> None:
+    """32 worker processes on a PostgreSQL of 40 connections (the test's monitor takes one more) run a study to its
+    budget: one connection per worker, shared by the heartbeat thread. Two per worker (a connection pool's default
+    when the heartbeat and the trial overlap) would need 64 and fail with "too many clients"."""
+    import threading
+
+    import sqlalchemy
+
+    workers = 32
+    with private_cluster(max_connections=40) as pg:
+        config = synthetic(name, n_trials=64, sampler={"name": "random"})
+        config["synthetic"] = {"steps": 2, "sleep": 0.2}
+        config["worker"] = {"heartbeat_interval": 1, "grace_period": 20, "storage_retries": 3}
+        create(tmp_path, pg.url, config)
+        peak: dict[str, int] = {}
+        done = threading.Event()
+        count = sqlalchemy.text(
+            "SELECT application_name, count(*) FROM pg_stat_activity "
+            "WHERE application_name LIKE 'hpo pid %' GROUP BY application_name"
+        )
+
+        def watch() -> None:  # one connection of its own, sampled every 50 ms while the workers run; autocommit, as
+            # PostgreSQL keeps one snapshot of pg_stat_activity for the whole of a transaction
+            engine = sqlalchemy.create_engine(pg.url, poolclass=sqlalchemy.pool.NullPool, isolation_level="AUTOCOMMIT")
+            with engine.connect() as conn:
+                while not done.wait(0.05):
+                    for app, n in conn.execute(count):
+                        peak[app] = max(peak.get(app, 0), n)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        try:
+            result = run_cli("worker", "--study", name, "--procs", str(workers), url=pg.url, cwd=tmp_path, timeout=900)
+        finally:
+            done.set()
+            watcher.join(10)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "too many clients" not in result.stderr and "retry" not in result.stderr
+        assert states(pg.url, name)["COMPLETE"] == 64
+        print(f"peak connections per worker process: {max(peak.values())} ({len(peak)} processes seen)")
+        assert len(peak) >= workers and max(peak.values()) == 1
+
+
+def test_workers_through_pgbouncer_in_transaction_mode(tmp_path: Path, pg_url: str, name: str) -> None:
+    """Three workers share two server connections through PgBouncer in transaction mode: a statement psycopg had
+    prepared on one server connection would be missing on the next ("prepared statement ... does not exist")."""
+    parsed = sqlalchemy.engine.make_url(pg_url)
+    with pgbouncer(parsed.database, parsed.port, pool_size=2) as url:
+        create(tmp_path, url, synthetic(name, n_trials=12, sampler={"name": "random"}))
+        result = run_cli("worker", "--study", name, "--procs", "3", url=url, cwd=tmp_path, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "prepared statement" not in result.stderr and "retry" not in result.stderr
+        assert states(url, name) == {"COMPLETE": 12}
 
 
 def test_mariadb_create_and_worker(tmp_path: Path, mysql_url: str, name: str) -> None:
