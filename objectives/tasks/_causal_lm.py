@@ -254,14 +254,20 @@ def finetune_student(
     report: Report | None = None,
     on_cost: CostHook | None = None,
     costs: CostStore | None = None,
+    init: torch.nn.Module | None = None,
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The student cut from the base (not adapted) model, trained with next-token CE; returns it and its metrics.
     The base model is loaded once per process (frozen; the student gets copies of its weights), so its importance
-    scores are measured once per study, not per trial."""
+    scores are measured once per study, not per trial. ``init``: start from this model instead (e.g. a copy of
+    :func:`initial_student`, the distilled student's starting point: the same student trained without the
+    teacher); no model is loaded."""
     torch.manual_seed(seed)
     quiet_transformers()
-    base = _other_model(student, work) or frozen_teacher(Path(base_model), work.device, load_causal_lm)
-    model = _student(base, student, args.dropout, work.train)
+    if init is None:
+        base = _other_model(student, work) or frozen_teacher(Path(base_model), work.device, load_causal_lm)
+        model = _student(base, student, args.dropout, work.train)
+    else:
+        model = init
     stages = [Stage(work.train, args, get_loss("lm_ce"))]
     return model, _fit(model, work, stages, seed=seed, report=report, on_cost=on_cost, costs=costs)
 
@@ -276,6 +282,16 @@ def transfer_blocks(work: Workload, files: list[str]) -> Blocks:
     return pack(work.tokenizer, datasets.Dataset.from_dict({"text": texts}), work.train.block_size, None)
 
 
+def initial_student(
+    work: Workload, teacher_dir: Path, student: StudentArgs, args: TrainArgs, seed: int
+) -> torch.nn.Module:
+    """The student :func:`distill_student` starts from with ``seed``, before any training: cut from the teacher
+    saved at ``teacher_dir`` (or ``student.model``), see :func:`_student`."""
+    torch.manual_seed(seed)
+    quiet_transformers()
+    return _student(_other_model(student, work) or load_teacher(teacher_dir, work), student, args.dropout, work.train)
+
+
 def distill_student(
     work: Workload,
     teacher_dir: Path,
@@ -287,8 +303,10 @@ def distill_student(
     on_cost: CostHook | None = None,
     logits: LogitSource | None = None,
     costs: CostStore | None = None,
+    init: torch.nn.Module | None = None,
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """A student cut from the teacher, trained per non-padding token with
+    """A student cut from the teacher (``init``: this model, made by :func:`initial_student`), trained per
+    non-padding token with
 
     - ``integrated``: alpha * T^2 * D(teacher, student) + (1 - alpha) * CE(next token), D the ``distill.loss``
       divergence (forward KL, reverse KL or generalised JSD), or
@@ -305,10 +323,9 @@ def distill_student(
     SmolLM2-135M's hidden states would take 35,712 bytes per token (31 states x 576 x fp16), 92 times the 389 of
     its top-64 logits (see ``DistillArgs.attention_weight``), against one teacher forward pass per batch."""
     check_layer_terms(student, distill)
-    torch.manual_seed(seed)
-    quiet_transformers()
+    model = init if init is not None else initial_student(work, teacher_dir, student, args, seed)
+    torch.manual_seed(seed)  # the same random state from here on, whether the student was built here or passed in
     teacher = load_teacher(teacher_dir, work)
-    model = _student(_other_model(student, work) or teacher, student, args.dropout, work.train)
     if distill.needs_teacher_states:
         logits = None  # the layer terms read the live teacher's hidden states; cached logits have none
 

@@ -204,16 +204,21 @@ def finetune_student(
     report: Report | None = None,
     on_cost: CostHook | None = None,
     costs: CostStore | None = None,
+    init: torch.nn.Module | None = None,
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The student architecture, initialised from the base (pretrained, not fine-tuned) model, or from
     ``student.model`` with its own tokenizer, trained on hard labels with cross-entropy; returns the trained model
-    and its metrics."""
+    and its metrics. ``init``: start from this model instead (e.g. a copy of :func:`initial_student`, the
+    distilled student's starting point: the same student trained without the teacher); no model is loaded."""
     torch.manual_seed(seed)
     quiet_transformers()
     own = student_workload(work, student)
-    base = load_classifier(student.model or base_model, work.num_labels)
-    model = build_student(base, student, args.dropout, own.train)
-    del base
+    if init is None:
+        base = load_classifier(student.model or base_model, work.num_labels)
+        model = build_student(base, student, args.dropout, own.train)
+        del base
+    else:
+        model = init
     if own is not work:
         _OWN_TOKENS[model] = own
     stages = [Stage(own.train, args, get_loss("ce", **own.class_weights(args)))]
@@ -240,6 +245,19 @@ def _distilled_student(teacher: torch.nn.Module, work: Workload, student: Studen
     return build_student(other, student, args.dropout)
 
 
+def initial_student(
+    work: Workload, teacher_dir: Path, student: StudentArgs, args: TrainArgs, seed: int
+) -> torch.nn.Module:
+    """The student :func:`distill_student` starts from with ``seed``, before any training: cut from the fine-tuned
+    teacher saved at ``teacher_dir`` (:func:`_distilled_student`)."""
+    torch.manual_seed(seed)
+    model = _distilled_student(load_teacher(teacher_dir, work), work, student, args)
+    own = student_workload(work, student)
+    if own is not work:
+        _OWN_TOKENS[model] = own
+    return model
+
+
 def distill_student(
     work: Workload,
     teacher_dir: Path,
@@ -251,8 +269,10 @@ def distill_student(
     on_cost: CostHook | None = None,
     logits: LogitSource | None = None,
     costs: CostStore | None = None,
+    init: torch.nn.Module | None = None,
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """A student initialised from the fine-tuned teacher (or ``student.model``), then either
+    """A student initialised from the fine-tuned teacher (or ``student.model``; ``init``: this model, made by
+    :func:`initial_student`), then either
 
     - ``integrated``: one run with alpha * T^2 * KL(teacher || student) + (1 - alpha) * CE, or
     - ``sequential``: KD only (alpha = 1) on the transfer set for ``transfer_ratio`` of the step budget, then
@@ -269,12 +289,10 @@ def distill_student(
     validation are measured on the student's tokens. Returns the trained model and its metrics.
     """
     check_layer_terms(student, distill)
-    torch.manual_seed(seed)
+    model = init if init is not None else initial_student(work, teacher_dir, student, args, seed)
+    torch.manual_seed(seed)  # the same random state from here on, whether the student was built here or passed in
     teacher = load_teacher(teacher_dir, work)
     own = student_workload(work, student)
-    model = _distilled_student(teacher, work, student, args)
-    if own is not work:
-        _OWN_TOKENS[model] = own
     if distill.needs_teacher_states:
         logits = None  # the layer terms read the live teacher's hidden states; cached logits have none
     max_length = work.task.args.max_length
