@@ -223,8 +223,8 @@ class StudentArgs:
     ``importance``: those whose output differs most from their input on the calibration sample (block influence,
     1 - cosine similarity)."""
     calibration_size: int = 256
-    """Training examples (a fixed seeded sample) whose activations rank heads, neurons, channels and layers for
-    the ratios and ``layer_selection: importance``."""
+    """Training examples (a fixed seeded sample; every one where the training split has fewer) whose activations
+    rank heads, neurons, channels and layers for the ratios and ``layer_selection: importance``."""
 
     @property
     def narrower(self) -> bool:

@@ -29,6 +29,7 @@ from objectives.evaluation import CostStore, generation_costs, lm_evaluate, size
 from objectives.students import (
     Importance,
     cached_importance,
+    calibration_batches,
     count_parameters,
     cut_decoder,
     decoder_importance,
@@ -193,12 +194,12 @@ def load_teacher(path: Path, work: Workload) -> torch.nn.Module:
 
 
 def lm_importance(base: torch.nn.Module, calibration: Blocks, size: int) -> Importance:
-    """:func:`objectives.students._pruning.decoder_importance` of ``base`` on the first ``size`` calibration blocks, once per
-    model and data in this process."""
+    """:func:`objectives.students._pruning.decoder_importance` of ``base`` on ``size`` calibration blocks (a fixed
+    seeded sample, :func:`objectives.students.calibration_batches`; every block of a smaller split), once per model
+    and data in this process."""
 
     def measure() -> Importance:
-        batches = [calibration.batch(range(i, min(i + 8, size))) for i in range(0, min(size, len(calibration)), 8)]
-        return decoder_importance(base, batches)
+        return decoder_importance(base, calibration_batches(calibration, size, batch_size=8))
 
     return cached_importance(base, calibration, size, measure)
 
