@@ -274,13 +274,19 @@ def finetune_student(
 
 
 def transfer_blocks(work: Workload, files: list[str]) -> Blocks:
-    """Unlabelled text for sequential distillation: the training text and every file of ``files``, packed."""
+    """Unlabelled text for sequential distillation, as a classifier's transfer set is made: the training blocks
+    (``work.train``, so ``data.max_train_rows`` caps them as it caps the split every other trial trains on) and,
+    packed after them, every line of ``files``."""
     import datasets
 
-    texts = list(work.corpus.splits["train"]["text"])
+    if not files:
+        return work.train
+    texts = []
     for path in files:
         texts += [line for line in Path(path).expanduser().read_text().splitlines() if line.strip()]
-    return pack(work.tokenizer, datasets.Dataset.from_dict({"text": texts}), work.train.block_size, None)
+    extra = pack(work.tokenizer, datasets.Dataset.from_dict({"text": texts}), work.train.block_size, None)
+    both = datasets.concatenate_datasets([work.train.data, extra.data]).with_format("numpy")
+    return Blocks(both, work.train.block_size, work.train.pad_token_id)
 
 
 def initial_student(

@@ -12,7 +12,7 @@ from objectives import DataArgs, StudentArgs, TrainArgs
 from objectives.students import calibration_batches, decoder_importance, load_causal_lm
 from objectives.students._pruning import CALIBRATION_SEED
 from objectives.tasks import _causal_lm as lm
-from tests.conftest import write_corpus
+from tests.conftest import TINY_TEXT, write_corpus
 
 
 @pytest.fixture(scope="module")
@@ -53,3 +53,16 @@ def test_the_calibration_sample_is_drawn_with_the_seed_not_the_first_blocks(
     assert not torch.allclose(ranked.hidden, on_first.hidden, atol=1e-6)
     (sample,) = calibration_batches(work.train, 10, batch_size=16)
     assert torch.equal(sample["input_ids"], work.train.batch(drawn)["input_ids"])  # every trial: the same blocks
+
+
+def test_the_transfer_set_is_the_capped_training_split_then_the_transfer_files(
+    hundred_blocks: lm.Workload, tmp_path: Path
+) -> None:
+    work = hundred_blocks
+    assert lm.transfer_blocks(work, []) is work.train  # data.max_train_rows = 100 blocks, as every trial trains on
+    extra = tmp_path / "extra.txt"
+    extra.write_text("\n".join(TINY_TEXT * 4) + "\n")
+    both = lm.transfer_blocks(work, [str(extra)])
+    tokens = sum(len(work.tokenizer(t, add_special_tokens=False)["input_ids"]) + 1 for t in TINY_TEXT * 4)
+    assert len(both) == 100 + tokens // 16
+    assert torch.equal(both.batch(range(100))["input_ids"], work.train.batch(range(100))["input_ids"])
