@@ -24,7 +24,7 @@ from objectives._config import (
     TrainArgs,
     check_layer_terms,
 )
-from objectives.data import Blocks, Corpus, load_corpus, pack
+from objectives.data import Blocks, Corpus, load_corpus, pack, transfer_texts
 from objectives.evaluation import CostStore, generation_costs, lm_evaluate, size_mb, stored_cost
 from objectives.students import (
     Importance,
@@ -273,18 +273,21 @@ def finetune_student(
     return model, _fit(model, work, stages, seed=seed, report=report, on_cost=on_cost, costs=costs)
 
 
-def transfer_blocks(work: Workload, files: list[str]) -> Blocks:
+def transfer_blocks(work: Workload, distill: DistillArgs) -> Blocks:
     """Unlabelled text for sequential distillation, as a classifier's transfer set is made: the training blocks
     (``work.train``, so ``data.max_train_rows`` caps them as it caps the split every other trial trains on) and,
-    packed after them, every line of ``files``."""
+    packed after them, every text of ``distill.transfer_files`` (:func:`objectives.data.transfer_texts`); with
+    ``distill.transfer_only`` those alone."""
     import datasets
 
-    if not files:
+    if not distill.transfer_files:
         return work.train
-    texts = []
-    for path in files:
-        texts += [line for line in Path(path).expanduser().read_text().splitlines() if line.strip()]
+    texts = transfer_texts(distill.transfer_files, work.corpus.args.text_column)
     extra = pack(work.tokenizer, datasets.Dataset.from_dict({"text": texts}), work.train.block_size, None)
+    if distill.transfer_only:
+        if len(extra) == 0:
+            raise ConfigError("distill.transfer_files", f"hold fewer than data.block_size = {extra.block_size} tokens")
+        return extra
     both = datasets.concatenate_datasets([work.train.data, extra.data]).with_format("numpy")
     return Blocks(both, work.train.block_size, work.train.pad_token_id)
 
@@ -362,7 +365,7 @@ def distill_student(
         ce=get_loss("lm_ce"),
         kd=kd,
         signal=signal,
-        transfer=lambda: transfer_blocks(work, distill.transfer_files),
+        transfer=lambda: transfer_blocks(work, distill),
     )
     return model, _fit(model, work, stages, seed=seed, report=report, on_cost=on_cost, costs=costs)
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from objectives._config import DataArgs, DistillArgs, StudentArgs, TeacherArgs, TrainArgs, check_layer_terms
-from objectives.data import Encoded, Rows, Task, collate, encode, open_data
+from objectives.data import Encoded, Rows, Task, collate, encode, open_data, transfer_texts
 from objectives.evaluation import CostStore, gflops, latency_ms, per_class, size_mb, stored_cost, throughput
 from objectives.students import (
     build_student,
@@ -225,13 +225,14 @@ def finetune_student(
     return model, _fit(model, own, stages, seed=seed, report=report, on_cost=on_cost, costs=costs)
 
 
-def transfer_set(work: Workload, files: list[str], max_length: int) -> Encoded:
-    """Unlabelled texts for sequential distillation: the training texts and every line of ``files``."""
-    texts = list(work.task.train().texts)
-    for path in files:
-        texts += [line.strip() for line in Path(path).expanduser().read_text().splitlines() if line.strip()]
+def transfer_set(work: Workload, distill: DistillArgs) -> Encoded:
+    """Unlabelled texts for sequential distillation: the training texts (capped by ``data.max_train_rows``) and
+    every text of ``distill.transfer_files`` (:func:`objectives.data.transfer_texts`); with
+    ``distill.transfer_only`` those texts alone."""
+    texts = [] if distill.transfer_only else list(work.task.train().texts)
+    texts += transfer_texts(distill.transfer_files, work.task.args.text_column)
     # Labels are placeholders: the KD-only loss (alpha = 1) never reads them.
-    return encode(work.tokenizer, Rows(texts, [0] * len(texts), work.task.rows.label_names), max_length)
+    return encode(work.tokenizer, Rows(texts, [0] * len(texts), work.task.rows.label_names), work.task.args.max_length)
 
 
 def _distilled_student(teacher: torch.nn.Module, work: Workload, student: StudentArgs, args: TrainArgs) -> Any:
@@ -295,13 +296,12 @@ def distill_student(
     own = student_workload(work, student)
     if distill.needs_teacher_states:
         logits = None  # the layer terms read the live teacher's hidden states; cached logits have none
-    max_length = work.task.args.max_length
 
     def signal(name: str, data: Encoded) -> torch.nn.Module | torch.Tensor | TopKLogits:
         if own is work:
             return teacher if logits is None else logits(name, data, teacher)
         # Another tokenizer: the teacher reads its own tokens of the same examples (row i = example i).
-        mine = work.train if name == "train" else transfer_set(work, distill.transfer_files, max_length)
+        mine = work.train if name == "train" else transfer_set(work, distill)
         return (
             logits(name, mine, teacher) if logits is not None else teacher_logits(teacher, mine, args.eval_batch_size)
         )
@@ -332,7 +332,7 @@ def distill_student(
         ce=get_loss("ce", **weights),
         kd=kd,
         signal=signal,
-        transfer=lambda: transfer_set(own, distill.transfer_files, max_length),
+        transfer=lambda: transfer_set(own, distill),
     )
     return model, _fit(model, own, stages, seed=seed, report=report, on_cost=on_cost, costs=costs)
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
-from objectives import DataArgs, StudentArgs, TrainArgs
+from objectives import DataArgs, DistillArgs, StudentArgs, TrainArgs
 from objectives.students import calibration_batches, decoder_importance, load_causal_lm
 from objectives.students._pruning import CALIBRATION_SEED
 from objectives.tasks import _causal_lm as lm
@@ -59,10 +60,15 @@ def test_the_transfer_set_is_the_capped_training_split_then_the_transfer_files(
     hundred_blocks: lm.Workload, tmp_path: Path
 ) -> None:
     work = hundred_blocks
-    assert lm.transfer_blocks(work, []) is work.train  # data.max_train_rows = 100 blocks, as every trial trains on
+    sequential = DistillArgs(approach="sequential")
+    assert lm.transfer_blocks(work, sequential) is work.train  # data.max_train_rows = 100 blocks, as trials train on
     extra = tmp_path / "extra.txt"
     extra.write_text("\n".join(TINY_TEXT * 4) + "\n")
-    both = lm.transfer_blocks(work, [str(extra)])
+    alone = replace(sequential, transfer_files=[str(extra)], transfer_only=True)
     tokens = sum(len(work.tokenizer(t, add_special_tokens=False)["input_ids"]) + 1 for t in TINY_TEXT * 4)
-    assert len(both) == 100 + tokens // 16
+    only = lm.transfer_blocks(work, alone)
+    assert len(only) == tokens // 16 > 0  # the file's texts alone, packed
+    both = lm.transfer_blocks(work, replace(alone, transfer_only=False))
+    assert len(both) == 100 + len(only)
     assert torch.equal(both.batch(range(100))["input_ids"], work.train.batch(range(100))["input_ids"])
+    assert torch.equal(both.batch(range(100, len(both)))["input_ids"], only.batch(range(len(only)))["input_ids"])
