@@ -79,11 +79,13 @@ def _require_studies(url: str) -> None:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from hpo.study import load_config, validate_search
-    from hpo.views import summarise_data
+    from hpo.views import summarise_data, summarise_transfer
 
     config = load_config(args.config)
     validate_search(config)
     data = None if args.no_data or config.objective == "synthetic" else summarise_data(config.data, config.task)
+    if data is not None and config.objective == "distill" and config.distill.transfer_files:
+        data += "\n" + summarise_transfer(config.distill, config.data)
     print(f"{args.config}: valid ({config.objective} study {config.name!r}, {len(config.search_space)} parameters)")
     if data is not None:
         print(data)
@@ -95,7 +97,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _load(args: argparse.Namespace) -> tuple[object, str]:
     """The config of ``hpo run`` / ``hpo create``, checked whole (its data opened too) before anything is written."""
     from hpo.study import load_config, validate_search
-    from hpo.views import summarise_data
+    from hpo.views import summarise_data, summarise_transfer
 
     config = load_config(args.config)
     if getattr(args, "n_trials", None) is not None:
@@ -105,6 +107,8 @@ def _load(args: argparse.Namespace) -> tuple[object, str]:
     validate_search(config)
     if config.objective != "synthetic":
         log.info("%s", summarise_data(config.data, config.task))
+    if config.objective == "distill" and config.distill.transfer_files:
+        log.info("%s", summarise_transfer(config.distill, config.data))
     return config, _storage_url(args.storage, config.storage)
 
 

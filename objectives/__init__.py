@@ -32,6 +32,7 @@ from objectives.data import (
     load_task,
     open_data,
     pack,
+    transfer_texts,
 )
 from objectives.evaluation import never_predicted, per_class
 from objectives.students import (
@@ -182,6 +183,7 @@ __all__ = [
     "student_layers",
     "student_workload",
     "teacher_logits",
+    "transfer_texts",
     "unload_teachers",
     "weights_hash",
 ]

@@ -7,6 +7,7 @@ This module imports nothing heavy: configs validate without torch.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -223,8 +224,8 @@ class StudentArgs:
     ``importance``: those whose output differs most from their input on the calibration sample (block influence,
     1 - cosine similarity)."""
     calibration_size: int = 256
-    """Training examples (a fixed seeded sample) whose activations rank heads, neurons, channels and layers for
-    the ratios and ``layer_selection: importance``."""
+    """Training examples (a fixed seeded sample; every one where the training split has fewer) whose activations
+    rank heads, neurons, channels and layers for the ratios and ``layer_selection: importance``."""
 
     @property
     def narrower(self) -> bool:
@@ -318,7 +319,14 @@ class DistillArgs:
     transfer_ratio: float = 0.5
     """Sequential approach: share of ``train.max_steps`` spent distilling on the transfer set."""
     transfer_files: list[str] = field(default_factory=list)
-    """Sequential approach: text files (one text per line) added to the training texts as the transfer set."""
+    """Sequential approach: unlabelled texts added to the training texts as the transfer set: text files (one text
+    per line), CSV / TSV / JSON Lines / JSON / Parquet files or Hugging Face dataset directories
+    (``Dataset.save_to_disk``), whose ``data.text_column`` is read. A relative path is read from the working
+    directory and stored absolute, so workers, ``hpo status``, ``export`` and ``delete`` run anywhere find it."""
+    transfer_only: bool = False
+    """Sequential approach: distil on the texts of ``transfer_files`` alone, not on the training texts with them
+    (the labels are read only by the fine-tuning stage after it). Needs ``approach: sequential`` and at least one
+    transfer file."""
     loss: Literal["forward_kl", "reverse_kl", "jsd"] = "forward_kl"
     """The divergence of the KD term: ``forward_kl`` KL(teacher || student) (Hinton et al.), ``reverse_kl``
     KL(student || teacher) (mode-seeking), ``jsd`` the generalised Jensen-Shannon divergence weighted by
@@ -380,7 +388,19 @@ class DistillArgs:
         )
         _check_fraction(self.jsd_beta, "jsd_beta", low_open=True, high_open=True)
         for i, path in enumerate(self.transfer_files):
-            _check(Path(path).expanduser().is_file(), f"transfer_files[{i}]", f"file {path!r} does not exist")
+            _check(Path(path).expanduser().exists(), f"transfer_files[{i}]", f"{path!r} does not exist")
+        self.transfer_files = [os.path.abspath(Path(path).expanduser()) for path in self.transfer_files]
+        if self.transfer_only:
+            _check(
+                bool(self.transfer_files),
+                "transfer_only",
+                "distils on the transfer_files alone, and none are given: list them or set transfer_only: false",
+            )
+            _check(
+                self.approach == "sequential",
+                "transfer_only",
+                f"distils on the transfer set, which only approach: sequential reads; got approach {self.approach!r}",
+            )
 
 
 def check_layer_terms(student: StudentArgs, distill: DistillArgs) -> None:

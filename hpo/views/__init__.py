@@ -8,7 +8,7 @@ runs nothing.
 from __future__ import annotations
 
 from hpo.views._dashboard import check_allowed_host, serve
-from hpo.views._data_summary import summarise_data
+from hpo.views._data_summary import summarise_data, summarise_transfer
 from hpo.views._progress import Progress
 from hpo.views._report import figures, per_class_table, states_table, write_report
 from hpo.views._status import eta, status
@@ -41,5 +41,6 @@ __all__ = [
     "states_table",
     "status",
     "summarise_data",
+    "summarise_transfer",
     "write_report",
 ]

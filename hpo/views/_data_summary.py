@@ -9,7 +9,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from hpo.views._table import render
-from objectives import ConfigError, DataArgs, load_corpus, open_data
+from objectives import ConfigError, DataArgs, DistillArgs, load_corpus, open_data, transfer_texts
 
 RARE_SHARE = 0.02
 """A class with less than this share of the rows is flagged as rare."""
@@ -67,6 +67,14 @@ def summarise_corpus(args: DataArgs) -> str:
     header = f"data {args.name}: a corpus of {sum(len(t) for t in corpus.splits.values()):,} documents"
     blocks = f"packed into {args.block_size}-token blocks per split (train capped at {args.max_train_rows} blocks)"
     return "\n".join([header, render(["split", "documents", "characters"], rows), blocks])
+
+
+def summarise_transfer(distill: DistillArgs, data: DataArgs) -> str:
+    """The texts ``distill.transfer_files`` add to the transfer set, read as a trial reads them; raises ConfigError
+    (``distill.transfer_files[i]: ...``) for a file without ``data.text_column`` or without text."""
+    texts = transfer_texts(distill.transfer_files, data.text_column)
+    used = "the whole transfer set (transfer_only)" if distill.transfer_only else "added to the training texts"
+    return f"transfer files: {len(texts):,} texts from {len(distill.transfer_files)} paths, {used}"
 
 
 SUMMARIES: dict[str, Callable[[DataArgs], str]] = {

@@ -21,6 +21,7 @@ from objectives.data._data import (
     open_data,
     package_file,
     train_batches,
+    transfer_texts,
 )
 
 __all__ = [
@@ -42,4 +43,5 @@ __all__ = [
     "pack",
     "package_file",
     "train_batches",
+    "transfer_texts",
 ]

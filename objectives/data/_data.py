@@ -150,6 +150,42 @@ def _load_hub(args: DataArgs) -> Rows:
     return _rows_from_records(records, args)
 
 
+def transfer_texts(paths: list[str], text_column: str) -> list[str]:
+    """Every non-blank text of the files ``paths`` (``distill.transfer_files``), stripped, in order: the
+    ``text_column`` (``data.text_column``) of a CSV / TSV / JSON Lines / JSON / Parquet file or of a Hugging Face
+    dataset directory (``Dataset.save_to_disk``; of a saved ``DatasetDict``, its ``train`` split), each line of any
+    other file. A path it cannot read texts from is a :class:`ConfigError` naming it."""
+    import datasets
+
+    texts: list[str] = []
+    for i, name in enumerate(paths):
+        path, key = Path(name).expanduser(), f"distill.transfer_files[{i}]"
+        if path.is_dir():
+            try:
+                records = datasets.load_from_disk(str(path))
+            except FileNotFoundError:
+                raise ConfigError(key, f"{name!r} is a directory but no saved Hugging Face dataset") from None
+            if isinstance(records, datasets.DatasetDict):
+                if "train" not in records:
+                    raise ConfigError(key, f"{name!r} holds the splits {list(records)} and no 'train' split")
+                records = records["train"]
+        elif path.suffix in _LOCAL_SUFFIXES:
+            kwargs = {"delimiter": "\t"} if path.suffix == ".tsv" else {}
+            records = datasets.load_dataset(_LOCAL_SUFFIXES[path.suffix], data_files=str(path), split="train", **kwargs)
+        else:
+            texts += [line.strip() for line in path.read_text().splitlines() if line.strip()]
+            continue
+        if text_column not in records.column_names:
+            raise ConfigError(
+                key,
+                f"{name!r} has no column {text_column!r} (data.text_column); its columns are {records.column_names}",
+            )
+        texts += [str(t).strip() for t in records[text_column] if t is not None and str(t).strip()]
+    if paths and not texts:
+        raise ConfigError("distill.transfer_files", "hold no text; add some or drop them")
+    return texts
+
+
 DATASETS: dict[str, Callable[[DataArgs], Rows]] = {
     "rt-snippets": _load_rt_snippets,
     "sms-spam": _load_sms_spam,

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from objectives._config import ConfigError, StudentArgs
-from objectives.data import Encoded, collate
+from objectives.data import Blocks, Encoded
 from objectives.students._decoders import cut_config, decoder_from_state, decoder_layers
 from objectives.students._models import encoder_layers, head_size, narrow_classifier
 from objectives.students._shared import renumbered_state
@@ -45,12 +45,13 @@ class Importance:
     """[layers]: block influence, mean over tokens of 1 - cos(layer output, layer input)."""
 
 
-def calibration_batches(data: Encoded, size: int, batch_size: int = 32) -> list[dict[str, torch.Tensor]]:
-    """``size`` examples of ``data`` drawn with :data:`CALIBRATION_SEED`, as padded model inputs."""
+def calibration_batches(data: Encoded | Blocks, size: int, batch_size: int = 32) -> list[dict[str, torch.Tensor]]:
+    """``size`` examples of ``data`` (all of them where it has fewer; texts or packed blocks) drawn with
+    :data:`CALIBRATION_SEED`, as model inputs (``data.batch``: texts padded per batch)."""
     idx = random.Random(CALIBRATION_SEED).sample(range(len(data)), min(size, len(data)))
     inputs = ("input_ids", "attention_mask")
     return [
-        {k: v for k, v in collate(data, idx[i : i + batch_size]).items() if k in inputs}
+        {k: v for k, v in data.batch(idx[i : i + batch_size]).items() if k in inputs}
         for i in range(0, len(idx), batch_size)
     ]
 

@@ -24,11 +24,12 @@ from objectives._config import (
     TrainArgs,
     check_layer_terms,
 )
-from objectives.data import Blocks, Corpus, load_corpus, pack
+from objectives.data import Blocks, Corpus, load_corpus, pack, transfer_texts
 from objectives.evaluation import CostStore, generation_costs, lm_evaluate, size_mb, stored_cost
 from objectives.students import (
     Importance,
     cached_importance,
+    calibration_batches,
     count_parameters,
     cut_decoder,
     decoder_importance,
@@ -193,12 +194,12 @@ def load_teacher(path: Path, work: Workload) -> torch.nn.Module:
 
 
 def lm_importance(base: torch.nn.Module, calibration: Blocks, size: int) -> Importance:
-    """:func:`objectives.students._pruning.decoder_importance` of ``base`` on the first ``size`` calibration blocks, once per
-    model and data in this process."""
+    """:func:`objectives.students._pruning.decoder_importance` of ``base`` on ``size`` calibration blocks (a fixed
+    seeded sample, :func:`objectives.students.calibration_batches`; every block of a smaller split), once per model
+    and data in this process."""
 
     def measure() -> Importance:
-        batches = [calibration.batch(range(i, min(i + 8, size))) for i in range(0, min(size, len(calibration)), 8)]
-        return decoder_importance(base, batches)
+        return decoder_importance(base, calibration_batches(calibration, size, batch_size=8))
 
     return cached_importance(base, calibration, size, measure)
 
@@ -254,26 +255,51 @@ def finetune_student(
     report: Report | None = None,
     on_cost: CostHook | None = None,
     costs: CostStore | None = None,
+    init: torch.nn.Module | None = None,
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The student cut from the base (not adapted) model, trained with next-token CE; returns it and its metrics.
     The base model is loaded once per process (frozen; the student gets copies of its weights), so its importance
-    scores are measured once per study, not per trial."""
+    scores are measured once per study, not per trial. ``init``: start from this model instead (e.g. a copy of
+    :func:`initial_student`, the distilled student's starting point: the same student trained without the
+    teacher); no model is loaded."""
     torch.manual_seed(seed)
     quiet_transformers()
-    base = _other_model(student, work) or frozen_teacher(Path(base_model), work.device, load_causal_lm)
-    model = _student(base, student, args.dropout, work.train)
+    if init is None:
+        base = _other_model(student, work) or frozen_teacher(Path(base_model), work.device, load_causal_lm)
+        model = _student(base, student, args.dropout, work.train)
+    else:
+        model = init
     stages = [Stage(work.train, args, get_loss("lm_ce"))]
     return model, _fit(model, work, stages, seed=seed, report=report, on_cost=on_cost, costs=costs)
 
 
-def transfer_blocks(work: Workload, files: list[str]) -> Blocks:
-    """Unlabelled text for sequential distillation: the training text and every file of ``files``, packed."""
+def transfer_blocks(work: Workload, distill: DistillArgs) -> Blocks:
+    """Unlabelled text for sequential distillation, as a classifier's transfer set is made: the training blocks
+    (``work.train``, so ``data.max_train_rows`` caps them as it caps the split every other trial trains on) and,
+    packed after them, every text of ``distill.transfer_files`` (:func:`objectives.data.transfer_texts`); with
+    ``distill.transfer_only`` those alone."""
     import datasets
 
-    texts = list(work.corpus.splits["train"]["text"])
-    for path in files:
-        texts += [line for line in Path(path).expanduser().read_text().splitlines() if line.strip()]
-    return pack(work.tokenizer, datasets.Dataset.from_dict({"text": texts}), work.train.block_size, None)
+    if not distill.transfer_files:
+        return work.train
+    texts = transfer_texts(distill.transfer_files, work.corpus.args.text_column)
+    extra = pack(work.tokenizer, datasets.Dataset.from_dict({"text": texts}), work.train.block_size, None)
+    if distill.transfer_only:
+        if len(extra) == 0:
+            raise ConfigError("distill.transfer_files", f"hold fewer than data.block_size = {extra.block_size} tokens")
+        return extra
+    both = datasets.concatenate_datasets([work.train.data, extra.data]).with_format("numpy")
+    return Blocks(both, work.train.block_size, work.train.pad_token_id)
+
+
+def initial_student(
+    work: Workload, teacher_dir: Path, student: StudentArgs, args: TrainArgs, seed: int
+) -> torch.nn.Module:
+    """The student :func:`distill_student` starts from with ``seed``, before any training: cut from the teacher
+    saved at ``teacher_dir`` (or ``student.model``), see :func:`_student`."""
+    torch.manual_seed(seed)
+    quiet_transformers()
+    return _student(_other_model(student, work) or load_teacher(teacher_dir, work), student, args.dropout, work.train)
 
 
 def distill_student(
@@ -287,8 +313,10 @@ def distill_student(
     on_cost: CostHook | None = None,
     logits: LogitSource | None = None,
     costs: CostStore | None = None,
+    init: torch.nn.Module | None = None,
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """A student cut from the teacher, trained per non-padding token with
+    """A student cut from the teacher (``init``: this model, made by :func:`initial_student`), trained per
+    non-padding token with
 
     - ``integrated``: alpha * T^2 * D(teacher, student) + (1 - alpha) * CE(next token), D the ``distill.loss``
       divergence (forward KL, reverse KL or generalised JSD), or
@@ -305,10 +333,9 @@ def distill_student(
     SmolLM2-135M's hidden states would take 35,712 bytes per token (31 states x 576 x fp16), 92 times the 389 of
     its top-64 logits (see ``DistillArgs.attention_weight``), against one teacher forward pass per batch."""
     check_layer_terms(student, distill)
-    torch.manual_seed(seed)
-    quiet_transformers()
+    model = init if init is not None else initial_student(work, teacher_dir, student, args, seed)
+    torch.manual_seed(seed)  # the same random state from here on, whether the student was built here or passed in
     teacher = load_teacher(teacher_dir, work)
-    model = _student(_other_model(student, work) or teacher, student, args.dropout, work.train)
     if distill.needs_teacher_states:
         logits = None  # the layer terms read the live teacher's hidden states; cached logits have none
 
@@ -338,7 +365,7 @@ def distill_student(
         ce=get_loss("lm_ce"),
         kd=kd,
         signal=signal,
-        transfer=lambda: transfer_blocks(work, distill.transfer_files),
+        transfer=lambda: transfer_blocks(work, distill),
     )
     return model, _fit(model, work, stages, seed=seed, report=report, on_cost=on_cost, costs=costs)
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from objectives._config import DataArgs, DistillArgs, StudentArgs, TeacherArgs, TrainArgs, check_layer_terms
-from objectives.data import Encoded, Rows, Task, collate, encode, open_data
+from objectives.data import Encoded, Rows, Task, collate, encode, open_data, transfer_texts
 from objectives.evaluation import CostStore, gflops, latency_ms, per_class, size_mb, stored_cost, throughput
 from objectives.students import (
     build_student,
@@ -204,29 +204,35 @@ def finetune_student(
     report: Report | None = None,
     on_cost: CostHook | None = None,
     costs: CostStore | None = None,
+    init: torch.nn.Module | None = None,
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The student architecture, initialised from the base (pretrained, not fine-tuned) model, or from
     ``student.model`` with its own tokenizer, trained on hard labels with cross-entropy; returns the trained model
-    and its metrics."""
+    and its metrics. ``init``: start from this model instead (e.g. a copy of :func:`initial_student`, the
+    distilled student's starting point: the same student trained without the teacher); no model is loaded."""
     torch.manual_seed(seed)
     quiet_transformers()
     own = student_workload(work, student)
-    base = load_classifier(student.model or base_model, work.num_labels)
-    model = build_student(base, student, args.dropout, own.train)
-    del base
+    if init is None:
+        base = load_classifier(student.model or base_model, work.num_labels)
+        model = build_student(base, student, args.dropout, own.train)
+        del base
+    else:
+        model = init
     if own is not work:
         _OWN_TOKENS[model] = own
     stages = [Stage(own.train, args, get_loss("ce", **own.class_weights(args)))]
     return model, _fit(model, own, stages, seed=seed, report=report, on_cost=on_cost, costs=costs)
 
 
-def transfer_set(work: Workload, files: list[str], max_length: int) -> Encoded:
-    """Unlabelled texts for sequential distillation: the training texts and every line of ``files``."""
-    texts = list(work.task.train().texts)
-    for path in files:
-        texts += [line.strip() for line in Path(path).expanduser().read_text().splitlines() if line.strip()]
+def transfer_set(work: Workload, distill: DistillArgs) -> Encoded:
+    """Unlabelled texts for sequential distillation: the training texts (capped by ``data.max_train_rows``) and
+    every text of ``distill.transfer_files`` (:func:`objectives.data.transfer_texts`); with
+    ``distill.transfer_only`` those texts alone."""
+    texts = [] if distill.transfer_only else list(work.task.train().texts)
+    texts += transfer_texts(distill.transfer_files, work.task.args.text_column)
     # Labels are placeholders: the KD-only loss (alpha = 1) never reads them.
-    return encode(work.tokenizer, Rows(texts, [0] * len(texts), work.task.rows.label_names), max_length)
+    return encode(work.tokenizer, Rows(texts, [0] * len(texts), work.task.rows.label_names), work.task.args.max_length)
 
 
 def _distilled_student(teacher: torch.nn.Module, work: Workload, student: StudentArgs, args: TrainArgs) -> Any:
@@ -240,6 +246,19 @@ def _distilled_student(teacher: torch.nn.Module, work: Workload, student: Studen
     return build_student(other, student, args.dropout)
 
 
+def initial_student(
+    work: Workload, teacher_dir: Path, student: StudentArgs, args: TrainArgs, seed: int
+) -> torch.nn.Module:
+    """The student :func:`distill_student` starts from with ``seed``, before any training: cut from the fine-tuned
+    teacher saved at ``teacher_dir`` (:func:`_distilled_student`)."""
+    torch.manual_seed(seed)
+    model = _distilled_student(load_teacher(teacher_dir, work), work, student, args)
+    own = student_workload(work, student)
+    if own is not work:
+        _OWN_TOKENS[model] = own
+    return model
+
+
 def distill_student(
     work: Workload,
     teacher_dir: Path,
@@ -251,8 +270,10 @@ def distill_student(
     on_cost: CostHook | None = None,
     logits: LogitSource | None = None,
     costs: CostStore | None = None,
+    init: torch.nn.Module | None = None,
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """A student initialised from the fine-tuned teacher (or ``student.model``), then either
+    """A student initialised from the fine-tuned teacher (or ``student.model``; ``init``: this model, made by
+    :func:`initial_student`), then either
 
     - ``integrated``: one run with alpha * T^2 * KL(teacher || student) + (1 - alpha) * CE, or
     - ``sequential``: KD only (alpha = 1) on the transfer set for ``transfer_ratio`` of the step budget, then
@@ -269,21 +290,18 @@ def distill_student(
     validation are measured on the student's tokens. Returns the trained model and its metrics.
     """
     check_layer_terms(student, distill)
-    torch.manual_seed(seed)
+    model = init if init is not None else initial_student(work, teacher_dir, student, args, seed)
+    torch.manual_seed(seed)  # the same random state from here on, whether the student was built here or passed in
     teacher = load_teacher(teacher_dir, work)
     own = student_workload(work, student)
-    model = _distilled_student(teacher, work, student, args)
-    if own is not work:
-        _OWN_TOKENS[model] = own
     if distill.needs_teacher_states:
         logits = None  # the layer terms read the live teacher's hidden states; cached logits have none
-    max_length = work.task.args.max_length
 
     def signal(name: str, data: Encoded) -> torch.nn.Module | torch.Tensor | TopKLogits:
         if own is work:
             return teacher if logits is None else logits(name, data, teacher)
         # Another tokenizer: the teacher reads its own tokens of the same examples (row i = example i).
-        mine = work.train if name == "train" else transfer_set(work, distill.transfer_files, max_length)
+        mine = work.train if name == "train" else transfer_set(work, distill)
         return (
             logits(name, mine, teacher) if logits is not None else teacher_logits(teacher, mine, args.eval_batch_size)
         )
@@ -314,7 +332,7 @@ def distill_student(
         ce=get_loss("ce", **weights),
         kd=kd,
         signal=signal,
-        transfer=lambda: transfer_set(own, distill.transfer_files, max_length),
+        transfer=lambda: transfer_set(own, distill),
     )
     return model, _fit(model, own, stages, seed=seed, report=report, on_cost=on_cost, costs=costs)
 

@@ -41,11 +41,17 @@ class TaskImplementation(Protocol):
         ...
 
     def finetune_student(self, work: Any, base_model: str, *args: Any, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
-        """The student trained from the base model on the task's own targets: (model, metrics)."""
+        """The student trained from the base model (or from ``init``, a model given) on the task's own targets:
+        (model, metrics)."""
+        ...
+
+    def initial_student(self, work: Any, teacher_dir: Path, student: Any, args: Any, seed: int) -> Any:
+        """The student ``distill_student`` starts from with ``seed``, before any training."""
         ...
 
     def distill_student(self, work: Any, teacher_dir: Path, *args: Any, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
-        """The student distilled from the teacher saved at ``teacher_dir``: (model, metrics)."""
+        """The student distilled from the teacher saved at ``teacher_dir`` (starting from ``init``, a model of
+        ``initial_student``, where given): (model, metrics)."""
         ...
 
     def heldout_metrics(self, model: Any, work: Any) -> dict[str, Any]:

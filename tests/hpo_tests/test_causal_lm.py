@@ -178,3 +178,27 @@ def test_a_student_of_another_family_distils_when_it_shares_the_teachers_vocabul
     with pytest.raises(ConfigError) as error:
         lm.distill_student(work, Path(tiny_lm), StudentArgs(model=mismatched), args, DistillArgs(), seed=0)
     assert error.value.key == "student.model" and "another vocabulary" in str(error.value)
+
+
+def test_a_sequential_lm_trial_distils_on_a_transfer_set_capped_like_the_training_split(
+    tiny_lm: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from hpo.execution import run
+    from objectives import DataArgs
+    from objectives.tasks import _causal_lm as lm
+
+    corpus = write_corpus(tmp_path / "corpus.txt", documents=300)
+    raw = lm_config("sequential", tiny_lm, corpus, n_trials=1, sampler={"name": "random"}, search_space={})
+    raw["distill"] = {"cache_top_k": 8, "approach": "sequential", "transfer_ratio": 0.5}
+    raw["artifacts_dir"] = str(tmp_path / "artifacts")
+    cap = raw["data"]["max_train_rows"]
+    whole = lm.prepare_workload(DataArgs(name=corpus, block_size=16), tiny_lm).train
+    assert len(whole) > 10 * cap  # the uncapped training split, which the transfer set used to be
+
+    url = f"sqlite:///{tmp_path}/lm.db"
+    with caplog.at_level("INFO", logger="hpo"):
+        run(config_from_dict(raw), url)
+    (trial,) = optuna.load_study(study_name="sequential", storage=url).trials
+    assert trial.state == optuna.trial.TrialState.COMPLETE, trial.user_attrs.get("fail_reason")
+    assert trial.user_attrs["steps"] == 4  # 2 KD steps on the transfer set, then 2 on next-token CE
+    assert f"teacher's logits on {cap} transfer examples" in caplog.text  # the cap of the split, not all of it

@@ -95,6 +95,14 @@ def test_validate_opens_the_data_and_names_the_data_key(tmp_path: Path) -> None:
     names = hpo("validate", str(too_few), cwd=tmp_path)
     assert names.returncode == 2 and "data.label_names: lists 5 names but the data has 6 classes" in names.stderr
 
+    (tmp_path / "unlabelled.csv").write_text("text\nwho won the match\n")  # not the data's text column, question
+    transfer = csv_config("q", csv_path) | {"distill": {"approach": "sequential", "transfer_files": ["unlabelled.csv"]}}
+    column = hpo("validate", str(write(tmp_path / "e.yaml", transfer)), cwd=tmp_path)
+    assert column.returncode == 2 and column.stderr.strip() == (
+        f"hpo: error: distill.transfer_files[0]: '{tmp_path}/unlabelled.csv' has no column 'question' "
+        "(data.text_column); its columns are ['text']"
+    )
+
 
 def test_a_failed_start_leaves_nothing_behind_so_the_corrected_run_is_accepted(tmp_path: Path) -> None:
     csv_path = question_csv(tmp_path / "questions.csv")
@@ -312,3 +320,33 @@ def test_model_card_names_the_labels_and_scores_each_class() -> None:
     assert warn_short_training(job)
     job.train.max_steps = 60
     assert not warn_short_training(job)
+
+
+def test_a_study_with_relative_transfer_files_runs_from_any_directory(tmp_path: Path) -> None:
+    """Created where its config and transfer file are, a sequential study is served by a pool worker, shown,
+    exported and deleted from another directory: the file is stored by its absolute path."""
+    made, elsewhere = tmp_path / "made", tmp_path / "elsewhere"
+    made.mkdir()
+    elsewhere.mkdir()
+    (made / "unlabelled.txt").write_text("".join(f"what is the score of match {i}\n" for i in range(30)))
+    raw = csv_config("transfer", question_csv(tmp_path / "q.csv"), max_train_rows=64, max_val_rows=32)
+    raw |= {"n_trials": 1, "search_space": {}}
+    raw["distill"] = {"approach": "sequential", "transfer_files": ["unlabelled.txt"]}
+    url = f"sqlite:///{tmp_path}/s.db"
+    created = hpo("create", str(write(made / "study.yaml", raw)), "--storage", url, cwd=made)
+    assert created.returncode == 0, created.stderr
+    assert "transfer files: 30 texts from 1 paths, added to the training texts" in created.stderr
+
+    worker = hpo("worker", "--storage", url, "--until-idle", "--poll", "0.3", cwd=elsewhere)  # a pool worker
+    assert worker.returncode == 0, worker.stderr[-3000:]
+    (trial,) = optuna.load_study(study_name="transfer", storage=url).trials
+    assert trial.state == optuna.trial.TrialState.COMPLETE, trial.user_attrs
+    shown = hpo("status", "--storage", url, "--study", "transfer", cwd=elsewhere)
+    assert shown.returncode == 0 and "COMPLETE" in shown.stdout, shown.stderr
+    exported = hpo("export", "--storage", url, "--study", "transfer", "--objective", "accuracy", "--out", "job.yaml",
+                   cwd=elsewhere)  # fmt: skip
+    assert exported.returncode == 0, exported.stderr
+    job = yaml.safe_load((elsewhere / "job.yaml").read_text())
+    assert job["distill"]["transfer_files"] == [str(made / "unlabelled.txt")]
+    deleted = hpo("delete", "transfer", "--storage", url, "--yes", cwd=elsewhere)
+    assert deleted.returncode == 0, deleted.stderr

@@ -38,6 +38,8 @@ BAD = [
     ({"distill": {"temperature": 0}}, "distill.temperature: must be > 0"),
     ({"distill": {"hidden_weight": -1}}, "distill.hidden_weight: must be >= 0, got -1.0"),
     ({"distill": {"attention_weight": -0.5}}, "distill.attention_weight: must be >= 0, got -0.5"),
+    ({"distill": {"transfer_only": True}}, "distill.transfer_only: distils on the transfer_files alone, and none"),
+    ({"distill": {"transfer_files": ["no-such.txt"]}}, "distill.transfer_files[0]: 'no-such.txt' does not exist"),
     ({"student": {"model": " "}}, "student.model: must name a model (registry name, directory or hub id) or be null"),
     ({"student": {"model": "distilbert-base-uncased", "hidden_ratio": 0.5}}, "student.hidden_ratio: prunes the"),
     ({"student": {"model": "distilbert-base-uncased", "layer_selection": "importance"}}, "student.layer_selection:"),

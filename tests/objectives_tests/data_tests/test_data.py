@@ -223,3 +223,68 @@ def test_hub_data_sets_are_deduplicated_and_stratified_too(tmp_path: Path) -> No
     texts = [{normalise_text(t) for t in split.texts} for split in splits]
     assert not (texts[0] & texts[1] or texts[0] & texts[2] or texts[1] & texts[2])
     assert [split.labels.count(1) for split in splits] == [10, 5, 5]  # 20 of 80: a quarter in each split
+
+
+def _transfer_files(root: Path) -> dict[str, str]:
+    """The same four texts (one blank row among them) in every format a transfer file may have, column ``body``."""
+    import datasets
+    import pandas as pd
+
+    rows = [" the first text ", "the second text", "", "the third text"]
+    frame = pd.DataFrame({"body": rows, "other": range(4)})
+    paths = {fmt: str(root / f"t.{fmt}") for fmt in ("csv", "tsv", "jsonl", "json", "parquet")}
+    frame.to_csv(paths["csv"], index=False)
+    frame.to_csv(paths["tsv"], sep="\t", index=False)
+    frame.to_json(paths["jsonl"], orient="records", lines=True)
+    frame.to_json(paths["json"], orient="records", lines=True)
+    frame.to_parquet(paths["parquet"])
+    (root / "t.txt").write_text("\n".join(rows) + "\n")
+    paths["txt"] = str(root / "t.txt")
+    datasets.Dataset.from_pandas(frame).save_to_disk(str(root / "saved"))
+    paths["dataset directory"] = str(root / "saved")
+    datasets.DatasetDict({"train": datasets.Dataset.from_pandas(frame)}).save_to_disk(str(root / "saved-dict"))
+    paths["dataset dict directory"] = str(root / "saved-dict")
+    return paths
+
+
+def test_transfer_files_of_every_format_give_their_text_column(tmp_path: Path) -> None:
+    from objectives.data import transfer_texts
+
+    wanted = ["the first text", "the second text", "the third text"]
+    for fmt, path in _transfer_files(tmp_path).items():
+        assert transfer_texts([path], "body") == wanted, fmt  # stripped, blank rows dropped; .txt: its lines
+    both = transfer_texts([str(tmp_path / "t.parquet"), str(tmp_path / "t.txt")], "body")
+    assert both == wanted + wanted
+
+    with pytest.raises(ConfigError) as error:
+        transfer_texts([str(tmp_path / "t.txt"), str(tmp_path / "t.csv")], "text")
+    assert error.value.key == "distill.transfer_files[1]"
+    assert "no column 'text' (data.text_column); its columns are ['body', 'other']" in str(error.value)
+    (tmp_path / "plain-dir").mkdir()
+    with pytest.raises(ConfigError, match=r"transfer_files\[0\]: .* is a directory but no saved Hugging Face"):
+        transfer_texts([str(tmp_path / "plain-dir")], "body")
+    (tmp_path / "blank.txt").write_text("\n  \n")
+    with pytest.raises(ConfigError, match=r"distill\.transfer_files: hold no text"):
+        transfer_texts([str(tmp_path / "blank.txt")], "body")
+
+
+def test_transfer_files_are_stored_absolute_and_transfer_only_needs_files_and_the_sequential_approach(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from objectives import DistillArgs
+
+    (tmp_path / "extra.txt").write_text("a text\n")
+    monkeypatch.chdir(tmp_path)
+    args = DistillArgs(approach="sequential", transfer_files=["extra.txt"], transfer_only=True)
+    assert args.transfer_files == [str(tmp_path / "extra.txt")]
+    monkeypatch.chdir("/")
+    assert DistillArgs(transfer_files=args.transfer_files).transfer_files == args.transfer_files  # found from "/"
+    with pytest.raises(ConfigError, match=r"transfer_files\[0\]: 'extra\.txt' does not exist"):
+        DistillArgs(transfer_files=["extra.txt"])  # relative paths are read from the working directory
+    with pytest.raises(ConfigError) as error:
+        DistillArgs(approach="sequential", transfer_only=True)
+    assert error.value.key == "transfer_only" and "none are given" in str(error.value)
+    with pytest.raises(ConfigError) as error:
+        DistillArgs(transfer_files=args.transfer_files, transfer_only=True)
+    assert error.value.key == "transfer_only"
+    assert "which only approach: sequential reads; got approach 'integrated'" in str(error.value)

@@ -1,8 +1,10 @@
-"""Students beyond a plain layer cut: layer distillation (hidden states, attentions) and a student of another
-architecture with its own tokenizer, trained against the teacher's per-example logits."""
+"""Students beyond a plain layer cut: layer distillation (hidden states, attentions), a student of another
+architecture with its own tokenizer, trained against the teacher's per-example logits, and the transfer set of
+sequential distillation."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -172,3 +174,21 @@ def test_layer_distillation_trains_a_causal_lm_student_from_the_live_teacher(tin
     assert runs["layered"][2][-1] > runs["plain"][2][-1]
     assert runs["layered"][1]["perplexity"] != runs["plain"][1]["perplexity"]
     assert runs["layered"][1]["params"] == runs["plain"][1]["params"]  # the student saves no map or extra weights
+
+
+@pytest.mark.parametrize("only", [True, False])
+def test_transfer_only_distils_on_the_transfer_files_alone(teacher_dir: Path, tmp_path: Path, only: bool) -> None:
+    from objectives.data import Rows, encode
+
+    texts = [f"an unlabelled review of film number {i}" for i in range(20)]
+    extra = tmp_path / "unlabelled.jsonl"
+    extra.write_text("".join(json.dumps({"text": t, "source": "web"}) + "\n" for t in texts))
+    work = prepare_workload(DATA, str(teacher_dir))
+    cache = RecordingCache()
+    distill = DistillArgs(approach="sequential", transfer_files=[str(extra)], transfer_only=only)
+    _, metrics = distill_student(work, teacher_dir, StudentArgs(num_layers=1), ARGS, distill, seed=0, logits=cache)
+    assert metrics["steps"] == ARGS.max_steps
+    ((name, data),) = cache.calls  # the KD stage: the teacher's logits over its data, nothing else
+    expected = ([] if only else list(work.task.train().texts)) + texts
+    assert name == "transfer" and len(data) == (20 if only else DATA.max_train_rows + 20)
+    assert data.input_ids == encode(work.tokenizer, Rows(expected, [0] * len(expected), []), DATA.max_length).input_ids
