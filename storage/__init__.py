@@ -1,9 +1,11 @@
-"""Where studies and their artifacts live: storage URLs, the Optuna study storage, the artifact directory.
+"""Where studies and their artifacts live: storage URLs, the Optuna study storage, the artifact directory and the
+leases that decide which process writes an artifact.
 
 This package never imports torch.
 """
 
 from storage._artifacts import ArtifactDir
+from storage._lease import Leases
 from storage._rdb import (
     FAIL_REASON,
     PAUSED_ATTR,
@@ -33,6 +35,7 @@ __all__ = [
     "FAIL_REASON",
     "PAUSED_ATTR",
     "ArtifactDir",
+    "Leases",
     "LostWorkerCallback",
     "claim_study_attr",
     "create_storage",

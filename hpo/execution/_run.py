@@ -14,7 +14,7 @@ import optuna
 import torch
 
 from hpo.execution._runner import TrialRunner, describe, warn_never_predicted
-from hpo.execution._teacher import LogitCache, ensure_teacher
+from hpo.execution._teacher import LogitCache, ensure_teacher, study_leases
 from hpo.execution._worker import Budget, Retry, StopFlag, Worker
 from hpo.study import Config, is_grid, load_study, open_study
 from hpo.views import Progress, results_table, state_counts
@@ -50,7 +50,8 @@ def prepare_runner(config: Config, study: optuna.Study, attrs: dict[str, Any] | 
     if config.objective != "distill":
         return TrialRunner(config, work, None, attrs)
     artifacts = ArtifactDir(config.artifacts_dir, config.name)
-    teacher_dir, teacher = ensure_teacher(config, work, artifacts, study)
+    leases = study_leases(config, study)
+    teacher_dir, teacher = ensure_teacher(config, work, artifacts, study, leases)
     scores = ", ".join(f"{m} {teacher[m]:.4f}" for m in config.task_spec.validation_metrics[:2])
     log.info("teacher: validation %s (%s)", scores, teacher_dir)
     warn_never_predicted("the teacher", teacher.get("per_class") or {})
@@ -59,7 +60,7 @@ def prepare_runner(config: Config, study: optuna.Study, attrs: dict[str, Any] | 
         work,
         teacher_dir,
         attrs,
-        LogitCache(artifacts, teacher_dir, config.train.eval_batch_size, config.distill.cache_top_k),
+        LogitCache(artifacts, teacher_dir, leases, config.train.eval_batch_size, config.distill.cache_top_k),
     )
 
 
