@@ -8,9 +8,10 @@ Many workers (processes, GPUs, nodes) run this loop against one study in one dat
   ``max_parallel`` hold across workers, and nothing starts while the study is paused. A grid study never creates
   trials beyond its queue, so every grid point runs exactly once.
 - Running trials send heartbeats; a trial whose worker was killed is found stale by the next worker that looks,
-  marked FAIL and re-queued with the same parameters (Optuna's ``RetryHeartbeatStaleTrialCallback``).
+  marked FAIL and re-queued with the same parameters, up to ``max_retries`` times (``storage.retry_trial``).
 - SIGTERM / Ctrl-C: the running trial is interrupted, marked FAIL with ``fail_reason = worker stopped`` and
-  re-queued, and the loop ends.
+  re-queued, and the loop ends. A stop is no failure of the trial: however often preemptions or rolling updates
+  stop it, it is re-queued, and never counts against ``max_retries``.
 - Database errors (a restart, a dropped connection) are retried with exponential backoff; a finished trial's
   result is held until the database takes it. After ``storage_retries`` failures the worker gives up with one line.
 """
@@ -31,7 +32,7 @@ import optuna
 from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import TrialState
 
-from storage import FAIL_REASON, driver_error, is_storage_error, redact_text, start_trial
+from storage import FAIL_REASON, driver_error, is_storage_error, redact_text, retry_trial, start_trial
 
 log = logging.getLogger("hpo")
 T = TypeVar("T")
@@ -110,10 +111,9 @@ def error_line(exc: BaseException) -> str:
     return redact_text(text.splitlines()[0] if text else type(root).__name__)
 
 
-def requeue(study: optuna.Study, trial_id: int, max_retries: int) -> None:
-    """Queue a failed trial again with the same parameters (as Optuna does for stale trials)."""
-    frozen = study._storage.get_trial(trial_id)
-    optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retries)(study, frozen)
+def requeue(study: optuna.Study, trial_id: int, max_retries: int, stopped: bool) -> None:
+    """Queue a failed or ``stopped`` trial again with the same parameters (:func:`storage.retry_trial`)."""
+    retry_trial(study, study._storage.get_trial(trial_id), max_retries, stopped=stopped)
 
 
 def _tell(study: optuna.Study, trial: optuna.Trial, state: TrialState, values: list[float] | None) -> None:
@@ -236,7 +236,7 @@ class Worker:
 
     def _run_one(self, trial_id: int) -> None:
         trial = optuna.Trial(self.study, trial_id)
-        state, values, requeue_it, storage_exc = TrialState.FAIL, None, False, None
+        state, values, requeue_it, storage_exc, stopped = TrialState.FAIL, None, False, None, False
         with get_heartbeat_thread(trial_id, self.study._storage):
             self.stop.in_trial = True
             try:
@@ -247,10 +247,13 @@ class Worker:
             except optuna.TrialPruned:
                 state = TrialState.PRUNED
             except WorkerStopped:
-                requeue_it = True
+                requeue_it = stopped = True
                 self.retry(trial.set_user_attr, FAIL_REASON, "worker stopped", what="recording the stop")
             except Exception as exc:
-                if is_storage_error(exc):
+                if self.stop.requested:  # the stop interrupted a database call, whose driver re-raised it wrapped
+                    requeue_it = stopped = True
+                    self.retry(trial.set_user_attr, FAIL_REASON, "worker stopped", what="recording the stop")
+                elif is_storage_error(exc):
                     storage_exc, requeue_it = exc, True
                 else:
                     log.warning("trial %d failed; the worker goes on", trial.number, exc_info=True)
@@ -261,7 +264,8 @@ class Worker:
             self.retry(trial.set_user_attr, FAIL_REASON, reason, what="recording the storage error")
         self.retry(_tell, self.study, trial, state, values, what=f"recording trial {trial.number}")
         if requeue_it:
-            self.retry(requeue, self.study, trial_id, self.max_retries, what=f"re-queueing trial {trial.number}")
+            what = f"re-queueing trial {trial.number}"
+            self.retry(requeue, self.study, trial_id, self.max_retries, stopped, what=what)
         self.ran += 1
         frozen = self.retry(self.study._storage.get_trial, trial_id, what="reading the trial")
         self.on_trial(frozen)

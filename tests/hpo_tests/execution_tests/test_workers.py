@@ -217,6 +217,29 @@ def test_sigterm_stops_promptly_marks_and_requeues_the_trial(tmp_path: Path, pg_
     assert queued.params == stopped.params and queued.system_attrs["failed_trial"] == running.number
 
 
+def test_sigterm_stops_do_not_use_up_max_retries(tmp_path: Path, pg_url: str, name: str) -> None:
+    config = synthetic(name, n_trials=1)
+    config["synthetic"] = {"steps": 10, "sleep": 5.0}
+    config["worker"] = {**config["worker"], "max_retries": 1}
+    create(tmp_path, pg_url, config)
+    stopped = []
+    for _ in range(3):  # three preemptions of the same trial: more than max_retries allows failures
+        worker = cli("worker", "--study", name, url=pg_url, cwd=tmp_path)
+        stopped.append(wait_for(lambda pid=worker.pid: running_of(pg_url, name, pid), 180, "a running trial"))
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(60) == 0
+    last = run_cli("worker", "--study", name, url=pg_url, cwd=tmp_path)
+    assert last.returncode == 0, last.stderr[-3000:]
+    final = sorted(trials(pg_url, name), key=lambda t: t.number)
+    assert [t.state for t in final] == [TrialState.FAIL] * 3 + [TrialState.COMPLETE]
+    assert [t.number for t in final[:3]] == [t.number for t in stopped]
+    assert all(t.user_attrs["fail_reason"] == "worker stopped" for t in final[:3])
+    assert all(t.params == final[0].params for t in final)  # the same grid point, rerun every time
+    done = final[3].system_attrs
+    assert done["retry_history"] == [t.number for t in stopped] and done["stopped_runs"] == 3
+    assert done["failed_trial"] == stopped[0].number
+
+
 def test_oom_nan_and_crash_are_recorded_and_the_worker_goes_on(tmp_path: Path, pg_url: str, name: str) -> None:
     config = synthetic(name, n_trials=6, sampler={"name": "random"})
     config["synthetic"] = {"steps": 2, "oom_trials": [1], "nan_trials": [2], "crash_trials": [3]}
