@@ -127,6 +127,7 @@ def study_worker(
         on_trial=progress,
         poll=min(1.0, w.heartbeat_interval),
         idle_limit=w.grace_period + 3 * w.heartbeat_interval,
+        max_seconds=None if config.train.max_minutes is None else 60 * config.train.max_minutes,
     )
 
 

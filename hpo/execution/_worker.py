@@ -12,18 +12,24 @@ Many workers (processes, GPUs, nodes) run this loop against one study in one dat
 - SIGTERM / Ctrl-C: the running trial is interrupted, marked FAIL with ``fail_reason = worker stopped`` and
   re-queued, and the loop ends. A stop is no failure of the trial: however often preemptions or rolling updates
   stop it, it is re-queued, and never counts against ``max_retries``.
+- A trial running past ``train.max_minutes`` is interrupted (SIGALRM), marked FAIL with ``fail_reason = timeout``
+  (not retried: its parameters are what made it slow), and the worker goes on. A trial hung in a call that no
+  signal interrupts is recorded the same way ``kill_grace`` seconds later by a watchdog thread, which then restarts
+  the worker process in place (``StopFlag.restart``: the same command line, the same process id).
 - Database errors (a restart, a dropped connection) are retried with exponential backoff; a finished trial's
   result is held until the database takes it. After ``storage_retries`` failures the worker gives up with one line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import signal
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any, TypeVar
@@ -44,6 +50,10 @@ class WorkerStopped(KeyboardInterrupt):
     """SIGTERM or Ctrl-C asked the worker to stop (a KeyboardInterrupt, so no ``except Exception`` swallows it)."""
 
 
+class TrialTimeout(KeyboardInterrupt):
+    """The trial ran past its time limit (a KeyboardInterrupt, so no ``except Exception`` in a trial swallows it)."""
+
+
 class StorageUnavailable(RuntimeError):
     """The database stayed unreachable through every retry."""
 
@@ -58,6 +68,9 @@ class StopFlag:
     def __init__(self) -> None:
         self.event = threading.Event()
         self.in_trial = False
+        self.restart: Callable[[], None] | None = None
+        """Replaces this process with a fresh one (the CLI sets it: the same command line); a worker whose trial
+        hung past its time limit calls it, or exits when it is None."""
 
     @property
     def requested(self) -> bool:
@@ -160,6 +173,8 @@ class Worker:
         on_trial: Callable[[optuna.trial.FrozenTrial], None] | None = None,
         poll: float = 1.0,
         idle_limit: float = 120.0,
+        max_seconds: float | None = None,
+        kill_grace: float = 10.0,
     ) -> None:
         self.study = study
         self.objective = objective
@@ -170,6 +185,8 @@ class Worker:
         self.on_trial = on_trial or (lambda trial: None)
         self.poll = poll
         self.idle_limit = idle_limit
+        self.max_seconds = max_seconds
+        self.kill_grace = kill_grace
         self.ran = 0
         self.failures = 0
 
@@ -234,10 +251,55 @@ class Worker:
             self.stop.event.wait(self.poll)
         return self.ran
 
+    @contextlib.contextmanager
+    def _time_limit(self, trial: optuna.Trial) -> Iterator[None]:
+        """Interrupt the trial with :class:`TrialTimeout` after ``max_seconds`` (SIGALRM, in this main thread); if it
+        is still running ``kill_grace`` seconds later (hung in a call that no signal interrupts), a watchdog thread
+        records the timeout and restarts the process."""
+        if self.max_seconds is None:
+            yield
+            return
+
+        def interrupt(signum: int, frame: FrameType | None) -> None:
+            if self.stop.in_trial:  # not once the trial's outcome is being recorded
+                raise TrialTimeout(f"past {self.max_seconds:.0f} s")
+
+        def watchdog(ended: threading.Event) -> None:
+            if not ended.wait(self.max_seconds + self.kill_grace):
+                self._restart_hung(trial)
+
+        previous = signal.signal(signal.SIGALRM, interrupt)
+        ended = threading.Event()
+        threading.Thread(target=watchdog, args=(ended,), name="trial watchdog", daemon=True).start()
+        signal.setitimer(signal.ITIMER_REAL, self.max_seconds)
+        try:
+            yield
+        finally:
+            ended.set()
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+
+    def _restart_hung(self, trial: optuna.Trial) -> None:
+        """From the watchdog thread: the main thread is stuck in the trial. Record it as a timeout, then replace
+        the process (``StopFlag.restart``), or exit it: nothing else ends a call that ignores signals."""
+        log.error(
+            "trial %d is hung past its %.0f s limit and did not stop %.0f s later; restarting this worker",
+            trial.number,
+            self.max_seconds,
+            self.kill_grace,
+        )
+        self.retry(trial.set_user_attr, FAIL_REASON, "timeout", what="recording the timeout")
+        self.retry(_tell, self.study, trial, TrialState.FAIL, None, what=f"recording trial {trial.number}")
+        for handler in logging.getLogger().handlers + log.handlers:
+            handler.flush()
+        if self.stop.restart is not None:
+            self.stop.restart()
+        os._exit(3)
+
     def _run_one(self, trial_id: int) -> None:
         trial = optuna.Trial(self.study, trial_id)
         state, values, requeue_it, storage_exc, stopped = TrialState.FAIL, None, False, None, False
-        with get_heartbeat_thread(trial_id, self.study._storage):
+        with get_heartbeat_thread(trial_id, self.study._storage), self._time_limit(trial):
             self.stop.in_trial = True
             try:
                 if self.stop.requested:  # the signal came between claiming and starting
@@ -246,6 +308,9 @@ class Worker:
                 state = TrialState.COMPLETE
             except optuna.TrialPruned:
                 state = TrialState.PRUNED
+            except TrialTimeout:
+                log.warning("trial %d ran past its %.0f s limit; the worker goes on", trial.number, self.max_seconds)
+                self.retry(trial.set_user_attr, FAIL_REASON, "timeout", what="recording the timeout")
             except WorkerStopped:
                 requeue_it = stopped = True
                 self.retry(trial.set_user_attr, FAIL_REASON, "worker stopped", what="recording the stop")
