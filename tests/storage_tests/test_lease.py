@@ -1,5 +1,5 @@
-"""Leases in the study's database decide which process writes a shared artifact: real processes on real SQLite and
-PostgreSQL race, die by kill -9 mid-write, and write for longer than a lease lasts."""
+"""Leases in the study's database decide which process writes a shared artifact: real processes on real SQLite,
+PostgreSQL and MariaDB race, die by kill -9 mid-write, and write for longer than a lease lasts."""
 
 from __future__ import annotations
 
@@ -33,9 +33,11 @@ print("wrote" if wrote else "waited", time.time(), flush=True)
 """
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", "postgresql", "mysql"])
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path}/s.db" if request.param == "sqlite" else request.getfixturevalue("pg_url")
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/s.db"
+    return request.getfixturevalue("pg_url" if request.param == "postgresql" else "mysql_url")
 
 
 def _producer(url: str, root: Path, name: str, log: Path, seconds: float, ttl: float, renew: float) -> subprocess.Popen:
