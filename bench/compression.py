@@ -41,7 +41,7 @@ from objectives import (
 )
 from objectives.evaluation import COST_THREADS, latency_ms
 from objectives.tasks._classification import Workload, latency_input
-from storage import ArtifactDir
+from storage import ArtifactDir, Leases
 
 WIDTHS = {"hidden_ratio": 0.5, "ffn_ratio": 0.5, "heads_ratio": 0.5}
 KEEP_HIDDEN = {"ffn_ratio": 0.5, "heads_ratio": 0.5}
@@ -135,7 +135,7 @@ def main() -> None:
     rows = {TEACHER: finetune_teacher(work, teacher_args, config.seed, tmp / "teacher")}
     print(f"teacher fine-tuned in {time.perf_counter() - start:.0f} s", flush=True)
     models = {TEACHER: load_teacher(tmp / "teacher", work)}
-    cache = LogitCache(ArtifactDir(tmp, "bench"), tmp / "teacher")
+    cache = LogitCache(ArtifactDir(tmp, "bench"), tmp / "teacher", Leases(f"sqlite:///{tmp}/leases.db"))
     train = replace(config.train, max_steps=args.steps, eval_every=args.steps, patience=None)
     accuracies: dict[str, list[float]] = {TEACHER: [rows[TEACHER]["accuracy"]]}
     for seed in range(args.seeds):

@@ -44,7 +44,7 @@ from objectives import (
     load_teacher,
     prepare_workload,
 )
-from storage import ArtifactDir
+from storage import ArtifactDir, Leases
 
 
 def main() -> None:
@@ -66,7 +66,7 @@ def main() -> None:
     teacher_dir = tmp / "teacher"
     load_classifier("minilm-l6", work.num_labels).save_pretrained(teacher_dir)  # timing does not need a good teacher
     teacher = load_teacher(teacher_dir, work)
-    cache = LogitCache(ArtifactDir(tmp, "bench"), teacher_dir)
+    cache = LogitCache(ArtifactDir(tmp, "bench"), teacher_dir, Leases(f"sqlite:///{tmp}/leases.db"))
     start = time.perf_counter()
     cache("train", work.train, teacher)
     fill = time.perf_counter() - start
@@ -112,7 +112,9 @@ def causal_lm(args: argparse.Namespace, tmp: Path) -> None:
     teacher = _causal_lm.load_teacher(teacher_dir, work)
     distill = DistillArgs(cache_top_k=64)
     artifacts = ArtifactDir(tmp, "bench")
-    cache = LogitCache(artifacts, teacher_dir, batch_size=8, top_k=distill.cache_top_k)
+    cache = LogitCache(
+        artifacts, teacher_dir, Leases(f"sqlite:///{tmp}/leases.db"), batch_size=8, top_k=distill.cache_top_k
+    )
     start = time.perf_counter()
     cache("train", work.train, teacher)
     fill = time.perf_counter() - start

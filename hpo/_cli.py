@@ -119,6 +119,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     _limit_memory(args.memory_limit)
     stop = StopFlag()
     stop.install()
+    stop.restart = _restart
     print(run(config, url, threads=args.threads, stop=stop, progress=sys.stderr.isatty()))
     return 0
 
@@ -205,12 +206,21 @@ def _limit_memory(mib: int | None) -> None:
         raise _flag_error(exc) from None
 
 
+def _restart() -> None:
+    """Replace this process with a fresh run of its own command line (the same process id, so a slot's parent
+    keeps it): a worker whose trial hung past ``train.max_minutes`` goes on with the next trial."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, sys.orig_argv)
+
+
 def _run_slot(args: argparse.Namespace, url: str) -> int:
     from hpo.execution import StopFlag, run_slot, usable_cores
 
     _limit_memory(args.memory_limit)
     stop = StopFlag()
     stop.install()
+    stop.restart = _restart
     if args.study is None:
         from hpo.execution import serve
 

@@ -138,9 +138,19 @@ class TrainArgs:
     class_weights: Literal["none", "balanced"] = "none"
     """Weights of the classes in the cross-entropy on labels: ``none`` (all 1), or ``balanced`` (inverse frequency
     in the training split, w_c = N / (C * n_c)), so a rare class is not given up. Searchable as a categorical."""
+    max_minutes: float | None = None
+    """Wall-time limit of one trial, in minutes; null for none. A trial still running then fails with
+    ``fail_reason: timeout`` and its worker goes on to the next trial: the trial is interrupted, and a worker hung
+    in a call that no signal interrupts is restarted in place (same process id, same command line) a little
+    later. Trials only: the teacher has no limit."""
 
     def __post_init__(self) -> None:
         _check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        _check(
+            self.max_minutes is None or self.max_minutes > 0,
+            "max_minutes",
+            f"must be > 0 minutes or null, got {self.max_minutes}",
+        )
         _check(0 < self.lr_decay <= 1, "lr_decay", f"must be in (0, 1], got {self.lr_decay}")
         _check(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
         _check_fraction(self.warmup_ratio, "warmup_ratio", high_open=True)
@@ -184,6 +194,11 @@ class TeacherArgs:
 
     def __post_init__(self) -> None:
         _check(bool(self.model), "model", "must name a model, e.g. minilm-l6")
+        _check(
+            self.train.max_minutes is None,
+            "train.max_minutes",
+            "limits trials, not the teacher; set train.max_minutes (top level) instead",
+        )
 
 
 @dataclass
@@ -443,6 +458,8 @@ class SyntheticArgs:
     """Trial numbers whose loss becomes NaN."""
     crash_trials: list[int] = field(default_factory=list)
     """Trial numbers that raise an ordinary exception."""
+    hang_trials: list[int] = field(default_factory=list)
+    """Trial numbers that hang in a C call no signal interrupts (as a stuck driver call does), until killed."""
 
     def __post_init__(self) -> None:
         _check(0 <= self.target <= 1, "target", f"must be in [0, 1], got {self.target}")

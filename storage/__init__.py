@@ -1,9 +1,11 @@
-"""Where studies and their artifacts live: storage URLs, the Optuna study storage, the artifact directory.
+"""Where studies and their artifacts live: storage URLs, the Optuna study storage, the artifact directory and the
+leases that decide which process writes an artifact.
 
 This package never imports torch.
 """
 
 from storage._artifacts import ArtifactDir
+from storage._lease import Leases
 from storage._rdb import (
     FAIL_REASON,
     PAUSED_ATTR,
@@ -12,6 +14,7 @@ from storage._rdb import (
     create_storage,
     driver_error,
     is_storage_error,
+    retry_trial,
     schema_exists,
     set_heartbeat,
     set_paused,
@@ -36,6 +39,7 @@ __all__ = [
     "PAUSED_ATTR",
     "POOL_SIZE_ENV",
     "ArtifactDir",
+    "Leases",
     "LostWorkerCallback",
     "claim_study_attr",
     "create_storage",
@@ -46,6 +50,7 @@ __all__ = [
     "redact_text",
     "redact_url",
     "resolve_storage_url",
+    "retry_trial",
     "schema_exists",
     "set_heartbeat",
     "set_paused",

@@ -84,12 +84,10 @@ def _check_schema(storage: optuna.storages.RDBStorage) -> None:
 class LostWorkerCallback:
     """Optuna's stale-trial callback, recording why first: ``fail_reason: worker lost (no heartbeat for N s; held
     by HOST pid PID)``, then re-queueing the trial with the same parameters up to ``max_retry`` times
-    (``RetryHeartbeatStaleTrialCallback``)."""
+    (:func:`retry_trial`: a lost worker counts as a failure)."""
 
     def __init__(self, max_retry: int) -> None:
-        with warnings.catch_warnings():  # marked experimental since Optuna 2.8
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            self._retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+        self.max_retry = max_retry
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         rdb = getattr(study._storage, "_backend", study._storage)
@@ -98,7 +96,34 @@ class LostWorkerCallback:
             held = f"{trial.user_attrs.get('host', '?')} pid {trial.user_attrs.get('pid', '?')}"
             since = f"no heartbeat for {silent:.0f} s" if silent is not None else "no heartbeat"
             _add_trial_attrs(rdb, trial._trial_id, {FAIL_REASON: f"worker lost ({since}; held by {held})"})
-        self._retry(study, trial)
+        retry_trial(study, trial, self.max_retry)
+
+
+STOPS_ATTR = "stopped_runs"
+"""Trial system attribute: how many runs of its ``retry_history`` were stopped (SIGTERM) rather than failed."""
+
+
+def retry_trial(study: optuna.Study, trial: FrozenTrial, max_retries: int, *, stopped: bool = False) -> bool:
+    """Queue ``trial`` again as WAITING with the same parameters, as Optuna's ``RetryHeartbeatStaleTrialCallback``
+    does (system attributes ``failed_trial``: the first run, ``retry_history``: every earlier run), unless its
+    failed runs exceed ``max_retries``. A run ``stopped`` by SIGTERM (preemption, a rolling update, scale-down) is
+    no failure of the trial: it is counted apart (:data:`STOPS_ATTR`), never against ``max_retries``. Returns whether
+    the trial was queued."""
+    history = [*trial.system_attrs.get("retry_history", []), trial.number]
+    stops = trial.system_attrs.get(STOPS_ATTR, 0) + int(stopped)
+    if len(history) - stops > max_retries:
+        return False
+    attrs = {**trial.system_attrs, "failed_trial": history[0], "retry_history": history, STOPS_ATTR: stops}
+    study.add_trial(
+        optuna.create_trial(
+            state=TrialState.WAITING,
+            params=trial.params,
+            distributions=trial.distributions,
+            user_attrs=trial.user_attrs,
+            system_attrs=attrs,
+        )
+    )
+    return True
 
 
 def _heartbeat_age(rdb: optuna.storages.RDBStorage, trial_id: int) -> float | None:

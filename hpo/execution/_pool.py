@@ -7,6 +7,10 @@ Each study's trial is started and run by that study's :class:`~hpo.execution._wo
 (start under the study's lock, so ``max_parallel``, the budget and a pause hold across the pool; heartbeat,
 retries, SIGTERM, OOM, database backoff), with the study's own config, heartbeat settings, seed and teacher.
 
+A study this process cannot run (its sampler needs a package missing from this image, or its stored config does
+not parse here) is skipped, with one warning a minute naming the reason; other workers may run it, and
+``--until-idle`` leaves once nothing this process can run remains.
+
 A study's workload (tokenised data, teacher logits) is prepared when the pool first runs one of its trials (under
 that trial's heartbeat) and kept for the last ``keep`` studies served; when the pool switches studies it unloads the
 teachers it holds and returns cached GPU memory, so the next study has the GPU to itself.
@@ -17,6 +21,7 @@ from __future__ import annotations
 import functools
 import gc
 import logging
+import math
 import random
 import time
 from collections import OrderedDict
@@ -93,6 +98,10 @@ class Pool:
         self.runners: OrderedDict[int, TrialRunner] = OrderedDict()
         """Prepared workloads of the last ``keep`` studies served, least recently used first."""
         self.given_up: set[int] = set()
+        self.unrunnable: dict[int, str] = {}
+        """Studies this process cannot run, by id: why (a missing package, a config that does not parse here)."""
+        self._warned: dict[int, float] = {}
+        """When each unrunnable study was last warned about (``time.monotonic()``)."""
         self.current: int | None = None
         """The study whose trial ran last in this process."""
         self.ran = 0
@@ -108,12 +117,18 @@ class Pool:
         """The pool loop; returns the number of trials this process ran."""
         idle = False
         while not self._done():
-            studies = self.retry(survey, self.storage, self.configs, what="surveying the studies")
-            self._forget_deleted({s.study_id for s in studies})
+            unreadable: dict[int, tuple[str, str]] = {}
+            studies = self.retry(survey, self.storage, self.configs, unreadable, what="surveying the studies")
+            self._forget_deleted({s.study_id for s in studies} | set(unreadable))
+            for study_id, (name, reason) in unreadable.items():
+                self._skip(study_id, name, f"its stored config is not valid here ({reason})")
+            for s in studies:
+                if s.study_id in self.unrunnable:
+                    self._skip(s.study_id, s.name, self.unrunnable[s.study_id])
             if self._serve(studies):
                 idle = False
                 continue
-            if self.until_idle and all(s.done or s.study_id in self.given_up for s in studies):
+            if self.until_idle and all(s.done or s.study_id in self.given_up | set(self.unrunnable) for s in studies):
                 log.info("no study has budget left; leaving (--until-idle)")
                 break
             if not idle:
@@ -124,7 +139,8 @@ class Pool:
 
     def _serve(self, studies: list[Standing]) -> bool:
         """Start and run one trial of the best study that has one to start; False when none has."""
-        for standing in rank([s for s in studies if s.study_id not in self.given_up], self.current):
+        skipped = self.given_up | set(self.unrunnable)
+        for standing in rank([s for s in studies if s.study_id not in skipped], self.current):
             w = standing.config.worker
             set_heartbeat(self.storage, w.heartbeat_interval, w.grace_period, w.max_retries)
             try:
@@ -136,13 +152,26 @@ class Pool:
                 log.error("study %r: %s; this worker leaves it", standing.name, exc)
                 self.given_up.add(standing.study_id)
                 return True
-            except (KeyError, ConfigError):  # deleted since the survey; the next survey forgets it
+            except KeyError:  # deleted since the survey; the next survey forgets it
                 log.info("study %r is gone", standing.name)
+                continue
+            except ConfigError as exc:
+                if exc.key == "--study":  # no study of that name: deleted since the survey
+                    log.info("study %r is gone", standing.name)
+                else:  # e.g. sampler.name: qmc needs scipy
+                    self._skip(standing.study_id, standing.name, f"it cannot run in this worker: {exc}")
                 continue
             if started:
                 self.ran += 1
                 return True
         return False
+
+    def _skip(self, study_id: int, name: str, reason: str) -> None:
+        """Leave a study this process cannot run to other workers, warning once a minute."""
+        self.unrunnable[study_id] = reason
+        if time.monotonic() - self._warned.get(study_id, -math.inf) >= 60:
+            log.warning("study %r: %s; this worker skips it", name, reason)
+            self._warned[study_id] = time.monotonic()
 
     def _worker(self, standing: Standing) -> Worker:
         """The worker loop of a study (cheap: no model or data until it runs a trial)."""
@@ -194,6 +223,9 @@ class Pool:
                 self._drop_runner(study_id)
         for study_id in set(self.configs) - present:
             del self.configs[study_id]
+        for study_id in set(self.unrunnable) - present:
+            del self.unrunnable[study_id]
+            self._warned.pop(study_id, None)
 
 
 def serve(

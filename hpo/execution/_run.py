@@ -15,7 +15,7 @@ import torch
 
 from hpo.execution._runner import TrialRunner, describe, warn_never_predicted
 from hpo.execution._slots import usable_cores
-from hpo.execution._teacher import LogitCache, ensure_teacher
+from hpo.execution._teacher import LogitCache, ensure_teacher, study_leases
 from hpo.execution._worker import Budget, Retry, StopFlag, Worker
 from hpo.study import Config, is_grid, load_study, open_study
 from hpo.views import Progress, results_table, state_counts
@@ -51,7 +51,8 @@ def prepare_runner(config: Config, study: optuna.Study, attrs: dict[str, Any] | 
     if config.objective != "distill":
         return TrialRunner(config, work, None, attrs)
     artifacts = ArtifactDir(config.artifacts_dir, config.name)
-    teacher_dir, teacher = ensure_teacher(config, work, artifacts, study)
+    leases = study_leases(config, study)
+    teacher_dir, teacher = ensure_teacher(config, work, artifacts, study, leases)
     scores = ", ".join(f"{m} {teacher[m]:.4f}" for m in config.task_spec.validation_metrics[:2])
     log.info("teacher: validation %s (%s)", scores, teacher_dir)
     warn_never_predicted("the teacher", teacher.get("per_class") or {})
@@ -60,7 +61,7 @@ def prepare_runner(config: Config, study: optuna.Study, attrs: dict[str, Any] | 
         work,
         teacher_dir,
         attrs,
-        LogitCache(artifacts, teacher_dir, config.train.eval_batch_size, config.distill.cache_top_k),
+        LogitCache(artifacts, teacher_dir, leases, config.train.eval_batch_size, config.distill.cache_top_k),
     )
 
 
@@ -127,6 +128,7 @@ def study_worker(
         on_trial=progress,
         poll=min(1.0, w.heartbeat_interval),
         idle_limit=w.grace_period + 3 * w.heartbeat_interval,
+        max_seconds=None if config.train.max_minutes is None else 60 * config.train.max_minutes,
     )
 
 

@@ -18,7 +18,7 @@ from objectives import (
     teacher_logits,
     weights_hash,
 )
-from storage import ArtifactDir
+from storage import ArtifactDir, Leases
 
 log = logging.getLogger("hpo")
 
@@ -36,22 +36,32 @@ def teacher_key(config: Config, work: Any) -> str:
     return "teacher-" + hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def ensure_teacher(config: Config, work: Any, artifacts: ArtifactDir, study: optuna.Study) -> tuple[Path, dict]:
+def study_leases(config: Config, study: optuna.Study) -> Leases:
+    """The leases of the study's database, as long-lived as its trials' heartbeats: renewed every
+    ``worker.heartbeat_interval`` seconds, taken over ``worker.grace_period`` seconds after its holder died."""
+    return Leases(study._storage, ttl=config.worker.grace_period, renew_every=config.worker.heartbeat_interval)
+
+
+def ensure_teacher(
+    config: Config, work: Any, artifacts: ArtifactDir, study: optuna.Study, leases: Leases
+) -> tuple[Path, dict]:
     """Path and metrics of the study's fine-tuned teacher, training it first if no worker has yet.
 
-    Workers that arrive while another trains it wait on the artifact lock, then load the published result.
+    One worker trains it under a lease in the study's database (:meth:`storage.ArtifactDir.produce`); workers that
+    arrive meanwhile wait, then load the published result.
     """
     name = teacher_key(config, work)
-    with artifacts.lock(name):
-        if not artifacts.exists(name):
-            steps = config.teacher.train.max_steps
-            if steps:
-                log.info("fine-tuning the teacher %s (%d steps), once for this study", config.teacher.model, steps)
-            else:
-                log.info("scoring the teacher %s as it is (teacher.train.max_steps: 0)", config.teacher.model)
-            with artifacts.staging(name) as tmp:
-                metrics = config.task_spec.implementation().finetune_teacher(work, config.teacher, config.seed, tmp)
-                (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+
+    def train(tmp: Path) -> None:
+        steps = config.teacher.train.max_steps
+        if steps:
+            log.info("fine-tuning the teacher %s (%d steps), once for this study", config.teacher.model, steps)
+        else:
+            log.info("scoring the teacher %s as it is (teacher.train.max_steps: 0)", config.teacher.model)
+        metrics = config.task_spec.implementation().finetune_teacher(work, config.teacher, config.seed, tmp)
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+
+    artifacts.produce(name, train, leases)
     path = artifacts.entry(name)
     metrics = json.loads((path / "metrics.json").read_text())
     warning = teacher_warning(metrics)
@@ -69,12 +79,15 @@ class LogitCache:
     The key hashes the teacher's weight file and the exact token ids (so the tokenizer, ``max_length`` and the data
     are all in it), and ``top_k``: a teacher with more outputs than that has only its top-k logits per example and
     the remaining mass stored (:class:`objectives.TopKLogits`). The first process to need an entry computes it under
-    the artifact lock and publishes it atomically; the others wait on the lock, then read it; a half-written entry is
-    never published.
+    a lease in the study's database and publishes it atomically; the others wait, then read it; a half-written entry
+    is never published.
     """
 
-    def __init__(self, artifacts: ArtifactDir, teacher_dir: Path, batch_size: int = 128, top_k: int = 64) -> None:
+    def __init__(
+        self, artifacts: ArtifactDir, teacher_dir: Path, leases: Leases, batch_size: int = 128, top_k: int = 64
+    ) -> None:
         self.artifacts = artifacts
+        self.leases = leases
         self.batch_size = batch_size
         self.top_k = top_k
         self.teacher_hash = weights_hash(teacher_dir)
@@ -89,13 +102,13 @@ class LogitCache:
     def __call__(self, name: str, data: Any, teacher: torch.nn.Module) -> torch.Tensor | TopKLogits:
         entry = self.entry(name, data)
         if entry not in self._memory:
-            with self.artifacts.lock(entry):
-                if not self.artifacts.exists(entry):
-                    log.info("computing the teacher's logits on %d %s examples, once for this study", len(data), name)
-                    with self.artifacts.staging(entry) as tmp:
-                        logits = teacher_logits(teacher, data, self.batch_size, self.top_k)
-                        torch.save(logits if isinstance(logits, torch.Tensor) else logits.state(), tmp)
-                    self.computed += 1
+
+            def compute(tmp: Path) -> None:
+                log.info("computing the teacher's logits on %d %s examples, once for this study", len(data), name)
+                logits = teacher_logits(teacher, data, self.batch_size, self.top_k)
+                torch.save(logits if isinstance(logits, torch.Tensor) else logits.state(), tmp)
+
+            self.computed += self.artifacts.produce(entry, compute, self.leases)
             # never unpickled; memory-mapped, so a large LM cache is paged in as trials read it
             self._memory[entry] = read_logits(self.artifacts.entry(entry))
         return self._memory[entry]

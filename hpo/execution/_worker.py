@@ -8,21 +8,28 @@ Many workers (processes, GPUs, nodes) run this loop against one study in one dat
   ``max_parallel`` hold across workers, and nothing starts while the study is paused. A grid study never creates
   trials beyond its queue, so every grid point runs exactly once.
 - Running trials send heartbeats; a trial whose worker was killed is found stale by the next worker that looks,
-  marked FAIL and re-queued with the same parameters (Optuna's ``RetryHeartbeatStaleTrialCallback``).
+  marked FAIL and re-queued with the same parameters, up to ``max_retries`` times (``storage.retry_trial``).
 - SIGTERM / Ctrl-C: the running trial is interrupted, marked FAIL with ``fail_reason = worker stopped`` and
-  re-queued, and the loop ends.
+  re-queued, and the loop ends. A stop is no failure of the trial: however often preemptions or rolling updates
+  stop it, it is re-queued, and never counts against ``max_retries``.
+- A trial running past ``train.max_minutes`` is interrupted (SIGALRM), marked FAIL with ``fail_reason = timeout``
+  (not retried: its parameters are what made it slow), and the worker goes on. A trial hung in a call that no
+  signal interrupts is recorded the same way ``kill_grace`` seconds later by a watchdog thread, which then restarts
+  the worker process in place (``StopFlag.restart``: the same command line, the same process id).
 - Database errors (a restart, a dropped connection) are retried with exponential backoff; a finished trial's
   result is held until the database takes it. After ``storage_retries`` failures the worker gives up with one line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import signal
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any, TypeVar
@@ -31,7 +38,7 @@ import optuna
 from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import TrialState
 
-from storage import FAIL_REASON, driver_error, is_storage_error, redact_text, start_trial
+from storage import FAIL_REASON, driver_error, is_storage_error, redact_text, retry_trial, start_trial
 
 log = logging.getLogger("hpo")
 T = TypeVar("T")
@@ -41,6 +48,10 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 class WorkerStopped(KeyboardInterrupt):
     """SIGTERM or Ctrl-C asked the worker to stop (a KeyboardInterrupt, so no ``except Exception`` swallows it)."""
+
+
+class TrialTimeout(KeyboardInterrupt):
+    """The trial ran past its time limit (a KeyboardInterrupt, so no ``except Exception`` in a trial swallows it)."""
 
 
 class StorageUnavailable(RuntimeError):
@@ -57,6 +68,9 @@ class StopFlag:
     def __init__(self) -> None:
         self.event = threading.Event()
         self.in_trial = False
+        self.restart: Callable[[], None] | None = None
+        """Replaces this process with a fresh one (the CLI sets it: the same command line); a worker whose trial
+        hung past its time limit calls it, or exits when it is None."""
 
     @property
     def requested(self) -> bool:
@@ -110,10 +124,9 @@ def error_line(exc: BaseException) -> str:
     return redact_text(text.splitlines()[0] if text else type(root).__name__)
 
 
-def requeue(study: optuna.Study, trial_id: int, max_retries: int) -> None:
-    """Queue a failed trial again with the same parameters (as Optuna does for stale trials)."""
-    frozen = study._storage.get_trial(trial_id)
-    optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retries)(study, frozen)
+def requeue(study: optuna.Study, trial_id: int, max_retries: int, stopped: bool) -> None:
+    """Queue a failed or ``stopped`` trial again with the same parameters (:func:`storage.retry_trial`)."""
+    retry_trial(study, study._storage.get_trial(trial_id), max_retries, stopped=stopped)
 
 
 def _tell(study: optuna.Study, trial: optuna.Trial, state: TrialState, values: list[float] | None) -> None:
@@ -160,6 +173,8 @@ class Worker:
         on_trial: Callable[[optuna.trial.FrozenTrial], None] | None = None,
         poll: float = 1.0,
         idle_limit: float = 120.0,
+        max_seconds: float | None = None,
+        kill_grace: float = 10.0,
     ) -> None:
         self.study = study
         self.objective = objective
@@ -170,6 +185,8 @@ class Worker:
         self.on_trial = on_trial or (lambda trial: None)
         self.poll = poll
         self.idle_limit = idle_limit
+        self.max_seconds = max_seconds
+        self.kill_grace = kill_grace
         self.ran = 0
         self.failures = 0
 
@@ -234,10 +251,55 @@ class Worker:
             self.stop.event.wait(self.poll)
         return self.ran
 
+    @contextlib.contextmanager
+    def _time_limit(self, trial: optuna.Trial) -> Iterator[None]:
+        """Interrupt the trial with :class:`TrialTimeout` after ``max_seconds`` (SIGALRM, in this main thread); if it
+        is still running ``kill_grace`` seconds later (hung in a call that no signal interrupts), a watchdog thread
+        records the timeout and restarts the process."""
+        if self.max_seconds is None:
+            yield
+            return
+
+        def interrupt(signum: int, frame: FrameType | None) -> None:
+            if self.stop.in_trial:  # not once the trial's outcome is being recorded
+                raise TrialTimeout(f"past {self.max_seconds:.0f} s")
+
+        def watchdog(ended: threading.Event) -> None:
+            if not ended.wait(self.max_seconds + self.kill_grace):
+                self._restart_hung(trial)
+
+        previous = signal.signal(signal.SIGALRM, interrupt)
+        ended = threading.Event()
+        threading.Thread(target=watchdog, args=(ended,), name="trial watchdog", daemon=True).start()
+        signal.setitimer(signal.ITIMER_REAL, self.max_seconds)
+        try:
+            yield
+        finally:
+            ended.set()
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+
+    def _restart_hung(self, trial: optuna.Trial) -> None:
+        """From the watchdog thread: the main thread is stuck in the trial. Record it as a timeout, then replace
+        the process (``StopFlag.restart``), or exit it: nothing else ends a call that ignores signals."""
+        log.error(
+            "trial %d is hung past its %.0f s limit and did not stop %.0f s later; restarting this worker",
+            trial.number,
+            self.max_seconds,
+            self.kill_grace,
+        )
+        self.retry(trial.set_user_attr, FAIL_REASON, "timeout", what="recording the timeout")
+        self.retry(_tell, self.study, trial, TrialState.FAIL, None, what=f"recording trial {trial.number}")
+        for handler in logging.getLogger().handlers + log.handlers:
+            handler.flush()
+        if self.stop.restart is not None:
+            self.stop.restart()
+        os._exit(3)
+
     def _run_one(self, trial_id: int) -> None:
         trial = optuna.Trial(self.study, trial_id)
-        state, values, requeue_it, storage_exc = TrialState.FAIL, None, False, None
-        with get_heartbeat_thread(trial_id, self.study._storage):
+        state, values, requeue_it, storage_exc, stopped = TrialState.FAIL, None, False, None, False
+        with get_heartbeat_thread(trial_id, self.study._storage), self._time_limit(trial):
             self.stop.in_trial = True
             try:
                 if self.stop.requested:  # the signal came between claiming and starting
@@ -246,11 +308,17 @@ class Worker:
                 state = TrialState.COMPLETE
             except optuna.TrialPruned:
                 state = TrialState.PRUNED
+            except TrialTimeout:
+                log.warning("trial %d ran past its %.0f s limit; the worker goes on", trial.number, self.max_seconds)
+                self.retry(trial.set_user_attr, FAIL_REASON, "timeout", what="recording the timeout")
             except WorkerStopped:
-                requeue_it = True
+                requeue_it = stopped = True
                 self.retry(trial.set_user_attr, FAIL_REASON, "worker stopped", what="recording the stop")
             except Exception as exc:
-                if is_storage_error(exc):
+                if self.stop.requested:  # the stop interrupted a database call, whose driver re-raised it wrapped
+                    requeue_it = stopped = True
+                    self.retry(trial.set_user_attr, FAIL_REASON, "worker stopped", what="recording the stop")
+                elif is_storage_error(exc):
                     storage_exc, requeue_it = exc, True
                 else:
                     log.warning("trial %d failed; the worker goes on", trial.number, exc_info=True)
@@ -261,7 +329,8 @@ class Worker:
             self.retry(trial.set_user_attr, FAIL_REASON, reason, what="recording the storage error")
         self.retry(_tell, self.study, trial, state, values, what=f"recording trial {trial.number}")
         if requeue_it:
-            self.retry(requeue, self.study, trial_id, self.max_retries, what=f"re-queueing trial {trial.number}")
+            what = f"re-queueing trial {trial.number}"
+            self.retry(requeue, self.study, trial_id, self.max_retries, stopped, what=what)
         self.ran += 1
         frozen = self.retry(self.study._storage.get_trial, trial_id, what="reading the trial")
         self.on_trial(frozen)

@@ -83,7 +83,9 @@ class WorkerArgs:
     grace_period: int = 60
     """A running trial without a heartbeat for this long is stale: marked FAIL and retried."""
     max_retries: int = 3
-    """Times a trial lost to a crashed or stopped worker is re-run with the same parameters."""
+    """Times a trial that failed through no fault of its parameters (its worker crashed or lost the database) is
+    re-run with the same parameters. A trial stopped by SIGTERM (preemption, a rolling update) is re-run however
+    often it is stopped: stops do not count."""
     storage_retries: int = 8
     """Attempts (with exponential backoff, 0.5 s doubling to 30 s) when the database is unreachable."""
     max_consecutive_failures: int = 10

@@ -46,9 +46,16 @@ class Standing:
         return "done" if self.done else "paused" if self.paused else "running"
 
 
-def survey(storage: optuna.storages.RDBStorage, configs: dict[int, Config] | None = None) -> list[Standing]:
+def survey(
+    storage: optuna.storages.RDBStorage,
+    configs: dict[int, Config] | None = None,
+    unreadable: dict[int, tuple[str, str]] | None = None,
+) -> list[Standing]:
     """Every study created by hpo in ``storage``, with its settings and trial counts. ``configs`` caches the
-    parsed stored configs by study id (they never change; the settings are re-read every time)."""
+    parsed stored configs by study id (they never change; the settings are re-read every time).
+
+    A study whose stored config does not parse here is left out: logged as a warning, or, given ``unreadable``,
+    put there (study id -> (name, why)) for the caller to report."""
     configs = {} if configs is None else configs
     counts = trial_counts(storage)
     out = []
@@ -61,7 +68,12 @@ def survey(storage: optuna.storages.RDBStorage, configs: dict[int, Config] | Non
             try:
                 config = configs[frozen._study_id] = config_from_dict(attrs[CONFIG_ATTR])
             except ConfigError as exc:
-                log.warning("study %r: its stored config is not valid here (%s); skipping it", frozen.study_name, exc)
+                if unreadable is None:
+                    log.warning(
+                        "study %r: its stored config is not valid here (%s); skipping it", frozen.study_name, exc
+                    )
+                else:
+                    unreadable[frozen._study_id] = (frozen.study_name, str(exc))
                 continue
         by_state = counts.get(frozen._study_id, {})
         out.append(

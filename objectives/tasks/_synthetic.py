@@ -12,12 +12,15 @@ Intermediate accuracies rise toward the final value as accuracy * (step / steps)
 (``curve: rising``), or e = max(1/10, 1/4 + 6 * (quality - 1/2)) (``curve: crossing``: the better a setting ends, the slower it
 starts, so curves cross); f1 and val_loss follow them as above. Switches raise a real allocation
 failure (``oom_trials``; with ``oom_mib``, a real allocation of that size that fails only under a memory limit), a
-non-finite loss (``nan_trials``) or a crash (``crash_trials``) on chosen trial numbers.
+non-finite loss (``nan_trials``), a crash (``crash_trials``) or a hang in a C call (``hang_trials``) on chosen trial
+numbers.
 """
 
 from __future__ import annotations
 
+import ctypes
 import random
+import signal
 import time
 from collections.abc import Callable
 
@@ -32,6 +35,13 @@ def _allocate(mib: float | None) -> None:
 
     size = 2**50 if mib is None else int(mib * 2**20)
     torch.empty(size, dtype=torch.uint8).fill_(1)
+
+
+def _hang() -> None:
+    """Block forever in a C call that no signal interrupts: every signal this thread may block is blocked, then
+    ``pause(2)`` (which only a signal ends), with the GIL released as ctypes does. Only SIGKILL ends it."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP})
+    ctypes.CDLL(None).pause()
 
 
 def run_synthetic(
@@ -70,6 +80,8 @@ def run_synthetic(
                 raise NonFiniteLoss(f"training loss became NaN or infinite by step {step}")
             if trial_number in args.crash_trials:
                 raise RuntimeError(f"synthetic crash in trial {trial_number}")
+            if trial_number in args.hang_trials:
+                _hang()
         if report is not None:
             now = accuracy * (step / args.steps) ** exponent
             report(step, {"accuracy": now, "f1": now - 0.02, "val_loss": 1 - now}, step == args.steps)

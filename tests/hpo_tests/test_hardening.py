@@ -31,7 +31,7 @@ from hpo.execution import LogitCache
 from hpo.study import CLAIM_ATTR, CONFIG_ATTR, load_study, open_study
 from objectives import METRICS
 from objectives.data import Encoded
-from storage import ArtifactDir, create_storage
+from storage import ArtifactDir, Leases, create_storage
 from tests.conftest import tiny_config
 
 
@@ -373,12 +373,12 @@ def test_cached_logits_are_never_unpickled(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # an environment that re-opens plain pickle loads
     teacher = tmp_path / "teacher"
     teacher.mkdir()
-    cache = LogitCache(ArtifactDir(tmp_path / "artifacts", "s"), teacher)
+    cache = LogitCache(ArtifactDir(tmp_path / "artifacts", "s"), teacher, Leases(f"sqlite:///{tmp_path}/leases.db"))
     data = Encoded(input_ids=[[101, 7, 102]], labels=[0], pad_token_id=0)
-    entry = cache.artifacts.entry(cache.entry("train", data))
-    entry.parent.mkdir(parents=True)
     marker = tmp_path / "pwned"
-    torch.save(_Planted(marker), entry)  # what someone with write access to the artifact directory could plant
+    # what someone with write access to the artifact directory could plant
+    with cache.artifacts.staging(cache.entry("train", data)) as planted:
+        torch.save(_Planted(marker), planted)
     with pytest.raises(Exception, match="Weights only load failed"):
         cache("train", data, torch.nn.Identity())
     assert not marker.exists()

@@ -9,7 +9,7 @@ from typing import Any
 import optuna
 import pytest
 
-from storage import claim_study_attr, create_storage, set_paused, start_trial
+from storage import claim_study_attr, create_storage, retry_trial, set_paused, start_trial
 
 
 def _roundtrip(url: str) -> None:
@@ -130,3 +130,22 @@ def test_claim_on_in_memory_storage() -> None:
     study = optuna.create_study()
     assert claim_study_attr(study._storage, study._study_id, "k", [1.5]) == [1.5]
     assert claim_study_attr(study._storage, study._study_id, "k", [2.5]) == [1.5]
+
+
+def test_retries_count_failures_not_stops(tmp_path: Path) -> None:
+    storage = create_storage(f"sqlite:///{tmp_path}/r.db")
+    study = optuna.create_study(study_name="retries", storage=storage)
+    trial = study.ask()
+    trial.suggest_float("x", 0, 1)
+    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    runs = []  # stopped four times, then failing: max_retries=2 allows two retries after the first failure
+    for stopped in (True, True, True, True, False, False, False):
+        last = study.trials[-1]
+        runs.append(retry_trial(study, last, max_retries=2, stopped=stopped))
+        if runs[-1]:
+            rerun = study.ask()  # the queued trial, with the same parameters
+            assert rerun.suggest_float("x", 0, 1) == study.trials[0].params["x"]
+            study.tell(rerun, state=optuna.trial.TrialState.FAIL)
+    assert runs == [True, True, True, True, True, True, False]
+    final = study.trials[-1].system_attrs
+    assert final["stopped_runs"] == 4 and final["retry_history"] == [0, 1, 2, 3, 4, 5] and final["failed_trial"] == 0

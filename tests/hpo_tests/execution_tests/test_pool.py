@@ -23,7 +23,7 @@ import yaml
 from optuna.trial import TrialState
 
 from hpo.execution import Pool, create, rank
-from hpo.study import Standing, config_from_dict, pause, survey
+from hpo.study import CONFIG_ATTR, Standing, config_from_dict, pause, survey
 from storage import create_storage
 from tests.hpo_tests.execution_tests.test_workers import run_cli, synthetic, wait_for
 
@@ -262,3 +262,49 @@ def test_pool_workers_rerun_a_killed_workers_trial_and_requeue_on_sigterm(tmp_pa
     assert final[rerun.number].user_attrs["fail_reason"] == "worker stopped"
     (queued,) = [t for t in final.values() if t.state == TrialState.WAITING]
     assert queued.params == killed.params and queued.system_attrs["retry_history"] == [killed.number, rerun.number]
+
+
+NO_SCIPY = """
+import sys
+
+
+class NoScipy:  # this image lacks scipy: importing it fails as it would if it were not installed
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "scipy":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+
+sys.meta_path.insert(0, NoScipy())
+"""
+
+
+def test_a_study_this_image_cannot_run_is_skipped_with_a_warning_not_taken_for_deleted(
+    tmp_path: Path, pool_url: str
+) -> None:
+    hpo_create(tmp_path, pool_url, {**study("qmc", 4, 0.1), "sampler": {"name": "qmc"}})  # qmc needs scipy
+    hpo_create(tmp_path, pool_url, study("odd", 4, 0.1))
+    hpo_create(tmp_path, pool_url, study("plain", 6, 0.1))
+    db = create_storage(pool_url)
+    odd = db.get_study_id_from_name("odd")
+    db.set_study_user_attr(odd, CONFIG_ATTR, {**db.get_study_user_attrs(odd)[CONFIG_ATTR], "from_the_future": 1})
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text(NO_SCIPY)
+    log = tmp_path / "worker.log"
+    env = {**os.environ, "HPO_STORAGE": pool_url, "PYTHONPATH": f"{shim}{os.pathsep}{os.environ['PYTHONPATH']}"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hpo._cli", "worker", "--poll", "0.3", "--until-idle"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("w"),
+    )
+    finish(proc, log, timeout=300)  # --until-idle leaves once only studies it cannot run have budget left
+    text = log.read_text()
+    assert [t.state for t in trials(db, "plain")] == [TrialState.COMPLETE] * 6
+    assert trials(db, "qmc") == [] and trials(db, "odd") == []
+    assert "is gone" not in text
+    # one warning each (the pool surveyed the studies before each of its 6 trials), naming the reason
+    assert text.count("study 'qmc': it cannot run in this worker: sampler.name: qmc needs scipy") == 1
+    assert text.count("study 'odd': its stored config is not valid here") == 1
+    assert "from_the_future" in text

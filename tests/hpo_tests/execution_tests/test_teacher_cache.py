@@ -27,10 +27,15 @@ from objectives import (
 from objectives.data import collate
 from objectives.tasks._classification import _fit
 from objectives.training import Stage, kd_loss
-from storage import ArtifactDir
+from storage import ArtifactDir, Leases
 from tests.conftest import tiny_config
 
 DATA = DataArgs(max_train_rows=64, max_val_rows=16, max_length=32)
+
+
+@pytest.fixture
+def leases(tmp_path: Path) -> Leases:
+    return Leases(f"sqlite:///{tmp_path}/leases.db")
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +45,10 @@ def teacher_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def test_cached_logits_give_the_live_teachers_loss(teacher_dir: Path, tmp_path: Path) -> None:
+def test_cached_logits_give_the_live_teachers_loss(teacher_dir: Path, tmp_path: Path, leases: Leases) -> None:
     work = prepare_workload(DATA, "minilm-l6")
     teacher = load_classifier(str(teacher_dir), num_labels=2).eval()
-    cache = LogitCache(ArtifactDir(tmp_path, "s"), teacher_dir)
+    cache = LogitCache(ArtifactDir(tmp_path, "s"), teacher_dir, leases)
     cached = cache("train", work.train, teacher)
     assert cached.shape == (64, 2) and cache.computed == 1
     batch = collate(work.train, [5, 17, 3, 42, 8, 60, 0, 33])  # another grouping and padding than the cache's
@@ -55,14 +60,14 @@ def test_cached_logits_give_the_live_teachers_loss(teacher_dir: Path, tmp_path: 
         b = kd_loss(student_logits, batch["labels"], cached[batch["index"]], temperature=t, alpha=alpha)
         assert a.item() == pytest.approx(b.item(), rel=1e-5, abs=1e-6)
     # a second cache object (another trial, another process) reads the published entry instead of computing
-    again = LogitCache(ArtifactDir(tmp_path, "s"), teacher_dir)
+    again = LogitCache(ArtifactDir(tmp_path, "s"), teacher_dir, leases)
     assert torch.equal(again("train", work.train, teacher), cached) and again.computed == 0
 
 
-def test_training_from_the_cache_matches_the_live_teacher(teacher_dir: Path, tmp_path: Path) -> None:
+def test_training_from_the_cache_matches_the_live_teacher(teacher_dir: Path, tmp_path: Path, leases: Leases) -> None:
     work = prepare_workload(DATA, "minilm-l6")
     teacher = load_classifier(str(teacher_dir), num_labels=2).eval()
-    cached = LogitCache(ArtifactDir(tmp_path, "s"), teacher_dir)("train", work.train, teacher)
+    cached = LogitCache(ArtifactDir(tmp_path, "s"), teacher_dir, leases)("train", work.train, teacher)
     args = TrainArgs(max_steps=4, batch_size=16, eval_every=2)
     loss = lambda s, y, t: kd_loss(s, y, t, temperature=2.0, alpha=0.5)  # noqa: E731
     results = []
@@ -75,46 +80,51 @@ def test_training_from_the_cache_matches_the_live_teacher(teacher_dir: Path, tmp
     assert from_cache["accuracy"] == live["accuracy"]
 
 
-def _compute(root: str, teacher_dir: str, out: multiprocessing.Queue) -> None:
+def _compute(root: str, teacher_dir: str, url: str, out: multiprocessing.Queue) -> None:
     work = prepare_workload(DATA, "minilm-l6")
     teacher = load_classifier(teacher_dir, num_labels=2).eval()
-    cache = LogitCache(ArtifactDir(root, "s"), Path(teacher_dir))
+    cache = LogitCache(ArtifactDir(root, "s"), Path(teacher_dir), Leases(url, ttl=2.0, renew_every=0.5))
     cache("train", work.train, teacher)
     out.put(cache.computed)
 
 
-def _die_mid_write(root: str, name: str) -> None:
-    artifacts = ArtifactDir(root, "s")
-    with artifacts.lock(name), artifacts.staging(name) as tmp:
+def _die_mid_write(root: str, name: str, url: str) -> None:
+    def write(tmp: Path) -> None:
         tmp.write_bytes(b"half a tensor")
         time.sleep(60)  # killed here
 
+    ArtifactDir(root, "s").produce(name, write, Leases(url, ttl=2.0, renew_every=0.5))
 
-def test_two_processes_compute_once_and_a_killed_writer_publishes_nothing(teacher_dir: Path, tmp_path: Path) -> None:
+
+def test_two_processes_compute_once_and_a_killed_writer_publishes_nothing(
+    teacher_dir: Path, tmp_path: Path, leases: Leases
+) -> None:
     ctx = multiprocessing.get_context("spawn")
     work = prepare_workload(DATA, "minilm-l6")
     artifacts = ArtifactDir(tmp_path, "s")
-    name = LogitCache(artifacts, teacher_dir).entry("train", work.train)
-    # A writer killed mid-write publishes nothing (its temporary file stays aside) and its lock dies with it.
-    dying = ctx.Process(target=_die_mid_write, args=(str(tmp_path), name))
+    name = LogitCache(artifacts, teacher_dir, leases).entry("train", work.train)
+    url = f"sqlite:///{tmp_path}/leases.db"
+    # A writer killed mid-write publishes nothing (its temporary file stays aside); its lease expires 2 s later.
+    dying = ctx.Process(target=_die_mid_write, args=(str(tmp_path), name, url))
     dying.start()
-    deadline = time.monotonic() + 60
-    while not list(artifacts.path.glob(f".{name}.tmp-*")) and time.monotonic() < deadline:
+    deadline = time.monotonic() + 300  # a spawned process imports torch first: slow on a busy machine
+    while not list(artifacts.path.glob(f".{name}.tmp-*")):
+        assert time.monotonic() < deadline and dying.is_alive(), "the writer never started writing"
         time.sleep(0.1)
     os.kill(dying.pid, signal.SIGKILL)
     dying.join()
     assert list(artifacts.path.glob(f".{name}.tmp-*")) and not artifacts.exists(name)
 
     out = ctx.Queue()
-    procs = [ctx.Process(target=_compute, args=(str(tmp_path), str(teacher_dir), out)) for _ in range(2)]
+    procs = [ctx.Process(target=_compute, args=(str(tmp_path), str(teacher_dir), url, out)) for _ in range(2)]
     for p in procs:
         p.start()
     computed = sorted(out.get(timeout=300) for _ in procs)
     for p in procs:
         p.join(60)
-    assert computed == [0, 1]  # one process computed, the other waited on the lock and read its result
+    assert computed == [0, 1]  # one process computed (after the dead writer's lease expired), the other read it
     teacher = load_classifier(str(teacher_dir), num_labels=2).eval()
-    live = LogitCache(ArtifactDir(tmp_path / "fresh", "s"), teacher_dir)("train", work.train, teacher)
+    live = LogitCache(ArtifactDir(tmp_path / "fresh", "s"), teacher_dir, leases)("train", work.train, teacher)
     assert torch.allclose(torch.load(artifacts.entry(name)), live, atol=1e-5)
 
 
@@ -130,15 +140,15 @@ def test_trials_record_which_teacher_path_they_used(tmp_path: Path, monkeypatch:
     assert not list((tmp_path / "hpo-artifacts" / "live").glob("logits-*.pt"))
 
 
-def test_a_large_output_teacher_is_cached_as_top_k_and_trains_a_student(tmp_path: Path) -> None:
+def test_a_large_output_teacher_is_cached_as_top_k_and_trains_a_student(tmp_path: Path, leases: Leases) -> None:
     work = prepare_workload(DATA, "minilm-l6")
     big_dir = tmp_path / "teacher-300"
     load_classifier("minilm-l6", num_labels=300).save_pretrained(big_dir)  # 300 outputs stand in for a vocabulary
     teacher = load_classifier(str(big_dir), num_labels=300).eval()
-    cache = LogitCache(ArtifactDir(tmp_path, "s"), big_dir, top_k=8)
+    cache = LogitCache(ArtifactDir(tmp_path, "s"), big_dir, leases, top_k=8)
     stored = cache("train", work.train, teacher)
     assert isinstance(stored, TopKLogits) and stored.values.shape == (64, 8) and stored.vocab == 300
-    again = LogitCache(ArtifactDir(tmp_path, "s"), big_dir, top_k=8)("train", work.train, teacher)
+    again = LogitCache(ArtifactDir(tmp_path, "s"), big_dir, leases, top_k=8)("train", work.train, teacher)
     assert torch.equal(again.indices, stored.indices) and torch.equal(again.rest, stored.rest)
     # the training loop reads rows of it by example index, like full logits
     args = TrainArgs(max_steps=3, batch_size=16, eval_every=3)
@@ -148,7 +158,7 @@ def test_a_large_output_teacher_is_cached_as_top_k_and_trains_a_student(tmp_path
     assert result["steps"] == 3 and torch.isfinite(torch.tensor(result["val_loss"]))
 
 
-def test_changing_one_row_of_a_local_csv_trains_a_new_teacher(tmp_path: Path) -> None:
+def test_changing_one_row_of_a_local_csv_trains_a_new_teacher(tmp_path: Path, leases: Leases) -> None:
     from hpo.execution import ensure_teacher
 
     csv = tmp_path / "reviews.csv"
@@ -160,7 +170,7 @@ def test_changing_one_row_of_a_local_csv_trains_a_new_teacher(tmp_path: Path) ->
 
     def teacher_path() -> Path:  # the study recreated under the same name: a new study, the same artifacts
         work = prepare_workload(config.data, config.teacher.model)
-        return ensure_teacher(config, work, artifacts, optuna.create_study())[0]
+        return ensure_teacher(config, work, artifacts, optuna.create_study(), leases)[0]
 
     first = teacher_path()
     assert teacher_path() == first  # nothing changed: the published teacher is reused

@@ -218,6 +218,62 @@ def test_sigterm_stops_promptly_marks_and_requeues_the_trial(tmp_path: Path, pg_
     assert queued.params == stopped.params and queued.system_attrs["failed_trial"] == running.number
 
 
+def test_sigterm_stops_do_not_use_up_max_retries(tmp_path: Path, pg_url: str, name: str) -> None:
+    config = synthetic(name, n_trials=1)
+    config["synthetic"] = {"steps": 10, "sleep": 5.0}
+    config["worker"] = {**config["worker"], "max_retries": 1}
+    create(tmp_path, pg_url, config)
+    stopped = []
+    for _ in range(3):  # three preemptions of the same trial: more than max_retries allows failures
+        worker = cli("worker", "--study", name, url=pg_url, cwd=tmp_path)
+        stopped.append(wait_for(lambda pid=worker.pid: running_of(pg_url, name, pid), 180, "a running trial"))
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(60) == 0
+    last = run_cli("worker", "--study", name, url=pg_url, cwd=tmp_path)
+    assert last.returncode == 0, last.stderr[-3000:]
+    final = sorted(trials(pg_url, name), key=lambda t: t.number)
+    assert [t.state for t in final] == [TrialState.FAIL] * 3 + [TrialState.COMPLETE]
+    assert [t.number for t in final[:3]] == [t.number for t in stopped]
+    assert all(t.user_attrs["fail_reason"] == "worker stopped" for t in final[:3])
+    assert all(t.params == final[0].params for t in final)  # the same grid point, rerun every time
+    done = final[3].system_attrs
+    assert done["retry_history"] == [t.number for t in stopped] and done["stopped_runs"] == 3
+    assert done["failed_trial"] == stopped[0].number
+
+
+def test_a_trial_past_max_minutes_fails_as_timeout_and_the_worker_goes_on(
+    tmp_path: Path, pg_url: str, name: str
+) -> None:
+    config = synthetic(name, n_trials=2, train={"max_minutes": 0.05})  # 3 s
+    config["synthetic"] = {"steps": 2, "sleep": 60.0}  # every trial would sleep a minute
+    create(tmp_path, pg_url, config)
+    worker = run_cli("worker", "--study", name, "--n-trials", "2", url=pg_url, cwd=tmp_path)
+    assert worker.returncode == 0, worker.stderr[-3000:]
+    final = trials(pg_url, name)
+    assert [t.state for t in final] == [TrialState.FAIL] * 2
+    assert [t.user_attrs["fail_reason"] for t in final] == ["timeout", "timeout"]
+    for t in final:  # cut at 3 s, not after the minute it would sleep
+        assert 3 <= (t.datetime_complete - t.datetime_start).total_seconds() < 15
+    assert "restarting this worker" not in worker.stderr  # interrupted where it slept: no restart needed
+
+
+def test_a_trial_hung_in_a_c_call_is_timed_out_and_its_worker_restarted(tmp_path: Path, pg_url: str, name: str) -> None:
+    config = synthetic(name, n_trials=2, train={"max_minutes": 0.05})
+    config["synthetic"] = {"steps": 2, "sleep": 0.2, "hang_trials": [0]}  # trial 0 blocks every signal and hangs
+    create(tmp_path, pg_url, config)
+    worker = cli("worker", "--study", name, url=pg_url, cwd=tmp_path)
+    hung = wait_for(lambda: running_of(pg_url, name, worker.pid), 180, "the hanging trial")
+    _, err = worker.communicate(timeout=300)  # the same process, restarted in place, runs the rest
+    assert worker.returncode == 0, err[-3000:]
+    final = {t.number: t for t in trials(pg_url, name)}
+    assert final[hung.number].state == TrialState.FAIL and final[hung.number].user_attrs["fail_reason"] == "timeout"
+    seconds = (final[hung.number].datetime_complete - final[hung.number].datetime_start).total_seconds()
+    assert 3 + 10 <= seconds < 40  # the 3 s limit, then the 10 s grace for a call that ignores SIGALRM
+    assert "restarting this worker" in err
+    done = [t for t in final.values() if t.state == TrialState.COMPLETE]
+    assert len(done) == 2 and {t.user_attrs["pid"] for t in done} == {worker.pid}
+
+
 def test_oom_nan_and_crash_are_recorded_and_the_worker_goes_on(tmp_path: Path, pg_url: str, name: str) -> None:
     config = synthetic(name, n_trials=6, sampler={"name": "random"})
     config["synthetic"] = {"steps": 2, "oom_trials": [1], "nan_trials": [2], "crash_trials": [3]}

@@ -29,6 +29,8 @@ BASE = {"name": "t", "search_space": {"train.lr": {"type": "float", "low": 1e-5,
 BAD = [
     ({"nme": "x"}, "nme: unknown key; did you mean 'name'?"),
     ({"name": ""}, "name: is required"),
+    ({"train": {"max_minutes": 0}}, "train.max_minutes: must be > 0 minutes or null"),
+    ({"teacher": {"train": {"max_minutes": 5}}}, "teacher.train.max_minutes: limits trials, not the teacher"),
     ({"train": {"lr": -1}}, "train.lr: must be > 0, got -1.0"),
     ({"train": {"lr": "fast"}}, "train.lr: expected a number, got 'fast'"),
     ({"train": {"batch_size": 8.5}}, "train.batch_size: expected a whole number, got 8.5"),
