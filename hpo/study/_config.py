@@ -127,7 +127,10 @@ class Config:
     n_trials: int | None = 10
     """Trial budget of the study: trials that end COMPLETE or PRUNED; null runs until ``timeout``."""
     timeout: float | None = None
-    """Stop starting new trials after this many seconds; null for no limit."""
+    """Time budget of the study in seconds: no worker starts a trial once this long has passed since the study's
+    first trial started (the earliest start time stored in the study, by the workers' clocks); running trials
+    finish. Null for no limit. Like ``n_trials`` it is kept with the study and the latest ``hpo create`` /
+    ``hpo run`` sets it: raise it to extend a study whose time is up."""
     priority: int = 0
     """Pool workers (``hpo worker`` without ``--study``) start the next trial from the study of highest priority
     that has budget left; equal priorities share workers (fewest running trials first)."""
@@ -141,7 +144,9 @@ class Config:
     """Directory for study artifacts (the fine-tuned teacher); a shared path when workers span nodes. A relative path
     is made absolute (from the creator's working directory) when the study is created."""
     device: str = "auto"
-    """``auto`` (CUDA if available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    """``auto`` (CUDA if available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``: where trials run, in every worker
+    (kept with the study; ``hpo worker --gpus`` pins each slot to its GPU instead). Each trial records it
+    (``device``)."""
     sampler: SamplerArgs = field(default_factory=SamplerArgs)
     """The sampler; see :class:`SamplerArgs`."""
     pruner: PrunerArgs = field(default_factory=PrunerArgs)
