@@ -75,7 +75,8 @@ class PrunerArgs:
     """Which Optuna pruner stops unpromising trials early (single-objective studies)."""
 
     name: str = "median"
-    """none, median, percentile, sha, hyperband, patient, threshold or wilcoxon."""
+    """none, median, percentile, sha, hyperband, patient or threshold (single-objective); pareto or none
+    (multi-objective)."""
     options: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments of the pruner's constructor, e.g. {n_warmup_steps: 25}."""
 

@@ -118,7 +118,7 @@ BAD = [
     ),
     (
         {"pruner": {"name": "asha"}},
-        "pruner.name: unknown pruner 'asha'; valid: none, median, percentile, sha, hyperband, patient, threshold, wilcoxon",
+        "pruner.name: unknown pruner 'asha'; valid: none, median, percentile, sha, hyperband, patient, threshold, pareto",
     ),
     ({"pruner": {"name": "threshold"}}, "pruner.options: threshold needs lower and/or upper"),
     (
@@ -233,6 +233,23 @@ def test_a_job_refuses_them_too_and_is_written_without_them(tmp_path: Path) -> N
     assert load_job(path) == lm
     classifier = yaml.safe_load(dump_job(TrainJob(name="c")))
     assert "block_size" not in classifier["data"] and "label_names" in classifier["data"]
+
+
+def test_the_wilcoxon_pruner_is_refused_with_its_reason_and_the_alternatives(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "w.yaml"
+    path.write_text(yaml.safe_dump({**BASE, "pruner": {"name": "wilcoxon"}}))
+    assert main(["validate", "--no-data", str(path)]) == 2
+    assert capsys.readouterr().err == (
+        "hpo: error: pruner.name: wilcoxon is not offered: Optuna's WilcoxonPruner takes each step for an evaluation "
+        "instance (a validation example or fold) and pairs it with the best trial's score on that instance, while a "
+        "trial here reports one validation score per training step; use none, median, percentile, sha, hyperband, "
+        "patient, threshold\n"
+    )
+    path.write_text(yaml.safe_dump({**BASE, "pruner": {"name": "patient", "options": {"wrapped": "wilcoxon"}}}))
+    assert main(["validate", "--no-data", str(path)]) == 2
+    assert capsys.readouterr().err.startswith("hpo: error: pruner.options.wrapped: unknown pruner 'wilcoxon'")
 
 
 def test_yaml_syntax_error_and_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
