@@ -258,8 +258,10 @@ def start_trial(
             .filter_by(study_id=study_id, key=PAUSED_ATTR)
             .scalar()
         )
-        first = session.query(func.min(_first_start_column())).filter(trial.study_id == study_id).scalar()
-        stopped = (paused is not None and json.loads(paused)) or timed_out(first, timeout)
+        stopped = paused is not None and json.loads(paused)
+        if timeout is not None and not stopped:
+            first = session.query(func.min(_first_start_column())).filter(trial.study_id == study_id).scalar()
+            stopped = timed_out(first, timeout)
         rows = session.query(trial.state, func.count(trial.trial_id)).filter(trial.study_id == study_id)
         counts = dict(rows.group_by(trial.state).all())
         what = _what_to_start(stopped, counts, n_trials, max_running, create)

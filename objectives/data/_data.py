@@ -153,11 +153,10 @@ def _rows_from_records(records: Any, args: DataArgs) -> Rows:
         )
     fractional = sorted({x for x in raw if isinstance(x, float) and not x.is_integer()})
     if fractional:
-        shown = ", ".join(f"{x:g}" for x in fractional[:3])
+        shown = ", ".join(f"{x:g}" for x in fractional[:3]) + (", ..." if len(fractional) > 3 else "")
         raise ConfigError(
             "label_column",
-            f"column {args.label_column!r} looks continuous ({len(fractional)} distinct fractional values: {shown}, "
-            "...), "
+            f"column {args.label_column!r} looks continuous ({len(fractional)} distinct fractional values: {shown}), "
             "not class labels; put a class (e.g. 0 or 1) in each row, or name another column",
         )
     feature = records.features.get(args.label_column)
