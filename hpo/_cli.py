@@ -481,11 +481,21 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--study", help="study name (created with hpo create); without it, serve every study with budget left"
     )
-    worker.add_argument("--gpus", default="none", help="all, none (default) or indices like 0,1,3")
+    worker.add_argument(
+        "--gpus",
+        default="none",
+        help="all, none (default) or indices like 0,1,3: one process per listed GPU slot, running there whatever "
+        "the study's device; with none, each process runs trials on the study's device (config device)",
+    )
     worker.add_argument("--per-gpu", type=int, default=1, help="worker processes per GPU (small students)")
     worker.add_argument("--procs", type=int, default=1, help="worker processes on a CPU-only node")
     worker.add_argument("--n-trials", type=int, help="trials each process runs at most (the study budget rules)")
-    worker.add_argument("--timeout", type=float, help="seconds after which no new trial starts")
+    worker.add_argument(
+        "--timeout",
+        type=float,
+        help="seconds after which this process starts no new trial (the study's own timeout, from its first trial, "
+        "holds too)",
+    )
     worker.add_argument("--threads", type=int, help="torch CPU threads per process (default: cores / processes)")
     worker.add_argument("--memory-limit", type=int, metavar="MIB", help=MEMORY_HELP + " (per process)")
     worker.add_argument(

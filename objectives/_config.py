@@ -49,7 +49,8 @@ class DataArgs:
     """Column holding the input text (local files and Hugging Face datasets)."""
     label_column: str = "label"
     """Column holding the class label: integers (class ids 0..max), or strings (ids in sorted order, unless
-    ``label_names`` lists them)."""
+    ``label_names`` lists them). Each split needs rows of at least two classes; fractional numbers (a continuous
+    score, not classes) are refused."""
     label_names: list[str] | dict[str, str] | None = None
     """Names of the classes, used in every saved model's ``id2label``, the model card and the report: a list in id
     order (integer labels index it; string labels must each be in it, which sets their ids), or a mapping from

@@ -228,6 +228,47 @@ def _locked_study(storage: optuna.storages.BaseStorage, study_id: int) -> Iterat
         session.close()
 
 
+def _utc_now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
+
+
+def timed_out(first_start: datetime.datetime | None, timeout: float | None) -> bool:
+    """Whether a study whose first trial started at ``first_start`` (naive UTC, as Optuna's RDB storage keeps
+    trial times) has spent its time budget of ``timeout`` seconds; never before its first trial starts, nor
+    without a timeout. Start times are written by the workers' clocks, so workers on several machines need
+    synchronised clocks (NTP); their time zones do not matter."""
+    if timeout is None or first_start is None:
+        return False
+    return (_utc_now() - first_start).total_seconds() >= timeout
+
+
+def _first_start_column() -> Any:
+    """The trials' start time column (naive UTC); Optuna's model exposes it as a local-time property."""
+    from optuna.storages._rdb import models
+
+    return models.TrialModel.__table__.c.datetime_start
+
+
+def first_starts(storage: optuna.storages.BaseStorage, study_id: int | None = None) -> dict[int, datetime.datetime]:
+    """When the first trial of each study (or only of ``study_id``) started (naive UTC), by study id; a study
+    whose trials never started is absent. One query."""
+    from optuna.storages._rdb import models
+    from sqlalchemy import func
+
+    rdb = getattr(storage, "_backend", storage)
+    trial = models.TrialModel
+    session = rdb.scoped_session()
+    try:
+        rows = session.query(trial.study_id, func.min(_first_start_column()))
+        if study_id is not None:
+            rows = rows.filter(trial.study_id == study_id)
+        out = {sid: start for sid, start in rows.group_by(trial.study_id).all() if start is not None}
+        session.commit()
+        return out
+    finally:
+        session.close()
+
+
 def start_trial(
     storage: optuna.storages.BaseStorage,
     study_id: int,
@@ -235,19 +276,21 @@ def start_trial(
     n_trials: int | None,
     max_running: int | None = None,
     create: bool = True,
+    timeout: float | None = None,
 ) -> int | None:
     """Start one trial of the study, or return None: move its oldest WAITING trial to RUNNING, else (``create``)
     create a new RUNNING trial while finished + running + waiting trials stay under ``n_trials``.
 
     Nothing starts while the study is paused (:data:`PAUSED_ATTR`), once ``n_trials`` trials are finished
-    (COMPLETE or PRUNED), or while ``max_running`` of its trials run. On a relational storage the decision and the
-    start are one transaction under the study's row lock, so workers racing on any number of nodes never exceed the
-    cap or the budget, and none starts a trial after :func:`set_paused` has committed; other storages (in-memory,
-    journal: one process) decide through Optuna's API.
+    (COMPLETE or PRUNED), once ``timeout`` seconds have passed since its first trial started (:func:`timed_out`),
+    or while ``max_running`` of its trials run. On a relational storage the decision and the start are one
+    transaction under the study's row lock, so workers racing on any number of nodes never exceed the cap or the
+    budget, and none starts a trial after :func:`set_paused` has committed; other storages (in-memory, journal: one
+    process) decide through Optuna's API.
     """
     rdb = getattr(storage, "_backend", storage)  # under Optuna's cache wrapper, if any
     if not isinstance(rdb, optuna.storages.RDBStorage):
-        return _start_unlocked(storage, study_id, n_trials, max_running, create)
+        return _start_unlocked(storage, study_id, n_trials, max_running, create, timeout)
     from optuna.storages._rdb import models
     from sqlalchemy import func
 
@@ -258,9 +301,13 @@ def start_trial(
             .filter_by(study_id=study_id, key=PAUSED_ATTR)
             .scalar()
         )
+        stopped = paused is not None and json.loads(paused)
+        if timeout is not None and not stopped:
+            first = session.query(func.min(_first_start_column())).filter(trial.study_id == study_id).scalar()
+            stopped = timed_out(first, timeout)
         rows = session.query(trial.state, func.count(trial.trial_id)).filter(trial.study_id == study_id)
         counts = dict(rows.group_by(trial.state).all())
-        what = _what_to_start(paused is not None and json.loads(paused), counts, n_trials, max_running, create)
+        what = _what_to_start(stopped, counts, n_trials, max_running, create)
         if what == "queued":
             queued = (
                 session.query(trial)
@@ -280,12 +327,13 @@ def start_trial(
 
 
 def _what_to_start(
-    paused: bool, counts: dict[TrialState, int], n_trials: int | None, max_running: int | None, create: bool
+    stopped: bool, counts: dict[TrialState, int], n_trials: int | None, max_running: int | None, create: bool
 ) -> str | None:
-    """``queued`` (the oldest WAITING trial), ``new`` or None, given the study's trial counts by state."""
+    """``queued`` (the oldest WAITING trial), ``new`` or None, given the study's trial counts by state; nothing
+    when the study is ``stopped`` (paused, or its time budget spent)."""
     finished = counts.get(TrialState.COMPLETE, 0) + counts.get(TrialState.PRUNED, 0)
     running = counts.get(TrialState.RUNNING, 0)
-    if paused or (n_trials is not None and finished >= n_trials):
+    if stopped or (n_trials is not None and finished >= n_trials):
         return None
     if max_running is not None and running >= max_running:
         return None
@@ -297,11 +345,18 @@ def _what_to_start(
 
 
 def _start_unlocked(
-    storage: optuna.storages.BaseStorage, study_id: int, n_trials: int | None, max_running: int | None, create: bool
+    storage: optuna.storages.BaseStorage,
+    study_id: int,
+    n_trials: int | None,
+    max_running: int | None,
+    create: bool,
+    timeout: float | None,
 ) -> int | None:
     trials = storage.get_all_trials(study_id, deepcopy=False)
+    starts = [t.datetime_start.astimezone(datetime.UTC).replace(tzinfo=None) for t in trials if t.datetime_start]
     paused = bool(storage.get_study_user_attrs(study_id).get(PAUSED_ATTR, False))
-    what = _what_to_start(paused, collections.Counter(t.state for t in trials), n_trials, max_running, create)
+    stopped = paused or timed_out(min(starts, default=None), timeout)
+    what = _what_to_start(stopped, collections.Counter(t.state for t in trials), n_trials, max_running, create)
     if what == "queued":
         for queued in (t for t in trials if t.state == TrialState.WAITING):
             if storage.set_trial_state_values(queued._trial_id, state=TrialState.RUNNING):

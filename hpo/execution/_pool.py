@@ -146,6 +146,7 @@ class Pool:
             try:
                 worker = self._worker(standing)
                 worker.budget.n_trials = standing.config.n_trials
+                worker.budget.timeout = standing.config.timeout
                 worker.budget.max_parallel = standing.config.max_parallel
                 started = worker.step()
             except TooManyFailures as exc:
@@ -180,15 +181,13 @@ class Pool:
         worker = self.workers.get(standing.study_id)
         if worker is None:
             study, _ = self.retry(load_study, self.storage, standing.name, process_salt(), what="loading the study")
-            if self.gpu is not None:
-                standing.config.device = "cuda:0"  # CUDA_VISIBLE_DEVICES pins this process to its GPU
             objective = functools.partial(self._objective, standing.study_id, study, standing.config)
             worker = study_worker(study, standing.config, objective, stop=self.stop, label=f"{standing.name} ")
             self.workers[standing.study_id] = worker
         return worker
 
     def _objective(self, study_id: int, study: optuna.Study, config: Config, trial: optuna.Trial) -> list[float]:
-        from hpo.execution._run import prepare_runner
+        from hpo.execution._run import prepare_runner, slot_config
 
         if self.current != study_id:
             if self.current is not None:
@@ -198,7 +197,8 @@ class Pool:
         runner = self.runners.get(study_id)
         if runner is None:
             try:
-                runner = prepare_runner(config, study, {"gpu": self.gpu if self.gpu is not None else "cpu"})
+                slot = slot_config(config, self.gpu)
+                runner = prepare_runner(slot, study, {"gpu": self.gpu if self.gpu is not None else "cpu"})
             except Exception as exc:
                 if not is_storage_error(exc):
                     trial.set_user_attr(FAIL_REASON, f"preparing the study: {type(exc).__name__}: {exc}"[:1000])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 import socket
@@ -32,11 +33,24 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def slot_config(config: Config, gpu: int | None) -> Config:
+    """``config`` as a worker slot runs it: a slot pinned to a GPU (``hpo worker --gpus``; CUDA_VISIBLE_DEVICES
+    shows it that GPU alone, as ``cuda:0``) runs there whatever the study's ``device``; any other slot on the
+    study's ``device``."""
+    if gpu is None:
+        return config
+    pinned = copy.copy(config)
+    pinned.device = "cuda:0"
+    return pinned
+
+
 def prepare_runner(config: Config, study: optuna.Study, attrs: dict[str, Any] | None = None) -> TrialRunner:
-    """The trial runner of ``config``: data tokenised once for this process, the teacher trained once per study."""
+    """The trial runner of ``config``: data tokenised once for this process, the teacher trained once per study.
+    Every trial records the device it runs on (``device``) besides ``attrs``."""
+    device = resolve_device(config.device)
+    attrs = {**(attrs or {}), "device": str(device)}
     if config.objective == "synthetic":
         return TrialRunner(config, attrs=attrs)
-    device = resolve_device(config.device)
     work = config.task_spec.implementation().prepare_workload(config.data, config.teacher.model, device)
     log.info(
         "data %s: %d train / %d validation %s (test split of %d %s held out), device %s",
@@ -96,6 +110,7 @@ def study_worker(
     """
     budget = Budget(
         n_trials=config.n_trials,
+        timeout=config.timeout,
         grid=is_grid(config),
         max_parallel=config.max_parallel,
         max_trials=max_trials,
@@ -172,8 +187,10 @@ def run(
     # A fixed thread count keeps latency measurements comparable between trials.
     torch.set_num_threads(threads or usable_cores())
     study = create(config, url)
-    if _prepare_and_work(study, config, _bars(study, config, progress), timeout=config.timeout, stop=stop) == 0:
-        log.info("study budget of %s trials already spent; showing results", config.n_trials)
+    if _prepare_and_work(study, config, _bars(study, config, progress), stop=stop) == 0:
+        log.info(
+            "study budget (n_trials %s, timeout %s s) already spent; showing results", config.n_trials, config.timeout
+        )
     return f"study {config.name!r}: {state_counts(study)}\n\n{results_table(study, metrics=config.task_spec.metrics)}"
 
 
@@ -215,11 +232,9 @@ def run_slot(
     study, _ = Retry(config.worker.storage_retries)(
         load_study, _storage(url, config, create_tables=False), study_name, process_salt(), what="loading the study"
     )
-    if gpu is not None:
-        config.device = "cuda:0"  # CUDA_VISIBLE_DEVICES pins this process to its GPU
     ran = _prepare_and_work(
         study,
-        config,
+        slot_config(config, gpu),
         _bars(study, config, progress),
         {"gpu": gpu if gpu is not None else "cpu"},
         max_trials=max_trials,

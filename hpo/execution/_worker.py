@@ -38,7 +38,16 @@ import optuna
 from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import TrialState
 
-from storage import FAIL_REASON, driver_error, is_storage_error, redact_text, retry_trial, start_trial
+from storage import (
+    FAIL_REASON,
+    driver_error,
+    first_starts,
+    is_storage_error,
+    redact_text,
+    retry_trial,
+    start_trial,
+    timed_out,
+)
 
 log = logging.getLogger("hpo")
 T = TypeVar("T")
@@ -150,16 +159,20 @@ class Budget:
     """Only run queued trials (grid points); never create new ones."""
     max_parallel: int | None = None
     """Running trials of the study at most, across every worker; None for no limit."""
+    timeout: float | None = None
+    """The study's time budget: no trial starts once this many seconds have passed since the study's first trial
+    started (by the start time stored with that trial, so every worker, started whenever, agrees)."""
     max_trials: int | None = None
     """Trials this worker runs at most."""
     deadline: float | None = None
-    """``time.monotonic()`` after which no new trial starts."""
+    """``time.monotonic()`` after which this worker starts no new trial (``hpo worker --timeout``)."""
     max_consecutive_failures: int = 10
     """Give up after this many FAIL trials in a row."""
 
 
 class Worker:
-    """Runs trials of one study until the budget is spent, the deadline passes, or it is stopped."""
+    """Runs trials of one study until the budget (trials or time) is spent, the deadline passes, or it is
+    stopped."""
 
     def __init__(
         self,
@@ -207,8 +220,16 @@ class Worker:
             n_trials=b.n_trials,
             max_running=b.max_parallel,
             create=not b.grid,
+            timeout=b.timeout,
             what="starting a trial",
         )
+
+    def _timed_out(self) -> bool:
+        """Whether the study's time budget (``Budget.timeout``) is spent."""
+        if self.budget.timeout is None:
+            return False
+        starts = self.retry(first_starts, self.study._storage, self.study._study_id, what="reading the study start")
+        return timed_out(starts.get(self.study._study_id), self.budget.timeout)
 
     def _done(self) -> bool:
         b = self.budget
@@ -235,7 +256,14 @@ class Worker:
                 continue
             # Nothing to claim or create: finished, unless trials still run elsewhere. Those may end FAIL (a worker
             # crashed) and come back as retries, so wait for them, for a bounded time without progress (but without
-            # a limit while they fill the study's max_parallel: this worker waits for a free slot).
+            # a limit while they fill the study's max_parallel: this worker waits for a free slot). Once the study's
+            # time is up no retry would start either.
+            if self._timed_out():
+                log.info(
+                    "the study's timeout of %g s since its first trial has passed; no new trial starts",
+                    self.budget.timeout,
+                )
+                break
             running = self._count((TrialState.RUNNING,))
             if running == 0 and self._count((TrialState.WAITING,)) == 0:
                 break

@@ -43,6 +43,12 @@ OBJECTIVES = ("finetune", "distill", "synthetic")
 """What a trial does: fine-tune the student on labels, distil it from the study's teacher, or evaluate the fast
 analytic ``synthetic`` function (for testing orchestration)."""
 
+OBJECTIVE_IGNORES: dict[str, dict[str, str]] = {
+    "finetune": {"distill": "its students learn from labels, without a teacher; remove it or use objective: distill"},
+}
+"""Config keys (dotted, or a whole section) an objective has no use for, each with why and the fix; refused like a
+task's :attr:`objectives.TaskSpec.ignores`."""
+
 RUN_CONTROL = ("n_trials", "timeout", "storage", "device", "priority", "max_parallel")
 """Fields that may differ between runs of the same study (they do not change what a trial computes)."""
 
@@ -69,7 +75,8 @@ class PrunerArgs:
     """Which Optuna pruner stops unpromising trials early (single-objective studies)."""
 
     name: str = "median"
-    """none, median, percentile, sha, hyperband, patient, threshold or wilcoxon."""
+    """none, median, percentile, sha, hyperband, patient or threshold (single-objective); pareto or none
+    (multi-objective)."""
     options: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments of the pruner's constructor, e.g. {n_warmup_steps: 25}."""
 
@@ -129,7 +136,10 @@ class Config:
     n_trials: int | None = 10
     """Trial budget of the study: trials that end COMPLETE or PRUNED; null runs until ``timeout``."""
     timeout: float | None = None
-    """Stop starting new trials after this many seconds; null for no limit."""
+    """Time budget of the study in seconds: no worker starts a trial once this long has passed since the study's
+    first trial started (the earliest start time stored in the study, by the workers' clocks); running trials
+    finish. Null for no limit. Like ``n_trials`` it is kept with the study and the latest ``hpo create`` /
+    ``hpo run`` sets it: raise it to extend a study whose time is up."""
     priority: int = 0
     """Pool workers (``hpo worker`` without ``--study``) start the next trial from the study of highest priority
     that has budget left; equal priorities share workers (fewest running trials first)."""
@@ -143,7 +153,9 @@ class Config:
     """Directory for study artifacts (the fine-tuned teacher); a shared path when workers span nodes. A relative path
     is made absolute (from the creator's working directory) when the study is created."""
     device: str = "auto"
-    """``auto`` (CUDA if available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    """``auto`` (CUDA if available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``: where trials run, in every worker
+    (kept with the study; ``hpo worker --gpus`` pins each slot to its GPU instead). Each trial records it
+    (``device``)."""
     sampler: SamplerArgs = field(default_factory=SamplerArgs)
     """The sampler; see :class:`SamplerArgs`."""
     pruner: PrunerArgs = field(default_factory=PrunerArgs)
@@ -209,8 +221,9 @@ class Config:
             raise ConfigError("timeout", f"must be > 0 seconds or null, got {self.timeout}")
         _check_device(self.device)
         _check_student_model(self)
-        for name, spec in self.search_space.items():
-            _check_searchable(self, name, spec)
+        for name, param in self.search_space.items():
+            _check_searchable(self, name, param)
+        check_used(self, self.task_spec, self.objective, self.search_space)
         self.parsed_constraints()
 
     @property
@@ -296,6 +309,7 @@ class TrainJob:
         if self.objective not in ("finetune", "distill"):
             raise ConfigError("objective", f"must be finetune or distill, got {self.objective!r}")
         _check_device(self.device)
+        check_used(self, self.task_spec, self.objective)
 
     @property
     def task_spec(self) -> TaskSpec:
@@ -328,8 +342,53 @@ def load_job(path: str | Path) -> TrainJob:
 
 
 def dump_job(job: TrainJob) -> str:
-    """``job`` as YAML that :func:`load_job` reads back to an equal job."""
-    return yaml.safe_dump(dataclasses.asdict(job), sort_keys=False)
+    """``job`` as YAML that :func:`load_job` reads back to an equal job, without the keys its task and objective
+    have no use for (:func:`ignored_keys`)."""
+    data = dataclasses.asdict(job)
+    for key in ignored_keys(job.task_spec, job.objective):
+        *sections, last = key.split(".")
+        inner = data
+        for section in sections:
+            inner = inner[section]
+        del inner[last]
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def ignored_keys(spec: TaskSpec, objective: str) -> dict[str, str]:
+    """Keys (dotted, or whole sections) a study or job of task ``spec`` and ``objective`` has no use for, with why
+    and the fix."""
+    return {**spec.ignores, **OBJECTIVE_IGNORES.get(objective, {})}
+
+
+def check_used(
+    config: Config | TrainJob, spec: TaskSpec, objective: str, search_space: typing.Iterable[str] = ()
+) -> None:
+    """Refuse a key of :func:`ignored_keys` that ``config`` sets to another value than its default (the task's
+    default where it has one), or that ``search_space`` names: it would be accepted and then do nothing."""
+    for key, why in ignored_keys(spec, objective).items():
+        what = spec.name if key in spec.ignores else objective
+        searched = [name for name in search_space if name == key or name.startswith(f"{key}.")]
+        if searched:
+            raise ConfigError(f"search_space.{searched[0]}", f"does nothing in a {what} study: {why}")
+        section, *path = key.split(".")
+        given = getattr(config, section)
+        default = build(type(given), spec.defaults.get(section), section)
+        for part in path:
+            given, default = getattr(given, part), getattr(default, part)
+        changed = _changed(given, default, key)
+        if changed:
+            raise ConfigError(changed[0], f"does nothing in a {what} study: {why}")
+
+
+def _changed(value: Any, default: Any, key: str) -> list[str]:
+    """Dotted keys under ``key`` where ``value`` differs from ``default`` (fields of dataclasses, in order)."""
+    if dataclasses.is_dataclass(value):
+        return [
+            name
+            for f in dataclasses.fields(value)
+            for name in _changed(getattr(value, f.name), getattr(default, f.name), f"{key}.{f.name}")
+        ]
+    return [] if value == default else [key]
 
 
 def _check_device(device: str) -> None:

@@ -38,13 +38,24 @@ PRUNERS: dict[str, Callable[[dict[str, Any]], optuna.pruners.BasePruner]] = {
     "hyperband": lambda options: _construct(optuna.pruners.HyperbandPruner, options),
     "patient": _patient,
     "threshold": _threshold,
-    "wilcoxon": lambda options: _construct(optuna.pruners.WilcoxonPruner, options),
     "pareto": lambda options: _construct(ParetoRungPruner, options),
 }
 
 
+WILCOXON = (
+    "Optuna's WilcoxonPruner takes each step for an evaluation instance (a validation example or fold) and pairs "
+    "it with the best trial's score on that instance, while a trial here reports one validation score per "
+    "training step"
+)
+"""Why ``pruner: wilcoxon`` is refused: its steps are instance ids; ours are training steps, whose scores are neither
+paired instances nor independent, so its test would compare learning curves as if they were."""
+
+
 def make_pruner(name: str, options: dict[str, Any], n_objectives: int) -> optuna.pruners.BasePruner | ParetoRungPruner:
     """The pruner ``name``; multi-objective studies take ``pareto`` or ``none`` (Optuna's cannot prune them)."""
+    if name == "wilcoxon":
+        single = [n for n in PRUNERS if n != "pareto"]
+        raise ConfigError("pruner.name", f"wilcoxon is not offered: {WILCOXON}; use {', '.join(single)}")
     if name not in PRUNERS:
         raise ConfigError("pruner.name", f"unknown pruner {name!r}; valid: {', '.join(PRUNERS)}")
     if n_objectives > 1 and name not in ("none", "pareto"):

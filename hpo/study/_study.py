@@ -27,9 +27,10 @@ CLAIM_ATTR = "hpo:config"
 creator whose token is kept stores the config and queues the grid, so concurrent ``hpo create`` queue it once."""
 
 
-SETTINGS = (BUDGET_ATTR, "priority", "max_parallel")
+SETTINGS = (BUDGET_ATTR, "timeout", "priority", "max_parallel", "device")
 """Config fields kept as study user attributes of the same name, not in the stored config: the latest
-``hpo create`` / ``hpo run`` sets them (so they can change without a new study) and workers follow them."""
+``hpo create`` / ``hpo run`` sets them (so they can change without a new study) and every worker follows them
+(``hpo worker --gpus`` pins a slot to its GPU over ``device``)."""
 
 
 def stored_config(config: Config) -> dict:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import datetime
 import logging
 from dataclasses import dataclass
 
@@ -13,7 +14,7 @@ from hpo.study._config import Config, config_from_dict
 from hpo.study._records import CONFIG_ATTR
 from hpo.study._study import apply_settings, is_grid
 from objectives import ConfigError
-from storage import PAUSED_ATTR, create_storage, redact_url, set_paused, trial_counts
+from storage import PAUSED_ATTR, create_storage, first_starts, redact_url, set_paused, timed_out, trial_counts
 
 log = logging.getLogger("hpo")
 
@@ -25,18 +26,22 @@ class Standing:
     name: str
     study_id: int
     config: Config
-    """The study's stored config with its live settings (``n_trials``, ``priority``, ``max_parallel``)."""
+    """The study's stored config with its live settings (``n_trials``, ``timeout``, ``priority``, ``max_parallel``,
+    ``device``)."""
     paused: bool
     finished: int
     """COMPLETE or PRUNED trials."""
     running: int
     waiting: int
+    started: datetime.datetime | None = None
+    """When its first trial started (the clock of ``timeout``); None before any has."""
 
     @property
     def done(self) -> bool:
-        """The budget is spent: ``n_trials`` trials finished, or a grid with nothing queued or running."""
+        """The budget is spent: ``n_trials`` trials finished, ``timeout`` seconds passed since the first trial
+        started, or a grid with nothing queued or running."""
         n = self.config.n_trials
-        if n is not None and self.finished >= n:
+        if (n is not None and self.finished >= n) or timed_out(self.started, self.config.timeout):
             return True
         return is_grid(self.config) and self.waiting == 0 and self.running == 0
 
@@ -58,6 +63,7 @@ def survey(
     put there (study id -> (name, why)) for the caller to report."""
     configs = {} if configs is None else configs
     counts = trial_counts(storage)
+    starts = first_starts(storage)
     out = []
     for frozen in storage.get_all_studies():
         attrs = frozen.user_attrs
@@ -85,6 +91,7 @@ def survey(
                 finished=by_state.get(TrialState.COMPLETE, 0) + by_state.get(TrialState.PRUNED, 0),
                 running=by_state.get(TrialState.RUNNING, 0),
                 waiting=by_state.get(TrialState.WAITING, 0),
+                started=starts.get(frozen._study_id),
             )
         )
     return out

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from objectives._config import ConfigError, DataArgs
-from objectives.data._data import _LOCAL_SUFFIXES, package_file, stratified_split
+from objectives.data._data import _LOCAL_SUFFIXES, package_file, read_local, stratified_split
 
 if TYPE_CHECKING:
     import datasets
@@ -70,13 +70,12 @@ def _read_documents(args: DataArgs) -> datasets.Dataset:
     import datasets
 
     path = Path(args.name).expanduser()
+    if path.is_dir():
+        return _text_column(read_local(path, hf_config=args.hf_config, split=args.hf_split), args)
     if path.suffix == ".txt":
-        paragraphs = datasets.load_dataset("text", data_files=str(path), sample_by="paragraph", split="train")
-        return _nonblank(paragraphs, strip=True)
+        return _nonblank(read_local(path, sample_by="paragraph"), strip=True)
     if path.suffix in _LOCAL_SUFFIXES:
-        kwargs = {"delimiter": "\t"} if path.suffix == ".tsv" else {}
-        records = datasets.load_dataset(_LOCAL_SUFFIXES[path.suffix], data_files=str(path), split="train", **kwargs)
-        return _text_column(records, args)
+        return _text_column(read_local(path, **({"delimiter": "\t"} if path.suffix == ".tsv" else {})), args)
     return _text_column(datasets.load_dataset(args.name, args.hf_config, split=args.hf_split), args)
 
 
@@ -95,7 +94,7 @@ def _read_splits(args: DataArgs) -> dict[str, datasets.Dataset]:
     if args.name in CORPORA:
         return CORPORA[args.name](args)
     path = Path(args.name).expanduser()
-    if path.suffix in _TEXT_SUFFIXES:
+    if path.suffix in _TEXT_SUFFIXES and not path.is_dir():
         if not path.is_file():
             raise ConfigError("name", f"file {args.name!r} does not exist; built-in corpora are {sorted(CORPORA)}")
     elif "/" not in args.name and not path.exists():

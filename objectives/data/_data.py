@@ -21,6 +21,16 @@ log = logging.getLogger(__name__)
 
 _LOCAL_SUFFIXES = {".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
+_FORMATS = {
+    ".csv": "CSV",
+    ".tsv": "TSV",
+    ".jsonl": "JSON Lines",
+    ".json": "JSON",
+    ".parquet": "Parquet",
+    ".txt": "text",
+}
+"""What a local file's suffix says it holds, as a user would name it."""
+
 
 @dataclass(frozen=True)
 class Rows:
@@ -79,6 +89,56 @@ def _load_sms_spam(args: DataArgs) -> Rows:
     return Rows(texts, labels, ["ham", "spam"])
 
 
+def read_local(path: Path, *, hf_config: str | None = None, split: str = "train", **kwargs: Any) -> Any:
+    """Every record of a local file (read by the ``datasets`` builder its suffix names: ``.txt``: ``text``, else
+    :data:`_LOCAL_SUFFIXES`) or of a dataset directory (``datasets.load_dataset(path, hf_config, split=split)``),
+    as a ``datasets.Dataset``; ``kwargs`` go to ``load_dataset``. Data it cannot read, or that holds no records, is
+    one :class:`ConfigError` on ``name`` saying why (the library's own error log is silenced)."""
+    import datasets
+
+    shown = repr(str(path))
+    if path.is_dir():
+        kind, fix = "a dataset directory", f"name one data file, or a directory of {'/'.join(_FORMATS)} files"
+        if not any(p.suffix in _FORMATS for p in path.rglob("*") if p.is_file()):
+            raise ConfigError("name", f"{shown} is a directory without data files; {fix}")
+        source: tuple[str | None, ...] = (str(path), hf_config)
+    else:
+        kind, fix = _FORMATS[path.suffix], "fix the file"
+        if path.stat().st_size == 0:
+            raise ConfigError("name", f"{shown} is empty; add {kind} records")
+        source = (_LOCAL_SUFFIXES.get(path.suffix, "text"),)
+        kwargs["data_files"] = str(path)
+    library = logging.getLogger("datasets")
+    level = library.level
+    library.setLevel(logging.CRITICAL)  # it logs a parse error before raising it
+    try:
+        records = datasets.load_dataset(*source, split=split, **kwargs)
+    except Exception as exc:  # whatever the data holds: the reader's own reason, in one line
+        cause = _reason(exc)
+        if isinstance(cause, UnicodeDecodeError):
+            raise ConfigError("name", f"{shown} is not UTF-8 text; save it as UTF-8 {kind}") from None
+        if "corresponds to no data" in str(cause):
+            raise ConfigError("name", f"{shown} holds no records; add rows") from None
+        first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        raise ConfigError("name", f"{shown} cannot be read as {kind}: {first}; {fix}") from None
+    finally:
+        library.setLevel(level)
+    if len(records) == 0:
+        raise ConfigError("name", f"{shown} holds no records; add rows")
+    return records
+
+
+def _reason(exc: BaseException) -> BaseException:
+    """The error behind ``exc`` that says what is wrong with a file: the first in its chain not raised by
+    ``datasets`` itself (whose own messages only say that generating the dataset failed)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if not type(seen).__module__.startswith("datasets"):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return exc
+
+
 def _rows_from_records(records: Any, args: DataArgs) -> Rows:
     columns = list(records.column_names)
     for key in ("text_column", "label_column"):
@@ -90,6 +150,14 @@ def _rows_from_records(records: Any, args: DataArgs) -> Rows:
     if empty:
         raise ConfigError(
             "label_column", f"{len(empty)} rows have no label in column {args.label_column!r} (first: row {empty[0]})"
+        )
+    fractional = sorted({x for x in raw if isinstance(x, float) and not x.is_integer()})
+    if fractional:
+        shown = ", ".join(f"{x:g}" for x in fractional[:3]) + (", ..." if len(fractional) > 3 else "")
+        raise ConfigError(
+            "label_column",
+            f"column {args.label_column!r} looks continuous ({len(fractional)} distinct fractional values: {shown}), "
+            "not class labels; put a class (e.g. 0 or 1) in each row, or name another column",
         )
     feature = records.features.get(args.label_column)
     if hasattr(feature, "names"):
@@ -133,17 +201,14 @@ def _rename_labels(rows: Rows, given: list[str] | dict[str, str]) -> Rows:
 
 
 def _load_local_file(args: DataArgs) -> Rows:
-    """A local CSV / TSV / JSON Lines / Parquet file, read through ``datasets``."""
-    import datasets
-
+    """A local CSV / TSV / JSON Lines / Parquet file, read through ``datasets`` (:func:`read_local`)."""
     path = Path(args.name).expanduser()
-    kwargs = {"delimiter": "\t"} if path.suffix == ".tsv" else {}
-    records = datasets.load_dataset(_LOCAL_SUFFIXES[path.suffix], data_files=str(path), split="train", **kwargs)
-    return _rows_from_records(records, args)
+    return _rows_from_records(read_local(path, **({"delimiter": "\t"} if path.suffix == ".tsv" else {})), args)
 
 
 def _load_hub(args: DataArgs) -> Rows:
-    """A Hugging Face dataset id (needs the network, or a populated local cache)."""
+    """A Hugging Face dataset id (needs the network, or a populated local cache); a local dataset directory is read
+    by :func:`read_local`."""
     import datasets
 
     records = datasets.load_dataset(args.name, args.hf_config, split=args.hf_split)
@@ -202,12 +267,14 @@ def load_rows(args: DataArgs) -> Rows:
 def _read_rows(args: DataArgs) -> Rows:
     if args.name in DATASETS:
         return DATASETS[args.name](args)
-    suffix = Path(args.name).suffix
-    if suffix in _LOCAL_SUFFIXES:
-        if not Path(args.name).expanduser().is_file():
+    path = Path(args.name).expanduser()
+    if path.is_dir():
+        return _rows_from_records(read_local(path, hf_config=args.hf_config, split=args.hf_split), args)
+    if path.suffix in _LOCAL_SUFFIXES:
+        if not path.is_file():
             raise ConfigError("name", f"file {args.name!r} does not exist; built-in datasets are {sorted(DATASETS)}")
         return _load_local_file(args)
-    if "/" not in args.name and not Path(args.name).exists():
+    if "/" not in args.name and not path.exists():
         raise ConfigError(
             "name",
             f"unknown dataset {args.name!r}; use one of {sorted(DATASETS)}, a local "
@@ -302,7 +369,16 @@ def load_task(args: DataArgs) -> Task:
         )
     if len(rows.texts) < 10:
         raise ConfigError("name", f"dataset {args.name!r} has {len(rows.texts)} distinct rows; need at least 10")
+    present = Counter(rows.labels)
+    if len(present) < 2:
+        ((label, count),) = present.items()
+        raise ConfigError(
+            "label_column",
+            f"every row has the class {rows.label_names[label]!r} ({count} rows); a classifier needs rows of at "
+            "least two classes",
+        )
     train_idx, val_idx, test_idx = stratified_split(rows.labels, args.val_fraction, args.test_fraction, args.split_seed)
+    _check_splits(rows, {"train": train_idx, "validation": val_idx, "test": test_idx}, args)
     if args.max_train_rows is not None:
         train_idx = train_idx[: args.max_train_rows]
     if args.max_val_rows is not None:
@@ -312,6 +388,32 @@ def load_task(args: DataArgs) -> Task:
         digest.update(f"{label}\t{text}\n".encode())
     digest.update(json.dumps([train_idx, val_idx, test_idx]).encode())
     return Task(args, rows, tuple(train_idx), tuple(val_idx), tuple(test_idx), digest.hexdigest()[:16])
+
+
+_SPLIT_FIXES = {
+    "train": ("val_fraction", "lower data.val_fraction and data.test_fraction, or add rows"),
+    "validation": ("val_fraction", "raise data.val_fraction or add rows"),
+    "test": ("test_fraction", "raise data.test_fraction, add rows, or set it to 0 (no held-out test)"),
+}
+"""The key that sizes each split, and how to give it rows of more classes."""
+
+
+def _check_splits(rows: Rows, splits: dict[str, Sequence[int]], args: DataArgs) -> None:
+    """Refuse splits a study cannot learn from or score: each split (the test split only with a ``test_fraction``)
+    needs rows of at least two classes. A class gets rows in every split once it has 3 rows or more
+    (:func:`stratified_split`)."""
+    for split, idx in splits.items():
+        if split == "test" and args.test_fraction == 0:
+            continue
+        classes = len({rows.labels[i] for i in idx})
+        if classes < 2:
+            key, fix = _SPLIT_FIXES[split]
+            raise ConfigError(
+                key,
+                f"gives the {split} split {len(idx)} rows of {classes} class{'es' if classes != 1 else ''} "
+                f"({len(rows.texts)} rows in {len(set(rows.labels))} classes); every split needs rows of at least "
+                f"two classes: {fix}",
+            )
 
 
 def open_data(args: DataArgs) -> Task:

@@ -91,6 +91,9 @@ class TaskSpec:
     """Whether trials and the teacher record scores per class (``per_class``), which the report tables."""
     defaults: dict[str, Any] = field(default_factory=dict)
     """Config values this task changes from the classification defaults, e.g. its default data and teacher."""
+    ignores: dict[str, str] = field(default_factory=dict)
+    """Config keys (dotted) the task has no use for, each with why and the fix: a study or job of the task refuses
+    them set to another value than their default, or searched, and ``hpo export`` leaves them out."""
 
     @property
     def quality(self) -> str:
@@ -111,6 +114,8 @@ _COSTS = (
     "gflops",
 )
 
+_NO_CLASSES = "a language model predicts the next token and has no labels or classes; remove it"
+
 TASKS: dict[str, TaskSpec] = {
     "classification": TaskSpec(
         name="classification",
@@ -119,6 +124,7 @@ TASKS: dict[str, TaskSpec] = {
         card_metrics=("accuracy", "f1", "latency_ms", "latency_ms_p95", "throughput", "params", "size_mb"),
         module="objectives.tasks._classification",
         per_class=True,
+        ignores={"data.block_size": "a classifier truncates each text at data.max_length; set that instead"},
         cost_note=(
             "Latency: batch 1 at the validation set's mean length, after warm-up, median (p50) and 95th percentile "
             "over repeats until the median is stable; throughput: examples/s at batch 32."
@@ -144,6 +150,15 @@ TASKS: dict[str, TaskSpec] = {
             "teacher": {"model": "smollm2-135m", "train": {"max_steps": 0, "eval_batch_size": 16}},
             "train": {"eval_batch_size": 16},
             "distill": {"cache_top_k": 64},
+        },
+        ignores={
+            "data.label_column": _NO_CLASSES,
+            "data.label_names": _NO_CLASSES,
+            "data.max_length": "its text is packed into data.block_size-token blocks, not truncated; set data.block_size",
+            "train.class_weights": _NO_CLASSES,
+            "train.group_by_length": "its packed blocks all have one length; remove it",
+            "teacher.train.class_weights": _NO_CLASSES,
+            "teacher.train.group_by_length": "its packed blocks all have one length; remove it",
         },
     ),
 }

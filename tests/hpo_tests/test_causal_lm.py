@@ -122,7 +122,10 @@ def test_an_lm_study_records_every_lm_metric_then_exports_and_trains_a_generatin
         "export", "--storage", url, "--study", "lm", "--objective", "perplexity", "--out", str(job), cwd=tmp_path
     )
     assert exported.returncode == 0, exported.stderr
-    assert yaml.safe_load(job.read_text())["task"] == "causal-lm"
+    written = yaml.safe_load(job.read_text())
+    assert written["task"] == "causal-lm"
+    assert not {"label_column", "label_names", "max_length"} & set(written["data"])  # only keys an LM job uses
+    assert not {"class_weights", "group_by_length"} & (set(written["train"]) | set(written["teacher"]["train"]))
     out = tmp_path / "student"
     trained = hpo("train", str(job), "--out", str(out), cwd=tmp_path)
     assert trained.returncode == 0, trained.stderr[-3000:]

@@ -21,7 +21,6 @@ import psycopg
 import pytest
 import torch
 import yaml
-from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
@@ -415,17 +414,15 @@ def test_train_refuses_a_non_empty_out_dir_without_overwrite(tmp_path: Path) -> 
 
 def test_export_refuses_to_replace_a_file_without_force_and_writes_whole(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/e.db"
-    config = config_from_dict({**tiny_config("exp"), "objective": "finetune"})
+    layers = {"student.num_layers": {"type": "int", "low": 1, "high": 2}}  # a finetune study searches no distill.*
+    config = config_from_dict({**tiny_config("exp"), "objective": "finetune", "search_space": layers})
     study = open_study(config, url)
     for accuracy in (0.7, 0.8):
         study.add_trial(
             optuna.trial.create_trial(
                 value=accuracy,
-                params={"distill.temperature": 2.0, "student.num_layers": 1},
-                distributions={
-                    "distill.temperature": FloatDistribution(1.0, 4.0),
-                    "student.num_layers": optuna.distributions.IntDistribution(1, 2),
-                },
+                params={"student.num_layers": 1},
+                distributions={"student.num_layers": optuna.distributions.IntDistribution(1, 2)},
                 user_attrs={**dict.fromkeys(METRICS, 1.0), "accuracy": accuracy, "steps": 4},
             )
         )
@@ -436,7 +433,8 @@ def test_export_refuses_to_replace_a_file_without_force_and_writes_whole(tmp_pat
     assert out.read_text() == "my notes\n"
     forced = hpo(*args, "--force", cwd=tmp_path)
     assert forced.returncode == 0, forced.stderr
-    assert yaml.safe_load(out.read_text())["source"]["trial"] == 1
+    written = yaml.safe_load(out.read_text())
+    assert written["source"]["trial"] == 1 and "distill" not in written  # a finetune job has no distill keys
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e.db", "job.yaml"]  # no temporary file left
 
 

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import optuna
@@ -117,6 +118,132 @@ def test_a_failed_start_leaves_nothing_behind_so_the_corrected_run_is_accepted(t
     created = hpo("create", str(fixed), "--storage", url, cwd=tmp_path)
     assert created.returncode == 0, created.stderr
     assert "data " in created.stderr and "6 classes" in created.stderr  # the data summary is logged
+
+
+def _rows(labels: list[object]) -> str:
+    """A CSV of distinct texts with these labels."""
+    return "text,label\n" + "".join(f"question number {i} about the topic,{label}\n" for i, label in enumerate(labels))
+
+
+_NEED_TWO = "every split needs rows of at least two classes"
+_NO_DATA_FILES = (
+    "is a directory without data files; name one data file, or a directory of .csv/.tsv/.jsonl/.json/.parquet/.txt "
+    "files"
+)
+
+BROKEN: list[tuple[str, str, str | bytes | None, dict, str]] = [
+    # (id, file name, content: text, bytes or None for a directory, config keys, the line after "hpo: error: ")
+    ("empty", "q.csv", "", {}, "data.name: '{p}' is empty; add CSV records"),
+    ("header only", "q.csv", "text,label\n", {}, "data.name: '{p}' holds no records; add rows"),
+    (
+        "blank lines",
+        "q.csv",
+        "\n\n\n",
+        {},
+        "data.name: '{p}' cannot be read as CSV: No columns to parse from file; fix the file",
+    ),
+    ("not text", "q.csv", bytes(range(128, 256)) * 4, {}, "data.name: '{p}' is not UTF-8 text; save it as UTF-8 CSV"),
+    (
+        "unclosed quote",
+        "q.csv",
+        'text,label\n"a,1\nb,0\n',
+        {},
+        "data.name: '{p}' cannot be read as CSV: Error tokenizing data. C error: EOF inside string starting at row 1; "
+        "fix the file",
+    ),
+    (
+        "malformed JSON line",
+        "q.jsonl",
+        '{"text": "a", "label": 0}\n{"text": "b", "label": \n',
+        {},
+        "data.name: '{p}' cannot be read as JSON Lines: JSON parse error: Invalid value. in row 1; fix the file",
+    ),
+    (
+        "not Parquet",
+        "q.parquet",
+        "text,label\na,0\n",
+        {},
+        "data.name: '{p}' cannot be read as Parquet: Parquet magic bytes not found in footer. Either the file is "
+        "corrupted or this is not a parquet file.; fix the file",
+    ),
+    ("a directory", "q", None, {}, "data.name: '{p}' " + _NO_DATA_FILES),
+    ("a directory named .csv", "q.csv", None, {}, "data.name: '{p}' " + _NO_DATA_FILES),
+    (
+        "one class",
+        "q.csv",
+        _rows([1] * 50),
+        {},
+        "data.label_column: every row has the class '1' (50 rows); a classifier needs rows of at least two classes",
+    ),
+    (
+        "one named class",
+        "q.csv",
+        _rows(["spam"] * 30),
+        {},
+        "data.label_column: every row has the class 'spam' (30 rows); a classifier needs rows of at least two classes",
+    ),
+    (
+        "continuous labels",
+        "q.csv",
+        _rows([f"{i / 50:.2f}" for i in range(50)]),
+        {},
+        "data.label_column: column 'label' looks continuous (49 distinct fractional values: 0.02, 0.04, 0.06, ...), "
+        "not class labels; put a class (e.g. 0 or 1) in each row, or name another column",
+    ),
+    (
+        "empty validation split",
+        "q.csv",
+        _rows([i % 5 for i in range(10)]),
+        {},
+        f"data.val_fraction: gives the validation split 0 rows of 0 classes (10 rows in 5 classes); {_NEED_TWO}: "
+        "raise data.val_fraction or add rows",
+    ),
+    (
+        "validation split of one class",
+        "q.csv",
+        _rows(["a"] * 40 + ["b", "b", "c", "c"]),
+        {},
+        f"data.val_fraction: gives the validation split 4 rows of 1 class (44 rows in 3 classes); {_NEED_TWO}: "
+        "raise data.val_fraction or add rows",
+    ),
+    (
+        "test split of one class",
+        "q.csv",
+        _rows(["a"] * 40 + ["b", "b", "c", "c"]),
+        {"data": {"val_fraction": 0.3}},
+        f"data.test_fraction: gives the test split 4 rows of 1 class (44 rows in 3 classes); {_NEED_TWO}: "
+        "raise data.test_fraction, add rows, or set it to 0 (no held-out test)",
+    ),
+    ("empty corpus", "corpus.txt", "", {"task": "causal-lm"}, "data.name: '{p}' is empty; add text records"),
+]
+
+
+@pytest.mark.parametrize(("name", "content", "overrides", "line"), [b[1:] for b in BROKEN], ids=[b[0] for b in BROKEN])
+def test_broken_data_is_one_line_naming_the_data_key_before_anything_is_created(
+    tmp_path: Path, name: str, content: str | bytes | None, overrides: dict, line: str
+) -> None:
+    path = tmp_path / name
+    if content is None:
+        path.mkdir()
+        (path / "notes.md").write_text("no data here\n")
+    else:
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    config = {
+        "name": "broken",
+        "objective": "finetune",
+        "search_space": {"train.lr": {"type": "float", "low": 1e-5, "high": 1e-3}},
+        **overrides,
+        "data": {"name": str(path), **overrides.get("data", {})},
+    }
+    cfg = write(tmp_path / "cfg.yaml", config)
+    url = f"sqlite:///{tmp_path}/s.db"
+    with ThreadPoolExecutor(2) as pool:  # the two commands at once
+        results = pool.map(
+            lambda args: hpo(*args, cwd=tmp_path), [("validate", str(cfg)), ("create", str(cfg), "--storage", url)]
+        )
+        for result in results:
+            assert (result.returncode, result.stderr) == (2, f"hpo: error: {line.format(p=path)}\n"), result.args
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, "cfg.yaml"])  # no database, no artifacts
 
 
 def _synthetic(name: str, artifacts: Path) -> dict:

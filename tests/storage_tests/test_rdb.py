@@ -1,7 +1,9 @@
 """The Optuna storage on real databases: SQLite here, PostgreSQL through HPO_TEST_PG_URL."""
 
+import datetime
 import multiprocessing
 import os
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -9,7 +11,7 @@ from typing import Any
 import optuna
 import pytest
 
-from storage import claim_study_attr, create_storage, retry_trial, set_paused, start_trial
+from storage import claim_study_attr, create_storage, first_starts, retry_trial, set_paused, start_trial
 
 
 def _roundtrip(url: str) -> None:
@@ -124,6 +126,23 @@ def test_start_trial_on_in_memory_storage() -> None:
     assert start_trial(storage, study_id, n_trials=2) is None  # two running of a budget of two
     study.set_user_attr("paused", True)
     assert start_trial(storage, study_id, n_trials=None) is None
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "in-memory"])
+def test_start_trial_stops_once_the_timeout_since_the_first_trial_has_passed(tmp_path: Path, backend: str) -> None:
+    storage = create_storage(f"sqlite:///{tmp_path}/s.db") if backend == "sqlite" else optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage)
+    study.enqueue_trial({"x": 0.5})  # queued, not started: the clock has not started
+    time.sleep(1.2)
+    first = start_trial(storage, study._study_id, n_trials=None, timeout=1.0)
+    assert first is not None
+    assert start_trial(storage, study._study_id, n_trials=None, timeout=1.0) is not None  # within a second of it
+    if backend == "sqlite":  # the first start, in UTC as stored
+        started = storage.get_trial(first).datetime_start.astimezone(datetime.UTC).replace(tzinfo=None)
+        assert first_starts(storage) == first_starts(storage, study._study_id) == {study._study_id: started}
+    time.sleep(1.2)
+    assert start_trial(storage, study._study_id, n_trials=None, timeout=1.0) is None  # its time is up
+    assert start_trial(storage, study._study_id, n_trials=None, timeout=10.0) is not None  # a longer one is not
 
 
 def test_claim_on_in_memory_storage() -> None:

@@ -25,7 +25,7 @@ from optuna.trial import TrialState
 from hpo.execution import Pool, create, rank
 from hpo.study import CONFIG_ATTR, Standing, config_from_dict, pause, survey
 from storage import create_storage
-from tests.hpo_tests.execution_tests.test_workers import run_cli, synthetic, wait_for
+from tests.hpo_tests.execution_tests.test_workers import cli, run_cli, synthetic, wait_for
 
 
 @pytest.fixture
@@ -43,7 +43,7 @@ def pool_url(pg_url: str) -> Iterator[str]:
         admin.dispose()
 
 
-def study(name: str, n_trials: int, sleep: float, **overrides: object) -> dict:
+def study(name: str, n_trials: int | None, sleep: float, **overrides: object) -> dict:
     config = synthetic(name, n_trials=n_trials, sampler={"name": "random"}, **overrides)
     config["synthetic"] = {"steps": 2, "sleep": sleep}
     return config
@@ -223,15 +223,40 @@ def test_settings_are_validated_and_change_without_a_new_study(tmp_path: Path) -
 
     url = f"sqlite:///{tmp_path / 's.db'}"
     hpo_create(tmp_path, url, synthetic("s"))
-    hpo_create(tmp_path, url, synthetic("s", priority=3, max_parallel=2))  # same study, new settings
+    hpo_create(tmp_path, url, synthetic("s", priority=3, max_parallel=2, timeout=30, device="cpu"))  # new settings
     (standing,) = survey(create_storage(url, create_tables=False))
-    assert (standing.config.priority, standing.config.max_parallel) == (3, 2)
+    c = standing.config
+    assert (c.priority, c.max_parallel, c.timeout, c.device) == (3, 2, 30, "cpu")
 
     until = run_cli("worker", "--study", "s", "--until-idle", url=url, cwd=tmp_path)
     assert until.returncode == 2 and "--until-idle: is for pool workers (without --study)" in until.stderr
     missing = run_cli("pause", "nope", url=url, cwd=tmp_path)
     assert missing.returncode == 2
     assert missing.stderr.strip() == f"hpo: error: NAME: no study named 'nope' in {url} (studies: s)"
+
+
+def test_the_study_timeout_and_device_hold_in_a_study_worker_and_a_pool_worker(tmp_path: Path) -> None:
+    """``n_trials: null, timeout: 15``: the clock starts at the study's first trial, and every worker (whichever
+    started it) stops starting trials 15 s after it; each trial runs on the study's ``device``. (A synthetic trial
+    touches no device, so a ``cuda:1`` that this CPU machine lacks is recorded as the stored setting it is.)"""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    hpo_create(tmp_path, url, study("timed", None, 1.0, timeout=15, device="cuda:1"))
+    single = cli("worker", "--study", "timed", url=url, cwd=tmp_path)
+    pool, log = pool_worker(tmp_path, url, "--until-idle")
+    _, err = single.communicate(timeout=120)
+    assert single.returncode == 0, err[-3000:]
+    assert "the study's timeout of 15 s since its first trial has passed; no new trial starts" in err
+    finish(pool, log)
+    assert "no study has budget left; leaving (--until-idle)" in log.read_text()
+
+    db = create_storage(url, create_tables=False)
+    done = trials(db, "timed")
+    starts = sorted((t.datetime_start - min(t.datetime_start for t in done)).total_seconds() for t in done)
+    assert 12 <= starts[-1] < 15  # trials of about 1 s started until the timeout, none after
+    assert {t.state for t in done} == {TrialState.COMPLETE}
+    assert {t.user_attrs["pid"] for t in done} == {single.pid, pool.pid}
+    assert {t.user_attrs["device"] for t in done} == {"cuda:1"}
+    assert [s.state for s in survey(db)] == ["done"]
 
 
 def test_pool_workers_rerun_a_killed_workers_trial_and_requeue_on_sigterm(tmp_path: Path, pool_url: str) -> None:

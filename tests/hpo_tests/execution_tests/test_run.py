@@ -20,6 +20,9 @@ from objectives import METRICS
 from storage import create_storage
 from tests.conftest import tiny_config
 
+LAYERS = {"student.num_layers": {"type": "int", "low": 1, "high": 2}}
+"""A search space for finetune studies (which refuse distill.* keys)."""
+
 
 def hpo(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -110,7 +113,7 @@ def test_a_pruner_that_must_prune_prunes_real_trials(tmp_path: Path) -> None:
 
 def test_finetune_study_on_postgresql(tmp_path: Path, pg_url: str) -> None:
     name = f"ft-{uuid.uuid4().hex[:8]}"
-    config = tiny_config(name, objective="finetune", n_trials=1, directions={"f1": "maximize"})
+    config = tiny_config(name, objective="finetune", n_trials=1, directions={"f1": "maximize"}, search_space=LAYERS)
     result = hpo("run", str(write(tmp_path, config)), "--storage", pg_url, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     study = optuna.load_study(study_name=name, storage=pg_url)
@@ -149,6 +152,7 @@ def test_pruning_sees_the_study_metric_and_never_stops_a_trial_at_its_final_vali
         f"f1-{uuid.uuid4().hex[:8]}",
         objective="finetune",
         directions={"f1": "maximize"},
+        search_space=LAYERS,
         pruner={"name": "threshold", "options": {"lower": 1.01}},
         data={"name": "sms-spam", "max_train_rows": 64, "max_val_rows": 64, "max_length": 32},
         train={"max_steps": 4, "batch_size": 16, "eval_every": 4},

@@ -1,5 +1,6 @@
 """Every shipped example validates; bad configs fail with one line that names the key."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -7,7 +8,8 @@ import yaml
 
 from hpo import apply_params, config_from_dict, dump_config, load_config
 from hpo._cli import main
-from objectives import ConfigError
+from hpo.study import TrainJob, dump_job, load_job
+from objectives import ConfigError, DataArgs
 
 EXAMPLES = sorted((Path(__file__).parents[3] / "examples").glob("*.yaml"))
 
@@ -120,7 +122,7 @@ BAD = [
     ),
     (
         {"pruner": {"name": "asha"}},
-        "pruner.name: unknown pruner 'asha'; valid: none, median, percentile, sha, hyperband, patient, threshold, wilcoxon",
+        "pruner.name: unknown pruner 'asha'; valid: none, median, percentile, sha, hyperband, patient, threshold, pareto",
     ),
     ({"pruner": {"name": "threshold"}}, "pruner.options: threshold needs lower and/or upper"),
     (
@@ -154,6 +156,104 @@ def test_bad_config_is_one_line_naming_the_key(
     assert err.count("\n") == 1, err
     assert err.startswith("hpo: error: ")
     assert message in err, err
+
+
+_NO_CLASSES = "does nothing in a causal-lm study: a language model predicts the next token and has no labels or classes"
+_NO_TEACHER = "does nothing in a finetune study: its students learn from labels, without a teacher"
+_WEIGHTS = {"type": "categorical", "choices": ["none", "balanced"]}
+
+UNUSED = [
+    ({"task": "causal-lm", "data": {"label_column": "topic"}}, f"data.label_column: {_NO_CLASSES}; remove it"),
+    ({"task": "causal-lm", "data": {"label_names": ["a", "b"]}}, f"data.label_names: {_NO_CLASSES}; remove it"),
+    (
+        {"task": "causal-lm", "data": {"max_length": 32}},
+        "data.max_length: does nothing in a causal-lm study: its text is packed into data.block_size-token blocks, "
+        "not truncated; set data.block_size",
+    ),
+    ({"task": "causal-lm", "train": {"class_weights": "balanced"}}, f"train.class_weights: {_NO_CLASSES}; remove it"),
+    (
+        {"task": "causal-lm", "teacher": {"train": {"class_weights": "balanced"}}},
+        f"teacher.train.class_weights: {_NO_CLASSES}; remove it",
+    ),
+    (
+        {"task": "causal-lm", "train": {"group_by_length": False}},
+        "train.group_by_length: does nothing in a causal-lm study: its packed blocks all have one length; remove it",
+    ),
+    (
+        {"task": "causal-lm", "search_space": {"train.class_weights": _WEIGHTS}},
+        f"search_space.train.class_weights: {_NO_CLASSES}; remove it",
+    ),
+    (
+        {"data": {"block_size": 32}},
+        "data.block_size: does nothing in a classification study: a classifier truncates each text at "
+        "data.max_length; set that instead",
+    ),
+    (
+        {"objective": "finetune", "distill": {"temperature": 4}},
+        f"distill.temperature: {_NO_TEACHER}; remove it or use objective: distill",
+    ),
+    (
+        {"objective": "finetune", "search_space": {"distill.alpha": {"type": "float", "low": 0.1, "high": 0.9}}},
+        f"search_space.distill.alpha: {_NO_TEACHER}; remove it or use objective: distill",
+    ),
+]
+
+
+@pytest.mark.parametrize(("extra", "line"), UNUSED, ids=[m.split(":")[0] for _, m in UNUSED])
+def test_a_key_the_task_or_objective_has_no_use_for_is_refused_in_one_line(
+    extra: dict, line: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "unused.yaml"
+    path.write_text(yaml.safe_dump({**BASE, **extra}))
+    assert main(["validate", "--no-data", str(path)]) == 2
+    assert capsys.readouterr().err == f"hpo: error: {line}\n"
+
+
+def test_a_key_it_has_no_use_for_is_accepted_at_its_default() -> None:
+    config = config_from_dict(
+        {**BASE, "task": "causal-lm", "data": {"max_length": 64}, "train": {"class_weights": "none"}}
+    )
+    assert config.data.max_length == 64
+    config_from_dict({**BASE, "objective": "finetune", "distill": {"temperature": 2.0}, "data": {"block_size": 128}})
+
+
+def test_a_job_refuses_them_too_and_is_written_without_them(tmp_path: Path) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump({"name": "lm", "task": "causal-lm", "data": {"label_names": ["a", "b"]}}))
+    with pytest.raises(ConfigError) as refused:
+        load_job(path)
+    assert str(refused.value) == f"data.label_names: {_NO_CLASSES}; remove it"
+
+    lm = TrainJob(name="lm", task="causal-lm", objective="finetune", data=DataArgs(name="wikitext-2"))
+    written = yaml.safe_load(dump_job(lm))
+    assert set(written["data"]) == {f.name for f in dataclasses.fields(DataArgs)} - {
+        "label_column",
+        "label_names",
+        "max_length",
+    }
+    assert not {"class_weights", "group_by_length"} & (set(written["train"]) | set(written["teacher"]["train"]))
+    assert "distill" not in written  # a finetune job has no teacher to learn from
+    path.write_text(dump_job(lm))
+    assert load_job(path) == lm
+    classifier = yaml.safe_load(dump_job(TrainJob(name="c")))
+    assert "block_size" not in classifier["data"] and "label_names" in classifier["data"]
+
+
+def test_the_wilcoxon_pruner_is_refused_with_its_reason_and_the_alternatives(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "w.yaml"
+    path.write_text(yaml.safe_dump({**BASE, "pruner": {"name": "wilcoxon"}}))
+    assert main(["validate", "--no-data", str(path)]) == 2
+    assert capsys.readouterr().err == (
+        "hpo: error: pruner.name: wilcoxon is not offered: Optuna's WilcoxonPruner takes each step for an evaluation "
+        "instance (a validation example or fold) and pairs it with the best trial's score on that instance, while a "
+        "trial here reports one validation score per training step; use none, median, percentile, sha, hyperband, "
+        "patient, threshold\n"
+    )
+    path.write_text(yaml.safe_dump({**BASE, "pruner": {"name": "patient", "options": {"wrapped": "wilcoxon"}}}))
+    assert main(["validate", "--no-data", str(path)]) == 2
+    assert capsys.readouterr().err.startswith("hpo: error: pruner.options.wrapped: unknown pruner 'wilcoxon'")
 
 
 def test_yaml_syntax_error_and_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
