@@ -213,6 +213,7 @@ def database_with_password(backend: str, pg_url: str, mysql_url: str, password: 
         conn.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["postgresql", "mysql"])
 def test_worker_processes_get_the_password_through_a_pipe_not_their_environment(
     tmp_path: Path, pg_url: str, mysql_url: str, backend: str

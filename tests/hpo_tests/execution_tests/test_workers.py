@@ -218,6 +218,7 @@ def test_sigterm_stops_promptly_marks_and_requeues_the_trial(tmp_path: Path, pg_
     assert queued.params == stopped.params and queued.system_attrs["failed_trial"] == running.number
 
 
+@pytest.mark.slow
 def test_sigterm_stops_do_not_use_up_max_retries(tmp_path: Path, pg_url: str, name: str) -> None:
     config = synthetic(name, n_trials=1)
     config["synthetic"] = {"steps": 10, "sleep": 5.0}
