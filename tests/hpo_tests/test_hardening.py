@@ -448,18 +448,23 @@ def _get(port: int, host_header: str, method: str = "GET", path: str = "/api/stu
         conn.close()
 
 
+def _dashboard(cwd: Path, url: str, *flags: str) -> subprocess.Popen[str]:
+    """``hpo dashboard`` on ``url`` at a free port, its banner on stdout."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "hpo._cli", "dashboard", "--storage", url, "--port", "0", *flags],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def test_dashboard_refuses_foreign_host_headers(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/d.db"
     assert (
         hpo("run", str(write(tmp_path / "d.yaml", synthetic("dash"))), "--storage", url, cwd=tmp_path).returncode == 0
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hpo._cli", "dashboard", "--storage", url, "--port", "0"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _dashboard(tmp_path, url)
     assert proc.stdout is not None
     try:
         match = re.search(r":(\d+)/dashboard", proc.stdout.readline() + proc.stdout.readline())
@@ -484,13 +489,7 @@ def test_a_dashboard_on_0_0_0_0_answers_only_loopback_and_allowed_host_names(tmp
     bad = hpo("dashboard", "--storage", url, "--host", "0.0.0.0", "--allow-host", "http://x.example:80", cwd=tmp_path)
     one_line_error(bad, "--allow-host: expected a host name or address like dashboard.example.org")
     allow = ["--allow-host", "hpo-dashboard", "--allow-host", "Dashboard.Team.example"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hpo._cli", "dashboard", "--storage", url, "--host", "0.0.0.0", "--port", "0", *allow],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _dashboard(tmp_path, url, "--host", "0.0.0.0", *allow)
     assert proc.stdout is not None
     try:
         banner = "".join(proc.stdout.readline() for _ in range(3))
