@@ -35,8 +35,45 @@ def mysql_url() -> str:
     return _database_url("HPO_TEST_MYSQL_URL")
 
 
+TINY_BERT = "tiny-bert-v1"
+
+
+def tiny_bert() -> str:
+    """A real BERT of MiniLM-L6's family and tokenizer cut to 4 layers of width 64 (4 heads), randomly initialised
+    with seed 0 and saved once per machine (under the temporary folder, published by an atomic rename, so parallel
+    test processes share it). It runs every code path of the MiniLM teacher (layer cuts, width pruning, hidden and
+    attention terms, latency, export) about 20 times cheaper: for tests of the service, not of model quality, which
+    keep MiniLM itself."""
+    import tempfile
+    from pathlib import Path
+
+    final = Path(tempfile.gettempdir()) / "distill-hpo-test-models" / TINY_BERT
+    if not (final / "config.json").is_file():
+        import torch
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        from objectives.students import resolve_model
+
+        source = resolve_model("minilm-l6")
+        config = AutoConfig.from_pretrained(source)
+        config.update({"num_hidden_layers": 4, "hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 128})
+        torch.manual_seed(0)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{TINY_BERT}-", dir=final.parent))
+        AutoModel.from_config(config).save_pretrained(staging)
+        AutoTokenizer.from_pretrained(source).save_pretrained(staging)
+        try:
+            os.rename(staging, final)
+        except OSError:  # another test process published it first
+            import shutil
+
+            shutil.rmtree(staging)
+    return str(final)
+
+
 def tiny_config(name: str, **overrides: object) -> dict:
-    """A study that trains real MiniLM models for a handful of steps on a small slice of rt-snippets."""
+    """A study that trains a real tiny BERT (:func:`tiny_bert`) for a handful of steps on a small slice of
+    rt-snippets."""
     config = {
         "name": name,
         "objective": "distill",
@@ -45,7 +82,7 @@ def tiny_config(name: str, **overrides: object) -> dict:
         "sampler": {"name": "random"},
         "pruner": {"name": "none"},
         "data": {"name": "rt-snippets", "max_train_rows": 96, "max_val_rows": 48, "max_length": 32},
-        "teacher": {"train": {"max_steps": 4, "batch_size": 16, "eval_every": 4}},
+        "teacher": {"model": tiny_bert(), "train": {"max_steps": 4, "batch_size": 16, "eval_every": 4}},
         "student": {"num_layers": 2},
         "train": {"max_steps": 4, "batch_size": 16, "eval_every": 2},
         "search_space": {

@@ -1,4 +1,4 @@
-"""Width-pruned students searched through the real runner: MiniLM teacher, rt-snippets, SQLite."""
+"""Width-pruned students searched through the real runner: a BERT teacher (the tiny one), rt-snippets, SQLite."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from tests.conftest import tiny_config
 from tests.hpo_tests.execution_tests.test_run import hpo, write
 
 
-def minilm_params(layers: int, hidden: int, ffn: int, heads: int, labels: int = 2) -> int:
-    """Parameters of a MiniLM-L6 (BERT, vocabulary 30,522, 512 positions, head size 32) classifier at these widths."""
-    inner = 32 * heads
+def bert_params(layers: int, hidden: int, ffn: int, heads: int, head_size: int, labels: int = 2) -> int:
+    """Parameters of a BERT classifier of MiniLM-L6's vocabulary (30,522) and 512 positions at these widths."""
+    inner = head_size * heads
     embeddings = (30_522 + 512 + 2) * hidden + 2 * hidden
     layer = 3 * (hidden * inner + inner) + (inner * hidden + hidden) + (ffn * hidden + ffn) + (hidden * ffn + hidden)
     return embeddings + layers * (layer + 4 * hidden) + (hidden * hidden + hidden) + (labels * hidden + labels)
@@ -38,8 +38,8 @@ def test_width_ratios_are_searched_and_each_width_is_measured_once(tmp_path: Pat
     for trial in complete:
         assert set(METRICS) <= set(trial.user_attrs)
         assert 0 <= trial.user_attrs["accuracy"] <= 1 and trial.user_attrs["latency_ms"] > 0
-        heads = 6 if trial.params["student.heads_ratio"] == 0.5 else 12  # of the teacher's 12
-        assert trial.user_attrs["params"] == minilm_params(2, hidden=192, ffn=768, heads=heads)
+        heads = 2 if trial.params["student.heads_ratio"] == 0.5 else 4  # of the tiny teacher's 4 (width 64, ffn 128)
+        assert trial.user_attrs["params"] == bert_params(2, hidden=32, ffn=64, heads=heads, head_size=16)
     # one cost measurement per width, kept in the study under distinct architecture keys
     costs = {k: v for k, v in study._storage.get_study_system_attrs(study._study_id).items() if k.startswith("cost:")}
     assert len(costs) == 2

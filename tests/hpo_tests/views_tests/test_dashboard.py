@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import tiny_config
+from tests.conftest import tiny_bert, tiny_config
 from tests.hpo_tests.execution_tests.test_workers import synthetic
 from tests.hpo_tests.views_tests import browser
 from tests.hpo_tests.views_tests.test_report import PNG_MAGIC, multi_objective
@@ -159,7 +159,7 @@ def test_dashboard_shows_the_real_study_its_trials_metrics_and_config(
     # The config is on the study's note.
     note = browser.dom(f"{base}/dashboard/studies/{real}/note")
     assert "Study config (written by hpo dashboard)" in note and "distill.temperature" in note
-    assert re.search(r"Teacher <code[^>]*>minilm-l6</code>: accuracy \d\.\d+", note)
+    assert re.search(rf"Teacher <code[^>]*>{re.escape(tiny_bert())}</code>: accuracy \d\.\d+", note)
 
     # Multi-objective: both axes named by their metric; a failed trial shows its fail reason.
     front = browser.dom(f"{base}/dashboard/studies/{pareto}")
