@@ -277,3 +277,26 @@ def test_apply_params_sets_dotted_paths_and_revalidates() -> None:
     assert config.train.lr == 5e-5  # the base config is untouched
     with pytest.raises(ConfigError, match=r"distill\.alpha: must be in"):
         apply_params(config, {"distill.alpha": 2.0})
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key", "fix"),
+    [
+        ({"artifacts_dir": "nosuch://bucket/x"}, "artifacts_dir", "unknown storage protocol 'nosuch'"),
+        ({"artifacts_options": {"endpoint_url": "http://x"}}, "artifacts_options", "remove them for a folder"),
+        (
+            {"artifacts_dir": "s3://b/x", "artifacts_options": {"client_kwargs": {"aws_secret_access_key": "s"}}},
+            "artifacts_options.client_kwargs.aws_secret_access_key",
+            "AWS_SECRET_ACCESS_KEY",
+        ),
+        ({"artifacts_dir": "s3://b/x", "artifacts_options": {"key": "AKIA"}}, "artifacts_options.key", "~/.aws"),
+    ],
+)
+def test_the_artifact_store_and_its_options_are_checked(overrides: dict, key: str, fix: str) -> None:
+    """An object-store URL of a protocol fsspec knows; options only for it, and never credentials (they would be
+    stored in the study's database)."""
+    with pytest.raises(ConfigError) as refused:
+        config_from_dict({"name": "s", **overrides})
+    assert refused.value.key == key and fix in str(refused.value)
+    s3 = config_from_dict({"name": "s", "artifacts_dir": "s3://b/x", "artifacts_options": {"endpoint_url": "http://h"}})
+    assert s3.artifacts_options == {"endpoint_url": "http://h"}
