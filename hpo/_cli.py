@@ -398,7 +398,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError(
             "--out", f"{args.out} exists and is not an empty directory; pass --overwrite to write into it"
         )
-    result = train_job(job, out, threads=args.threads, seeds=args.seeds)
+    result = train_job(job, out, threads=args.threads, seeds=args.seeds, artifacts=_artifacts(args.artifacts))
     print(f"{args.out}: model, tokenizer, metrics.json and README.md (model card)")
     print(Path(args.out, "README.md").read_text().split("```")[1].strip())
     quality = job.task_spec.quality
@@ -586,6 +586,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, help="output model directory (new or empty)")
     train.add_argument("--overwrite", action="store_true", help="write into --out even if it holds files")
     train.add_argument("--threads", type=int, help="torch CPU threads (default: the cores this process may use)")
+    train.add_argument("--artifacts", metavar="PATH", help=ARTIFACTS_HELP)
     train.add_argument(
         "--seeds", type=int, default=1, help="train the students with N seeds; the card reports mean ± std (1)"
     )

@@ -297,7 +297,16 @@ class TrainJob:
     device: str = "auto"
     """``auto``, ``cpu``, ``cuda`` or ``cuda:N``."""
     teacher_path: str | None = None
-    """The study's fine-tuned teacher (a model directory); fine-tuned again from ``teacher`` when missing."""
+    """A fine-tuned teacher in a local model directory (a hand-written job); fine-tuned again from ``teacher`` when
+    missing. ``hpo export`` names the study's teacher in its store instead (``artifacts_dir``, ``teacher_entry``)."""
+    artifacts_dir: str | None = None
+    """The artifact store of the source study (its ``artifacts_dir``: a folder or an object-store URL), which holds
+    the teacher ``teacher_entry``; ``hpo train --artifacts PATH`` reaches it under another path."""
+    artifacts_options: dict[str, Any] = field(default_factory=dict)
+    """fsspec options of an object-store ``artifacts_dir`` (the study's ``artifacts_options``)."""
+    teacher_entry: str | None = None
+    """The study's teacher in ``artifacts_dir`` (an entry under the folder of ``source.study``): ``hpo train``
+    downloads it into this node's cache and distils from it, never fine-tuning another."""
     data: DataArgs = field(default_factory=DataArgs)
     """The data and its fixed splits (the same split seed as the study)."""
     teacher: TeacherArgs = field(default_factory=TeacherArgs)
@@ -318,6 +327,14 @@ class TrainJob:
         if self.objective not in ("finetune", "distill"):
             raise ConfigError("objective", f"must be finetune or distill, got {self.objective!r}")
         _check_device(self.device)
+        if (self.artifacts_dir is None) != (self.teacher_entry is None):
+            raise ConfigError(
+                "teacher_entry", "and artifacts_dir name the study's teacher together: give both, or neither"
+            )
+        if self.artifacts_dir is not None:
+            _check_artifacts(self.artifacts_dir, self.artifacts_options)
+            if not self.source.study:
+                raise ConfigError("source.study", "is required with teacher_entry: the store keeps it under the study")
         check_used(self, self.task_spec, self.objective)
 
     @property
