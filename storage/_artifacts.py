@@ -63,7 +63,7 @@ def default_cache() -> Path:
 class ArtifactDir:
     """Files of one study under ``root/<study name>``; ``root`` a folder or an object-store URL.
 
-    ``options`` are passed to fsspec for a URL (e.g. ``endpoint_url``); credentials come from where the
+    ``options`` are passed to fsspec for a URL (e.g. ``endpoint_url``; ignored for a folder); credentials come from where the
     filesystem's library looks (``AWS_*`` variables, ``~/.aws``, instance roles). ``cache`` is this node's cache of
     remote artifacts (default :func:`default_cache`).
     """
@@ -79,9 +79,7 @@ class ArtifactDir:
         self.root = store_root(root)
         name = _SAFE_NAME.sub("_", study_name)
         protocol = store_protocol(self.root)
-        if protocol is None:
-            if options:
-                raise ValueError("artifacts options are for an object-store URL (s3://...), not a folder")
+        if protocol is None:  # ``options`` are for a URL: the same bucket mounted as a folder needs none
             self.url: str | None = None
             self.path = Path(self.root).resolve() / name
             return

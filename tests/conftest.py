@@ -323,6 +323,9 @@ def s3_endpoint() -> Iterator[str]:
     start theirs; yields its endpoint URL. Other processes (worker nodes) reach it over HTTP like any S3 service."""
     pytest.importorskip("s3fs")
     server_module = pytest.importorskip("moto.server")
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request in a failing test's output
     server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

@@ -4,6 +4,7 @@ train a teacher of its own. Real processes on real SQLite."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -14,11 +15,13 @@ import optuna
 import pytest
 import yaml
 
+from hpo._export import build_job
+from hpo._training import store_teacher
 from hpo.execution._run import store_config
 from hpo.study import STORE_ATTR, STORE_MARKER, load_study, study_store
 from objectives import ConfigError
 from storage import create_storage
-from tests.conftest import tiny_config
+from tests.conftest import sentiment_csv, tiny_config
 
 
 def hpo(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -64,3 +67,99 @@ def test_a_worker_at_another_store_refuses_the_study(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="is not the artifact store") as refused:
         study_store(store_config(stored, str(tmp_path / "store-of-another")), study.user_attrs)
     assert refused.value.key == "artifacts_dir"
+
+
+def _node(tmp_path: Path, name: str) -> tuple[Path, dict[str, str]]:
+    """A "node": a working directory, HOME and artifact cache of its own; it shares only the database and the store."""
+    home = tmp_path / name
+    (home / "work").mkdir(parents=True, exist_ok=True)
+    return home / "work", {"HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("store", ["shared-folder", "s3"])
+def test_nodes_share_one_teacher_and_train_finds_it_in_the_store(store: str, tmp_path: Path, request) -> None:
+    """Two worker nodes (separate processes, working directories, HOME and caches; the same SQLite database and
+    artifact store) run one trial each: the teacher is trained once, by one of them, and both distil from it. A
+    third node exports the best trial and trains it from the exported job (``hpo export`` and ``hpo train`` as
+    processes on S3; on the folder, mounted under another path, in this process): it finds the teacher in the store
+    and fine-tunes none; a store out of reach is one error naming artifacts_dir and --artifacts."""
+    url = f"sqlite:///{tmp_path}/db/s.db"
+    (tmp_path / "db").mkdir()
+    data = sentiment_csv(tmp_path / "reviews.csv")
+    if store == "s3":
+        root, options = (
+            f"{request.getfixturevalue('s3_bucket')}/runs",
+            {"endpoint_url": request.getfixturevalue("s3_endpoint")},
+        )
+    else:
+        root, options = str(tmp_path / "shared"), {}
+    config = tiny_config(
+        "nodes",
+        n_trials=2,
+        artifacts_dir=root,
+        artifacts_options=options,
+        data={"name": data, "max_train_rows": 48, "max_val_rows": 24, "max_length": 16},
+        teacher={"train": {"max_steps": 2, "batch_size": 16, "eval_every": 2}},
+        train={"max_steps": 2, "batch_size": 16, "eval_every": 2},
+    )
+    first, first_env = _node(tmp_path, "node-a")
+    (first / "study.yaml").write_text(yaml.safe_dump(config))
+    created = hpo("create", "study.yaml", "--storage", url, cwd=first, env=first_env)
+    assert created.returncode == 0, created.stderr[-2000:]
+
+    nodes = [_node(tmp_path, name) for name in ("node-a", "node-b")]
+    flags = [[], []]
+    if store == "shared-folder":  # node b has the store mounted under another path
+        (tmp_path / "node-b" / "mnt").symlink_to(tmp_path / "shared")
+        flags[1] = ["--artifacts", str(tmp_path / "node-b" / "mnt")]
+    environ = {k: v for k, v in os.environ.items() if k not in ("HPO_STORAGE", "HPO_ARTIFACTS_DIR")}
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "hpo._cli", "worker", "--storage", url, "--study", "nodes", "--n-trials", "1", *f],
+            cwd=cwd,
+            env={**environ, **env},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for (cwd, env), f in zip(nodes, flags, strict=True)
+    ]
+    logs = [w.communicate(timeout=300)[1] for w in workers]
+    for worker, log in zip(workers, logs, strict=True):
+        assert worker.returncode == 0, log[-3000:]
+        assert "ran 1 trials" in log and "teacher: validation" in log  # each node ran a trial with the teacher
+    assert sum(log.count("fine-tuning the teacher") for log in logs) == 1  # trained once, by one node
+    study = optuna.load_study(study_name="nodes", storage=url)
+    trials = study.trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+    assert sorted(t.user_attrs["pid"] for t in trials) == sorted(w.pid for w in workers)  # one trial per node
+    if store == "s3":  # each node read the teacher from a copy in its own cache
+        for name in ("node-a", "node-b"):
+            assert list((tmp_path / name / ".cache" / "distill-hpo" / "artifacts").glob("*/nodes/teacher-*"))
+        assert not (first / "hpo-artifacts").exists()
+
+    third, third_env = _node(tmp_path, "node-c")
+    if store == "shared-folder":  # hpo export and hpo train of a shared folder: test_export's round trip
+        job = build_job(study, study.best_trial, steps_factor=1, patience=1)
+        assert job.teacher_path is None and job.artifacts_dir == root and job.teacher_entry.startswith("teacher-")
+        mounted = store_teacher(job, str(tmp_path / "node-b" / "mnt"))  # the store under this node's path
+        assert mounted == tmp_path / "shared" / "nodes" / job.teacher_entry and mounted.is_dir()  # through the mount
+        with pytest.raises(ConfigError, match="--artifacts PATH") as lost:
+            store_teacher(job, str(tmp_path / "nowhere"))
+        assert lost.value.key == "artifacts_dir" and "is not in" in str(lost.value)
+        return
+    exported = hpo(
+        "export", "--storage", url, "--study", "nodes", "--out", "job.yaml", "--objective", "accuracy",
+        "--steps-factor", "1", cwd=third, env=third_env,
+    )  # fmt: skip
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    job = yaml.safe_load((third / "job.yaml").read_text())
+    assert job["teacher_path"] is None and job["artifacts_dir"] == root
+    assert job["teacher_entry"].startswith("teacher-") and job["artifacts_options"] == options
+    trained = hpo("train", "job.yaml", "--out", "model", cwd=third, env=third_env)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert f"teacher {job['teacher_entry']} from the study's store" in trained.stderr
+    assert "fine-tuning the teacher" not in trained.stderr and not (third / "model" / "teacher").exists()
+    assert json.loads((third / "model" / "metrics.json").read_text())["test"]["teacher"]["accuracy"] >= 0
+    assert list((tmp_path / "node-c" / ".cache" / "distill-hpo" / "artifacts").glob("*/nodes/teacher-*"))
