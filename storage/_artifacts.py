@@ -63,9 +63,9 @@ def default_cache() -> Path:
 class ArtifactDir:
     """Files of one study under ``root/<study name>``; ``root`` a folder or an object-store URL.
 
-    ``options`` are passed to fsspec for a URL (e.g. ``endpoint_url``; ignored for a folder); credentials come from where the
-    filesystem's library looks (``AWS_*`` variables, ``~/.aws``, instance roles). ``cache`` is this node's cache of
-    remote artifacts (default :func:`default_cache`).
+    ``options`` are passed to fsspec for a URL (e.g. ``endpoint_url``; ignored for a folder); credentials come from
+    where the filesystem's library looks (``AWS_*`` variables, ``~/.aws``, instance roles). ``cache`` is this node's
+    cache of remote artifacts (default :func:`default_cache`).
     """
 
     def __init__(

@@ -8,8 +8,9 @@ Each study's trial is started and run by that study's :class:`~hpo.execution._wo
 retries, SIGTERM, OOM, database backoff), with the study's own config, heartbeat settings, seed and teacher.
 
 A study this process cannot run (its sampler needs a package missing from this image, its stored config does not
-parse here, or its artifact store is not where this process looks: ``--artifacts``) is skipped, with one warning a minute naming the reason; other workers may run it, and
-``--until-idle`` leaves once nothing this process can run remains.
+parse here, or its artifact store is not where this process looks: ``--artifacts``) is skipped, with one warning a
+minute naming the reason; other workers may run it, and ``--until-idle`` leaves once nothing this process can run
+remains.
 
 A study's workload (tokenised data, teacher logits) is prepared when the pool first runs one of its trials (under
 that trial's heartbeat) and kept for the last ``keep`` studies served; when the pool switches studies it unloads the
