@@ -15,13 +15,14 @@ import optuna
 import pytest
 import yaml
 
+from hpo import config_from_dict
 from hpo._export import build_job
 from hpo._training import store_teacher
 from hpo.execution._run import store_config
 from hpo.study import STORE_ATTR, STORE_MARKER, load_study, study_store
 from objectives import ConfigError
 from storage import create_storage
-from tests.conftest import sentiment_csv, tiny_config
+from tests.conftest import S3_ENV, sentiment_csv, tiny_config
 
 
 def hpo(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -163,3 +164,19 @@ def test_nodes_share_one_teacher_and_train_finds_it_in_the_store(store: str, tmp
     assert "fine-tuning the teacher" not in trained.stderr and not (third / "model" / "teacher").exists()
     assert json.loads((third / "model" / "metrics.json").read_text())["test"]["teacher"]["accuracy"] >= 0
     assert list((tmp_path / "node-c" / ".cache" / "distill-hpo" / "artifacts").glob("*/nodes/teacher-*"))
+
+
+def test_a_store_out_of_reach_is_one_error_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An object store that does not answer (nothing listens at its endpoint) is refused in one error naming the
+    store, artifacts_dir and --artifacts, before any data or model loads."""
+    for key, value in S3_ENV.items():
+        monkeypatch.setenv(key, value)
+    closed = {"endpoint_url": "http://127.0.0.1:9", "config_kwargs": {"retries": {"max_attempts": 1}}}
+    config = config_from_dict(tiny_config("far", artifacts_dir="s3://bucket/hpo", artifacts_options=closed))
+    with pytest.raises(ConfigError) as refused:
+        study_store(config, {STORE_ATTR: {"root": "s3://bucket/hpo", "id": "x"}})
+    assert refused.value.key == "artifacts_dir" and "\n" not in str(refused.value)
+    assert str(refused.value).startswith(
+        "artifacts_dir: cannot reach s3://bucket/hpo/far, the artifact store of study 'far'"
+    )
+    assert "--artifacts PATH or HPO_ARTIFACTS_DIR" in str(refused.value)
