@@ -2,8 +2,8 @@
 
 The store is a local or shared-filesystem folder, or an object-store URL (``s3://bucket/prefix``, ``gs://...``, any
 fsspec protocol; fsspec is imported only for URLs). Callers always get local paths (a teacher folder is loaded with
-``from_pretrained``, logits are memory-mapped): an artifact of a remote store is downloaded once into a per-node
-cache folder (:func:`default_cache`) and read from there.
+``from_pretrained``, logits are memory-mapped): an artifact of a remote store is downloaded once per publication
+into a per-node cache folder (:func:`default_cache`), by one process of the node at a time, and read from there.
 
 Writers publish atomically: write to a temporary local path, move it to the final path (a folder: rename; a remote
 store: upload), then write a completion marker, last. A reader looks only for the marker, so it never sees a
@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -130,18 +131,21 @@ class ArtifactDir:
         self.path.mkdir(parents=True, exist_ok=True)
         try:
             yield tmp
-            if self.url is not None:
-                self._upload(name, tmp)
-            _remove(self._marker(name))
-            _remove(final)
-            os.replace(tmp, final)
-            self._marker(name).touch()
+            if self.url is None:
+                _remove(self._marker(name))
+                _remove(final)
+                os.replace(tmp, final)
+                self._marker(name).touch()
+            else:
+                published = self._upload(name, tmp)
+                with self._cache_lock(name):
+                    self._place(name, tmp, published)
         finally:
             _remove(tmp)
 
-    def _upload(self, name: str, tmp: Path) -> None:
+    def _upload(self, name: str, tmp: Path) -> str:
         """Upload ``tmp`` as ``name``: the marker and any half upload of a killed writer removed first, the marker
-        written last."""
+        written last, holding a random id of this publication (returned)."""
         remote, marker = self._remote(name), self._remote_marker(name)
         self.fs.invalidate_cache()
         for old in (marker, remote):
@@ -151,31 +155,69 @@ class ArtifactDir:
             self.fs.put(str(tmp), remote, recursive=True)
         else:
             self.fs.put_file(str(tmp), remote)
-        self.fs.pipe_file(marker, b"")
+        published = uuid.uuid4().hex
+        self.fs.pipe_file(marker, published.encode())
+        return published
+
+    @contextlib.contextmanager
+    def _cache_lock(self, name: str) -> Iterator[None]:
+        """This node's processes update the cached copy of ``name`` one at a time: a lock file in the cache, which
+        is node-local (where its filesystem has no locks, they go unlocked; each copy is still placed by a rename)."""
+        import fcntl
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.path / f".{self.entry(name).name}.lock", "a") as handle:
+            with contextlib.suppress(OSError):  # ENOLCK, ENOSYS
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            yield  # closing the file releases the lock
+
+    def _place(self, name: str, tmp: Path, published: str) -> None:
+        """Make the complete local copy ``tmp`` of publication ``published`` the cached ``name``. An older copy is
+        unlinked, not overwritten: a process that opened it (memory-mapped logits) keeps reading it whole."""
+        final = self.entry(name)
+        self._marker(name).unlink(missing_ok=True)
+        if final.exists() or final.is_symlink():
+            old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+            os.replace(final, old)
+            _remove(old)
+        os.replace(tmp, final)
+        self._marker(name).write_text(published)
 
     def fetch(self, name: str) -> Path:
-        """The local path of the published artifact ``name``, downloaded into this node's cache first for a remote
-        store (once: a complete local copy carries its own marker). Raises FileNotFoundError if unpublished."""
+        """The local path of the published artifact ``name``. From a remote store it is downloaded into this node's
+        cache, once per publication: the cached copy keeps the id its publication's marker holds, and is
+        downloaded again only if the store holds another. Raises FileNotFoundError if ``name`` is unpublished."""
         final = self.entry(name)
-        if self._marker(name).exists():  # a local store's artifact, or a complete cached copy
+        if self.url is None:
+            if not self._marker(name).exists():
+                raise FileNotFoundError(f"{final} is not published")
             return final
-        if self.url is None or not self.exists(name):
-            raise FileNotFoundError(f"{self.location}/{final.name} is not published")
-        remote = self._remote(name)
-        tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-        _remove(tmp)
-        self.path.mkdir(parents=True, exist_ok=True)
         try:
-            if self.fs.isdir(remote):
-                self.fs.get(remote, str(tmp), recursive=True)
-            else:
-                self.fs.get_file(remote, str(tmp))
-            _remove(final)
-            os.replace(tmp, final)
-            self._marker(name).touch()
-        finally:
+            published = self.fs.cat_file(self._remote_marker(name)).decode()
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{self._remote(name)} is not published") from None
+        with self._cache_lock(name):
+            if self._cached(name) == published:
+                return final
+            remote = self._remote(name)
+            tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
             _remove(tmp)
+            try:
+                if self.fs.isdir(remote):
+                    self.fs.get(remote, str(tmp), recursive=True)
+                else:
+                    self.fs.get_file(remote, str(tmp))
+                self._place(name, tmp, published)
+            finally:
+                _remove(tmp)
         return final
+
+    def _cached(self, name: str) -> str | None:
+        """The publication id of this node's cached copy of ``name``; None without one."""
+        try:
+            return self._marker(name).read_text()
+        except FileNotFoundError:
+            return None
 
     def produce(self, name: str, write: Callable[[Path], None], leases: Leases) -> bool:
         """Publish ``name`` once across every process and node of the study: ``write(tmp)`` runs in the process

@@ -3,6 +3,7 @@ completion marker last, downloads into a per-node cache, removal from the store 
 
 from __future__ import annotations
 
+import concurrent.futures
 from pathlib import Path
 
 import pytest
@@ -111,6 +112,26 @@ def test_s3_reads_come_from_the_node_cache(s3_bucket: str, s3_endpoint: str, tmp
     path = node.fetch("metrics")
     node.fs.rm(f"{s3_bucket}/study/metrics")  # gone from the store: only the cached copy can answer now
     assert node.fetch("metrics") == path and path.read_text() == '{\n  "accuracy": 0.5\n}'
+    # processes of one node fetching at once share one copy, placed by one of them and whole for all
+    with ArtifactDir(s3_bucket, "study", options=options, cache=tmp_path / "a").staging("teacher") as tmp:
+        _teacher(tmp)
+    nodes = [ArtifactDir(s3_bucket, "study", options=options, cache=tmp_path / "c") for _ in range(4)]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        paths = list(pool.map(lambda artifacts: artifacts.fetch("teacher"), nodes))
+    assert len(set(paths)) == 1 and (paths[0] / "sub" / "weights.bin").read_bytes() == b"\x00\x01" * 1000
+
+
+def test_s3_a_new_publication_replaces_the_cached_copy(s3_bucket: str, s3_endpoint: str, tmp_path: Path) -> None:
+    """The cached copy is the publication the store holds now: published again (a study deleted and created anew),
+    ``name`` is downloaded again, and a process still reading the old copy keeps reading it whole."""
+    options = {"endpoint_url": s3_endpoint}
+    writer = ArtifactDir(s3_bucket, "study", options=options, cache=tmp_path / "a")
+    node = ArtifactDir(s3_bucket, "study", options=options, cache=tmp_path / "b")
+    writer.write_json("logits", [1])
+    with node.fetch("logits").open() as held:  # e.g. memory-mapped by a running trial
+        writer.write_json("logits", [2])
+        assert node.fetch("logits").read_text() == "[\n  2\n]" and held.read() == "[\n  1\n]"
+    assert sorted(p.name for p in node.path.iterdir() if not p.name.endswith(".lock")) == [".logits.complete", "logits"]
 
 
 def test_default_cache_and_roots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

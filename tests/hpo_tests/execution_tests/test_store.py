@@ -16,10 +16,10 @@ import pytest
 import yaml
 
 from hpo import config_from_dict
-from hpo._export import build_job
+from hpo._cli import main
 from hpo._training import store_teacher
 from hpo.execution._run import store_config
-from hpo.study import STORE_ATTR, STORE_MARKER, load_study, study_store
+from hpo.study import STORE_ATTR, STORE_MARKER, load_job, load_study, study_store
 from objectives import ConfigError
 from storage import create_storage
 from tests.conftest import S3_ENV, sentiment_csv, tiny_config
@@ -82,9 +82,9 @@ def _node(tmp_path: Path, name: str) -> tuple[Path, dict[str, str]]:
 def test_nodes_share_one_teacher_and_train_finds_it_in_the_store(store: str, tmp_path: Path, request) -> None:
     """Two worker nodes (separate processes, working directories, HOME and caches; the same SQLite database and
     artifact store) run one trial each: the teacher is trained once, by one of them, and both distil from it. A
-    third node exports the best trial and trains it from the exported job (``hpo export`` and ``hpo train`` as
-    processes on S3; on the folder, mounted under another path, in this process): it finds the teacher in the store
-    and fine-tunes none; a store out of reach is one error naming artifacts_dir and --artifacts."""
+    third node exports the best trial and trains it from the exported job (``hpo train`` as a process of its own on
+    S3; on the folder, mounted under another path, its teacher lookup in this process): it finds the teacher in the
+    store and fine-tunes none; a store out of reach is one error naming artifacts_dir and --artifacts."""
     url = f"sqlite:///{tmp_path}/db/s.db"
     (tmp_path / "db").mkdir()
     data = sentiment_csv(tmp_path / "reviews.csv")
@@ -131,8 +131,7 @@ def test_nodes_share_one_teacher_and_train_finds_it_in_the_store(store: str, tmp
         assert worker.returncode == 0, log[-3000:]
         assert "ran 1 trials" in log and "teacher: validation" in log  # each node ran a trial with the teacher
     assert sum(log.count("fine-tuning the teacher") for log in logs) == 1  # trained once, by one node
-    study = optuna.load_study(study_name="nodes", storage=url)
-    trials = study.trials
+    trials = optuna.load_study(study_name="nodes", storage=url).trials
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
     assert sorted(t.user_attrs["pid"] for t in trials) == sorted(w.pid for w in workers)  # one trial per node
     if store == "s3":  # each node read the teacher from a copy in its own cache
@@ -141,23 +140,20 @@ def test_nodes_share_one_teacher_and_train_finds_it_in_the_store(store: str, tmp
         assert not (first / "hpo-artifacts").exists()
 
     third, third_env = _node(tmp_path, "node-c")
-    if store == "shared-folder":  # hpo export and hpo train of a shared folder: test_export's round trip
-        job = build_job(study, study.best_trial, steps_factor=1, patience=1)
-        assert job.teacher_path is None and job.artifacts_dir == root and job.teacher_entry.startswith("teacher-")
-        mounted = store_teacher(job, str(tmp_path / "node-b" / "mnt"))  # the store under this node's path
-        assert mounted == tmp_path / "shared" / "nodes" / job.teacher_entry and mounted.is_dir()  # through the mount
-        with pytest.raises(ConfigError, match="--artifacts PATH") as lost:
-            store_teacher(job, str(tmp_path / "nowhere"))
-        assert lost.value.key == "artifacts_dir" and "is not in" in str(lost.value)
-        return
-    exported = hpo(
-        "export", "--storage", url, "--study", "nodes", "--out", "job.yaml", "--objective", "accuracy",
-        "--steps-factor", "1", cwd=third, env=third_env,
-    )  # fmt: skip
-    assert exported.returncode == 0, exported.stderr[-2000:]
+    exported = main(["export", "--storage", url, "--study", "nodes", "--out", str(third / "job.yaml"),
+                     "--objective", "accuracy", "--steps-factor", "1"])  # fmt: skip
+    assert exported == 0
     job = yaml.safe_load((third / "job.yaml").read_text())
     assert job["teacher_path"] is None and job["artifacts_dir"] == root
     assert job["teacher_entry"].startswith("teacher-") and job["artifacts_options"] == options
+    if store == "shared-folder":  # hpo train on a shared folder: test_export's round trip; here its teacher lookup
+        loaded = load_job(third / "job.yaml")
+        mounted = store_teacher(loaded, str(tmp_path / "node-b" / "mnt"))  # the store under this node's path
+        assert mounted == tmp_path / "shared" / "nodes" / job["teacher_entry"] and mounted.is_dir()  # through it
+        with pytest.raises(ConfigError, match="--artifacts PATH") as lost:
+            store_teacher(loaded, str(tmp_path / "nowhere"))
+        assert lost.value.key == "artifacts_dir" and "is not in" in str(lost.value)
+        return
     trained = hpo("train", "job.yaml", "--out", "model", cwd=third, env=third_env)
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert f"teacher {job['teacher_entry']} from the study's store" in trained.stderr
