@@ -19,7 +19,7 @@ from hpo import config_from_dict
 from hpo._cli import main
 from hpo._training import store_teacher
 from hpo.execution._run import store_config
-from hpo.study import STORE_ATTR, STORE_MARKER, load_job, load_study, study_store
+from hpo.study import STORE_ATTR, STORE_MARKER, load_job, load_study, open_study, study_store
 from objectives import ConfigError
 from storage import create_storage
 from tests.conftest import S3_ENV, sentiment_csv, tiny_config
@@ -176,3 +176,31 @@ def test_a_store_out_of_reach_is_one_error_naming_it(monkeypatch: pytest.MonkeyP
         "artifacts_dir: cannot reach s3://bucket/hpo/far, the artifact store of study 'far'"
     )
     assert "--artifacts PATH or HPO_ARTIFACTS_DIR" in str(refused.value)
+
+
+def test_local_data_and_model_paths_are_stored_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Like artifacts_dir, a local data file and model folder named relative to the creator's directory are stored
+    absolute, so a worker started elsewhere reads the same ones; built-in names stay names."""
+    monkeypatch.chdir(tmp_path)
+    sentiment_csv(tmp_path / "reviews.csv")
+    (tmp_path / "my-teacher").mkdir()
+    raw = {
+        "name": "paths",
+        "objective": "synthetic",
+        "sampler": {"name": "random"},
+        "data": {"name": "reviews.csv"},
+        "teacher": {"model": "my-teacher"},
+        "search_space": {"train.lr": {"type": "float", "low": 1e-5, "high": 1e-3}},
+    }
+    stored = open_study(config_from_dict(raw), f"sqlite:///{tmp_path}/s.db").user_attrs["config"]
+    assert stored["data"]["name"] == str(tmp_path / "reviews.csv")
+    assert stored["teacher"]["model"] == str(tmp_path / "my-teacher")
+    assert stored["artifacts_dir"] == str(tmp_path / "hpo-artifacts")
+    builtin = open_study(
+        config_from_dict({**raw, "name": "named", "data": {}, "teacher": {}}), f"sqlite:///{tmp_path}/s.db"
+    )
+    assert (builtin.user_attrs["config"]["data"]["name"], builtin.user_attrs["config"]["teacher"]["model"]) == (
+        "rt-snippets",
+        "minilm-l6",
+    )
+    assert STORE_ATTR not in builtin.user_attrs and not (tmp_path / "hpo-artifacts").exists()  # nothing to store
