@@ -331,6 +331,8 @@ class TrainJob:
             raise ConfigError(
                 "teacher_entry", "and artifacts_dir name the study's teacher together: give both, or neither"
             )
+        if self.artifacts_dir is None and self.artifacts_options:
+            raise ConfigError("artifacts_options", "are for the store artifacts_dir names; set it or remove them")
         if self.artifacts_dir is not None:
             _check_artifacts(self.artifacts_dir, self.artifacts_options)
             if not self.source.study:

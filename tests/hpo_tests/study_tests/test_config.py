@@ -9,6 +9,7 @@ import yaml
 from hpo import apply_params, config_from_dict, dump_config, load_config
 from hpo._cli import main
 from hpo.study import TrainJob, dump_job, load_job
+from hpo.study._config import build
 from objectives import ConfigError, DataArgs
 
 EXAMPLES = sorted((Path(__file__).parents[3] / "examples").glob("*.yaml"))
@@ -300,3 +301,17 @@ def test_the_artifact_store_and_its_options_are_checked(overrides: dict, key: st
     assert refused.value.key == key and fix in str(refused.value)
     s3 = config_from_dict({"name": "s", "artifacts_dir": "s3://b/x", "artifacts_options": {"endpoint_url": "http://h"}})
     assert s3.artifacts_options == {"endpoint_url": "http://h"}
+
+
+def test_a_job_names_its_teacher_in_a_store_whole() -> None:
+    """``hpo export`` names the study's teacher by store and entry; a job with half of that is refused."""
+    job = {"name": "j", "source": {"study": "s"}}
+    with pytest.raises(ConfigError, match="give both, or neither"):
+        build(TrainJob, {**job, "teacher_entry": "teacher-1"})
+    with pytest.raises(ConfigError, match="set it or remove them"):
+        build(TrainJob, {**job, "artifacts_options": {"endpoint_url": "http://h"}})
+    with pytest.raises(ConfigError, match=r"source\.study: is required"):
+        build(TrainJob, {"name": "j", "artifacts_dir": "/store", "teacher_entry": "teacher-1"})
+    assert (
+        build(TrainJob, {**job, "artifacts_dir": "/store", "teacher_entry": "teacher-1"}).teacher_entry == "teacher-1"
+    )
