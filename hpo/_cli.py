@@ -16,6 +16,11 @@ log = logging.getLogger("hpo")
 
 
 STORAGE_HELP = "storage URL (default: HPO_STORAGE, then the config, then sqlite:///hpo.db)"
+ARTIFACTS_ENV = "HPO_ARTIFACTS_DIR"
+ARTIFACTS_HELP = (
+    "where this machine reaches the study's artifact store (a folder or URL), when not at the study's artifacts_dir: "
+    "the same store mounted under another path (default: HPO_ARTIFACTS_DIR)"
+)
 MEMORY_HELP = (
     "cap on CPU data memory in MiB; a trial that needs more ends FAIL (fail_reason oom) and the worker goes on"
 )
@@ -66,6 +71,12 @@ def _storage_url(flag: str | None, config_value: str | None = None) -> str:
     if not password:
         raise ConfigError("HPO_STORAGE_PASSWORD_FILE", f"{secret} is empty; write the database password into it")
     return make_url(url).set(password=password).render_as_string(hide_password=False)
+
+
+def _artifacts(flag: str | None) -> str | None:
+    """Where this machine reaches the artifact store, when not at the stored ``artifacts_dir``: ``--artifacts``,
+    then ``HPO_ARTIFACTS_DIR``."""
+    return flag or os.environ.get(ARTIFACTS_ENV) or None
 
 
 def _require_studies(url: str) -> None:
@@ -181,6 +192,8 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         child += ["--timeout", str(args.timeout)]
     if args.memory_limit is not None:
         child += ["--memory-limit", str(args.memory_limit)]
+    if args.artifacts is not None:
+        child += ["--artifacts", args.artifacts]
     return launch(slots, child, url, os.environ.get("CUDA_VISIBLE_DEVICES"))
 
 
@@ -234,6 +247,7 @@ def _run_slot(args: argparse.Namespace, url: str) -> int:
             max_trials=args.n_trials,
             timeout=args.timeout,
             stop=stop,
+            artifacts=_artifacts(args.artifacts),
         )
         log.info("pool worker %d ran %d trials%s", os.getpid(), ran, " (stopped)" if stop.requested else "")
         return 0
@@ -247,6 +261,7 @@ def _run_slot(args: argparse.Namespace, url: str) -> int:
         stop=stop,
         # Bars only for one process writing to a terminal (slots started by hpo worker share their parent's).
         progress=args.slot_gpu is None and sys.stderr.isatty(),
+        artifacts=_artifacts(args.artifacts),
     )
     log.info("worker %d ran %d trials%s", os.getpid(), ran, " (stopped)" if stop.requested else "")
     return 0
@@ -352,16 +367,22 @@ def _cmd_delete(args: argparse.Namespace) -> int:
             raise ConfigError("--yes", f"deleting {what} cannot be undone; pass --yes to confirm")
         return input(f"delete {what} from {redact_url(url)}? [y/N] ").strip().lower() in ("y", "yes")
 
-    artifacts = delete_study(create_storage(url, create_tables=False), args.name, force=args.force, confirm=confirm)
+    artifacts = delete_study(
+        create_storage(url, create_tables=False),
+        args.name,
+        force=args.force,
+        confirm=confirm,
+        artifacts_dir=_artifacts(None),
+    )
     if artifacts is None:
         print("nothing deleted")
         return 1
     print(f"deleted study {args.name!r} from {redact_url(url)}")
     if args.artifacts:
         removed = artifacts.remove()
-        print(f"{'removed' if removed else 'no'} artifacts {artifacts.path}")
-    elif artifacts.path.exists():
-        print(f"its artifacts stay in {artifacts.path} (hpo delete --artifacts removes them)")
+        print(f"{'removed' if removed else 'no'} artifacts {artifacts.location}")
+    elif artifacts.url is not None or artifacts.path.exists():
+        print(f"its artifacts stay in {artifacts.location} (hpo delete --artifacts removes them)")
     return 0
 
 
@@ -377,7 +398,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError(
             "--out", f"{args.out} exists and is not an empty directory; pass --overwrite to write into it"
         )
-    result = train_job(job, out, threads=args.threads, seeds=args.seeds)
+    result = train_job(job, out, threads=args.threads, seeds=args.seeds, artifacts=_artifacts(args.artifacts))
     print(f"{args.out}: model, tokenizer, metrics.json and README.md (model card)")
     print(Path(args.out, "README.md").read_text().split("```")[1].strip())
     quality = job.task_spec.quality
@@ -503,6 +524,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     worker.add_argument("--poll", type=float, default=5.0, help="pool: seconds between looks for new work (5)")
     worker.add_argument("--keep", type=int, default=2, help="pool: studies whose data stay loaded in memory (2)")
+    worker.add_argument("--artifacts", metavar="PATH", help=ARTIFACTS_HELP)
     worker.add_argument("--slot-gpu", type=int, help=argparse.SUPPRESS)
     worker.set_defaults(func=_cmd_worker)
 
@@ -564,6 +586,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, help="output model directory (new or empty)")
     train.add_argument("--overwrite", action="store_true", help="write into --out even if it holds files")
     train.add_argument("--threads", type=int, help="torch CPU threads (default: the cores this process may use)")
+    train.add_argument("--artifacts", metavar="PATH", help=ARTIFACTS_HELP)
     train.add_argument(
         "--seeds", type=int, default=1, help="train the students with N seeds; the card reports mean ± std (1)"
     )
@@ -581,7 +604,12 @@ def _parser() -> argparse.ArgumentParser:
     delete.add_argument("--storage", help="storage URL (default: HPO_STORAGE, then sqlite:///hpo.db)")
     delete.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     delete.add_argument("--force", action="store_true", help="delete even while trials are running")
-    delete.add_argument("--artifacts", action="store_true", help="also remove its artifacts (teacher, logits)")
+    delete.add_argument(
+        "--artifacts",
+        action="store_true",
+        help="also remove its artifacts (teacher, logits), in its store (at HPO_ARTIFACTS_DIR when set) and this "
+        "machine's cache",
+    )
     delete.set_defaults(func=_cmd_delete)
     return parser
 

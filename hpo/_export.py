@@ -103,7 +103,8 @@ def build_job(study: optuna.Study, trial: FrozenTrial, *, steps_factor: float, p
     steps = max(1, round(chosen.train.max_steps * steps_factor))
     train = dataclasses.replace(chosen.train, max_steps=steps, patience=patience, eval_every=max(1, steps // 10))
     data = dataclasses.replace(chosen.data, max_train_rows=None, max_val_rows=None)
-    teacher = study.user_attrs.get(TEACHER_ATTR, {})
+    teacher = study.user_attrs.get(TEACHER_ATTR, {}) if chosen.objective == "distill" else {}
+    stored = "entry" in teacher  # where the teacher lives in the study's store, not a worker's local path
     metrics = {
         m: trial.user_attrs[m] for m in (*config.task_spec.metrics, "val_loss", "steps") if m in trial.user_attrs
     }
@@ -113,7 +114,10 @@ def build_job(study: optuna.Study, trial: FrozenTrial, *, steps_factor: float, p
         objective=chosen.objective,
         seed=trial.user_attrs.get("seed", config.seed),
         device=config.device,
-        teacher_path=teacher.get("path") if chosen.objective == "distill" else None,
+        teacher_path=None if stored else teacher.get("path"),  # studies from before the store recorded entries
+        artifacts_dir=config.artifacts_dir if stored else None,
+        artifacts_options=config.artifacts_options if stored else {},
+        teacher_entry=teacher["entry"] if stored else None,
         data=data,
         teacher=chosen.teacher,
         student=chosen.student,

@@ -25,7 +25,8 @@ import torch
 from hpo.execution import resolve_device, usable_cores
 from hpo.study import TrainJob, dump_job, teacher_warning
 from hpo.views import PER_CLASS_HEADER, format_cell, per_class_rows, render
-from objectives import HIGHER_IS_BETTER, Report, cost_hardware
+from objectives import HIGHER_IS_BETTER, ConfigError, Report, cost_hardware
+from storage import ArtifactDir, redact_text
 
 log = logging.getLogger("hpo")
 
@@ -256,8 +257,40 @@ def _train_models(
     return model, validation, rows
 
 
-def train_job(job: TrainJob, out: Path, threads: int | None = None, seeds: int = 1) -> dict[str, Any]:
-    """Run ``job`` and write the model directory ``out``; returns what ``metrics.json`` holds.
+def store_teacher(job: TrainJob, artifacts: str | None = None) -> Path:
+    """The study's teacher named by ``job`` (``teacher_entry`` in ``artifacts_dir``, or in ``artifacts``: the same
+    store under this machine's path), as a local folder: downloaded into this node's cache from a remote store.
+    Raises ConfigError naming ``artifacts_dir`` and ``--artifacts`` when it cannot be reached."""
+    root = artifacts or job.artifacts_dir
+    fix = "reach the study's store with hpo train --artifacts PATH (or HPO_ARTIFACTS_DIR)"
+    try:
+        store = ArtifactDir(root, job.source.study, options=job.artifacts_options)
+    except ImportError as exc:
+        raise ConfigError(
+            "artifacts_dir", f"{root} needs a package missing here ({exc}); e.g. pip install s3fs"
+        ) from None
+    try:
+        path = store.fetch(job.teacher_entry)
+    except FileNotFoundError:
+        raise ConfigError(
+            "artifacts_dir",
+            f"the study's teacher {job.teacher_entry} is not in {store.location}; {fix}, or remove artifacts_dir and "
+            "teacher_entry from the job to fine-tune a new teacher",
+        ) from None
+    except Exception as exc:
+        reason = redact_text(str(exc).strip().splitlines()[0]) if str(exc).strip() else ""
+        raise ConfigError(
+            "artifacts_dir", f"cannot reach {store.location} ({type(exc).__name__}: {reason}); {fix}"
+        ) from None
+    log.info("teacher %s from the study's store %s (%s)", job.teacher_entry, store.location, path)
+    return path
+
+
+def train_job(
+    job: TrainJob, out: Path, threads: int | None = None, seeds: int = 1, artifacts: str | None = None
+) -> dict[str, Any]:
+    """Run ``job`` and write the model directory ``out``; returns what ``metrics.json`` holds. A job exported from
+    a study distils from the study's teacher in its store (at ``artifacts`` when given: :func:`store_teacher`).
 
     With ``seeds`` > 1 the students are trained with seeds ``job.seed``, ``job.seed + 1``, ...; the saved model is
     the first seed's; ``test`` holds the means over seeds and ``test_by_seed`` every run."""
@@ -266,10 +299,12 @@ def train_job(job: TrainJob, out: Path, threads: int | None = None, seeds: int =
     warn_short_training(job)
     device = resolve_device(job.device)
     task = job.task_spec.implementation()
+    teacher_dir = store_teacher(job, artifacts) if job.teacher_entry else None
     work = task.prepare_workload(job.data, job.teacher.model, device)
     out.mkdir(parents=True, exist_ok=True)
-    teacher_dir = Path(job.teacher_path) if job.teacher_path else None
-    if teacher_dir is None or not teacher_dir.is_dir():
+    if teacher_dir is None and job.teacher_path and Path(job.teacher_path).is_dir():
+        teacher_dir = Path(job.teacher_path)
+    if teacher_dir is None:
         teacher_dir = out / "teacher"
         log.info("fine-tuning the teacher into %s (%d steps)", teacher_dir, job.teacher.train.max_steps)
         task.finetune_teacher(work, job.teacher, job.seed, teacher_dir)

@@ -1,10 +1,10 @@
-"""Where studies and their artifacts live: storage URLs, the Optuna study storage, the artifact directory and the
-leases that decide which process writes an artifact.
+"""Where studies and their artifacts live: storage URLs, the Optuna study storage, the artifact store (a folder or
+an object-store URL, with a per-node cache) and the leases that decide which process writes an artifact.
 
 This package never imports torch.
 """
 
-from storage._artifacts import ArtifactDir
+from storage._artifacts import CACHE_ENV, ArtifactDir, default_cache, store_protocol, store_root
 from storage._lease import Leases
 from storage._rdb import (
     FAIL_REASON,
@@ -36,6 +36,7 @@ from storage._url import (
 )
 
 __all__ = [
+    "CACHE_ENV",
     "DEFAULT_STORAGE_URL",
     "FAIL_REASON",
     "PAUSED_ATTR",
@@ -45,6 +46,7 @@ __all__ = [
     "LostWorkerCallback",
     "claim_study_attr",
     "create_storage",
+    "default_cache",
     "driver_error",
     "engine_kwargs",
     "first_starts",
@@ -58,6 +60,8 @@ __all__ = [
     "set_heartbeat",
     "set_paused",
     "start_trial",
+    "store_protocol",
+    "store_root",
     "timed_out",
     "trial_counts",
     "upgrade_schema",

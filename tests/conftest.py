@@ -1,4 +1,5 @@
-"""Shared fixtures: offline mode, the real PostgreSQL URL, and a tiny study config for end-to-end runs."""
+"""Shared fixtures: offline mode, the real PostgreSQL URL, an S3-compatible server, and a tiny study config for
+end-to-end runs."""
 
 from __future__ import annotations
 
@@ -342,3 +343,49 @@ def private_pg() -> Iterator[PostgresCluster]:
     """A :func:`private_cluster` with default settings, for one test."""
     with private_cluster() as cluster:
         yield cluster
+
+
+S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+"""Dummy credentials moto accepts (not secrets), set in the environment of the tests that use :func:`s3_bucket`."""
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """moto's S3 server in server mode on 127.0.0.1 at a free port, started once per test run as s3fs's own tests
+    start theirs; yields its endpoint URL. Other processes (worker nodes) reach it over HTTP like any S3 service."""
+    pytest.importorskip("s3fs")
+    server_module = pytest.importorskip("moto.server")
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request in a failing test's output
+    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh bucket on :func:`s3_endpoint`, with :data:`S3_ENV` in this test's environment (inherited by the
+    processes it starts) and no AWS profile or config file of the machine; returns ``s3://BUCKET``."""
+    import uuid
+
+    import s3fs
+
+    for key, value in S3_ENV.items():
+        monkeypatch.setenv(key, value)
+    for key in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+    bucket = f"hpo-{uuid.uuid4().hex[:12]}"
+    s3fs.S3FileSystem(endpoint_url=s3_endpoint, skip_instance_cache=True).mkdir(bucket)
+    return f"s3://{bucket}"

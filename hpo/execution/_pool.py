@@ -7,9 +7,10 @@ Each study's trial is started and run by that study's :class:`~hpo.execution._wo
 (start under the study's lock, so ``max_parallel``, the budget and a pause hold across the pool; heartbeat,
 retries, SIGTERM, OOM, database backoff), with the study's own config, heartbeat settings, seed and teacher.
 
-A study this process cannot run (its sampler needs a package missing from this image, or its stored config does
-not parse here) is skipped, with one warning a minute naming the reason; other workers may run it, and
-``--until-idle`` leaves once nothing this process can run remains.
+A study this process cannot run (its sampler needs a package missing from this image, its stored config does not
+parse here, or its artifact store is not where this process looks: ``--artifacts``) is skipped, with one warning a
+minute naming the reason; other workers may run it, and ``--until-idle`` leaves once nothing this process can run
+remains.
 
 A study's workload (tokenised data, teacher logits) is prepared when the pool first runs one of its trials (under
 that trial's heartbeat) and kept for the last ``keep`` studies served; when the pool switches studies it unloads the
@@ -30,7 +31,7 @@ from typing import TYPE_CHECKING
 import optuna
 
 from hpo.execution._worker import Retry, StopFlag, TooManyFailures, Worker
-from hpo.study import Config, Standing, load_study, survey
+from hpo.study import Config, Standing, load_study, study_store, survey
 from objectives import ConfigError, forget_encoded
 from storage import (
     FAIL_REASON,
@@ -83,8 +84,11 @@ class Pool:
         gpu: int | None = None,
         max_trials: int | None = None,
         timeout: float | None = None,
+        artifacts: str | None = None,
     ) -> None:
         self.storage = storage
+        self.artifacts = artifacts
+        """Where this process reaches the studies' artifact store, when not at their stored ``artifacts_dir``."""
         self.keep = keep
         self.poll = poll
         self.until_idle = until_idle
@@ -176,12 +180,15 @@ class Pool:
 
     def _worker(self, standing: Standing) -> Worker:
         """The worker loop of a study (cheap: no model or data until it runs a trial)."""
-        from hpo.execution._run import process_salt, study_worker
+        from hpo.execution._run import process_salt, store_config, study_worker
 
         worker = self.workers.get(standing.study_id)
         if worker is None:
             study, _ = self.retry(load_study, self.storage, standing.name, process_salt(), what="loading the study")
-            objective = functools.partial(self._objective, standing.study_id, study, standing.config)
+            config = store_config(standing.config, self.artifacts)
+            if config.objective == "distill":  # a store that is not the study's: skipped, never a private teacher
+                study_store(config, study.user_attrs)
+            objective = functools.partial(self._objective, standing.study_id, study, config)
             worker = study_worker(study, standing.config, objective, stop=self.stop, label=f"{standing.name} ")
             self.workers[standing.study_id] = worker
         return worker
@@ -239,8 +246,10 @@ def serve(
     max_trials: int | None,
     timeout: float | None,
     stop: StopFlag,
+    artifacts: str | None = None,
 ) -> int:
-    """One pool worker slot (``hpo worker`` without ``--study``). Returns trials run."""
+    """One pool worker slot (``hpo worker`` without ``--study``); ``artifacts`` as :class:`Pool`'s. Returns trials
+    run."""
     import torch
 
     from hpo.execution._run import require_schema
@@ -257,6 +266,7 @@ def serve(
         gpu=gpu,
         max_trials=max_trials,
         timeout=timeout,
+        artifacts=artifacts,
     )
     try:
         return pool.run()

@@ -18,10 +18,10 @@ from hpo.execution._runner import TrialRunner, describe, warn_never_predicted
 from hpo.execution._slots import usable_cores
 from hpo.execution._teacher import LogitCache, ensure_teacher, study_leases
 from hpo.execution._worker import Budget, Retry, StopFlag, Worker
-from hpo.study import Config, is_grid, load_study, open_study
+from hpo.study import Config, is_grid, load_study, open_study, study_store
 from hpo.views import Progress, results_table, state_counts
 from objectives import ConfigError
-from storage import ArtifactDir, create_storage, redact_url, schema_exists
+from storage import create_storage, redact_url, schema_exists, store_root
 
 log = logging.getLogger("hpo")
 
@@ -44,6 +44,16 @@ def slot_config(config: Config, gpu: int | None) -> Config:
     return pinned
 
 
+def store_config(config: Config, artifacts: str | None) -> Config:
+    """``config`` as a process that reaches the study's artifact store at ``artifacts`` runs it (``hpo worker
+    --artifacts``, ``HPO_ARTIFACTS_DIR``: the same store mounted under another path); ``config`` itself without."""
+    if not artifacts:
+        return config
+    moved = copy.copy(config)
+    moved.artifacts_dir = store_root(artifacts)
+    return moved
+
+
 def prepare_runner(config: Config, study: optuna.Study, attrs: dict[str, Any] | None = None) -> TrialRunner:
     """The trial runner of ``config``: data tokenised once for this process, the teacher trained once per study.
     Every trial records the device it runs on (``device``) besides ``attrs``."""
@@ -51,6 +61,8 @@ def prepare_runner(config: Config, study: optuna.Study, attrs: dict[str, Any] | 
     attrs = {**(attrs or {}), "device": str(device)}
     if config.objective == "synthetic":
         return TrialRunner(config, attrs=attrs)
+    # the store is checked first: a process that cannot reach the study's teacher must not train its own
+    artifacts = study_store(config, study.user_attrs) if config.objective == "distill" else None
     work = config.task_spec.implementation().prepare_workload(config.data, config.teacher.model, device)
     log.info(
         "data %s: %d train / %d validation %s (test split of %d %s held out), device %s",
@@ -62,9 +74,8 @@ def prepare_runner(config: Config, study: optuna.Study, attrs: dict[str, Any] | 
         config.task_spec.unit,
         device,
     )
-    if config.objective != "distill":
+    if artifacts is None:
         return TrialRunner(config, work, None, attrs)
-    artifacts = ArtifactDir(config.artifacts_dir, config.name)
     leases = study_leases(config, study)
     teacher_dir, teacher = ensure_teacher(config, work, artifacts, study, leases)
     scores = ", ".join(f"{m} {teacher[m]:.4f}" for m in config.task_spec.validation_metrics[:2])
@@ -218,10 +229,12 @@ def run_slot(
     timeout: float | None,
     stop: StopFlag,
     progress: bool = False,
+    artifacts: str | None = None,
 ) -> int:
     """One ``hpo worker`` slot: load the study's stored config, then work. Returns trials run.
 
-    ``progress`` shows progress bars (for a terminal)."""
+    ``progress`` shows progress bars (for a terminal); ``artifacts`` is where this process reaches the study's
+    artifact store, when not at the stored ``artifacts_dir``."""
     torch.set_num_threads(threads)
     bootstrap = Config(name=study_name)
     require_schema(url)
@@ -234,7 +247,7 @@ def run_slot(
     )
     ran = _prepare_and_work(
         study,
-        slot_config(config, gpu),
+        slot_config(store_config(config, artifacts), gpu),
         _bars(study, config, progress),
         {"gpu": gpu if gpu is not None else "cpu"},
         max_trials=max_trials,

@@ -48,7 +48,8 @@ def ensure_teacher(
     """Path and metrics of the study's fine-tuned teacher, training it first if no worker has yet.
 
     One worker trains it under a lease in the study's database (:meth:`storage.ArtifactDir.produce`); workers that
-    arrive meanwhile wait, then load the published result.
+    arrive meanwhile wait, then load the published result (downloaded into this node's cache from a remote store).
+    The study records the teacher's ``entry`` in its store, which ``hpo export`` passes on to ``hpo train``.
     """
     name = teacher_key(config, work)
 
@@ -62,13 +63,14 @@ def ensure_teacher(
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
 
     artifacts.produce(name, train, leases)
-    path = artifacts.entry(name)
+    path = artifacts.fetch(name)
     metrics = json.loads((path / "metrics.json").read_text())
     warning = teacher_warning(metrics)
     if warning:
         log.warning("%s", warning)
     if TEACHER_ATTR not in study.user_attrs:
-        study.set_user_attr(TEACHER_ATTR, {"path": str(path), "model": config.teacher.model, **metrics})
+        record = {"entry": name, "path": str(path), "model": config.teacher.model}
+        study.set_user_attr(TEACHER_ATTR, {**record, **metrics})
     return path, metrics
 
 
@@ -110,5 +112,5 @@ class LogitCache:
 
             self.computed += self.artifacts.produce(entry, compute, self.leases)
             # never unpickled; memory-mapped, so a large LM cache is paged in as trials read it
-            self._memory[entry] = read_logits(self.artifacts.entry(entry))
+            self._memory[entry] = read_logits(self.artifacts.fetch(entry))
         return self._memory[entry]

@@ -24,10 +24,21 @@ from hpo.study._config import (
 from hpo.study._constraints import Constraint, parse_constraint
 from hpo.study._pareto_pruner import ParetoRungPruner, rung_attr
 from hpo.study._pruners import PRUNERS, make_pruner
-from hpo.study._records import BUDGET_ATTR, CONFIG_ATTR, CURVE_PREFIX, TEACHER_ATTR, teacher_warning
+from hpo.study._records import BUDGET_ATTR, CONFIG_ATTR, CURVE_PREFIX, STORE_ATTR, TEACHER_ATTR, teacher_warning
 from hpo.study._samplers import SAMPLERS, make_sampler
 from hpo.study._search_space import ParamSpec, grid_of, suggest_params
-from hpo.study._study import CLAIM_ATTR, delete_study, is_grid, load_study, open_study, study_task, validate_search
+from hpo.study._study import (
+    CLAIM_ATTR,
+    STORE_MARKER,
+    delete_study,
+    is_grid,
+    load_study,
+    open_store,
+    open_study,
+    study_store,
+    study_task,
+    validate_search,
+)
 from hpo.study._survey import Standing, pause, survey
 
 __all__ = [
@@ -37,6 +48,8 @@ __all__ = [
     "CURVE_PREFIX",
     "PRUNERS",
     "SAMPLERS",
+    "STORE_ATTR",
+    "STORE_MARKER",
     "TEACHER_ATTR",
     "Config",
     "Constraint",
@@ -60,10 +73,12 @@ __all__ = [
     "load_study",
     "make_pruner",
     "make_sampler",
+    "open_store",
     "open_study",
     "parse_constraint",
     "pause",
     "rung_attr",
+    "study_store",
     "study_task",
     "suggest_params",
     "survey",

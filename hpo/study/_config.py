@@ -35,6 +35,7 @@ from objectives import (
     direction,
     get_task,
 )
+from storage import store_protocol
 
 SEARCHABLE_SECTIONS = ("train", "distill", "student")
 """Config sections whose fields a search space may vary per trial (data and teacher are fixed per study)."""
@@ -150,8 +151,15 @@ class Config:
     storage: str | None = None
     """Storage URL; overridden by --storage and HPO_STORAGE; default sqlite:///hpo.db."""
     artifacts_dir: str = "hpo-artifacts"
-    """Directory for study artifacts (the fine-tuned teacher); a shared path when workers span nodes. A relative path
-    is made absolute (from the creator's working directory) when the study is created."""
+    """Where the study's artifacts live (the fine-tuned teacher, its logits): a folder (a shared filesystem when
+    workers span nodes), or an object-store URL every node reaches (``s3://bucket/prefix``, ``gs://...``, any fsspec
+    protocol), read through a per-node cache. A relative path is made absolute (from the creator's working
+    directory) when the study is created; a worker that sees the same store under another path passes
+    ``hpo worker --artifacts PATH`` (or ``HPO_ARTIFACTS_DIR``)."""
+    artifacts_options: dict[str, Any] = field(default_factory=dict)
+    """Options of an object-store ``artifacts_dir``, passed to its fsspec filesystem, e.g. ``{endpoint_url:
+    http://minio:9000}`` for an S3-compatible server. Stored with the study, so no credentials: those come from the
+    environment (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``), ``~/.aws`` or the node's role."""
     device: str = "auto"
     """``auto`` (CUDA if available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``: where trials run, in every worker
     (kept with the study; ``hpo worker --gpus`` pins each slot to its GPU instead). Each trial records it
@@ -220,6 +228,7 @@ class Config:
         if self.timeout is not None and self.timeout <= 0:
             raise ConfigError("timeout", f"must be > 0 seconds or null, got {self.timeout}")
         _check_device(self.device)
+        _check_artifacts(self.artifacts_dir, self.artifacts_options)
         _check_student_model(self)
         for name, param in self.search_space.items():
             _check_searchable(self, name, param)
@@ -288,7 +297,16 @@ class TrainJob:
     device: str = "auto"
     """``auto``, ``cpu``, ``cuda`` or ``cuda:N``."""
     teacher_path: str | None = None
-    """The study's fine-tuned teacher (a model directory); fine-tuned again from ``teacher`` when missing."""
+    """A fine-tuned teacher in a local model directory (a hand-written job); fine-tuned again from ``teacher`` when
+    missing. ``hpo export`` names the study's teacher in its store instead (``artifacts_dir``, ``teacher_entry``)."""
+    artifacts_dir: str | None = None
+    """The artifact store of the source study (its ``artifacts_dir``: a folder or an object-store URL), which holds
+    the teacher ``teacher_entry``; ``hpo train --artifacts PATH`` reaches it under another path."""
+    artifacts_options: dict[str, Any] = field(default_factory=dict)
+    """fsspec options of an object-store ``artifacts_dir`` (the study's ``artifacts_options``)."""
+    teacher_entry: str | None = None
+    """The study's teacher in ``artifacts_dir`` (an entry under the folder of ``source.study``): ``hpo train``
+    downloads it into this node's cache and distils from it, never fine-tuning another."""
     data: DataArgs = field(default_factory=DataArgs)
     """The data and its fixed splits (the same split seed as the study)."""
     teacher: TeacherArgs = field(default_factory=TeacherArgs)
@@ -309,6 +327,16 @@ class TrainJob:
         if self.objective not in ("finetune", "distill"):
             raise ConfigError("objective", f"must be finetune or distill, got {self.objective!r}")
         _check_device(self.device)
+        if (self.artifacts_dir is None) != (self.teacher_entry is None):
+            raise ConfigError(
+                "teacher_entry", "and artifacts_dir name the study's teacher together: give both, or neither"
+            )
+        if self.artifacts_dir is None and self.artifacts_options:
+            raise ConfigError("artifacts_options", "are for the store artifacts_dir names; set it or remove them")
+        if self.artifacts_dir is not None:
+            _check_artifacts(self.artifacts_dir, self.artifacts_options)
+            if not self.source.study:
+                raise ConfigError("source.study", "is required with teacher_entry: the store keeps it under the study")
         check_used(self, self.task_spec, self.objective)
 
     @property
@@ -394,6 +422,42 @@ def _changed(value: Any, default: Any, key: str) -> list[str]:
 def _check_device(device: str) -> None:
     if device not in ("auto", "cpu") and not device.startswith("cuda"):
         raise ConfigError("device", f"must be auto, cpu, cuda or cuda:N, got {device!r}")
+
+
+_CREDENTIAL = re.compile(r"secret|passw|token|credential|(^|_)key(_id)?$", re.IGNORECASE)
+"""Option names that hold credentials (s3fs's ``key``, ``secret``, ``token``; botocore's ``aws_secret_access_key``)."""
+
+
+def _check_artifacts(root: str, options: dict[str, Any]) -> None:
+    """An ``artifacts_dir`` that is a folder or a URL of a protocol fsspec knows; ``artifacts_options`` only for a
+    URL, and without credentials (they would be stored in the study's database)."""
+    if not root:
+        raise ConfigError("artifacts_dir", "must name a folder or an object-store URL, e.g. s3://bucket/hpo")
+    protocol = store_protocol(root)
+    if protocol is not None:
+        from fsspec.registry import known_implementations, registry
+
+        if protocol not in known_implementations and protocol not in registry:
+            raise ConfigError(
+                "artifacts_dir",
+                f"unknown storage protocol {protocol!r}; use a folder or an fsspec URL such as s3://bucket/prefix",
+            )
+    elif options:
+        raise ConfigError(
+            "artifacts_options", "are for an object-store artifacts_dir (s3://...); remove them for a folder"
+        )
+    stack = [("artifacts_options", options)]
+    while stack:
+        where, value = stack.pop()
+        for key, inner in value.items():
+            if _CREDENTIAL.search(str(key)):
+                raise ConfigError(
+                    f"{where}.{key}",
+                    "is a credential, which would be stored in the study's database; give it through the environment "
+                    "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), ~/.aws/credentials or the node's role instead",
+                )
+            if isinstance(inner, dict):
+                stack.append((f"{where}.{key}", inner))
 
 
 def _check_student_model(config: Config) -> None:

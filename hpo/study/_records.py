@@ -14,7 +14,13 @@ it."""
 
 
 TEACHER_ATTR = "teacher"
-"""Study user attribute with the teacher's artifact path and validation metrics."""
+"""Study user attribute with the teacher's entry in the artifact store (``entry``), the local path of the worker
+that recorded it (``path``) and its validation metrics."""
+
+
+STORE_ATTR = "store"
+"""Study user attribute naming the study's artifact store: its ``root`` and the random ``id`` that ``hpo create``
+also wrote into the store's marker, so a worker can tell the study's store from another folder."""
 
 
 NEAR_CONSTANT = 0.98

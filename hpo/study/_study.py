@@ -16,15 +16,22 @@ import optuna
 
 from hpo.study._config import RUN_CONTROL, Config, config_diff, config_to_dict
 from hpo.study._pruners import make_pruner
-from hpo.study._records import BUDGET_ATTR, CONFIG_ATTR, TEACHER_ATTR
+from hpo.study._records import BUDGET_ATTR, CONFIG_ATTR, STORE_ATTR
 from hpo.study._samplers import make_sampler
 from hpo.study._search_space import grid_of
-from objectives import ConfigError, TaskSpec, get_task
-from storage import ArtifactDir, claim_study_attr
+from objectives import CORPORA, DATASETS, ConfigError, TaskSpec, get_task
+from storage import ArtifactDir, claim_study_attr, redact_text, store_root
 
 CLAIM_ATTR = "hpo:config"
 """Study system attribute written once, by the first creator: the config and a token naming that creator. Only the
 creator whose token is kept stores the config and queues the grid, so concurrent ``hpo create`` queue it once."""
+
+
+STORE_MARKER = "hpo-store.json"
+"""The artifact written into a study's store by ``hpo create``: the study's name and the random id kept in the
+study's :data:`STORE_ATTR`."""
+
+STORE_FIX = "point this process at the study's store with --artifacts PATH or HPO_ARTIFACTS_DIR"
 
 
 SETTINGS = (BUDGET_ATTR, "timeout", "priority", "max_parallel", "device")
@@ -93,10 +100,12 @@ def open_study(config: Config, storage: optuna.storages.BaseStorage | str) -> op
     the same config loads the study; with another config it is refused). A fresh study is sampled with the study
     seed (reproducible); a resumed one with a seed derived from it and the trials it holds, so that it does not
     propose the first run's parameters again. A relative ``artifacts_dir`` is made absolute (in ``config`` too,
-    from this process's working directory) and stored that way, so workers started anywhere share one teacher.
+    from this process's working directory) and stored that way, so workers started anywhere share one teacher; so
+    are a local ``data.name``, ``teacher.model`` and ``student.model``. The creator of a ``distill`` study writes a
+    store marker into its artifact store (:func:`study_store` checks it).
     """
     validate_search(config)
-    config.artifacts_dir = os.path.abspath(os.path.expanduser(config.artifacts_dir))
+    _absolute_paths(config)
     sampler = study_sampler(config)
     pruner = study_pruner(config)
     directions = [config.directions[m] for m in config.metric_names]
@@ -123,6 +132,8 @@ def open_study(config: Config, storage: optuna.storages.BaseStorage | str) -> op
             grid = grid_of(config.search_space)
             for values in itertools.product(*grid.values()):
                 study.enqueue_trial(dict(zip(grid, values, strict=True)))
+        if config.objective == "distill":
+            study.set_user_attr(STORE_ATTR, _mark_store(config))
         study.set_user_attr(CONFIG_ATTR, wanted)  # last: workers load only a study whose grid is queued
     elif existing != wanted:
         diff = config_diff(existing, wanted)
@@ -141,6 +152,79 @@ def open_study(config: Config, storage: optuna.storages.BaseStorage | str) -> op
     if held:
         study.sampler = study_sampler(config, salt=f"resumed-at-{held}")
     return study
+
+
+def _absolute_paths(config: Config) -> None:
+    """Local paths of ``config`` made absolute from this process's working directory: the artifact store, and the
+    data file or folder and model directories that exist here (built-in data sets and model names stay as they
+    are)."""
+    config.artifacts_dir = store_root(config.artifacts_dir)
+    if config.data.name not in DATASETS and config.data.name not in CORPORA:
+        config.data.name = _absolute(config.data.name)
+    config.teacher.model = _absolute(config.teacher.model)
+    if config.student.model is not None:
+        config.student.model = _absolute(config.student.model)
+
+
+def _absolute(name: str) -> str:
+    path = Path(name).expanduser()
+    return os.path.abspath(path) if path.exists() else name
+
+
+def open_store(config: Config) -> ArtifactDir:
+    """The artifact store of ``config`` (its ``artifacts_dir``, in this process), unchecked."""
+    try:
+        return ArtifactDir(config.artifacts_dir, config.name, options=config.artifacts_options)
+    except ImportError as exc:  # s3:// without s3fs, say
+        raise ConfigError(
+            "artifacts_dir", f"{config.artifacts_dir} needs a package missing here ({exc}); e.g. pip install s3fs"
+        ) from None
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {redact_text(text.splitlines()[0])}" if text else type(exc).__name__
+
+
+def _mark_store(config: Config) -> dict[str, str]:
+    """Write the store marker of a new study into its artifact store; returns what the study keeps of it."""
+    store = {"root": config.artifacts_dir, "id": uuid.uuid4().hex}
+    artifacts = open_store(config)
+    try:
+        artifacts.write_json(STORE_MARKER, {"study": config.name, "id": store["id"]})
+    except Exception as exc:
+        raise ConfigError(
+            "artifacts_dir",
+            f"cannot write to the artifact store {artifacts.location} ({_reason(exc)}); use a folder or URL this "
+            "machine can write, and check artifacts_options and the credentials",
+        ) from None
+    return store
+
+
+def study_store(config: Config, attrs: dict[str, Any]) -> ArtifactDir:
+    """The artifact store of a study in this process (``config.artifacts_dir``, which ``--artifacts`` or
+    ``HPO_ARTIFACTS_DIR`` may have replaced), checked against the marker its creator wrote there (``attrs``: the
+    study's user attributes): a process reading another folder would train a private teacher. Raises ConfigError
+    (``artifacts_dir``) naming the store and the fix when it is not the study's or cannot be reached."""
+    artifacts = open_store(config)
+    expected = attrs.get(STORE_ATTR)
+    if expected is None:  # a study created before stores were marked
+        return artifacts
+    try:
+        found = artifacts.read_json(STORE_MARKER) if artifacts.exists(STORE_MARKER) else {}
+    except Exception as exc:
+        raise ConfigError(
+            "artifacts_dir",
+            f"cannot reach {artifacts.location}, the artifact store of study {config.name!r} ({_reason(exc)}); "
+            f"{STORE_FIX}, and check artifacts_options and the credentials",
+        ) from None
+    if found.get("id") != expected["id"]:
+        raise ConfigError(
+            "artifacts_dir",
+            f"{artifacts.location} is not the artifact store of study {config.name!r} (its marker is not there; the "
+            f"study's store is {expected['root']}); {STORE_FIX}",
+        )
+    return artifacts
 
 
 def _summary(storage: optuna.storages.BaseStorage, name: str, flag: str) -> optuna.study.StudySummary:
@@ -190,11 +274,16 @@ def load_study(storage: optuna.storages.BaseStorage, name: str, salt: str = "") 
 
 
 def delete_study(
-    storage: optuna.storages.BaseStorage, name: str, *, force: bool, confirm: Callable[[str], bool]
+    storage: optuna.storages.BaseStorage,
+    name: str,
+    *,
+    force: bool,
+    confirm: Callable[[str], bool],
+    artifacts_dir: str | None = None,
 ) -> ArtifactDir | None:
     """Delete study ``name`` with its trials, after ``confirm`` (given a description) says yes; returns the study's
-    artifact directory (None when not deleted). Refuses while trials are RUNNING (workers are on it) unless
-    ``force``."""
+    artifact store (None when not deleted), at ``artifacts_dir`` when given (the store under this machine's path).
+    Refuses while trials are RUNNING (workers are on it) unless ``force``."""
     from hpo.study._config import config_from_dict
 
     summary = _summary(storage, name, "NAME")
@@ -204,10 +293,13 @@ def delete_study(
         raise ConfigError(
             "--force", f"study {name!r} has {running} running trials (workers on it); stop them first or pass --force"
         )
-    teacher = summary.user_attrs.get(TEACHER_ATTR) or {}
     stored = summary.user_attrs.get(CONFIG_ATTR)
-    root = config_from_dict(stored).artifacts_dir if stored else "hpo-artifacts"
-    artifacts = ArtifactDir(Path(teacher["path"]).parent.parent if "path" in teacher else root, name)
+    if stored:
+        config = config_from_dict(stored)
+        config.artifacts_dir = artifacts_dir or config.artifacts_dir
+        artifacts = open_store(config)
+    else:  # not created by hpo
+        artifacts = ArtifactDir(artifacts_dir or "hpo-artifacts", name)
     if not confirm(f"study {name!r} ({summary.n_trials} trials, {running} running)"):
         return None
     optuna.delete_study(study_name=name, storage=storage)

@@ -197,7 +197,8 @@ def test_study_export_and_full_training_round_trip(tmp_path: Path, monkeypatch: 
         assert (
             job["data"]["max_train_rows"] is None and job["train"]["max_steps"] == 6 and job["train"]["patience"] == 3
         )
-        assert Path(job["teacher_path"]).is_dir() and job["source"]["study"] == "roundtrip"
+        assert job["teacher_path"] is None and job["source"]["study"] == "roundtrip"
+        assert (Path(job["artifacts_dir"]) / "roundtrip" / job["teacher_entry"]).is_dir()  # in the store
 
         out = tmp_path / f"model-{trial.number}"
         seeds = 2 if trial.params["distill.approach"] == "sequential" else 1

@@ -9,6 +9,7 @@ import yaml
 from hpo import apply_params, config_from_dict, dump_config, load_config
 from hpo._cli import main
 from hpo.study import TrainJob, dump_job, load_job
+from hpo.study._config import build
 from objectives import ConfigError, DataArgs
 
 EXAMPLES = sorted((Path(__file__).parents[3] / "examples").glob("*.yaml"))
@@ -277,3 +278,40 @@ def test_apply_params_sets_dotted_paths_and_revalidates() -> None:
     assert config.train.lr == 5e-5  # the base config is untouched
     with pytest.raises(ConfigError, match=r"distill\.alpha: must be in"):
         apply_params(config, {"distill.alpha": 2.0})
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key", "fix"),
+    [
+        ({"artifacts_dir": "nosuch://bucket/x"}, "artifacts_dir", "unknown storage protocol 'nosuch'"),
+        ({"artifacts_options": {"endpoint_url": "http://x"}}, "artifacts_options", "remove them for a folder"),
+        (
+            {"artifacts_dir": "s3://b/x", "artifacts_options": {"client_kwargs": {"aws_secret_access_key": "s"}}},
+            "artifacts_options.client_kwargs.aws_secret_access_key",
+            "AWS_SECRET_ACCESS_KEY",
+        ),
+        ({"artifacts_dir": "s3://b/x", "artifacts_options": {"key": "AKIA"}}, "artifacts_options.key", "~/.aws"),
+    ],
+)
+def test_the_artifact_store_and_its_options_are_checked(overrides: dict, key: str, fix: str) -> None:
+    """An object-store URL of a protocol fsspec knows; options only for it, and never credentials (they would be
+    stored in the study's database)."""
+    with pytest.raises(ConfigError) as refused:
+        config_from_dict({"name": "s", **overrides})
+    assert refused.value.key == key and fix in str(refused.value)
+    s3 = config_from_dict({"name": "s", "artifacts_dir": "s3://b/x", "artifacts_options": {"endpoint_url": "http://h"}})
+    assert s3.artifacts_options == {"endpoint_url": "http://h"}
+
+
+def test_a_job_names_its_teacher_in_a_store_whole() -> None:
+    """``hpo export`` names the study's teacher by store and entry; a job with half of that is refused."""
+    job = {"name": "j", "source": {"study": "s"}}
+    with pytest.raises(ConfigError, match="give both, or neither"):
+        build(TrainJob, {**job, "teacher_entry": "teacher-1"})
+    with pytest.raises(ConfigError, match="set it or remove them"):
+        build(TrainJob, {**job, "artifacts_options": {"endpoint_url": "http://h"}})
+    with pytest.raises(ConfigError, match=r"source\.study: is required"):
+        build(TrainJob, {"name": "j", "artifacts_dir": "/store", "teacher_entry": "teacher-1"})
+    assert (
+        build(TrainJob, {**job, "artifacts_dir": "/store", "teacher_entry": "teacher-1"}).teacher_entry == "teacher-1"
+    )
