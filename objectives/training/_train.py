@@ -138,23 +138,30 @@ def teacher_logits(teacher: torch.nn.Module, data: Any, batch_size: int) -> torc
     """The frozen ``teacher``'s logits for every example of ``data`` (row i for example i), on the CPU: a text's (V,)
     logits in fp32 when the output space is small (a classifier), or for a causal LM (a linear head with more
     outputs than inputs, :func:`lm_head`) each token's final hidden state in fp16 plus the head
-    (:class:`HeadInputs`), from which training recomputes the exact (L, V) logits: the full (N, L, V) array never
-    exists. The head is checked against the teacher's own logits on the first batch (:func:`check_head`)."""
+    (:class:`HeadInputs`; the head's input as it reads it), from which training recomputes the exact (L, V) logits:
+    the full (N, L, V) array never exists. The head is checked against the teacher's own logits on the first batch
+    (:func:`check_head`)."""
     device = next(teacher.parameters()).device
     teacher.eval()
     head = lm_head(teacher)
+    inputs: list[torch.Tensor] = []  # what the head read, captured as it reads it (no other hidden state is kept)
+    hook = head.register_forward_pre_hook(lambda _, args: inputs.append(args[0])) if head is not None else None
     parts, rows = [], []
-    for batch in data.eval_batches(batch_size):
-        batch = _to(batch, device)
-        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-        out = teacher(**inputs, output_hidden_states=head is not None)
-        if head is None:
-            parts.append(out.logits.float().cpu())
-        else:
-            if not parts:
-                check_head(out.logits, out.hidden_states[-1], head)
-            parts.append(out.hidden_states[-1].half().cpu())
-        rows.append(batch["index"].cpu())
+    try:
+        for batch in data.eval_batches(batch_size):
+            batch = _to(batch, device)
+            logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            if head is None:
+                parts.append(logits.float().cpu())
+            else:
+                states = inputs.pop()
+                if not parts:
+                    check_head(logits, states, head)
+                parts.append(states.half().cpu())
+            rows.append(batch["index"].cpu())
+    finally:
+        if hook is not None:
+            hook.remove()
     stored = torch.cat(parts)[torch.cat(rows).argsort()]
     if head is None:
         return stored
