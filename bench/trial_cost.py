@@ -11,9 +11,9 @@ length-grouped batches (the default) / unsorted batches, fused AdamW (the defaul
 ``torch.compile`` / eager (first run and warm).
 
 ``--task causal-lm``: the offline SmolLM2-135M teacher (used as it is) on WikiText-2 blocks, a 4-layer student cut
-from it: a distillation trial over the cached top-k logits per token against plain next-token fine-tuning of the
-same student from the same weights (the goal: at most 1.10x), and against the live teacher; and the cache's bytes
-per token.
+from it: a distillation trial over the cached teacher (its final hidden states, the exact logits recomputed per
+batch) against plain next-token fine-tuning of the same student from the same weights (the goal: at most 1.10x),
+and against the live teacher; and the cache's bytes per token.
 """
 
 from __future__ import annotations
@@ -104,17 +104,15 @@ def main() -> None:
 
 
 def causal_lm(args: argparse.Namespace, tmp: Path) -> None:
-    """The causal-LM arms: cached top-k KD, live-teacher KD and plain fine-tuning of one 4-layer student."""
+    """The causal-LM arms: cached (exact, LM-head inputs) KD, live-teacher KD and plain fine-tuning of one 4-layer student."""
     data = DataArgs(name="wikitext-2", block_size=args.block_size, max_train_rows=args.rows, max_val_rows=16)
     work = _causal_lm.prepare_workload(data, "smollm2-135m")
     teacher_dir = tmp / "teacher"
     _causal_lm.finetune_teacher(work, TeacherArgs(model="smollm2-135m", train=TrainArgs(max_steps=0)), 0, teacher_dir)
     teacher = _causal_lm.load_teacher(teacher_dir, work)
-    distill = DistillArgs(cache_top_k=64)
+    distill = DistillArgs()
     artifacts = ArtifactDir(tmp, "bench")
-    cache = LogitCache(
-        artifacts, teacher_dir, Leases(f"sqlite:///{tmp}/leases.db"), batch_size=8, top_k=distill.cache_top_k
-    )
+    cache = LogitCache(artifacts, teacher_dir, Leases(f"sqlite:///{tmp}/leases.db"), batch_size=8)
     start = time.perf_counter()
     cache("train", work.train, teacher)
     fill = time.perf_counter() - start
@@ -122,7 +120,7 @@ def causal_lm(args: argparse.Namespace, tmp: Path) -> None:
     train = TrainArgs(max_steps=args.steps, batch_size=args.batch, eval_every=args.steps, lr=3e-4)
     student = StudentArgs(num_layers=4)
     arms = {
-        "distill, cached top-k": lambda: _causal_lm.distill_student(
+        "distill, cached": lambda: _causal_lm.distill_student(
             work, teacher_dir, student, train, distill, 0, logits=cache
         ),
         "distill, live teacher": lambda: _causal_lm.distill_student(work, teacher_dir, student, train, distill, 0),

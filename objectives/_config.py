@@ -351,13 +351,10 @@ class DistillArgs:
     """``loss: jsd``: the weight beta of the generalised JSD, in (0, 1) (see ``objectives.training._losses``)."""
     cache_teacher_logits: bool = True
     """Compute the frozen teacher's logits once per study and read them in every trial instead of running the
-    teacher on every batch (exact: the teacher is in eval mode). False runs the live teacher."""
-    cache_top_k: int = 64
-    """A teacher with at most this many outputs (any classifier with up to k labels) has all its logits cached:
-    exact. One with more (a large vocabulary, or a classifier with more than k labels) has only each example's top
-    k logits plus the remaining probability mass cached, and the KD term then compares k + 1 buckets (the top k,
-    the rest) instead of every output: an approximation of the full KL, whose tail mass at temperature T is taken
-    as if the tail were flat (exact at T = 1; see ``objectives.TopKLogits``)."""
+    teacher on every batch (exact: the teacher is in eval mode). A classifier's logits are stored whole; a causal
+    LM's as its final hidden states (fp16, 2 d bytes per token) plus its LM head, from which each batch's logits are
+    recomputed with one matmul: the full-vocabulary distribution at every temperature, equal to the live teacher's
+    up to the fp16 rounding of the states (``bench/topk_cache.py``). False runs the live teacher."""
 
     hidden_weight: float = 0.0
     """Weight beta of the hidden-state term (TinyBERT): the mean squared error between each student layer's hidden
@@ -374,9 +371,9 @@ class DistillArgs:
     cache holds logits, a few bytes per example (8 for two classes), while hidden states and attentions would be
     (L + 1) x T x d and L x H x T x T numbers per example. For MiniLM-L6 (L = 6 layers, d = 384, H = 12 heads) on
     rt-snippets (mean T = 26.9 tokens at max_length 64) that is 289 KB and 209 KB per example in fp32, 2.4 GB and
-    1.8 GB for its 8,454 training examples, against 68 KB of logits. For a causal LM the cache holds 389 bytes per
-    token (top 64, fp16 log-probabilities and int32 ids); SmolLM2-135M's hidden states (31 x 576 in fp16) would
-    take 35,712 bytes per token (92 times as much; 36 GB per million training tokens, as ``student.num_layers`` is
+    1.8 GB for its 8,454 training examples, against 68 KB of logits. For a causal LM the cache holds 1,152 bytes
+    per token (SmolLM2-135M's last hidden state, 576 x fp16); all its hidden states (31 x 576 in fp16) would
+    take 35,712 bytes per token (31 times as much; 36 GB per million training tokens, as ``student.num_layers`` is
     searched every layer would be kept) and its attentions (30 layers x 9 heads x (T + 1) / 2 keys, fp16) 34,830
     bytes per token at ``block_size`` 128, while a live teacher costs one forward pass per batch, without backward."""
 
@@ -396,7 +393,6 @@ class DistillArgs:
             f"must be integrated or sequential, got {self.approach!r}",
         )
         _check_fraction(self.transfer_ratio, "transfer_ratio", low_open=True, high_open=True)
-        _check(self.cache_top_k >= 1, "cache_top_k", f"must be >= 1, got {self.cache_top_k}")
         _check(
             self.loss in ("forward_kl", "reverse_kl", "jsd"),
             "loss",

@@ -86,7 +86,7 @@ def prepare_runner(config: Config, study: optuna.Study, attrs: dict[str, Any] | 
         work,
         teacher_dir,
         attrs,
-        LogitCache(artifacts, teacher_dir, leases, config.train.eval_batch_size, config.distill.cache_top_k),
+        LogitCache(artifacts, teacher_dir, leases, config.train.eval_batch_size),
     )
 
 

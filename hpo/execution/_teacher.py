@@ -13,7 +13,7 @@ import torch
 
 from hpo.study import TEACHER_ATTR, Config, config_to_dict, teacher_warning
 from objectives import (
-    TopKLogits,
+    HeadInputs,
     read_logits,
     teacher_logits,
     weights_hash,
@@ -79,35 +79,36 @@ class LogitCache:
     trial and worker through the study's artifact directory.
 
     The key hashes the teacher's weight file and the exact token ids (so the tokenizer, ``max_length`` and the data
-    are all in it), and ``top_k``: a teacher with more outputs than that has only its top-k logits per example and
-    the remaining mass stored (:class:`objectives.TopKLogits`). The first process to need an entry computes it under
-    a lease in the study's database and publishes it atomically; the others wait, then read it; a half-written entry
-    is never published.
+    are all in it) and the stored format. A classifier's logits are stored whole; a causal LM's as the inputs of its
+    LM head plus the head (:class:`objectives.HeadInputs`), from which each batch's exact logits are recomputed, so
+    cached and live trials see the same teacher distribution at every temperature. The first process to need an
+    entry computes it under a lease in the study's database and publishes it atomically; the others wait, then read
+    it; a half-written entry is never published.
     """
 
-    def __init__(
-        self, artifacts: ArtifactDir, teacher_dir: Path, leases: Leases, batch_size: int = 128, top_k: int = 64
-    ) -> None:
+    FORMAT = "head-inputs-1"
+    """In every key, so an entry of an older format (such as the top-k logits of earlier versions) is never read."""
+
+    def __init__(self, artifacts: ArtifactDir, teacher_dir: Path, leases: Leases, batch_size: int = 128) -> None:
         self.artifacts = artifacts
         self.leases = leases
         self.batch_size = batch_size
-        self.top_k = top_k
         self.teacher_hash = weights_hash(teacher_dir)
         self.computed = 0
-        self._memory: dict[str, torch.Tensor | TopKLogits] = {}
+        self._memory: dict[str, torch.Tensor | HeadInputs] = {}
 
     def entry(self, name: str, data: Any) -> str:
         """Artifact name of the logits of ``data`` (called ``name``, e.g. ``train``)."""
-        key = hashlib.sha256(f"{self.teacher_hash}:{data.fingerprint()}:{self.top_k}".encode()).hexdigest()[:16]
+        key = hashlib.sha256(f"{self.teacher_hash}:{data.fingerprint()}:{self.FORMAT}".encode()).hexdigest()[:16]
         return f"logits-{name}-{key}.pt"
 
-    def __call__(self, name: str, data: Any, teacher: torch.nn.Module) -> torch.Tensor | TopKLogits:
+    def __call__(self, name: str, data: Any, teacher: torch.nn.Module) -> torch.Tensor | HeadInputs:
         entry = self.entry(name, data)
         if entry not in self._memory:
 
             def compute(tmp: Path) -> None:
                 log.info("computing the teacher's logits on %d %s examples, once for this study", len(data), name)
-                logits = teacher_logits(teacher, data, self.batch_size, self.top_k)
+                logits = teacher_logits(teacher, data, self.batch_size)
                 torch.save(logits if isinstance(logits, torch.Tensor) else logits.state(), tmp)
 
             self.computed += self.artifacts.produce(entry, compute, self.leases)

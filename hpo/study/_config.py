@@ -558,6 +558,15 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     raise ConfigError(key, f"unsupported type {hint}")
 
 
+RETIRED_KEYS: dict[tuple[type, str], str] = {
+    (DistillArgs, "cache_top_k"): (
+        "is gone: the causal-LM logit cache is exact now (the teacher's LM-head inputs, every logit recomputed per "
+        "batch, at every temperature); remove the key"
+    ),
+}
+"""Keys of earlier versions, refused with what replaced them rather than as unknown."""
+
+
 def build(cls: type, data: Any, prefix: str = "") -> Any:
     """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types with the key's dotted path."""
     where = prefix or "config"
@@ -570,6 +579,8 @@ def build(cls: type, data: Any, prefix: str = "") -> Any:
     kwargs = {}
     for key, value in data.items():
         dotted = f"{prefix}.{key}" if prefix else str(key)
+        if (cls, key) in RETIRED_KEYS:
+            raise ConfigError(dotted, RETIRED_KEYS[cls, key])
         if key not in fields:
             raise ConfigError(dotted, f"unknown key{_suggest(str(key), fields)}")
         kwargs[key] = _coerce(value, hints[key], dotted)

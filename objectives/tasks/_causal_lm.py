@@ -46,11 +46,11 @@ from objectives.students import (
 )
 from objectives.training import (
     CostHook,
+    HeadInputs,
     LayerDistillLoss,
     LogitSource,
     Report,
     Stage,
-    TopKLogits,
     distill_stages,
     fit,
     frozen_teacher,
@@ -323,15 +323,17 @@ def distill_student(
     - ``sequential``: the KD term alone (alpha = 1) on the transfer text for ``transfer_ratio`` of the steps, then
       CE for the rest.
 
-    With ``logits``, the teacher's distributions come from its cached top-k logits per token (the study's cache)
-    instead of a teacher forward pass on every batch.
+    With ``logits``, the teacher's logits come from the study's cache instead of a teacher forward pass on every
+    batch: its final hidden states (fp16) and LM head, recomputed into the exact (B, L, V) logits per batch
+    (:class:`objectives.HeadInputs`), so every divergence sees the full-vocabulary teacher distribution.
 
     ``distill.hidden_weight`` / ``attention_weight`` add the layer terms of :class:`objectives.training._losses.
     LayerDistillLoss` to the KD stage: student layer i against the teacher layer it was cut from (a scratch
     student's: the one it stands for, through a learned map where the widths differ), hidden states compared after
     each model's final norm. They read the live teacher on every batch, and ``logits`` is not used: a cache of
-    SmolLM2-135M's hidden states would take 35,712 bytes per token (31 states x 576 x fp16), 92 times the 389 of
-    its top-64 logits (see ``DistillArgs.attention_weight``), against one teacher forward pass per batch."""
+    SmolLM2-135M's hidden states would take 35,712 bytes per token (31 states x 576 x fp16), 31 times the 1,152
+    of the last one the logit cache keeps (see ``DistillArgs.attention_weight``), against one teacher forward pass
+    per batch."""
     check_layer_terms(student, distill)
     model = init if init is not None else initial_student(work, teacher_dir, student, args, seed)
     torch.manual_seed(seed)  # the same random state from here on, whether the student was built here or passed in
@@ -339,7 +341,7 @@ def distill_student(
     if distill.needs_teacher_states:
         logits = None  # the layer terms read the live teacher's hidden states; cached logits have none
 
-    def signal(name: str, data: Blocks) -> torch.nn.Module | torch.Tensor | TopKLogits:
+    def signal(name: str, data: Blocks) -> torch.nn.Module | torch.Tensor | HeadInputs:
         return teacher if logits is None else logits(name, data, teacher)
 
     divergence = {"divergence": distill.loss, "jsd_beta": distill.jsd_beta, "temperature": distill.temperature}

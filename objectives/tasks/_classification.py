@@ -28,11 +28,11 @@ from objectives.students import (
 from objectives.students import model_identity as model_identity
 from objectives.training import (
     CostHook,
+    HeadInputs,
     LayerDistillLoss,
     LogitSource,
     Report,
     Stage,
-    TopKLogits,
     balanced_weights,
     distill_stages,
     evaluate,
@@ -297,7 +297,7 @@ def distill_student(
     if distill.needs_teacher_states:
         logits = None  # the layer terms read the live teacher's hidden states; cached logits have none
 
-    def signal(name: str, data: Encoded) -> torch.nn.Module | torch.Tensor | TopKLogits:
+    def signal(name: str, data: Encoded) -> torch.nn.Module | torch.Tensor | HeadInputs:
         if own is work:
             return teacher if logits is None else logits(name, data, teacher)
         # Another tokenizer: the teacher reads its own tokens of the same examples (row i = example i).

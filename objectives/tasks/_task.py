@@ -149,7 +149,6 @@ TASKS: dict[str, TaskSpec] = {
             # a batch's (B, L, V) logits exist at once at validation: 128 blocks of a 49k vocabulary would be GBs
             "teacher": {"model": "smollm2-135m", "train": {"max_steps": 0, "eval_batch_size": 16}},
             "train": {"eval_batch_size": 16},
-            "distill": {"cache_top_k": 64},
         },
         ignores={
             "data.label_column": _NO_CLASSES,

@@ -14,7 +14,7 @@ import torch
 from objectives._config import DistillArgs, TrainArgs
 from objectives.evaluation import PeakMemory
 from objectives.students import num_layers
-from objectives.training._logits import TopKLogits
+from objectives.training._logits import HeadInputs
 from objectives.training._train import Evaluate, Report, eager_attention, train
 
 CostHook = Callable[[dict[str, float]], None]
@@ -22,7 +22,7 @@ CostHook = Callable[[dict[str, float]], None]
 depend on the architecture only, so multi-objective pruning can compare trials on them early."""
 
 
-LogitSource = Callable[[str, Any, torch.nn.Module], "torch.Tensor | TopKLogits"]
+LogitSource = Callable[[str, Any, torch.nn.Module], "torch.Tensor | HeadInputs"]
 """Given a name (``train``, ``transfer``), the data and the teacher, returns the teacher's logits for every example
 (e.g. from a cache shared by all trials of a study)."""
 
@@ -53,7 +53,7 @@ class Stage:
     data: Any
     args: TrainArgs
     loss_fn: Any
-    teacher: torch.nn.Module | torch.Tensor | TopKLogits | None = None
+    teacher: torch.nn.Module | torch.Tensor | HeadInputs | None = None
 
 
 def distill_stages(

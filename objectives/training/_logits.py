@@ -1,104 +1,98 @@
-"""Stored teacher logits: all of them for classification, the top k plus the remaining mass for large vocabularies
-(per example, or per token of a language model)."""
+"""Stored teacher logits: all of them for a small output space (classification), the inputs of the LM head for a
+large one (a causal LM's vocabulary), from which every batch's exact logits are recomputed."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
-TAIL_FLOOR = 1e-12
-"""The smallest probability :meth:`TopKLogits.collapse` gives the tail bucket (fp32 rounding of log-probabilities
-leaves smaller tails undetermined)."""
+from objectives._config import ConfigError
+
+HEAD_CHECK_TOLERANCE = 1e-3
+"""The largest difference, relative to the largest logit, allowed between a teacher's logits and its LM head
+applied to its last hidden state (fp32 both; about 1e-6 for a plain linear head); a head that is not one (logit
+soft-capping, a logit scale) differs by far more, and its logits are then not cached."""
 
 
 @dataclass(frozen=True)
-class TopKLogits:
-    """A teacher's logits over a large output space (an LM vocabulary), kept as the ``k`` largest per example (or
-    per token: any leading shape) plus the log-sum-exp of all the others (the remaining mass at T = 1): O(k) instead
-    of O(V) per example.
+class HeadInputs:
+    """A teacher's logits over a large output space, kept as what its LM head reads: z = h W^T + b, with h the
+    final hidden state (after the final norm) of each token, stored in fp16 (d numbers per token instead of V), and
+    the head (W, b) stored once, fp32.
 
-    At temperature T the distilled distribution has k + 1 buckets: the top-k tokens and "everything else". The
-    top-k logits are exact; the tail's tempered mass is taken as if its V - k logits were equal, i.e.
-    log sum_tail exp(z_j / T) ~ (rest - log(V - k)) / T + log(V - k): exact at T = 1 and for a flat tail.
+    :meth:`logits` recomputes a batch's (B, L, V) logits with one matmul, so every KD loss sees the teacher's whole
+    distribution softmax(z / T) at any temperature. The only error is the fp16 rounding of h (relative 2^-11 per
+    entry); SmolLM2-135M's logits come back within 0.03 (``bench/topk_cache.py``).
     """
 
-    values: torch.Tensor
-    """(N, k) or (N, L, k) the largest logits of each example / token, fp32; after :meth:`state` they are fp16
-    log-probabilities (the same logits shifted by their log-sum-exp, which no softmax sees)."""
-    indices: torch.Tensor
-    """Their output indices, int64 (int32 after :meth:`state`)."""
-    rest: torch.Tensor
-    """(N,) or (N, L) log sum_{j not in top-k} exp(z_j): the remaining mass at T = 1, in log space, fp32."""
-    vocab: int
-    """V, the size of the teacher's output space."""
+    states: torch.Tensor
+    """(N, L, d) the teacher's final hidden states, fp16 (memory-mapped when read from a file)."""
+    weight: torch.Tensor
+    """(V, d) the LM head's weight, fp32."""
+    bias: torch.Tensor | None = None
+    """(V,) the LM head's bias, fp32, or None (most LMs have none)."""
 
     def __len__(self) -> int:
-        return self.values.shape[0]
+        return self.states.shape[0]
 
-    def __getitem__(self, rows: Any) -> TopKLogits:
-        return TopKLogits(self.values[rows], self.indices[rows], self.rest[rows], self.vocab)
+    def head_to(self, device: torch.device | str) -> HeadInputs:
+        """The same cache with its head (W, b) on ``device``; the states stay where they are (a memory-mapped file
+        may be larger than the device's memory): :meth:`logits` moves a batch's rows only."""
+        bias = None if self.bias is None else self.bias.to(device)
+        return HeadInputs(self.states, self.weight.to(device), bias)
 
-    def to(self, device: torch.device | str) -> TopKLogits:
-        return TopKLogits(self.values.to(device), self.indices.to(device), self.rest.to(device), self.vocab)
+    @torch.no_grad()
+    def logits(self, rows: torch.Tensor) -> torch.Tensor:
+        """(B, L, V) the exact fp32 logits of the examples ``rows`` (a CPU index), on the head's device: only those
+        rows of the states are read and moved there."""
+        states = self.states[rows].to(self.weight.device, non_blocking=True).float()
+        return F.linear(states, self.weight, self.bias)
 
-    def log_probs(self, temperature: float) -> torch.Tensor:
-        """(..., k + 1) the teacher's log-probabilities at ``temperature``: top-k buckets, then the tail bucket."""
-        tail = math.log(self.vocab - self.values.shape[-1])
-        rest = (self.rest - tail) / temperature + tail
-        return torch.cat([self.values.float() / temperature, rest.float()[..., None]], dim=-1).log_softmax(-1)
-
-    def collapse(self, log_probs: torch.Tensor) -> torch.Tensor:
-        """(..., k + 1) a normalised (..., V) log-distribution (the student's) folded into the same buckets: the mass at
-        this example's top-k indices, then all the rest, log(1 - sum_top p) = log(-expm1(logsumexp(top))).
-
-        Computed from the k gathered values only, without a second pass over the V outputs (which cost a (..., V)
-        copy and its backward per step on a 49k vocabulary); the tail mass is exact to fp32 rounding of the
-        log-probabilities (about 1e-6 absolute), and kept at least :data:`TAIL_FLOOR` so its log stays finite."""
-        top = log_probs.gather(-1, self.indices.long())
-        rest = torch.log(torch.clamp(-torch.expm1(top.logsumexp(-1)), min=TAIL_FLOOR))
-        return torch.cat([top, rest[..., None]], dim=-1)
-
-    def state(self) -> dict[str, Any]:
-        """Plain tensors and ints, loadable with ``torch.load(weights_only=True)``, compact: k * (2 + 4) + 4 bytes
-        per example. Values are stored as fp16 log-probabilities z_i - logsumexp(z) (shift-invariant for every
-        temperature, and precise where the mass is: near 0), ids as int32, the remaining mass as fp32 in the same
-        shifted log space; they are converted back to fp32 / int64 where used."""
-        total = torch.logaddexp(self.values.float().logsumexp(-1), self.rest.float())
-        return {
-            "values": (self.values.float() - total[..., None]).half(),
-            "indices": self.indices.int(),
-            "rest": self.rest.float() - total,
-            "vocab": self.vocab,
-        }
+    def state(self) -> dict[str, torch.Tensor]:
+        """Plain tensors, loadable with ``torch.load(weights_only=True)``: 2 d bytes per token plus the head."""
+        out = {"states": self.states.half(), "weight": self.weight.float()}
+        return out if self.bias is None else {**out, "bias": self.bias.float()}
 
 
-def compress_logits(logits: torch.Tensor, top_k: int) -> torch.Tensor | TopKLogits:
-    """``logits`` (N, V) unchanged when V <= ``top_k`` (classification: exact), else their :class:`TopKLogits`."""
-    if logits.shape[-1] <= top_k:
-        return logits
-    values, indices = logits.float().topk(top_k, dim=-1)
-    rest = logits.float().scatter(-1, indices, -math.inf).logsumexp(-1)
-    return TopKLogits(values, indices, rest, logits.shape[-1])
+def lm_head(model: torch.nn.Module) -> torch.nn.Linear | None:
+    """``model``'s output layer when its logits are best stored as its inputs: a linear head with more outputs
+    than inputs (an LM vocabulary); None for a small head (a classifier's, kept as full logits)."""
+    get = getattr(model, "get_output_embeddings", None)
+    head = get() if get is not None else None
+    return head if isinstance(head, torch.nn.Linear) and head.out_features > head.in_features else None
 
 
-def cat_logits(parts: list[torch.Tensor] | list[TopKLogits]) -> torch.Tensor | TopKLogits:
-    """Batches of stored logits, all plain or all top-k, joined along the example axis."""
-    if isinstance(parts[0], torch.Tensor):
-        return torch.cat(parts)
-    fields = ("values", "indices", "rest")
-    return TopKLogits(*(torch.cat([getattr(p, f) for p in parts]) for f in fields), parts[0].vocab)
+def check_head(logits: torch.Tensor, states: torch.Tensor, head: torch.nn.Linear) -> None:
+    """Raise unless ``head(states)`` reproduces ``logits`` within :data:`HEAD_CHECK_TOLERANCE` (relative to the
+    largest logit): a teacher whose logits are not a plain linear map of its last hidden state cannot be cached."""
+    error = (F.linear(states.float(), head.weight.float(), head.bias) - logits.float()).abs().max()
+    if error > HEAD_CHECK_TOLERANCE * logits.float().abs().max().clamp(min=1.0):
+        raise ConfigError(
+            "distill.cache_teacher_logits",
+            f"the teacher's logits are not its LM head applied to its last hidden state (max difference "
+            f"{error:.3g}), so they cannot be cached exactly; set it to false to run the teacher live",
+        )
 
 
-def load_logits(state: torch.Tensor | dict[str, Any]) -> torch.Tensor | TopKLogits:
-    """The inverse of storing ``compress_logits(...)`` (a tensor, or ``TopKLogits.state()``)."""
-    return state if isinstance(state, torch.Tensor) else TopKLogits(**state)
+def load_logits(state: torch.Tensor | dict[str, Any]) -> torch.Tensor | HeadInputs:
+    """The inverse of storing teacher logits: a tensor as it is, a :meth:`HeadInputs.state` as a :class:`HeadInputs`."""
+    return state if isinstance(state, torch.Tensor) else HeadInputs(**state)
 
 
-def read_logits(path: str | Path) -> torch.Tensor | TopKLogits:
-    """Stored logits (``torch.save`` of a tensor or ``TopKLogits.state()``) memory-mapped from ``path``: rows are
+def read_logits(path: str | Path) -> torch.Tensor | HeadInputs:
+    """Stored logits (``torch.save`` of a tensor or ``HeadInputs.state()``) memory-mapped from ``path``: rows are
     read from disk when indexed, so a cache larger than memory works; never unpickles code."""
     return load_logits(torch.load(path, mmap=True, weights_only=True))
+
+
+def cached_rows(cache: torch.Tensor | HeadInputs, rows: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The teacher's logits of the examples ``rows`` (a CPU index) from a cache, on ``device``: only those rows are
+    read (from memory or a memory-mapped file) and moved, never the whole cache; a :class:`HeadInputs` (its head
+    already on ``device``, :meth:`HeadInputs.head_to`) recomputes them exactly."""
+    if isinstance(cache, HeadInputs):
+        return cache.logits(rows)
+    return cache[rows].to(device, non_blocking=True)

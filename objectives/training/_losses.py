@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 
 from objectives._config import ConfigError
-from objectives.training._logits import TopKLogits
 
 
 def cross_entropy_loss(
@@ -36,7 +35,7 @@ def balanced_weights(labels: Sequence[int], num_labels: int) -> torch.Tensor:
 def kd_loss(
     student_logits: torch.Tensor,
     labels: torch.Tensor,
-    teacher_logits: torch.Tensor | TopKLogits,
+    teacher_logits: torch.Tensor,
     *,
     temperature: float,
     alpha: float,
@@ -51,17 +50,11 @@ def kd_loss(
     KL is averaged over the batch (``batchmean``); ``divergence`` may replace it by the reverse KL or the
     generalised JSD (:func:`token_divergence`, one value per example). T^2 keeps the soft-target gradients on the same scale as the
     hard-label term when T changes. alpha = 0 is plain cross-entropy, alpha = 1 pure distillation; class ``weight``
-    weighs the CE term as in :func:`cross_entropy_loss` (the KL term is unweighted). With
-    :class:`TopKLogits` (a large vocabulary), the KL is taken over the k + 1 buckets (the teacher's top k, the rest)
-    that both distributions are folded into.
+    weighs the CE term as in :func:`cross_entropy_loss` (the KL term is unweighted).
     """
     t = temperature
     log_p_student = F.log_softmax(student_logits.float() / t, dim=-1)
-    if isinstance(teacher_logits, TopKLogits):
-        log_p_student = teacher_logits.collapse(log_p_student)
-        log_q_teacher = teacher_logits.log_probs(t)
-    else:
-        log_q_teacher = F.log_softmax(teacher_logits.float() / t, dim=-1)
+    log_q_teacher = F.log_softmax(teacher_logits.float() / t, dim=-1)
     kd = token_divergence(log_p_student, log_q_teacher, divergence, jsd_beta).mean()
     ce = F.cross_entropy(student_logits.float(), labels, weight=weight)
     return alpha * t * t * kd + (1 - alpha) * ce
@@ -126,7 +119,7 @@ def token_divergence(log_p: torch.Tensor, log_q: torch.Tensor, divergence: str, 
 def lm_kd_loss(
     student_logits: torch.Tensor,
     labels: torch.Tensor,
-    teacher_logits: torch.Tensor | TopKLogits,
+    teacher_logits: torch.Tensor,
     *,
     temperature: float,
     alpha: float,
@@ -141,9 +134,8 @@ def lm_kd_loss(
     over the M predicted tokens (position t predicts token t + 1, targets ``ignore_index`` excluded; see
     :func:`objectives.evaluation.next_token`), q_T = softmax(z_t / T) the teacher's and p_T = softmax(z_s / T) the student's next-token
     distribution at the same position, D one of :data:`DIVERGENCES` (:func:`token_divergence`), CE the
-    :func:`lm_ce_loss` at T = 1. ``teacher_logits`` (B, L, V), or a :class:`TopKLogits` over (B, L, k): then both
-    distributions are folded into its k + 1 buckets (the teacher's top k at that token, the rest), as
-    :func:`kd_loss` does.
+    :func:`lm_ce_loss` at T = 1. ``teacher_logits`` (B, L, V): the live teacher's, or the study cache's, recomputed
+    exactly from its LM-head inputs (:class:`objectives.training.HeadInputs`).
     """
     t = temperature
     # Positions 0..L-2 as views (no (M, V) copy of either side); ignored targets are weighed out per token.
@@ -152,10 +144,7 @@ def lm_kd_loss(
     log_p_t = F.log_softmax(z / t, dim=-1)
     log_p = log_p_t if t == 1 else F.log_softmax(z, dim=-1)  # CE is at T = 1: one pass fewer when T is 1
     ce = _nll(log_p, targets)
-    if isinstance(teacher, TopKLogits):
-        log_p_t, log_q = teacher.collapse(log_p_t), teacher.log_probs(t)
-    else:
-        log_q = F.log_softmax(teacher.float() / t, dim=-1)
+    log_q = F.log_softmax(teacher.float() / t, dim=-1)
     per_token = alpha * t * t * token_divergence(log_p_t, log_q, divergence, jsd_beta) + (1 - alpha) * ce
     return (per_token * valid).sum() / valid.sum().clamp(min=1)
 

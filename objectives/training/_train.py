@@ -15,7 +15,7 @@ import torch
 from objectives._config import TrainArgs
 from objectives.data import Encoded
 from objectives.evaluation import accuracy, macro_f1
-from objectives.training._logits import TopKLogits, cat_logits, compress_logits, load_logits
+from objectives.training._logits import HeadInputs, cached_rows, check_head, lm_head
 from objectives.training._optim import build_optimizer
 
 Report = Callable[[int, dict[str, float], bool], None]
@@ -133,28 +133,40 @@ def evaluate(model: torch.nn.Module, data: Encoded, batch_size: int) -> Evaluati
     return Evaluation(loss, accuracy(preds, labels), macro_f1(preds, labels), top_share, preds, labels)
 
 
-def _compact(logits: torch.Tensor | TopKLogits) -> torch.Tensor | dict[str, Any]:
-    return logits if isinstance(logits, torch.Tensor) else logits.state()
-
-
 @torch.inference_mode()
-def teacher_logits(
-    teacher: torch.nn.Module, data: Any, batch_size: int, top_k: int | None = None
-) -> torch.Tensor | TopKLogits:
-    """The frozen ``teacher``'s logits for every example of ``data`` (row i for example i: a text's (V,) logits, or
-    a block's (L, V)), in fp32 on the CPU; with ``top_k``, compressed batch by batch (:func:`compress_logits`), so
-    the full (N, V) or (N, L, V) array never exists."""
+def teacher_logits(teacher: torch.nn.Module, data: Any, batch_size: int) -> torch.Tensor | HeadInputs:
+    """The frozen ``teacher``'s logits for every example of ``data`` (row i for example i), on the CPU: a text's (V,)
+    logits in fp32 when the output space is small (a classifier), or for a causal LM (a linear head with more
+    outputs than inputs, :func:`lm_head`) each token's final hidden state in fp16 plus the head
+    (:class:`HeadInputs`; the head's input as it reads it), from which training recomputes the exact (L, V) logits:
+    the full (N, L, V) array never exists. The head is checked against the teacher's own logits on the first batch
+    (:func:`check_head`)."""
     device = next(teacher.parameters()).device
     teacher.eval()
+    head = lm_head(teacher)
+    inputs: list[torch.Tensor] = []  # what the head read, captured as it reads it (no other hidden state is kept)
+    hook = head.register_forward_pre_hook(lambda _, args: inputs.append(args[0])) if head is not None else None
     parts, rows = [], []
-    for batch in data.eval_batches(batch_size):
-        batch = _to(batch, device)
-        logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float().cpu()
-        if top_k is not None:  # stored compactly batch by batch (fp16, int32), so fp32 / int64 copies never pile up
-            logits = load_logits(_compact(compress_logits(logits, top_k)))
-        parts.append(logits)
-        rows.append(batch["index"].cpu())
-    return cat_logits(parts)[torch.cat(rows).argsort()]
+    try:
+        for batch in data.eval_batches(batch_size):
+            batch = _to(batch, device)
+            logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            if head is None:
+                parts.append(logits.float().cpu())
+            else:
+                states = inputs.pop()
+                if not parts:
+                    check_head(logits, states, head)
+                parts.append(states.half().cpu())
+            rows.append(batch["index"].cpu())
+    finally:
+        if hook is not None:
+            hook.remove()
+    stored = torch.cat(parts)[torch.cat(rows).argsort()]
+    if head is None:
+        return stored
+    bias = None if head.bias is None else head.bias.detach().float().cpu().clone()
+    return HeadInputs(stored, head.weight.detach().float().cpu().clone(), bias)
 
 
 def train(
@@ -167,7 +179,7 @@ def train(
     n_layers: int,
     evaluate: Evaluate = evaluate,
     seed: int,
-    teacher: torch.nn.Module | torch.Tensor | TopKLogits | None = None,
+    teacher: torch.nn.Module | torch.Tensor | HeadInputs | None = None,
     report: Report | None = None,
     on_step: StepCallback | None = None,
 ) -> TrainResult:
@@ -183,8 +195,9 @@ def train(
     With ``args.patience`` set, stops once validation loss has not improved for that many validations and restores
     the best weights seen. ``on_step`` (default: the callback of an enclosing ``report_steps``) follows progress.
     ``teacher`` is a frozen model run on every batch, or its logits for every example of ``train_data``,
-    precomputed (rows by example index; :class:`TopKLogits` for large vocabularies): the same numbers without the
-    teacher's forward passes.
+    precomputed (rows by example index; :class:`HeadInputs` for large vocabularies): the same numbers without the
+    teacher's forward passes. Only each batch's rows of a cache are moved to the device (:func:`cached_rows`), so a
+    cache larger than the device's memory works.
     """
     on_step = on_step if on_step is not None else _ON_STEP.get()
     device = next(model.parameters()).device
@@ -203,8 +216,8 @@ def train(
     batches = train_data.train_batches(args.batch_size, seed, group_by_length=args.group_by_length)
     if isinstance(teacher, torch.nn.Module):
         teacher.eval()  # frozen teacher: no dropout, so its logits are a fixed function of the input
-    elif teacher is not None:
-        teacher = teacher.to(device)
+    elif isinstance(teacher, HeadInputs):
+        teacher = teacher.head_to(device)
     # Non-finite losses are accumulated on the device and checked only at validation steps: a per-step .item()
     # would force a host sync every step.
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)
@@ -218,7 +231,9 @@ def train(
     step = 0
     for step in range(1, args.max_steps + 1):
         for _ in range(args.grad_accum_steps):
-            batch = _to(next(batches), device)
+            batch = next(batches)
+            rows = batch["index"]  # on the CPU, where the cache is
+            batch = _to(batch, device)
             inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
             with amp():
                 student_out = forward(**inputs, **outputs)
@@ -227,7 +242,8 @@ def train(
                     with torch.no_grad():
                         teacher_out = teacher(**inputs, **outputs)
                 elif teacher is not None:
-                    teacher_out = teacher[batch["index"]]
+                    with torch.autocast(device.type, enabled=False):  # the cached logits in fp32, as stored
+                        teacher_out = cached_rows(teacher, rows, device)
             if outputs:
                 loss = loss_fn(student_out, batch["labels"], teacher_out, batch["attention_mask"])
             else:

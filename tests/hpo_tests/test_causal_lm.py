@@ -73,7 +73,6 @@ def lm_config(name: str, model: str, corpus: str, **overrides: object) -> dict:
             "heads_ratio": 0.5,
         },
         "train": {"max_steps": 4, "batch_size": 4, "eval_every": 2, "lr": 1e-3},
-        "distill": {"cache_top_k": 8},
         "search_space": {"distill.loss": {"type": "categorical", "choices": ["forward_kl", "jsd"]}},
     }
     config.update(overrides)
@@ -192,7 +191,7 @@ def test_a_sequential_lm_trial_distils_on_a_transfer_set_capped_like_the_trainin
 
     corpus = write_corpus(tmp_path / "corpus.txt", documents=300)
     raw = lm_config("sequential", tiny_lm, corpus, n_trials=1, sampler={"name": "random"}, search_space={})
-    raw["distill"] = {"cache_top_k": 8, "approach": "sequential", "transfer_ratio": 0.5}
+    raw["distill"] = {"approach": "sequential", "transfer_ratio": 0.5}
     raw["artifacts_dir"] = str(tmp_path / "artifacts")
     cap = raw["data"]["max_train_rows"]
     whole = lm.prepare_workload(DataArgs(name=corpus, block_size=16), tiny_lm).train

@@ -1,4 +1,5 @@
-"""The teacher-logit cache: exact, computed once per study across processes, never read half-written."""
+"""The teacher-logit cache (whole logits, or a decoder's LM-head inputs): exact, computed once per study across
+processes, never read half-written."""
 
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ from hpo import config_from_dict
 from hpo.execution import LogitCache, run
 from objectives import (
     DataArgs,
+    DistillArgs,
+    HeadInputs,
     StudentArgs,
-    TopKLogits,
     TrainArgs,
     build_student,
     load_classifier,
@@ -28,7 +30,7 @@ from objectives.data import collate
 from objectives.tasks._classification import _fit
 from objectives.training import Stage, kd_loss
 from storage import ArtifactDir, Leases
-from tests.conftest import tiny_config
+from tests.conftest import tiny_config, write_corpus
 
 DATA = DataArgs(max_train_rows=64, max_val_rows=16, max_length=32)
 
@@ -140,22 +142,26 @@ def test_trials_record_which_teacher_path_they_used(tmp_path: Path, monkeypatch:
     assert not list((tmp_path / "hpo-artifacts" / "live").glob("logits-*.pt"))
 
 
-def test_a_large_output_teacher_is_cached_as_top_k_and_trains_a_student(tmp_path: Path, leases: Leases) -> None:
-    work = prepare_workload(DATA, "minilm-l6")
-    big_dir = tmp_path / "teacher-300"
-    load_classifier("minilm-l6", num_labels=300).save_pretrained(big_dir)  # 300 outputs stand in for a vocabulary
-    teacher = load_classifier(str(big_dir), num_labels=300).eval()
-    cache = LogitCache(ArtifactDir(tmp_path, "s"), big_dir, leases, top_k=8)
+def test_a_decoders_cache_holds_its_head_inputs_and_trains_a_student_as_the_live_teacher_does(
+    tiny_lm: str, tmp_path: Path, leases: Leases
+) -> None:
+    from objectives.tasks import _causal_lm as lm
+
+    corpus = write_corpus(tmp_path / "corpus.txt")
+    work = lm.prepare_workload(DataArgs(name=corpus, block_size=16, max_train_rows=16, max_val_rows=4), tiny_lm)
+    teacher = lm.load_teacher(Path(tiny_lm), work)
+    cache = LogitCache(ArtifactDir(tmp_path, "s"), Path(tiny_lm), leases, batch_size=4)
     stored = cache("train", work.train, teacher)
-    assert isinstance(stored, TopKLogits) and stored.values.shape == (64, 8) and stored.vocab == 300
-    again = LogitCache(ArtifactDir(tmp_path, "s"), big_dir, leases, top_k=8)("train", work.train, teacher)
-    assert torch.equal(again.indices, stored.indices) and torch.equal(again.rest, stored.rest)
-    # the training loop reads rows of it by example index, like full logits
-    args = TrainArgs(max_steps=3, batch_size=16, eval_every=3)
-    loss = lambda s, y, t: kd_loss(s, y, t, temperature=2.0, alpha=0.7)  # noqa: E731
-    student = build_student(teacher, StudentArgs(num_layers=1))
-    result = _fit(student, work, [Stage(work.train, args, loss, stored)], seed=0)
-    assert result["steps"] == 3 and torch.isfinite(torch.tensor(result["val_loss"]))
+    assert isinstance(stored, HeadInputs) and stored.states.shape == (16, 16, 32) and cache.computed == 1
+    again = LogitCache(ArtifactDir(tmp_path, "s"), Path(tiny_lm), leases)
+    assert torch.equal(again("train", work.train, teacher).states, stored.states) and again.computed == 0
+    # two steps at T = 2 from the cache and from the live teacher: the same student, up to fp16 states
+    args = TrainArgs(max_steps=2, batch_size=4, eval_every=2, eval_batch_size=4)
+    distill = DistillArgs(temperature=2.0, alpha=0.5)
+    student = StudentArgs(num_layers=2)
+    live = lm.distill_student(work, Path(tiny_lm), student, args, distill, seed=0)[1]
+    cached = lm.distill_student(work, Path(tiny_lm), student, args, distill, seed=0, logits=cache)[1]
+    assert cached["val_loss"] == pytest.approx(live["val_loss"], rel=1e-4)
 
 
 def test_changing_one_row_of_a_local_csv_trains_a_new_teacher(tmp_path: Path, leases: Leases) -> None:

@@ -41,6 +41,7 @@ BAD = [
     ({"train": {"precision": "fp8"}}, "train.precision: must be one of auto, fp32, bf16, fp16, got 'fp8'"),
     ({"distill": {"alpha": 1.5}}, "distill.alpha: must be in [0, 1], got 1.5"),
     ({"distill": {"temperature": 0}}, "distill.temperature: must be > 0"),
+    ({"distill": {"cache_top_k": 64}}, "distill.cache_top_k: is gone: the causal-LM logit cache is exact now"),
     ({"distill": {"hidden_weight": -1}}, "distill.hidden_weight: must be >= 0, got -1.0"),
     ({"distill": {"attention_weight": -0.5}}, "distill.attention_weight: must be >= 0, got -0.5"),
     ({"distill": {"transfer_only": True}}, "distill.transfer_only: distils on the transfer_files alone, and none"),
