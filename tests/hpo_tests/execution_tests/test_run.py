@@ -18,7 +18,7 @@ from hpo.execution import prepare_runner, trial_seed, usable_cores
 from hpo.study import load_study
 from objectives import METRICS
 from storage import create_storage
-from tests.conftest import tiny_config
+from tests.conftest import tiny_bert, tiny_config
 
 LAYERS = {"student.num_layers": {"type": "int", "low": 1, "high": 2}}
 """A search space for finetune studies (which refuse distill.* keys)."""
@@ -210,7 +210,7 @@ def test_a_broken_teacher_is_called_out_in_the_log_status_and_report(tmp_path: P
         name,
         n_trials=1,
         data={"name": "sms-spam", "max_train_rows": 96, "max_val_rows": 96, "max_length": 32},
-        teacher={"train": {"lr": 0.05, "max_steps": 4, "batch_size": 16, "eval_every": 4}},
+        teacher={"model": tiny_bert(), "train": {"lr": 0.05, "max_steps": 4, "batch_size": 16, "eval_every": 4}},
         train={"max_steps": 2, "batch_size": 16, "eval_every": 2},
     )
     url = f"sqlite:///{tmp_path}/study.db"

@@ -30,7 +30,7 @@ from objectives.data import collate
 from objectives.tasks._classification import _fit
 from objectives.training import Stage, kd_loss
 from storage import ArtifactDir, Leases
-from tests.conftest import tiny_config, write_corpus
+from tests.conftest import tiny_bert, tiny_config, write_corpus
 
 DATA = DataArgs(max_train_rows=64, max_val_rows=16, max_length=32)
 
@@ -43,12 +43,12 @@ def leases(tmp_path: Path) -> Leases:
 @pytest.fixture(scope="module")
 def teacher_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("teacher")
-    load_classifier("minilm-l6", num_labels=2).save_pretrained(path)
+    load_classifier(tiny_bert(), num_labels=2).save_pretrained(path)
     return path
 
 
 def test_cached_logits_give_the_live_teachers_loss(teacher_dir: Path, tmp_path: Path, leases: Leases) -> None:
-    work = prepare_workload(DATA, "minilm-l6")
+    work = prepare_workload(DATA, tiny_bert())
     teacher = load_classifier(str(teacher_dir), num_labels=2).eval()
     cache = LogitCache(ArtifactDir(tmp_path, "s"), teacher_dir, leases)
     cached = cache("train", work.train, teacher)
@@ -67,7 +67,7 @@ def test_cached_logits_give_the_live_teachers_loss(teacher_dir: Path, tmp_path: 
 
 
 def test_training_from_the_cache_matches_the_live_teacher(teacher_dir: Path, tmp_path: Path, leases: Leases) -> None:
-    work = prepare_workload(DATA, "minilm-l6")
+    work = prepare_workload(DATA, tiny_bert())
     teacher = load_classifier(str(teacher_dir), num_labels=2).eval()
     cached = LogitCache(ArtifactDir(tmp_path, "s"), teacher_dir, leases)("train", work.train, teacher)
     args = TrainArgs(max_steps=4, batch_size=16, eval_every=2)
@@ -83,7 +83,7 @@ def test_training_from_the_cache_matches_the_live_teacher(teacher_dir: Path, tmp
 
 
 def _compute(root: str, teacher_dir: str, url: str, out: multiprocessing.Queue) -> None:
-    work = prepare_workload(DATA, "minilm-l6")
+    work = prepare_workload(DATA, tiny_bert())
     teacher = load_classifier(teacher_dir, num_labels=2).eval()
     cache = LogitCache(ArtifactDir(root, "s"), Path(teacher_dir), Leases(url, ttl=2.0, renew_every=0.5))
     cache("train", work.train, teacher)
@@ -102,7 +102,7 @@ def test_two_processes_compute_once_and_a_killed_writer_publishes_nothing(
     teacher_dir: Path, tmp_path: Path, leases: Leases
 ) -> None:
     ctx = multiprocessing.get_context("spawn")
-    work = prepare_workload(DATA, "minilm-l6")
+    work = prepare_workload(DATA, tiny_bert())
     artifacts = ArtifactDir(tmp_path, "s")
     name = LogitCache(artifacts, teacher_dir, leases).entry("train", work.train)
     url = f"sqlite:///{tmp_path}/leases.db"
@@ -170,7 +170,7 @@ def test_changing_one_row_of_a_local_csv_trains_a_new_teacher(tmp_path: Path, le
     csv = tmp_path / "reviews.csv"
     lines = [f"review number {i} was {'great' if i % 2 else 'awful'},{i % 2}" for i in range(40)]
     csv.write_text("text,label\n" + "\n".join(lines) + "\n")
-    teacher = {"train": {"max_steps": 1, "batch_size": 8, "eval_every": 1}}
+    teacher = {"model": tiny_bert(), "train": {"max_steps": 1, "batch_size": 8, "eval_every": 1}}
     config = config_from_dict(tiny_config("rows", data={"name": str(csv), "max_length": 16}, teacher=teacher))
     artifacts = ArtifactDir(tmp_path / "artifacts", "rows")
 
