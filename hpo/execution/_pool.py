@@ -64,6 +64,7 @@ def free_accelerator_memory() -> None:
     from objectives import unload_teachers
 
     unload_teachers()
+    gc.unfreeze()  # the teachers were frozen with the long-lived objects after a trial (TrialRunner)
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -220,6 +221,7 @@ class Pool:
         runner = self.runners.pop(study_id)
         if runner.work is not None:
             forget_encoded(runner.work.train, runner.work.validation)
+        gc.unfreeze()  # its objects were frozen with the long-lived ones after a trial (TrialRunner)
         gc.collect()
 
     def _forget_deleted(self, present: set[int]) -> None:
