@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -264,7 +265,7 @@ def _cmd_pause(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from hpo._export import export, front_table
+    from hpo._export import cost_estimate, export, front_table
     from hpo.study import load_study, parse_constraint
     from objectives import ALL_METRICS
     from storage import create_storage
@@ -322,6 +323,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     print(
         f"trial {trial.number} ({shown}) -> {args.out}: {job.train.max_steps} steps; run: hpo train {args.out} --out DIR"
     )
+    print(cost_estimate(job) or f"no cost estimate: trial {trial.number} recorded no step and evaluation times")
     return 0
 
 
@@ -368,6 +370,7 @@ def _cmd_delete(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from hpo._training import train_job
     from hpo.study import load_job
+    from hpo.views import evaluation_bars
 
     job = load_job(args.job)
     if args.seeds < 1:
@@ -377,7 +380,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError(
             "--out", f"{args.out} exists and is not an empty directory; pass --overwrite to write into it"
         )
-    result = train_job(job, out, threads=args.threads, seeds=args.seeds)
+    with evaluation_bars() if sys.stderr.isatty() else contextlib.nullcontext():  # plain logs: INFO lines
+        result = train_job(job, out, threads=args.threads, seeds=args.seeds)
     print(f"{args.out}: model, tokenizer, metrics.json and README.md (model card)")
     print(Path(args.out, "README.md").read_text().split("```")[1].strip())
     quality = job.task_spec.quality
