@@ -608,12 +608,38 @@ def _unexpected(exc: Exception, verbose: bool) -> int:
     return 1
 
 
+PLAIN_LOG_SWITCHES = ("HF_DATASETS_DISABLE_PROGRESS_BARS", "HF_HUB_DISABLE_PROGRESS_BARS")
+"""Environment variables that turn the progress bars of ``datasets`` and ``huggingface_hub`` off (``transformers``
+reads the latter when it is imported, after this)."""
+
+
+def plain_logs() -> None:
+    """Progress bars off for a stderr that is not a terminal (a log file, a pipe), in this process and the worker
+    processes it starts: their carriage-return redraws would flood the log. A variable already set is kept.
+
+    A bar a library makes with tqdm directly (transformers' GGUF loader: "Converting and de-quantizing GGUF
+    tensors") obeys none of them: tqdm's own defaults come from ``TQDM_*`` variables read when tqdm is imported,
+    and optuna imported it before ``main`` runs. So tqdm's default ``disable=False`` becomes ``disable=None`` (off
+    where the bar's file is not a terminal), as ``TQDM_DISABLE`` would have set it at import; a bar given
+    ``disable`` keeps it."""
+    import functools
+
+    import tqdm.std
+
+    for name in PLAIN_LOG_SWITCHES:
+        os.environ.setdefault(name, "1")
+    init = vars(tqdm.std.tqdm)["__init__"]  # tqdm's own functools.partialmethod of its TQDM_* defaults
+    if isinstance(init, functools.partialmethod) and init.keywords.get("disable", False) is False:
+        keywords = {**init.keywords, "disable": None}
+        tqdm.std.tqdm.__init__ = functools.partialmethod(init.func, *init.args, **keywords)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hpo`` console script."""
     args = _parser().parse_args(argv)
     _setup_logging(args.verbose)
-    if not sys.stderr.isatty():  # plain logs: no `datasets` progress bars (inherited by worker processes)
-        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    if not sys.stderr.isatty():
+        plain_logs()
     try:
         return args.func(args)
     except ConfigError as exc:
