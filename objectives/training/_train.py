@@ -189,7 +189,8 @@ def train(
     the best weights seen. ``on_step`` (default: the callback of an enclosing ``report_steps``) follows progress.
     ``teacher`` is a frozen model run on every batch, or its logits for every example of ``train_data``,
     precomputed (rows by example index; :class:`TopKLogits` for large vocabularies): the same numbers without the
-    teacher's forward passes.
+    teacher's forward passes. Logits stay where they are (on the host, memory-mapped from disk); each batch's rows
+    are indexed there and only they are moved to the device.
     """
     on_step = on_step if on_step is not None else _ON_STEP.get()
     device = next(model.parameters()).device
@@ -208,8 +209,6 @@ def train(
     batches = train_data.train_batches(args.batch_size, seed, group_by_length=args.group_by_length)
     if isinstance(teacher, torch.nn.Module):
         teacher.eval()  # frozen teacher: no dropout, so its logits are a fixed function of the input
-    elif teacher is not None:
-        teacher = teacher.to(device)
     # Non-finite losses are accumulated on the device and checked only at validation steps: a per-step .item()
     # would force a host sync every step.
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)
@@ -232,7 +231,8 @@ def train(
     step = 0
     for step in range(1, args.max_steps + 1):
         for _ in range(args.grad_accum_steps):
-            batch = _to(next(batches), device)
+            host = next(batches)
+            batch = _to(host, device)
             inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
             with amp():
                 student_out = forward(**inputs, **outputs)
@@ -240,8 +240,8 @@ def train(
                 if isinstance(teacher, torch.nn.Module):
                     with torch.no_grad():
                         teacher_out = teacher(**inputs, **outputs)
-                elif teacher is not None:
-                    teacher_out = teacher[batch["index"]]
+                elif teacher is not None:  # this batch's rows of the (memory-mapped) cache, picked on the host
+                    teacher_out = teacher[host["index"]].to(device)
             if outputs:
                 loss = loss_fn(student_out, batch["labels"], teacher_out, batch["attention_mask"])
             else:
