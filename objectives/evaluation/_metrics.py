@@ -43,9 +43,9 @@ def report_evaluation(callback: EvalCallback | None) -> Iterator[None]:
         _ON_EVAL.reset(token)
 
 
-def _eval_progress(total: int, block_size: int | None) -> EvalCallback:
-    """The progress callback of one pass over ``total`` blocks: the enclosing :func:`report_evaluation`'s, or an INFO
-    line every :data:`EVAL_LOG_SECONDS` with the blocks (and tokens) done and the time elapsed."""
+def _eval_progress(block_size: int | None) -> EvalCallback:
+    """The progress callback of one pass (blocks of ``block_size`` tokens): the enclosing :func:`report_evaluation`'s,
+    or an INFO line every :data:`EVAL_LOG_SECONDS` with the blocks (and tokens) done and the time elapsed."""
     callback = _ON_EVAL.get()
     if callback is not None:
         return callback
@@ -212,7 +212,7 @@ def lm_evaluate(model: torch.nn.Module, blocks: Any, batch_size: int) -> LMEvalu
     correct = torch.zeros((), dtype=torch.long, device=device)
     count = done = 0
     total = len(blocks)
-    progress = _eval_progress(total, getattr(blocks, "block_size", None))
+    progress = _eval_progress(getattr(blocks, "block_size", None))
     for batch in blocks.eval_batches(batch_size):
         input_ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
         labels = batch["labels"].to(device).masked_fill(mask == 0, -100)
