@@ -1,11 +1,17 @@
 """Depth-only against depth+width students of the quickstart teacher, at equal training steps.
 
-The teacher is fine-tuned as in ``examples/quickstart.yaml`` (the same data, split and settings); every student is
-distilled from it (integrated KD; the teacher's logits cached once, or the teacher live for the students that also
-learn its hidden states) for the same number of steps, batch and seed. Width-pruned students keep the teacher's most
+The teacher is fine-tuned on the data, split and settings of ``examples/quickstart.yaml`` but to convergence, not for
+the quickstart's 150 steps (after which 3-layer students scored above it): validated every ``--teacher-eval-every``
+steps, stopped after ``--teacher-patience`` validations without a lower validation loss (or at ``--teacher-steps``),
+the best checkpoint kept (its learning-rate schedule spans ``--teacher-steps``). Every student is distilled from it
+(integrated KD; the teacher's logits cached once, or the teacher live for the students that also learn its hidden
+states) for the same number of steps, batch and seed. Width-pruned students keep the teacher's most
 important heads, FFN neurons and hidden channels (``objectives.students._pruning``).
 
-    python bench/compression.py [--steps 300] [--rows N] [--teacher-steps N] [--rounds 5] [--seeds 3]
+    python bench/compression.py [--steps 300] [--rows N] [--teacher-steps 3000] [--teacher-eval-every 50]
+                                [--teacher-patience 3] [--rounds 5] [--seeds 3]
+    python bench/compression.py --rows 64 --steps 2 --seeds 1 --rounds 1 --teacher-steps 6 --teacher-eval-every 2 \
+        --teacher-patience 1     # a smoke run of the whole path (minutes; its figures mean nothing)
     python bench/compression.py --latency-only 3     # how much the latency ratios move between passes
 
 Prints accuracy, p50 latency (batch 1, one thread), params and size of each model, the most accurate student at no
@@ -108,7 +114,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=300, help="training steps of every student")
     parser.add_argument("--rows", type=int, help="training rows, the teacher's and the students' (default: all)")
-    parser.add_argument("--teacher-steps", type=int, help="teacher fine-tuning steps (default: the quickstart's)")
+    parser.add_argument("--teacher-steps", type=int, default=3000, help="teacher fine-tuning steps at most (3000)")
+    parser.add_argument("--teacher-eval-every", type=int, default=50, help="teacher validation every N steps (50)")
+    parser.add_argument(
+        "--teacher-patience", type=int, default=3, help="teacher early stopping: validations without improvement (3)"
+    )
     parser.add_argument("--rounds", type=int, default=5, help="interleaved latency rounds over all models")
     parser.add_argument("--seeds", type=int, default=3, help="training seeds of every student")
     parser.add_argument(
@@ -129,11 +139,20 @@ def main() -> None:
         return
     tmp = Path(tempfile.mkdtemp(prefix="hpo-compression-"))
     start = time.perf_counter()
-    teacher_args = config.teacher
-    if args.teacher_steps is not None:
-        teacher_args = replace(teacher_args, train=replace(teacher_args.train, max_steps=args.teacher_steps))
+    converge = {
+        "max_steps": args.teacher_steps,
+        "eval_every": args.teacher_eval_every,
+        "patience": args.teacher_patience,
+    }
+    teacher_args = replace(config.teacher, train=replace(config.teacher.train, **converge))
     rows = {TEACHER: finetune_teacher(work, teacher_args, config.seed, tmp / "teacher")}
-    print(f"teacher fine-tuned in {time.perf_counter() - start:.0f} s", flush=True)
+    ran = int(rows[TEACHER]["steps"])
+    ending = "stopped early" if ran < args.teacher_steps else "step budget reached: raise --teacher-steps"
+    print(
+        f"teacher fine-tuned in {time.perf_counter() - start:.0f} s: {ran} steps ({ending}), best checkpoint "
+        f"validation accuracy {rows[TEACHER]['accuracy']:.3f}",
+        flush=True,
+    )
     models = {TEACHER: load_teacher(tmp / "teacher", work)}
     cache = LogitCache(ArtifactDir(tmp, "bench"), tmp / "teacher", Leases(f"sqlite:///{tmp}/leases.db"))
     train = replace(config.train, max_steps=args.steps, eval_every=args.steps, patience=None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -279,7 +280,7 @@ def _cmd_pause(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from hpo._export import export, front_table
+    from hpo._export import cost_estimate, export, front_table
     from hpo.study import load_study, parse_constraint
     from objectives import ALL_METRICS
     from storage import create_storage
@@ -337,6 +338,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     print(
         f"trial {trial.number} ({shown}) -> {args.out}: {job.train.max_steps} steps; run: hpo train {args.out} --out DIR"
     )
+    print(cost_estimate(job) or f"no cost estimate: trial {trial.number} recorded no step and evaluation times")
     return 0
 
 
@@ -389,6 +391,7 @@ def _cmd_delete(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from hpo._training import train_job
     from hpo.study import load_job
+    from hpo.views import evaluation_bars
 
     job = load_job(args.job)
     if args.seeds < 1:
@@ -398,7 +401,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError(
             "--out", f"{args.out} exists and is not an empty directory; pass --overwrite to write into it"
         )
-    result = train_job(job, out, threads=args.threads, seeds=args.seeds, artifacts=_artifacts(args.artifacts))
+    with evaluation_bars() if sys.stderr.isatty() else contextlib.nullcontext():  # plain logs: INFO lines
+        result = train_job(job, out, threads=args.threads, seeds=args.seeds, artifacts=_artifacts(args.artifacts))
     print(f"{args.out}: model, tokenizer, metrics.json and README.md (model card)")
     print(Path(args.out, "README.md").read_text().split("```")[1].strip())
     quality = job.task_spec.quality
@@ -632,12 +636,38 @@ def _unexpected(exc: Exception, verbose: bool) -> int:
     return 1
 
 
+PLAIN_LOG_SWITCHES = ("HF_DATASETS_DISABLE_PROGRESS_BARS", "HF_HUB_DISABLE_PROGRESS_BARS")
+"""Environment variables that turn the progress bars of ``datasets`` and ``huggingface_hub`` off (``transformers``
+reads the latter when it is imported, after this)."""
+
+
+def plain_logs() -> None:
+    """Progress bars off for a stderr that is not a terminal (a log file, a pipe), in this process and the worker
+    processes it starts: their carriage-return redraws would flood the log. A variable already set is kept.
+
+    A bar a library makes with tqdm directly (transformers' GGUF loader: "Converting and de-quantizing GGUF
+    tensors") obeys none of them: tqdm's own defaults come from ``TQDM_*`` variables read when tqdm is imported,
+    and optuna imported it before ``main`` runs. So tqdm's default ``disable=False`` becomes ``disable=None`` (off
+    where the bar's file is not a terminal), as ``TQDM_DISABLE`` would have set it at import; a bar given
+    ``disable`` keeps it."""
+    import functools
+
+    import tqdm.std
+
+    for name in PLAIN_LOG_SWITCHES:
+        os.environ.setdefault(name, "1")
+    init = vars(tqdm.std.tqdm)["__init__"]  # tqdm's own functools.partialmethod of its TQDM_* defaults
+    if isinstance(init, functools.partialmethod) and init.keywords.get("disable", False) is False:
+        keywords = {**init.keywords, "disable": None}
+        tqdm.std.tqdm.__init__ = functools.partialmethod(init.func, *init.args, **keywords)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hpo`` console script."""
     args = _parser().parse_args(argv)
     _setup_logging(args.verbose)
-    if not sys.stderr.isatty():  # plain logs: no `datasets` progress bars (inherited by worker processes)
-        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    if not sys.stderr.isatty():
+        plain_logs()
     try:
         return args.func(args)
     except ConfigError as exc:

@@ -4,13 +4,14 @@ it as a full-training job for ``hpo train``."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from pathlib import Path
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.study import TEACHER_ATTR, Constraint, SourceArgs, TrainJob, apply_params, dump_job, load_study
+from hpo.study import TEACHER_ATTR, TIMING_ATTRS, Constraint, SourceArgs, TrainJob, apply_params, dump_job, load_study
 from hpo.views import format_cell, format_params, never_predicted_notes, render
 from objectives import HIGHER_IS_BETTER, METRICS, ConfigError
 
@@ -105,9 +106,8 @@ def build_job(study: optuna.Study, trial: FrozenTrial, *, steps_factor: float, p
     data = dataclasses.replace(chosen.data, max_train_rows=None, max_val_rows=None)
     teacher = study.user_attrs.get(TEACHER_ATTR, {}) if chosen.objective == "distill" else {}
     stored = "entry" in teacher  # where the teacher lives in the study's store, not a worker's local path
-    metrics = {
-        m: trial.user_attrs[m] for m in (*config.task_spec.metrics, "val_loss", "steps") if m in trial.user_attrs
-    }
+    kept = (*config.task_spec.metrics, "val_loss", "steps", *TIMING_ATTRS)
+    metrics = {m: trial.user_attrs[m] for m in kept if m in trial.user_attrs}
     return TrainJob(
         name=f"{study.study_name}-trial-{trial.number}",
         task=config.task,
@@ -124,6 +124,53 @@ def build_job(study: optuna.Study, trial: FrozenTrial, *, steps_factor: float, p
         train=train,
         distill=chosen.distill,
         source=SourceArgs(study=study.study_name, trial=trial.number, params=dict(trial.params), metrics=metrics),
+    )
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+def job_seconds(
+    step_s: float, row_s: float, steps: int, eval_every: int, val_rows: int, test_rows: int, models: int
+) -> float:
+    """The wall time of a full training, at most (early stopping shortens it), from per-step and per-row times:
+
+    models * (steps * step_s + ceil(steps / eval_every) * val_rows * row_s) + (models + 1) * test_rows * row_s
+
+    each model trained for ``steps`` and validated every ``eval_every`` steps and at the last, then every model and
+    the teacher scored once on the test split (costs, samples and loading left out)."""
+    validations = math.ceil(steps / eval_every)
+    return models * (steps * step_s + validations * val_rows * row_s) + (models + 1) * test_rows * row_s
+
+
+def cost_estimate(job: TrainJob) -> str | None:
+    """What ``hpo train`` of ``job`` will roughly cost, in words: the source trial's recorded times per optimiser
+    step and per evaluated row (blocks of a language model; the trial's hardware) times the job's steps and the
+    rows of its evaluation passes (:func:`job_seconds`); None for a trial that recorded no times."""
+    from hpo._training import trained_models
+
+    times = job.source.metrics
+    if not {"step_seconds", "eval_seconds", "eval_rows"} <= set(times):
+        return None
+    rows = job.task_spec.implementation().evaluation_rows(job.data, job.teacher.model)
+    step_s, row_s = times["step_seconds"], times["eval_seconds"] / max(1.0, times["eval_rows"])
+    models, steps, every = len(trained_models(job)), job.train.max_steps, job.train.eval_every
+    total = job_seconds(step_s, row_s, steps, every, rows["validation"], rows["test"], models)
+    cap = (
+        f"data.max_eval_rows caps both at {job.data.max_eval_rows:,}"
+        if job.data.max_eval_rows is not None
+        else "set data.max_eval_rows in the job to cap both"
+    )
+    return (
+        f"estimated cost, from trial {job.source.trial}'s recorded times on the machine it ran on "
+        f"({step_s:.3g} s per step, {row_s:.3g} s per evaluated row; a language model's rows are its blocks): one "
+        f"validation pass {rows['validation']:,} rows ~ {_duration(rows['validation'] * row_s)}, a test pass {rows['test']:,} rows ~ "
+        f"{_duration(rows['test'] * row_s)}; the whole job at most ~ {_duration(total)} ({models} models x "
+        f"({steps:,} steps + {math.ceil(steps / every)} validation passes), {models + 1} test passes, the teacher's "
+        f"included); {cap}"
     )
 
 

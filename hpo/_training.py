@@ -225,6 +225,14 @@ def warn_short_training(job: TrainJob) -> bool:
     return True
 
 
+def trained_models(job: TrainJob) -> list[str]:
+    """The models ``hpo train`` trains per seed, in order: the fine-tuned student alone, or the distilled student,
+    the :data:`NO_TEACHER` baseline and (for a fine-tuned teacher) the :data:`FROM_BASE` one."""
+    if job.objective != "distill":
+        return ["fine-tuned student"]
+    return ["distilled student", NO_TEACHER, *([FROM_BASE] if job.teacher.train.max_steps > 0 else [])]
+
+
 def _train_models(
     job: TrainJob, work: Any, teacher_dir: Path, seed: int
 ) -> tuple[torch.nn.Module, dict[str, float], dict[str, dict[str, float]]]:

@@ -73,6 +73,11 @@ class DataArgs:
     blocks."""
     max_val_rows: int | None = None
     """Score on only the first N validation rows, for short trials; ``causal-lm``: the first N packed blocks."""
+    max_eval_rows: int | None = None
+    """``causal-lm``: evaluate at most N packed blocks of the validation split (at every ``train.eval_every``) and of
+    the test split (``hpo train``'s model card), evenly spaced over each, so a full training on a CPU does not spend
+    its time scoring the whole split after every few steps. ``hpo export`` keeps it (it drops ``max_val_rows``, the
+    trials' cap); a study's trials score on the smaller of the two caps. Null: every block."""
     block_size: int = 128
     """``causal-lm``: tokens per packed block (documents are concatenated with an end-of-text token between them
     and cut into blocks of this length, per split); classification ignores it and truncates at ``max_length``."""
@@ -93,7 +98,7 @@ class DataArgs:
             _check(len(set(names)) == len(names), "label_names", f"names must be unique, got {names}")
         _check(self.max_length >= 8, "max_length", f"must be >= 8 tokens, got {self.max_length}")
         _check(self.block_size >= 8, "block_size", f"must be >= 8 tokens, got {self.block_size}")
-        for key in ("max_train_rows", "max_val_rows"):
+        for key in ("max_train_rows", "max_val_rows", "max_eval_rows"):
             value = getattr(self, key)
             _check(value is None or value >= 1, key, f"must be >= 1 or null, got {value}")
 

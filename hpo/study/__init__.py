@@ -24,7 +24,15 @@ from hpo.study._config import (
 from hpo.study._constraints import Constraint, parse_constraint
 from hpo.study._pareto_pruner import ParetoRungPruner, rung_attr
 from hpo.study._pruners import PRUNERS, make_pruner
-from hpo.study._records import BUDGET_ATTR, CONFIG_ATTR, CURVE_PREFIX, STORE_ATTR, TEACHER_ATTR, teacher_warning
+from hpo.study._records import (
+    BUDGET_ATTR,
+    CONFIG_ATTR,
+    CURVE_PREFIX,
+    STORE_ATTR,
+    TEACHER_ATTR,
+    TIMING_ATTRS,
+    teacher_warning,
+)
 from hpo.study._samplers import SAMPLERS, make_sampler
 from hpo.study._search_space import ParamSpec, grid_of, suggest_params
 from hpo.study._study import (
@@ -51,6 +59,7 @@ __all__ = [
     "STORE_ATTR",
     "STORE_MARKER",
     "TEACHER_ATTR",
+    "TIMING_ATTRS",
     "Config",
     "Constraint",
     "ParamSpec",

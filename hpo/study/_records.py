@@ -49,5 +49,11 @@ def teacher_warning(metrics: dict) -> str | None:
     )
 
 
+TIMING_ATTRS = ("step_seconds", "eval_seconds", "eval_rows")
+"""Trial user attributes saying where a trial's time (``train_seconds``) went, as ``objectives.training.fit``
+measured it: one optimiser step, one validation pass, and the rows (blocks) of that pass. ``hpo export`` estimates
+a full training's time from them (the synthetic objective records none)."""
+
+
 CURVE_PREFIX = "val_step_"
 """User attributes of a multi-objective trial's validation curve (``val_step_<step>``: the pruning metric)."""

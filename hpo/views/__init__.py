@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from hpo.views._dashboard import check_allowed_host, serve
 from hpo.views._data_summary import summarise_data, summarise_transfer
-from hpo.views._progress import Progress
+from hpo.views._progress import Progress, evaluation_bars
 from hpo.views._report import figures, per_class_table, states_table, write_report
 from hpo.views._status import eta, status
 from hpo.views._table import (
@@ -28,6 +28,7 @@ __all__ = [
     "Progress",
     "check_allowed_host",
     "eta",
+    "evaluation_bars",
     "figures",
     "format_cell",
     "format_params",

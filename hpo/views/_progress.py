@@ -1,7 +1,8 @@
 """Progress bars of ``hpo run`` / ``hpo worker`` on a terminal: trials finished of the study budget, and the steps of
 the model training now (teacher or trial) with its loss and last validation accuracy.
 
-The CLI turns them on only when stderr is a terminal; a log file or a pipe gets the plain log lines.
+The CLI turns them on only when stderr is a terminal; a log file or a pipe gets the plain log lines. ``hpo train``
+shows a bar per evaluation pass the same way (plain logs get its INFO lines).
 """
 
 from __future__ import annotations
@@ -69,3 +70,28 @@ class Progress:
             self.steps.close()
         self.trials.close()
         self._redirect.__exit__(None, None, None)
+
+
+@contextlib.contextmanager
+def evaluation_bars(file: TextIO | None = None) -> Iterator[None]:
+    """A bar for each evaluation pass (rows done of the pass) of the models trained or scored in the block, in place
+    of the INFO lines that ``objectives.report_evaluation`` otherwise logs."""
+    from objectives import report_evaluation  # torch: only once a model is evaluated
+
+    bar: tqdm | None = None
+
+    def on_batch(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc="evaluating", unit="row", file=file or sys.stderr, leave=False)
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+            bar = None
+
+    with logging_redirect_tqdm(), report_evaluation(on_batch):
+        try:
+            yield
+        finally:
+            if bar is not None:
+                bar.close()

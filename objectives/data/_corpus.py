@@ -117,8 +117,15 @@ class Corpus:
 
     def blocks(self, tokenizer: Any, split: str) -> Blocks:
         """The split packed into ``args.block_size``-token blocks (:func:`pack`), capped at ``args.max_train_rows``
-        blocks for ``train`` and ``args.max_val_rows`` for ``validation``."""
-        cap = {"train": self.args.max_train_rows, "validation": self.args.max_val_rows}.get(split)
+        blocks for ``train``, the smaller of ``args.max_val_rows`` and ``args.max_eval_rows`` for ``validation``, and
+        ``args.max_eval_rows`` for ``test``."""
+        evaluated = self.args.max_eval_rows
+        caps = {
+            "train": self.args.max_train_rows,
+            "validation": min((c for c in (self.args.max_val_rows, evaluated) if c is not None), default=None),
+            "test": evaluated,
+        }
+        cap = caps.get(split)
         return pack(tokenizer, self.splits[split], getattr(self.args, "block_size", 128), cap)
 
 

@@ -5,7 +5,9 @@ FLOPs; per generated token for language models) and peak training memory. Scores
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import ctypes
+import logging
 import math
 import platform
 import statistics
@@ -17,6 +19,49 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+log = logging.getLogger(__name__)
+
+EvalCallback = Callable[[int, int], None]
+"""Called after every batch of an evaluation pass with (blocks done, blocks in the pass): for progress display."""
+
+EVAL_LOG_SECONDS = 10.0
+"""Without an :func:`report_evaluation` callback, an evaluation pass logs an INFO line with its progress at most
+this often (and a last one when it ends, if it logged any): plain logs show a long pass advancing."""
+
+_ON_EVAL: contextvars.ContextVar[EvalCallback | None] = contextvars.ContextVar("on_eval", default=None)
+
+
+@contextlib.contextmanager
+def report_evaluation(callback: EvalCallback | None) -> Iterator[None]:
+    """Make ``callback`` follow every :func:`lm_evaluate` pass inside the block (e.g. a progress bar on a terminal)
+    instead of the INFO lines of plain logs."""
+    token = _ON_EVAL.set(callback)
+    try:
+        yield
+    finally:
+        _ON_EVAL.reset(token)
+
+
+def _eval_progress(block_size: int | None) -> EvalCallback:
+    """The progress callback of one pass (blocks of ``block_size`` tokens): the enclosing :func:`report_evaluation`'s,
+    or an INFO line every :data:`EVAL_LOG_SECONDS` with the blocks (and tokens) done and the time elapsed."""
+    callback = _ON_EVAL.get()
+    if callback is not None:
+        return callback
+    start = time.perf_counter()
+    last = start
+
+    def log_line(done: int, total: int) -> None:
+        nonlocal last
+        now = time.perf_counter()
+        if now - last < EVAL_LOG_SECONDS and not (done == total and last > start):
+            return
+        last = now
+        tokens = f" ({done * block_size:,} of {total * block_size:,} tokens)" if block_size else ""
+        log.info("evaluating: %d/%d blocks%s, %.0f s elapsed", done, total, tokens, now - start)
+
+    return log_line
 
 
 def size_mb(params: int) -> float:
@@ -150,7 +195,8 @@ class LMEvaluation:
 @torch.inference_mode()
 def lm_evaluate(model: torch.nn.Module, blocks: Any, batch_size: int) -> LMEvaluation:
     """Next-token scores of ``model`` on every batch of ``blocks.eval_batches(batch_size)`` (an
-    :class:`objectives.Blocks`, or anything giving ``input_ids`` / ``attention_mask`` / ``labels`` batches):
+    :class:`objectives.Blocks`, or anything with a length giving ``input_ids`` / ``attention_mask`` / ``labels``
+    batches), its progress shown as :func:`_eval_progress` says:
 
     loss = NLL = -(1 / M) * sum_{tokens} log p(y_{t+1} | y_<=t),  perplexity = exp(NLL),
     token_accuracy = (1 / M) * sum_{tokens} [argmax p(. | y_<=t) == y_{t+1}]
@@ -164,7 +210,9 @@ def lm_evaluate(model: torch.nn.Module, blocks: Any, batch_size: int) -> LMEvalu
     model.eval()
     nll = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
-    count = 0
+    count = done = 0
+    total = len(blocks)
+    progress = _eval_progress(getattr(blocks, "block_size", None))
     for batch in blocks.eval_batches(batch_size):
         input_ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
         labels = batch["labels"].to(device).masked_fill(mask == 0, -100)
@@ -172,6 +220,8 @@ def lm_evaluate(model: torch.nn.Module, blocks: Any, batch_size: int) -> LMEvalu
         nll += torch.nn.functional.cross_entropy(z.float(), y, reduction="sum").double()
         correct += (z.argmax(-1) == y).sum()
         count += y.numel()
+        done += len(input_ids)
+        progress(done, total)
     model.train(was_training)
     loss = nll.item() / max(1, count)
     return LMEvaluation(loss, math.exp(loss), correct.item() / max(1, count), count)

@@ -97,7 +97,7 @@ class Workload:
         return len(self.corpus.splits["test"])
 
 
-_PACKED: dict[tuple[str, str, str, int, int | None, int | None], Blocks] = {}
+_PACKED: dict[tuple[str, str, str, int, int | None, int | None, int | None], Blocks] = {}
 
 
 def _packed(tokenizer: Any, corpus: Corpus, split: str) -> Blocks:
@@ -110,6 +110,7 @@ def _packed(tokenizer: Any, corpus: Corpus, split: str) -> Blocks:
         args.block_size,
         args.max_train_rows,
         args.max_val_rows,
+        args.max_eval_rows,
     )
     if key not in _PACKED:
         _PACKED[key] = corpus.blocks(tokenizer, split)
@@ -130,6 +131,18 @@ def prepare_workload(data: DataArgs, model: str, device: str | torch.device = "c
         if len(blocks) == 0:
             raise ConfigError("data.block_size", f"the {name} split has fewer than {data.block_size} tokens")
     return Workload(corpus, tokenizer, train, validation, torch.device(device))
+
+
+def evaluation_rows(data: DataArgs, model: str) -> dict[str, int]:
+    """Blocks of the validation and test splits one evaluation pass reads (``data.max_eval_rows`` at most), packed
+    with ``model``'s tokenizer (cached per process; ``datasets`` caches the tokenising of files)."""
+    quiet_transformers()
+    try:
+        corpus = load_corpus(data)
+    except ConfigError as exc:
+        raise exc.under("data") from None
+    tokenizer = load_lm_tokenizer(model)
+    return {split: len(_packed(tokenizer, corpus, split)) for split in ("validation", "test")}
 
 
 def measure_cost(model: torch.nn.Module, work: Workload, costs: CostStore | None = None) -> dict[str, float]:
@@ -392,11 +405,13 @@ def samples(model: torch.nn.Module, work: Workload, max_new_tokens: int = 20) ->
 
 
 def heldout_metrics(model: torch.nn.Module, work: Workload) -> dict[str, Any]:
-    """Perplexity and next-token accuracy on the held-out test split, cost, and greedy continuations of fixed
-    prompts (``samples``), for full-training reports (never called by a trial)."""
+    """Perplexity and next-token accuracy on the held-out test split (``data.max_eval_rows`` blocks of it at most;
+    ``tokens``: those predicted), cost, and greedy continuations of fixed prompts (``samples``), for full-training
+    reports (never called by a trial)."""
     model.to(work.device)
     evaluation = lm_evaluate(model, work.test(), 16)
-    return {**evaluation.scores(), "samples": samples(model, work), **measure_cost(model, work)}
+    scores = {**evaluation.scores(), "tokens": evaluation.tokens}
+    return {**scores, "samples": samples(model, work), **measure_cost(model, work)}
 
 
 model_identity = lm_identity

@@ -337,6 +337,13 @@ def distill_student(
     return model, _fit(model, own, stages, seed=seed, report=report, on_cost=on_cost, costs=costs)
 
 
+def evaluation_rows(data: DataArgs, model: str) -> dict[str, int]:
+    """Rows of the validation (``data.max_val_rows`` at most) and test splits one evaluation pass reads; no
+    tokenizer is needed to count them."""
+    task = open_data(data)
+    return {"validation": len(task.val_idx), "test": len(task.test_idx)}
+
+
 def heldout_metrics(model: torch.nn.Module, work: Workload) -> dict[str, Any]:
     """Quality (with ``per_class`` scores) on the held-out test split and cost, for full-training reports (never
     called by a trial), read through the model's own tokenizer (a ``student.model`` of another architecture)."""

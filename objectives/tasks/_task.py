@@ -54,6 +54,11 @@ class TaskImplementation(Protocol):
         ``initial_student``, where given): (model, metrics)."""
         ...
 
+    def evaluation_rows(self, data: Any, model: str) -> dict[str, int]:
+        """Rows (blocks) one evaluation pass reads of the ``validation`` and ``test`` splits, after the caps of
+        ``data``, without loading a model (``hpo export`` estimates a full training's time from them)."""
+        ...
+
     def heldout_metrics(self, model: Any, work: Any) -> dict[str, Any]:
         """Quality on the held-out test split and cost, for full-training reports (never called by a trial); a
         classifier adds ``per_class`` scores, a language model ``samples`` (greedy continuations of fixed
@@ -124,7 +129,10 @@ TASKS: dict[str, TaskSpec] = {
         card_metrics=("accuracy", "f1", "latency_ms", "latency_ms_p95", "throughput", "params", "size_mb"),
         module="objectives.tasks._classification",
         per_class=True,
-        ignores={"data.block_size": "a classifier truncates each text at data.max_length; set that instead"},
+        ignores={
+            "data.block_size": "a classifier truncates each text at data.max_length; set that instead",
+            "data.max_eval_rows": "it caps a causal LM's evaluation blocks; cap a classifier's with data.max_val_rows",
+        },
         cost_note=(
             "Latency: batch 1 at the validation set's mean length, after warm-up, median (p50) and 95th percentile "
             "over repeats until the median is stable; throughput: examples/s at batch 32."

@@ -105,7 +105,9 @@ def fit(
 ) -> tuple[Any, dict[str, float]]:
     """Train ``model`` through ``stages``, scoring on ``validation`` with ``evaluate``; returns the last evaluation
     and the metrics every task records: its ``cost(model)`` (measured before training, handed to ``on_cost``),
-    ``steps``, ``train_seconds`` and ``peak_memory_mb``.
+    ``steps``, ``train_seconds``, ``peak_memory_mb``, and what its time went to: ``step_seconds`` (mean wall time of
+    an optimiser step, validations left out), ``eval_seconds`` (of one validation pass, mean) and ``eval_rows``
+    (examples or blocks of ``validation``: one pass).
 
     Steps are numbered across stages, so reports of a later stage continue where the earlier one ended; only the
     last stage's last validation is reported as final.
@@ -115,7 +117,7 @@ def fit(
     if on_cost is not None:
         on_cost(measured)
     start = time.perf_counter()
-    done = 0
+    done, eval_seconds, evals = 0, 0.0, 0
     with PeakMemory(device) as memory:
         for stage in stages:
             attentions = getattr(stage.loss_fn, "model_outputs", {}).get("output_attentions", False)
@@ -134,9 +136,14 @@ def fit(
                     report=None if report is None else _offset(report, done, last=stage is stages[-1]),
                 )
             done += result.steps
+            eval_seconds, evals = eval_seconds + result.eval_seconds, evals + result.evals
+    seconds = time.perf_counter() - start
     metrics = {
         "steps": float(done),
-        "train_seconds": time.perf_counter() - start,
+        "train_seconds": seconds,
+        "step_seconds": (seconds - eval_seconds) / max(1, done),
+        "eval_seconds": eval_seconds / max(1, evals),
+        "eval_rows": float(len(validation)),
         "peak_memory_mb": memory.peak_mb,
         **measured,
     }

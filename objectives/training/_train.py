@@ -6,6 +6,7 @@ import contextlib
 import contextvars
 import copy
 import math
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -85,6 +86,10 @@ class TrainResult:
     steps: int
     evaluation: Any
     stopped_early: bool
+    eval_seconds: float = 0.0
+    """Wall time of its validation passes, all together."""
+    evals: int = 0
+    """Validation passes run."""
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -224,9 +229,18 @@ def train(
     running_loss, logged_step = torch.zeros((), device=device), 0
     best_loss, best_state, best_eval, bad_evals = math.inf, None, None, 0
     evaluation = None
+    eval_seconds, evals = 0.0, 0
+
+    def validate() -> Any:
+        nonlocal eval_seconds, evals
+        start = time.perf_counter()
+        scored = evaluate(model, val_data, args.eval_batch_size)
+        eval_seconds, evals = eval_seconds + time.perf_counter() - start, evals + 1
+        return scored
+
     if args.max_steps == 0:  # a teacher used as it is: scored, not trained
         model.eval()
-        return TrainResult(0, evaluate(model, val_data, args.eval_batch_size), False)
+        return TrainResult(0, validate(), False, eval_seconds, evals)
     model.train()
     step = 0
     for step in range(1, args.max_steps + 1):
@@ -274,7 +288,7 @@ def train(
             continue
         if nonfinite.item():
             raise NonFiniteLoss(f"training loss became NaN or infinite by step {step}")
-        evaluation = evaluate(model, val_data, args.eval_batch_size)
+        evaluation = validate()
         scores = evaluation.scores()
         if on_step is not None:
             on_step(step, args.max_steps, mean_loss, next(iter(scores.values())))
@@ -296,4 +310,4 @@ def train(
         evaluation = best_eval
     assert evaluation is not None
     model.eval()
-    return TrainResult(step, evaluation, stopped_early)
+    return TrainResult(step, evaluation, stopped_early, eval_seconds, evals)

@@ -42,6 +42,8 @@ def test_causal_lm_changes_the_defaults_a_config_does_not_set() -> None:
         ({"task": "causal-lm", "objective": "synthetic"}, "objective", "task: classification"),
         ({"task": "causal-lm", "distill": {"loss": "kl"}}, "distill.loss", "forward_kl, reverse_kl, jsd"),
         ({"task": "causal-lm", "data": {"block_size": 4}}, "data.block_size", ">= 8"),
+        ({"task": "causal-lm", "data": {"max_eval_rows": 0}}, "data.max_eval_rows", ">= 1 or null"),
+        ({"data": {"max_eval_rows": 64}}, "data.max_eval_rows", "does nothing in a classification study"),
     ],
 )
 def test_a_config_wrong_for_its_task_is_one_line_naming_the_key(raw: dict, key: str, fragment: str) -> None:
@@ -86,7 +88,9 @@ def test_an_lm_study_records_every_lm_metric_then_exports_and_trains_a_generatin
 
     corpus = write_corpus(tmp_path / "corpus.txt")
     path = tmp_path / "lm.yaml"
-    path.write_text(yaml.safe_dump(lm_config("lm", tiny_lm, corpus)))
+    config = lm_config("lm", tiny_lm, corpus)
+    config["data"]["max_eval_rows"] = 6  # trials score on max_val_rows (8) capped at 6; the export keeps it
+    path.write_text(yaml.safe_dump(config))
     url = f"sqlite:///{tmp_path}/lm.db"
     run = hpo("run", str(path), "--storage", url, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -121,8 +125,11 @@ def test_an_lm_study_records_every_lm_metric_then_exports_and_trains_a_generatin
         "export", "--storage", url, "--study", "lm", "--objective", "perplexity", "--out", str(job), cwd=tmp_path
     )
     assert exported.returncode == 0, exported.stderr
+    # The cost of the full job, from the trial's recorded step and evaluation times: 6 of its validation blocks.
+    assert "estimated cost, from trial" in exported.stdout and "one validation pass 6 rows" in exported.stdout
     written = yaml.safe_load(job.read_text())
-    assert written["task"] == "causal-lm"
+    assert written["task"] == "causal-lm" and written["data"]["max_eval_rows"] == 6
+    assert written["source"]["metrics"]["eval_rows"] == 6 and written["source"]["metrics"]["step_seconds"] > 0
     assert not {"label_column", "label_names", "max_length"} & set(written["data"])  # only keys an LM job uses
     assert not {"class_weights", "group_by_length"} & (set(written["train"]) | set(written["teacher"]["train"]))
     out = tmp_path / "student"
@@ -133,6 +140,7 @@ def test_an_lm_study_records_every_lm_metric_then_exports_and_trains_a_generatin
     assert set(rows) == {"teacher", "distilled student", "student without teacher", "student from the pretrained base"}
     for row in rows.values():
         assert set(TASKS["causal-lm"].card_metrics) <= set(row)
+        assert row["tokens"] == 6 * 15  # max_eval_rows test blocks of 16 tokens, 15 predicted in each
     card = (out / "README.md").read_text()
     assert "pipeline_tag: text-generation" in card and "the teacher's test perplexity" in card
     assert "Greedy continuations" in card and "ms per generated token" in card

@@ -16,7 +16,7 @@ from optuna.distributions import FloatDistribution
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from hpo import config_from_dict
-from hpo._export import pick_trial
+from hpo._export import job_seconds, pick_trial
 from hpo.execution import run
 from hpo.study import open_study, parse_constraint, rung_attr
 from objectives import METRICS, ConfigError
@@ -262,3 +262,9 @@ def test_the_card_names_a_distillation_gain_only_outside_seed_noise() -> None:
     # the README screenshot's old teacher: 0.61 accuracy, 0.38 macro-F1 (one label for everything)
     assert "far below its accuracy" in (teacher_warning({"accuracy": 0.61, "f1": 0.38}) or "")
     assert teacher_warning({"accuracy": 0.97, "f1": 0.93, "top_share": 0.88}) is None
+
+
+def test_the_job_estimate_counts_every_model_s_steps_and_validations_and_each_test_pass() -> None:
+    # 3 models x (100 steps x 2 s + 10 validations x 50 rows x 0.1 s) + 4 test passes x 80 rows x 0.1 s
+    assert job_seconds(2.0, 0.1, 100, 10, 50, 80, 3) == pytest.approx(3 * (200 + 50) + 4 * 8)
+    assert job_seconds(2.0, 0.1, 95, 10, 50, 80, 1) == pytest.approx(190 + 10 * 5 + 2 * 8)  # the last step validates

@@ -381,6 +381,34 @@ def test_datasets_progress_bar_is_silent_in_plain_logs(tmp_path: Path) -> None:
         env={"HF_DATASETS_CACHE": str(tmp_path / "cache2"), "HF_DATASETS_DISABLE_PROGRESS_BARS": "0"},
     )
     assert "Generating train split" in shown.stderr
+    lines = [line for line in plain.stdout.splitlines() + plain.stderr.splitlines() if line.strip()]
+    assert len(lines) == len(set(lines)), lines  # hpo validate prints each data line once
+
+
+def _bars_of(code: str, *, plain: bool) -> str:
+    """The stderr (a pipe, not a terminal) of a Python child running ``code``, after ``hpo``'s plain-log switches
+    (:func:`hpo._cli.plain_logs`, what ``main`` does for such a stderr) when ``plain``."""
+    setup = "from hpo._cli import plain_logs; plain_logs(); " if plain else ""
+    env = {k: v for k, v in os.environ.items() if k not in ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS")}
+    child = subprocess.run(
+        [sys.executable, "-c", setup + code], capture_output=True, text=True, env=env, timeout=300, check=True
+    )
+    return child.stderr
+
+
+def test_a_library_s_own_tqdm_bar_is_silent_in_plain_logs() -> None:
+    # What transformers' GGUF loader does ("Converting and de-quantizing GGUF tensors..."): a bare tqdm.auto bar.
+    code = "from tqdm.auto import tqdm; [x for x in tqdm(range(50), desc='converting', mininterval=0)]"
+    assert "%|" in _bars_of(code, plain=False)  # the bar is there without the switches: the check can fail
+    quiet = _bars_of(code, plain=True)
+    assert "\r" not in quiet and "%|" not in quiet, quiet
+
+
+@pytest.mark.slow
+def test_loading_the_gguf_smollm2_draws_no_bar_in_plain_logs() -> None:
+    """The offline SmolLM2 is a GGUF file de-quantised tensor by tensor under a tqdm bar (about 20 s)."""
+    quiet = _bars_of("from objectives import load_causal_lm; load_causal_lm('smollm2-135m')", plain=True)
+    assert "\r" not in quiet and "%|" not in quiet and "GGUF" not in quiet, quiet[-2000:]
 
 
 @pytest.mark.slow

@@ -105,6 +105,9 @@ class _Batches:
     def __init__(self, *batches: dict[str, torch.Tensor]) -> None:
         self.batches = batches
 
+    def __len__(self) -> int:
+        return sum(len(batch["input_ids"]) for batch in self.batches)
+
     def eval_batches(self, batch_size: int):
         yield from self.batches
 

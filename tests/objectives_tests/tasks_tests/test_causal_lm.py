@@ -72,3 +72,34 @@ def test_the_transfer_set_is_the_capped_training_split_then_the_transfer_files(
     assert len(both) == 100 + len(only)
     assert torch.equal(both.batch(range(100))["input_ids"], work.train.batch(range(100))["input_ids"])
     assert torch.equal(both.batch(range(100, len(both)))["input_ids"], only.batch(range(len(only)))["input_ids"])
+
+
+def test_max_eval_rows_caps_the_validation_and_test_blocks_and_a_pass_logs_its_progress(
+    tiny_lm: str, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from objectives.evaluation import _metrics
+
+    corpus = write_corpus(tmp_path / "corpus.txt", documents=300)
+    whole = lm.prepare_workload(DataArgs(name=corpus, block_size=16), tiny_lm)
+    assert len(whole.validation) > 6 and len(whole.test()) > 6
+    work = lm.prepare_workload(DataArgs(name=corpus, block_size=16, max_eval_rows=3), tiny_lm)
+    assert (len(work.validation), len(work.test())) == (3, 3)
+    assert lm.evaluation_rows(work.corpus.args, tiny_lm) == {"validation": 3, "test": 3}
+    # The trials' own cap still applies where it is the smaller.
+    trials = lm.prepare_workload(DataArgs(name=corpus, block_size=16, max_val_rows=2, max_eval_rows=3), tiny_lm)
+    assert (len(trials.validation), len(trials.test())) == (2, 3)
+
+    monkeypatch.setattr(_metrics, "EVAL_LOG_SECONDS", 0.0)  # a line per batch, as a long pass logs every 10 s
+    model = load_causal_lm(tiny_lm)
+    with caplog.at_level("INFO", logger=_metrics.__name__):
+        metrics = lm.heldout_metrics(model, work)
+    assert metrics["tokens"] == 3 * 15  # 3 test blocks of 16 tokens, 15 predicted in each
+    lines = [r.getMessage() for r in caplog.records if r.name == _metrics.__name__]
+    assert lines[0].startswith("evaluating: 3/3 blocks (48 of 48 tokens)")  # test batches are 16 blocks
+
+    seen: list[tuple[int, int]] = []
+    caplog.clear()
+    with caplog.at_level("INFO", logger=_metrics.__name__), _metrics.report_evaluation(lambda *a: seen.append(a)):
+        _metrics.lm_evaluate(model, whole.validation, 4)
+    assert seen[-1] == (len(whole.validation), len(whole.validation)) and seen[0] == (4, len(whole.validation))
+    assert not caplog.records  # a callback (a terminal's bar) replaces the log lines

@@ -74,3 +74,62 @@ def test_compiled_training_matches_eager() -> None:
         results.append(train(model, train_data, val_data, args, **_plain()).evaluation)
     eager, compiled = results
     assert compiled.loss == pytest.approx(eager.loss, rel=1e-3)
+
+
+def test_cached_teacher_logits_move_to_the_device_batch_by_batch_never_whole(tiny_lm: str, tmp_path) -> None:
+    """The memory-mapped cache stays on the host: each batch's rows are indexed there and only that slice moves."""
+    from dataclasses import dataclass, field
+
+    from objectives.evaluation import lm_evaluate
+    from objectives.students import load_causal_lm
+    from objectives.tasks import _causal_lm as lm
+    from objectives.training import HeadInputs, read_logits, teacher_logits
+    from tests.conftest import write_corpus
+
+    work = lm.prepare_workload(DataArgs(name=write_corpus(tmp_path / "c.txt"), block_size=16, max_val_rows=2), tiny_lm)
+    teacher = load_causal_lm(tiny_lm)
+    torch.save(teacher_logits(teacher, work.train, 8).state(), tmp_path / "cache.pt")
+    stored = read_logits(tmp_path / "cache.pt")  # memory-mapped, as a study's cache is read
+    assert isinstance(stored, HeadInputs) and len(stored) == len(work.train) > 4
+
+    @dataclass(frozen=True)
+    class Watched(HeadInputs):
+        """The stored cache, noting the rows each lookup asked for and the states each move kept."""
+
+        rows: list[torch.Tensor] = field(default_factory=list)
+        kept: list[bool] = field(default_factory=list)
+
+        def head_to(self, device: torch.device | str) -> HeadInputs:
+            moved = super().head_to(device)
+            self.kept.append(moved.states is self.states)  # only the head moves, the states stay where they are
+            return Watched(moved.states, moved.weight, moved.bias, self.rows, self.kept)
+
+        def logits(self, rows: torch.Tensor) -> torch.Tensor:
+            self.rows.append(rows)
+            return super().logits(rows)
+
+    cache = Watched(stored.states, stored.weight, stored.bias)
+    kd = get_loss("lm_kd", alpha=0.5, divergence="forward_kl", jsd_beta=0.5, temperature=2.0)
+    seen: list[torch.Tensor] = []
+
+    def loss_fn(logits: torch.Tensor, labels: torch.Tensor, given: torch.Tensor) -> torch.Tensor:
+        seen.append(given)
+        return kd(logits, labels, given)
+
+    args = TrainArgs(max_steps=3, batch_size=4, eval_every=3, lr=1e-3)
+    student = load_causal_lm(tiny_lm)
+    train(
+        student,
+        work.train,
+        work.validation,
+        args,
+        loss_fn=loss_fn,
+        n_layers=4,
+        seed=0,
+        teacher=cache,
+        evaluate=lm_evaluate,
+    )
+    assert cache.kept == [True]  # the whole cache never went to the device
+    assert [len(r) for r in cache.rows] == [4, 4, 4] and all(r.device.type == "cpu" for r in cache.rows)
+    for rows, given in zip(cache.rows, seen, strict=True):  # the loss saw exactly its batch's logits
+        assert given.shape[0] == 4 and torch.equal(given, stored.logits(rows))
