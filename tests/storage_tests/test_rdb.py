@@ -46,7 +46,7 @@ def _claim_race(url: str) -> None:
     study_id = optuna.create_study(study_name=name, storage=storage)._study_id
     assert claim_study_attr(storage, study_id, "first", 1) == 1
     assert claim_study_attr(storage, study_id, "first", 2) == 1  # a second claim keeps the first value
-    context = multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("fork")  # separate processes and connections, without re-importing optuna
     for round_ in range(3):
         start, out = context.Barrier(6), context.Queue()
         procs = [context.Process(target=_claim, args=(url, name, f"k{round_}", start, out)) for _ in range(6)]
@@ -80,7 +80,7 @@ def _start(url: str, name: str, limits: dict[str, Any], start: Any, out: Any) ->
 def _start_race(url: str) -> None:
     """Six processes start trials at once: the cap on running trials, the budget and a pause all hold."""
     storage = create_storage(url)
-    context = multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("fork")  # as in _claim_race
     for limits, expected in (({"n_trials": None, "max_running": 2}, 2), ({"n_trials": 3}, 3)):
         name = f"start-{uuid.uuid4().hex[:8]}"
         study = optuna.create_study(study_name=name, storage=storage)
