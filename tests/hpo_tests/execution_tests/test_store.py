@@ -7,8 +7,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -22,7 +24,7 @@ from hpo.execution._run import store_config
 from hpo.study import STORE_ATTR, STORE_MARKER, load_job, load_study, open_study, study_store
 from objectives import ConfigError
 from storage import create_storage
-from tests.conftest import S3_ENV, sentiment_csv, tiny_config
+from tests.conftest import S3_ENV, sentiment_csv, tiny_bert, tiny_config
 
 
 def hpo(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -101,7 +103,7 @@ def test_nodes_share_one_teacher_and_train_finds_it_in_the_store(store: str, tmp
         artifacts_dir=root,
         artifacts_options=options,
         data={"name": data, "max_train_rows": 48, "max_val_rows": 24, "max_length": 16},
-        teacher={"train": {"max_steps": 2, "batch_size": 16, "eval_every": 2}},
+        teacher={"model": tiny_bert(), "train": {"max_steps": 2, "batch_size": 16, "eval_every": 2}},
         train={"max_steps": 2, "batch_size": 16, "eval_every": 2},
     )
     first, first_env = _node(tmp_path, "node-a")
@@ -204,3 +206,53 @@ def test_local_data_and_model_paths_are_stored_absolute(tmp_path: Path, monkeypa
         "minilm-l6",
     )
     assert STORE_ATTR not in builtin.user_attrs and not (tmp_path / "hpo-artifacts").exists()  # nothing to store
+
+
+@pytest.mark.slow
+def test_a_node_killed_while_training_the_teacher_is_taken_over_by_the_other(tmp_path: Path) -> None:
+    """Node a takes the teacher's lease and starts fine-tuning it; kill -9 of its process group mid-training leaves
+    half a teacher unpublished; node b, waiting on the lease, takes it over once it expires (the study's
+    worker.grace_period), trains the teacher, publishes it and runs the trial with it."""
+    url = f"sqlite:///{tmp_path}/s.db"
+    config = tiny_config(
+        "takeover",
+        n_trials=1,
+        artifacts_dir=str(tmp_path / "shared"),
+        teacher={"model": tiny_bert(), "train": {"max_steps": 100, "batch_size": 16, "eval_every": 100}},
+        train={"max_steps": 2, "batch_size": 16, "eval_every": 2},
+        worker={"heartbeat_interval": 1, "grace_period": 4},
+    )
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(config))
+    created = hpo("create", "study.yaml", "--storage", url, cwd=tmp_path)
+    assert created.returncode == 0, created.stderr[-2000:]
+    environ = {k: v for k, v in os.environ.items() if k not in ("HPO_STORAGE", "HPO_ARTIFACTS_DIR")}
+
+    def start(name: str) -> tuple[subprocess.Popen, Path]:
+        cwd, env = _node(tmp_path, name)
+        log = cwd / "worker.log"
+        command = [sys.executable, "-m", "hpo._cli", "worker", "--storage", url, "--study", "takeover"]
+        with log.open("w") as handle:
+            proc = subprocess.Popen(
+                command, cwd=cwd, env={**environ, **env}, stdout=subprocess.DEVNULL, stderr=handle,
+                start_new_session=True,
+            )  # fmt: skip
+        return proc, log
+
+    a, a_log = start("node-a")
+    deadline = time.monotonic() + 240
+    while "fine-tuning the teacher" not in a_log.read_text():
+        assert a.poll() is None and time.monotonic() < deadline, a_log.read_text()[-2000:]
+        time.sleep(0.2)
+    b, b_log = start("node-b")  # waits on a's lease
+    time.sleep(2)
+    os.killpg(a.pid, signal.SIGKILL)
+    a.wait()
+    assert "teacher: validation" not in a_log.read_text()  # killed mid-training: a published no teacher
+    assert b.wait(timeout=600) == 0, b_log.read_text()[-3000:]
+    study = optuna.load_study(study_name="takeover", storage=url)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] and study.trials[0].user_attrs["pid"] == b.pid
+    assert "fine-tuning the teacher" in b_log.read_text()  # b trained it after a died
+    store = tmp_path / "shared" / "takeover"
+    published = [p for p in store.glob("teacher-*") if p.is_dir()]
+    assert len(published) == 1 and (published[0] / "config.json").is_file()
+    assert study.user_attrs["teacher"]["path"] == str(published[0])
