@@ -22,6 +22,7 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 
 from objectives import ConfigError
+from storage import redact_url
 
 log = logging.getLogger("hpo")
 
@@ -137,6 +138,12 @@ def launch(
     their GPU with :func:`device_of` this process's ``visible_devices``."""
     url = make_url(storage_url)
     without_password = url._replace(password=None).render_as_string(hide_password=False)
+    if redact_url(without_password) != without_password:  # a query value whose key names a secret
+        raise ConfigError(
+            "--storage",
+            f"{redact_url(without_password)}: a secret in the URL's query would reach the worker processes' "
+            "environment; put the password in the URL's password part or in HPO_STORAGE_PASSWORD_FILE",
+        )
     children = []
     for slot in slots:
         env = {**os.environ, "HPO_STORAGE": without_password}

@@ -77,3 +77,13 @@ def test_usable_cores_follow_the_cgroup_quota_and_slurm(tmp_path: Path) -> None:
     assert usable_cores(tmp_path / "absent", environ={"SLURM_CPUS_PER_TASK": str(cores + 8)}) == cores
     with pytest.raises(ConfigError, match="SLURM_CPUS_PER_TASK: expected a whole number of CPUs >= 1, got 'eight'"):
         usable_cores(tmp_path / "absent", environ={"SLURM_CPUS_PER_TASK": "eight"})
+
+
+def test_a_secret_in_the_storage_url_query_is_refused_before_any_worker_process_starts() -> None:
+    from hpo.execution import launch
+
+    url = "postgresql+psycopg://hpo@db.example:5432/hpo?sslmode=require&password=s3cret-in-query"
+    with pytest.raises(ConfigError) as refused:  # HPO_STORAGE, without the password, would still hold it
+        launch(plan_slots([], 1, 2, 2), ["--study", "x"], url)
+    assert refused.value.key == "--storage" and "s3cret" not in str(refused.value)
+    assert "HPO_STORAGE_PASSWORD_FILE" in str(refused.value)
