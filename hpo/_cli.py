@@ -643,7 +643,8 @@ reads the latter when it is imported, after this)."""
 
 def plain_logs() -> None:
     """Progress bars off for a stderr that is not a terminal (a log file, a pipe), in this process and the worker
-    processes it starts: their carriage-return redraws would flood the log. A variable already set is kept.
+    processes it starts: their carriage-return redraws would flood the log. A switch set to 0 (bars asked for) keeps
+every bar on.
 
     A bar a library makes with tqdm directly (transformers' GGUF loader: "Converting and de-quantizing GGUF
     tensors") obeys none of them: tqdm's own defaults come from ``TQDM_*`` variables read when tqdm is imported,
@@ -654,6 +655,8 @@ def plain_logs() -> None:
 
     import tqdm.std
 
+    if any(os.environ.get(name, "").strip().lower() in ("0", "false", "no") for name in PLAIN_LOG_SWITCHES):
+        return  # the user asked for bars in this log
     for name in PLAIN_LOG_SWITCHES:
         os.environ.setdefault(name, "1")
     init = vars(tqdm.std.tqdm)["__init__"]  # tqdm's own functools.partialmethod of its TQDM_* defaults
