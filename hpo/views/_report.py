@@ -34,6 +34,7 @@ _HEADERS = {
     "latency_ms": "latency p50 (ms)",
     "latency_ms_p95": "latency p95 (ms)",
     "prefill_ms": "prefill (ms)",
+    "speedup": "speedup over the teacher (x)",
     "throughput": "throughput (/s)",
     "size_mb": "size (MB)",
 }

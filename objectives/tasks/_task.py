@@ -106,6 +106,7 @@ class TaskSpec:
 _COSTS = (
     "latency_ms",
     "latency_ms_p95",
+    "speedup",
     "throughput",
     "params",
     "size_mb",
@@ -127,19 +128,21 @@ TASKS: dict[str, TaskSpec] = {
         ignores={"data.block_size": "a classifier truncates each text at data.max_length; set that instead"},
         cost_note=(
             "Latency: batch 1 at the validation set's mean length, after warm-up, median (p50) and 95th percentile "
-            "over repeats until the median is stable; throughput: examples/s at batch 32."
+            "over repeats until the median is stable; speedup: the teacher's latency over the student's, timed in "
+            "interleaved rounds in one process; throughput: examples/s at batch 32."
         ),
     ),
     "causal-lm": TaskSpec(
         name="causal-lm",
-        metrics=("perplexity", "token_accuracy", *_COSTS[:2], "prefill_ms", *_COSTS[2:]),
+        metrics=("perplexity", "token_accuracy", *_COSTS[:3], "prefill_ms", *_COSTS[3:]),
         validation_metrics=("perplexity", "token_accuracy", "val_loss"),
         card_metrics=("perplexity", "token_accuracy", "latency_ms", "prefill_ms", "throughput", "params", "size_mb"),
         module="objectives.tasks._causal_lm",
         pipeline_tag="text-generation",
         cost_note=(
             "Latency: ms per generated token at batch 1 with the KV cache after a fixed prompt, median (p50) and 95th "
-            "percentile; prefill: one forward pass over a 128-token prompt; throughput: generated tokens/s at "
+            "percentile; speedup: the teacher's per-token latency over the student's, timed in interleaved rounds in one "
+            "process; prefill: one forward pass over a 128-token prompt; throughput: generated tokens/s at "
             "batch 8 (greedy)."
         ),
         unit="documents",
@@ -164,7 +167,7 @@ TASKS: dict[str, TaskSpec] = {
 }
 """Tasks by name; ``classification`` is the default of every config."""
 
-HIGHER_IS_BETTER = frozenset({"accuracy", "f1", "token_accuracy", "throughput"})
+HIGHER_IS_BETTER = frozenset({"accuracy", "f1", "token_accuracy", "throughput", "speedup"})
 """Metrics where more is better; for every other metric of any task less is better (``perplexity``, ``val_loss``,
 the costs)."""
 
