@@ -171,6 +171,30 @@ HIGHER_IS_BETTER = frozenset({"accuracy", "f1", "token_accuracy", "throughput", 
 """Metrics where more is better; for every other metric of any task less is better (``perplexity``, ``val_loss``,
 the costs)."""
 
+ARCHITECTURE_COSTS = frozenset(
+    {"latency_ms", "latency_ms_p95", "speedup", "prefill_ms", "throughput", "params", "size_mb", "gflops"}
+)
+"""Costs fixed by the student's architecture alone (measured once per architecture and hardware): no training
+setting moves them; ``train_seconds`` and ``peak_memory_mb`` also depend on the batch size and steps."""
+
+ARCHITECTURE_PARAMS = frozenset(
+    {
+        "student.model",
+        "student.num_layers",
+        "student.layers",
+        "student.init",
+        "student.hidden_size",
+        "student.intermediate_size",
+        "student.num_attention_heads",
+        "student.hidden_ratio",
+        "student.ffn_ratio",
+        "student.heads_ratio",
+    }
+)
+"""Config keys that change a student's architecture (depth, widths, family), the only searched parameters that
+can move an :data:`ARCHITECTURE_COSTS` metric; ``student.layer_selection`` and ``calibration_size`` choose which
+layers and units are kept, not how many."""
+
 ALL_METRICS = tuple(dict.fromkeys(m for spec in TASKS.values() for m in spec.metrics))
 """Every metric of every task, in order of first appearance."""
 
