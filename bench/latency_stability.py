@@ -13,8 +13,10 @@ validation set's mean length, ``COST_THREADS`` torch threads on the CPU). It pri
   (``objectives.evaluation.interleaved_speedup``), median of the per-round ratios.
 
 Then the coefficient of variation (stdev / mean) of each over the processes (target for speedup: at most 3%).
+``--lm``: the same for the bundled SmolLM2-135M (30 layers) and a 16-layer cut, per generated token with the KV
+cache (the causal-LM ``measure_cost``; the teacher's p50 over the same 32 decoding steps, by wall clock).
 
-    python bench/latency_stability.py [--procs 5]
+    python bench/latency_stability.py [--procs 5] [--lm]
 """
 
 from __future__ import annotations
@@ -51,6 +53,31 @@ def child() -> None:
     )
 
 
+def child_lm() -> None:
+
+    from objectives import DataArgs, cut_decoder, load_causal_lm
+    from objectives.evaluation import COST_THREADS, decode_round, torch_threads
+    from objectives.evaluation._metrics import lowest_round_median
+    from objectives.tasks import _causal_lm
+
+    work = _causal_lm.prepare_workload(DataArgs(name="wikitext-2", block_size=128, max_train_rows=8), "smollm2-135m")
+    teacher = load_causal_lm("smollm2-135m").eval()
+    model = cut_decoder(teacher, [round(i * 29 / 15) for i in range(16)])  # 16 of its 30 layers, evenly spread
+    start = time.perf_counter()
+    cost = _causal_lm.measure_cost(model.eval(), work, teacher=teacher)
+    seconds = time.perf_counter() - start
+    prompt = work.validation.batch(range(1))["input_ids"].reshape(1, -1)[:, : _causal_lm.COST_PROMPT]
+    with torch_threads(COST_THREADS):
+        rounds = decode_round(teacher, prompt, _causal_lm.NEW_TOKENS)  # wall clock, as latency_ms
+        rounds()
+        teacher_p50, _ = lowest_round_median(rounds, max_samples=10 * _causal_lm.NEW_TOKENS)
+    print(
+        json.dumps(
+            {"latency": cost["latency_ms"], "teacher": teacher_p50, "speedup": cost["speedup"], "seconds": seconds}
+        )
+    )
+
+
 def cv(values: list[float]) -> float:
     """Coefficient of variation in percent: 100 * stdev / mean."""
     return 100 * statistics.stdev(values) / statistics.mean(values)
@@ -59,15 +86,17 @@ def cv(values: list[float]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--procs", type=int, default=5)
+    parser.add_argument("--lm", action="store_true", help="SmolLM2-135M and a 16-layer cut, per generated token")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child()
+        child_lm() if args.lm else child()
         return
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     latencies, separate, speedups = [], [], []
     for i in range(args.procs):
-        out = subprocess.run([sys.executable, __file__, "--child"], env=env, capture_output=True, text=True, check=True)
+        command = [sys.executable, __file__, "--child", *(["--lm"] if args.lm else [])]
+        out = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
         result = json.loads(out.stdout.strip().splitlines()[-1])
         latencies.append(result["latency"])
         separate.append(result["teacher"] / result["latency"])
