@@ -1,19 +1,22 @@
-"""Stability of the latency objective: the same model measured in separate processes, as separate trials are.
+"""Stability of the latency objective and of ``speedup``: the same model measured in separate processes, as
+separate trials are.
 
-Each of ``--procs`` fresh processes (one after another, so they do not compete for cores) builds the same 3-layer
-student of the bundled all-MiniLM-L6-v2 with the same seed and measures latency exactly as a trial does
-(``measure_cost``: batch 1, an example of the validation set's mean length, warm-up, rounds until the p50 is
-stable, ``COST_THREADS`` torch threads on the CPU; ``--threads`` overrides that to compare). The coefficient of
-variation of the p50 across processes is the noise that latency adds to a Pareto front.
+Each of ``--procs`` fresh processes (one after another, so they do not compete for cores) loads the bundled
+all-MiniLM-L6-v2 classifier (the teacher, 6 layers) and cuts the same 2-layer student from it with the same seed,
+then measures the student as a trial does (``measure_cost`` with the teacher: batch 1, an example of the
+validation set's mean length, ``COST_THREADS`` torch threads on the CPU). It prints per process:
 
-    python bench/latency_stability.py [--procs 20] [--threads 1]
+- ``latency``: the student's p50 (ms), the absolute figure a trial records as ``latency_ms``;
+- ``separate ratio``: the teacher's p50 measured the same way right after, over the student's: the ratio a user
+  gets from two latencies measured one after the other;
+- ``speedup``: the trial's ``speedup``, teacher and student timed in interleaved rounds
+  (``objectives.evaluation.interleaved_speedup``), median of the per-round ratios.
 
-Prints each process's p50 / p95, the CV of p50 (target: at most 3%) and the correlation of consecutive processes'
-p50s: near 0 when each process's offset is its own, near 1 when the host drifts (then no measurement inside a
-process can remove it; the study keeps one measurement per architecture and hardware instead, ``hpo.execution._costs``).
-Each process also times a fixed reference (one random-weight transformer layer of the student's width, measured
-the same way right after the model) and the CV of model / reference is printed: how much of the spread a
-host-speed correction by a reference workload would remove.
+Then the coefficient of variation (stdev / mean) of each over the processes (target for speedup: at most 3%).
+``--lm``: the same for the bundled SmolLM2-135M (30 layers) and a 16-layer cut, per generated token with the KV
+cache (the causal-LM ``measure_cost``; the teacher's p50 over the same 32 decoding steps, by wall clock).
+
+    python bench/latency_stability.py [--procs 5] [--lm]
 """
 
 from __future__ import annotations
@@ -24,55 +27,88 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 
-import torch
 
+def child() -> None:
+    import torch
 
-def child(threads: int) -> None:
-    from objectives import DataArgs, StudentArgs, _trial, build_student, load_classifier, measure_cost, prepare_workload
-    from objectives.evaluation import latency_ms, torch_threads
+    from objectives import DataArgs, StudentArgs, build_student, load_classifier, measure_cost, prepare_workload
+    from objectives.evaluation import COST_THREADS, latency_ms, torch_threads
+    from objectives.tasks._classification import latency_input
 
-    _trial.COST_THREADS = threads
     torch.manual_seed(0)
     work = prepare_workload(DataArgs(max_train_rows=64, max_val_rows=200), "minilm-l6")
-    model = build_student(load_classifier("minilm-l6", work.num_labels), StudentArgs(num_layers=3))
-    cost = measure_cost(model, work)
-    reference = torch.nn.TransformerEncoderLayer(384, 12, 1536, dropout=0.0, batch_first=True)
-    tokens = torch.randn(1, round(work.validation.mean_length()), 384)
-    with torch_threads(threads):
-        reference_p50, _ = latency_ms(reference, {"src": tokens})
-    print(json.dumps({"p50": cost["latency_ms"], "p95": cost["latency_ms_p95"], "reference": reference_p50}))
+    teacher = load_classifier("minilm-l6", work.num_labels).eval()
+    model = build_student(teacher, StudentArgs(num_layers=2))
+    start = time.perf_counter()
+    cost = measure_cost(model, work, teacher=(teacher, work))
+    seconds = time.perf_counter() - start
+    with torch_threads(COST_THREADS):
+        teacher_p50, _ = latency_ms(teacher, latency_input(work, torch.device("cpu")))
+    print(
+        json.dumps(
+            {"latency": cost["latency_ms"], "teacher": teacher_p50, "speedup": cost["speedup"], "seconds": seconds}
+        )
+    )
+
+
+def child_lm() -> None:
+
+    from objectives import DataArgs, cut_decoder, load_causal_lm
+    from objectives.evaluation import COST_THREADS, decode_round, torch_threads
+    from objectives.evaluation._metrics import lowest_round_median
+    from objectives.tasks import _causal_lm
+
+    work = _causal_lm.prepare_workload(DataArgs(name="wikitext-2", block_size=128, max_train_rows=8), "smollm2-135m")
+    teacher = load_causal_lm("smollm2-135m").eval()
+    model = cut_decoder(teacher, [round(i * 29 / 15) for i in range(16)])  # 16 of its 30 layers, evenly spread
+    start = time.perf_counter()
+    cost = _causal_lm.measure_cost(model.eval(), work, teacher=teacher)
+    seconds = time.perf_counter() - start
+    prompt = work.validation.batch(range(1))["input_ids"].reshape(1, -1)[:, : _causal_lm.COST_PROMPT]
+    with torch_threads(COST_THREADS):
+        rounds = decode_round(teacher, prompt, _causal_lm.NEW_TOKENS)  # wall clock, as latency_ms
+        rounds()
+        teacher_p50, _ = lowest_round_median(rounds, max_samples=10 * _causal_lm.NEW_TOKENS)
+    print(
+        json.dumps(
+            {"latency": cost["latency_ms"], "teacher": teacher_p50, "speedup": cost["speedup"], "seconds": seconds}
+        )
+    )
+
+
+def cv(values: list[float]) -> float:
+    """Coefficient of variation in percent: 100 * stdev / mean."""
+    return 100 * statistics.stdev(values) / statistics.mean(values)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--procs", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--procs", type=int, default=5)
+    parser.add_argument("--lm", action="store_true", help="SmolLM2-135M and a 16-layer cut, per generated token")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.threads)
+        child_lm() if args.lm else child()
         return
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    command = [sys.executable, __file__, "--child", "--threads", str(args.threads)]
-    p50s, ratios = [], []
+    latencies, separate, speedups = [], [], []
     for i in range(args.procs):
-        out = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
-        result = json.loads(out.strip().splitlines()[-1])
-        p50s.append(result["p50"])
-        ratios.append(result["p50"] / result["reference"])
+        command = [sys.executable, __file__, "--child", *(["--lm"] if args.lm else [])]
+        out = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        latencies.append(result["latency"])
+        separate.append(result["teacher"] / result["latency"])
+        speedups.append(result["speedup"])
         print(
-            f"process {i:>2}: p50 {result['p50']:.3f} ms, p95 {result['p95']:.3f} ms, "
-            f"reference p50 {result['reference']:.3f} ms",
+            f"process {i}: latency {result['latency']:.3f} ms, teacher {result['teacher']:.3f} ms, separate ratio "
+            f"{separate[-1]:.3f}, speedup {result['speedup']:.3f} (whole cost measurement {result['seconds']:.1f} s)",
             flush=True,
         )
-    cv = statistics.stdev(p50s) / statistics.mean(p50s)
-    ratio_cv = statistics.stdev(ratios) / statistics.mean(ratios)
     print(
-        f"{args.procs} processes, {args.threads} thread(s): p50 mean {statistics.mean(p50s):.3f} ms, "
-        f"min {min(p50s):.3f}, max {max(p50s):.3f}; CV of p50 {100 * cv:.2f}% (target <= 3%); "
-        f"correlation of consecutive processes {statistics.correlation(p50s[:-1], p50s[1:]):.2f}; "
-        f"CV of p50 / reference p50 {100 * ratio_cv:.2f}%"
+        f"{args.procs} processes: CV of latency {cv(latencies):.2f}%, of the separate ratio {cv(separate):.2f}%, "
+        f"of speedup {cv(speedups):.2f}% (target <= 3%)"
     )
 
 

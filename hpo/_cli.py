@@ -643,14 +643,14 @@ reads the latter when it is imported, after this)."""
 
 def plain_logs() -> None:
     """Progress bars off for a stderr that is not a terminal (a log file, a pipe), in this process and the worker
-    processes it starts: their carriage-return redraws would flood the log. A switch set to 0 (bars asked for) keeps
-every bar on.
+        processes it starts: their carriage-return redraws would flood the log. A switch set to 0 (bars asked for) keeps
+    every bar on.
 
-    A bar a library makes with tqdm directly (transformers' GGUF loader: "Converting and de-quantizing GGUF
-    tensors") obeys none of them: tqdm's own defaults come from ``TQDM_*`` variables read when tqdm is imported,
-    and optuna imported it before ``main`` runs. So tqdm's default ``disable=False`` becomes ``disable=None`` (off
-    where the bar's file is not a terminal), as ``TQDM_DISABLE`` would have set it at import; a bar given
-    ``disable`` keeps it."""
+        A bar a library makes with tqdm directly (transformers' GGUF loader: "Converting and de-quantizing GGUF
+        tensors") obeys none of them: tqdm's own defaults come from ``TQDM_*`` variables read when tqdm is imported,
+        and optuna imported it before ``main`` runs. So tqdm's default ``disable=False`` becomes ``disable=None`` (off
+        where the bar's file is not a terminal), as ``TQDM_DISABLE`` would have set it at import; a bar given
+        ``disable`` keeps it."""
     import functools
 
     import tqdm.std

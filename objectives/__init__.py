@@ -54,6 +54,8 @@ from objectives.students import (
 )
 from objectives.tasks import (
     ALL_METRICS,
+    ARCHITECTURE_COSTS,
+    ARCHITECTURE_PARAMS,
     HIGHER_IS_BETTER,
     METRICS,
     QUALITY_METRICS,
@@ -105,6 +107,8 @@ __getattr__ = lazy_exports(__name__, _LAZY)
 
 __all__ = [
     "ALL_METRICS",
+    "ARCHITECTURE_COSTS",
+    "ARCHITECTURE_PARAMS",
     "CAUSAL_LMS",
     "CORPORA",
     "DATASETS",

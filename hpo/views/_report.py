@@ -1,7 +1,8 @@
 """``hpo report``: one self-contained HTML file (plotly.js inlined, opens offline) that shows a study.
 
 Figures: optimisation history per objective, the Pareto front of a multi-objective study (with the exported trial
-highlighted), parameter importances per objective, validation curves with the pruned trials marked, parallel
+highlighted), parameter importances per objective (from :func:`importance_floor` completed trials on; for a cost,
+over the architecture parameters alone), validation curves with the pruned trials marked, parallel
 coordinates; tables: teacher against the best students, trial counts by state and fail reasons.
 """
 
@@ -22,8 +23,26 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo.study import CURVE_PREFIX, TEACHER_ATTR, study_task, teacher_warning
 from hpo.views._table import PER_CLASS_HEADER, best_trials, format_cell, per_class_rows
-from objectives import ConfigError
+from objectives import ARCHITECTURE_COSTS, ARCHITECTURE_PARAMS, ConfigError
 from storage import FAIL_REASON
+
+MIN_IMPORTANCE_TRIALS = 10
+"""Completed trials below which the report shows no parameter importances, whatever the search space."""
+
+TRIALS_PER_PARAM = 2
+"""Completed trials per parameter an importance is computed over, at least (:func:`importance_floor`)."""
+
+
+def importance_floor(n_params: int) -> int:
+    """The completed trials parameter importances need: max(:data:`MIN_IMPORTANCE_TRIALS`, :data:`TRIALS_PER_PARAM`
+    x ``n_params``). Optuna's default evaluator (fANOVA) fits a random forest from the parameters to the objective
+    and splits its variance among them; on a handful of trials every parameter is confounded with the others (each
+    trial differs from the next in all of them), and the forest hands the variance to whichever happened to line up
+    with it: a 4-trial LM study ranked ``distill.alpha`` first for per-token latency, which alpha cannot change. Ten
+    trials is Optuna's own default for a TPE sampler's random start (``n_startup_trials``) before it trusts what it
+    has seen; two per parameter lets each parameter vary against the others more than once."""
+    return max(MIN_IMPORTANCE_TRIALS, TRIALS_PER_PARAM * n_params)
+
 
 EXPORT_ATTR = "export"
 """Study user attribute written by ``hpo export``: a dict with at least ``{"trial": <trial number>}``."""
@@ -34,6 +53,7 @@ _HEADERS = {
     "latency_ms": "latency p50 (ms)",
     "latency_ms_p95": "latency p95 (ms)",
     "prefill_ms": "prefill (ms)",
+    "speedup": "speedup over the teacher (x)",
     "throughput": "throughput (/s)",
     "size_mb": "size (MB)",
 }
@@ -174,6 +194,34 @@ def _curves(study: optuna.Study) -> Figure:
     return _safely("intermediate_values", title, lambda: figure)
 
 
+def _importance(
+    study: optuna.Study, index: int, name: str, completed: int, searched: list[str], plot: Callable[..., Any]
+) -> Figure:
+    """Parameter importances for objective ``name`` over the ``searched`` parameters, or why there are none: fewer
+    completed trials than :func:`importance_floor`; for an :data:`objectives.ARCHITECTURE_COSTS` metric only the
+    searched :data:`objectives.ARCHITECTURE_PARAMS` count, as no other parameter can move it."""
+    slug, title = f"importance_{name}", f"Parameter importances for {name}"
+    params = searched
+    if name in ARCHITECTURE_COSTS:
+        params = [p for p in searched if p in ARCHITECTURE_PARAMS]
+        title += " (over architecture parameters only: a cost is moved by the architecture alone)"
+        if not params:
+            why = (
+                f"not available: {name} is a cost moved only by architecture parameters (student.num_layers, "
+                "width ratios, ...), and none is searched; any difference between trials is measurement noise"
+            )
+            return Figure(slug, title, missing=why)
+    floor = importance_floor(len(params))
+    if completed < floor:
+        why = (
+            f"not available: {completed} completed trials; importances over {len(params)} parameters need at least "
+            f"{floor} (max({MIN_IMPORTANCE_TRIALS}, {TRIALS_PER_PARAM} x parameters)): on fewer, every parameter "
+            "varies with every other and the ranking is noise"
+        )
+        return Figure(slug, title, missing=why)
+    return _safely(slug, title, lambda: plot(study, params=params, target=_target(index), target_name=name))
+
+
 def figures(study: optuna.Study) -> list[Figure]:
     """Every figure of the report, in order."""
     from optuna.visualization import (
@@ -195,14 +243,10 @@ def figures(study: optuna.Study) -> list[Figure]:
         )
     if multi:
         out.append(_pareto(study, names))
+    completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    searched = sorted({param for trial in completed for param in trial.params})
     for i, name in enumerate(names):
-        out.append(
-            _safely(
-                f"importance_{name}",
-                f"Parameter importances for {name}",
-                lambda i=i, name=name: plot_param_importances(study, target=_target(i), target_name=name),
-            )
-        )
+        out.append(_importance(study, i, name, len(completed), searched, plot_param_importances))
     out.append(_curves(study))
     for i, name in enumerate(names):
         out.append(

@@ -21,6 +21,7 @@ _FORMATS = {
     "prefill_ms": ".1f",
     "latency_ms": ".2f",
     "latency_ms_p95": ".2f",
+    "speedup": ".2f",
     "throughput": ".0f",
     "size_mb": ".1f",
     "train_seconds": ".0f",

@@ -58,12 +58,16 @@ def stored_cost(
     inputs: Any,
     measure: Callable[[], dict[str, float]],
     costs: CostStore | None = None,
+    teacher: torch.nn.Module | None = None,
 ) -> dict[str, float]:
-    """``measure()`` run once per architecture, hardware, ``inputs`` (anything JSON can write) and torch version,
-    with :data:`COST_THREADS` threads on the CPU, and kept in ``costs`` (this process's store by default): later
-    trials of the same student skip the measurement and report the same numbers (no noise between them)."""
+    """``measure()`` run once per architecture, hardware, ``inputs`` (anything JSON can write), torch version and
+    ``teacher`` architecture (what a ``speedup`` is measured against), with :data:`COST_THREADS` threads on the CPU,
+    and kept in ``costs`` (this process's store by default): later trials of the same student skip the measurement
+    and report the same numbers (no noise between them)."""
     device = next(model.parameters()).device
     what = [architecture(model), cost_hardware(device), inputs, torch.__version__]
+    if teacher is not None:
+        what.append(architecture(teacher))
     key = hashlib.sha256(json.dumps(what).encode()).hexdigest()[:24]
     store = _COSTS if costs is None else costs
     cost = store.get(key)

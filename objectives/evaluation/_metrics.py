@@ -117,6 +117,82 @@ def lowest_round_median(
     return best[-1], ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
 
 
+def interleaved_speedup(
+    student_round: Callable[[], list[float]],
+    teacher_round: Callable[[], list[float]],
+    rounds: int,
+) -> float:
+    """How many times faster the student is than the teacher, measured in the same process in interleaved rounds
+    (teacher, student, teacher, student, ...); each ``*_round`` times one round of calls (ms each):
+
+        speedup = median over rounds r of  median(teacher times in r) / median(student times in r)
+
+    A slow spell of the host that lasts a round slows both models of the round alike, so the ratio cancels what
+    a process's own offset adds to an absolute latency; the rounds are timed by :func:`speedup_clock`."""
+    ratios = []
+    for _ in range(rounds):
+        teacher = statistics.median(teacher_round())
+        ratios.append(teacher / statistics.median(student_round()))
+    return statistics.median(ratios)
+
+
+def forward_round(
+    model: torch.nn.Module, inputs: dict[str, torch.Tensor], calls: int, clock: Callable[[], float] = time.perf_counter
+) -> Callable[[], list[float]]:
+    """A function timing one round of ``calls`` forward passes of ``model`` on ``inputs`` (ms each, by ``clock``),
+    the GPU synchronised around each call so the time is the kernel's, not the launch's."""
+    device = next(model.parameters()).device
+
+    @torch.inference_mode()
+    def run_round() -> list[float]:
+        model.eval()
+        round_times = []
+        for _ in range(calls):
+            start = clock()
+            model(**inputs)
+            _sync(device)
+            round_times.append((clock() - start) * 1000)
+        return round_times
+
+    return run_round
+
+
+def decode_round(
+    model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int, clock: Callable[[], float] = time.perf_counter
+) -> Callable[[], list[float]]:
+    """A function timing one round of greedy decoding with the KV cache at batch 1: it prefills ``prompt`` (1, P)
+    untimed, then times ``new_tokens`` one-token steps (forward and argmax, ms each, by ``clock``)."""
+    device = next(model.parameters()).device
+
+    @torch.inference_mode()
+    def run_round() -> list[float]:
+        model.eval()
+        out = model(input_ids=prompt, use_cache=True)
+        cache, token = out.cache, out.logits[:, -1:].argmax(-1)  # transformers >= 5.24 names it cache
+        _sync(device)
+        times = []
+        for _ in range(new_tokens):
+            start = clock()
+            out = model(input_ids=token, cache=cache, use_cache=True)
+            token = out.logits[:, -1:].argmax(-1)
+            _sync(device)
+            times.append((clock() - start) * 1000)
+        return times
+
+    return run_round
+
+
+def speedup_clock(device: torch.device) -> Callable[[], float]:
+    """The clock :func:`interleaved_speedup`'s rounds are timed by: on a CPU computing in one torch thread, the
+    CPU time of the calling thread (``time.thread_time``), which every op then runs on, so the time another
+    process holds the core is not counted (on a busy 2-core VM this took the spread of the ratio between processes
+    from 8-11% to 1.5-3%, ``bench/latency_stability.py``); else (a GPU, or several CPU threads whose work the
+    calling thread's clock would miss) wall time."""
+    if device.type == "cpu" and torch.get_num_threads() == 1:
+        return time.thread_time
+    return time.perf_counter
+
+
 @torch.inference_mode()
 def latency_ms(
     model: torch.nn.Module,
@@ -128,25 +204,14 @@ def latency_ms(
     rel_tol: float = 0.01,
 ) -> tuple[float, float]:
     """(p50, p95) forward latency in ms for ``inputs`` (batch 1) after ``warmup`` calls, in rounds of
-    ``min_repeats`` calls and at most ``max_repeats`` (:func:`lowest_round_median`). The GPU is synchronised around
-    each call so the time is the kernel's, not the launch's.
+    ``min_repeats`` calls (:func:`forward_round`) and at most ``max_repeats`` (:func:`lowest_round_median`).
     """
     device = next(model.parameters()).device
     model.eval()
     for _ in range(warmup):
         model(**inputs)
     _sync(device)
-
-    def run_round() -> list[float]:
-        round_times = []
-        for _ in range(min_repeats):
-            start = time.perf_counter()
-            model(**inputs)
-            _sync(device)
-            round_times.append((time.perf_counter() - start) * 1000)
-        return round_times
-
-    return lowest_round_median(run_round, max_samples=max_repeats, rel_tol=rel_tol)
+    return lowest_round_median(forward_round(model, inputs, min_repeats), max_samples=max_repeats, rel_tol=rel_tol)
 
 
 @torch.inference_mode()
@@ -255,22 +320,9 @@ def generation_costs(
     device = next(model.parameters()).device
     model.eval()
     prompt = prompt_ids.to(device)
-
-    def decode_round() -> list[float]:
-        out = model(input_ids=prompt, use_cache=True)
-        cache, token = out.cache, out.logits[:, -1:].argmax(-1)  # transformers >= 5.24 names it cache
-        _sync(device)
-        times = []
-        for _ in range(new_tokens):
-            start = time.perf_counter()
-            out = model(input_ids=token, cache=cache, use_cache=True)
-            token = out.logits[:, -1:].argmax(-1)
-            _sync(device)
-            times.append((time.perf_counter() - start) * 1000)
-        return times
-
-    decode_round()
-    p50, p95 = lowest_round_median(decode_round, max_samples=rounds * new_tokens, rel_tol=rel_tol)
+    run_round = decode_round(model, prompt, new_tokens)
+    run_round()
+    p50, p95 = lowest_round_median(run_round, max_samples=rounds * new_tokens, rel_tol=rel_tol)
     repeats = -(-prefill_tokens // prompt.shape[1])
     long_prompt = {"input_ids": prompt.repeat(1, repeats)[:, :prefill_tokens]}
     prefill = latency_ms(

@@ -10,6 +10,8 @@ from __future__ import annotations
 from objectives._lazy import lazy_exports
 from objectives.tasks._task import (
     ALL_METRICS,
+    ARCHITECTURE_COSTS,
+    ARCHITECTURE_PARAMS,
     HIGHER_IS_BETTER,
     METRICS,
     QUALITY_METRICS,
@@ -25,6 +27,8 @@ __getattr__ = lazy_exports(__name__, {"run_synthetic": "._synthetic"})
 
 __all__ = [
     "ALL_METRICS",
+    "ARCHITECTURE_COSTS",
+    "ARCHITECTURE_PARAMS",
     "HIGHER_IS_BETTER",
     "METRICS",
     "QUALITY_METRICS",

@@ -25,7 +25,16 @@ from objectives._config import (
     check_layer_terms,
 )
 from objectives.data import Blocks, Corpus, load_corpus, pack, transfer_texts
-from objectives.evaluation import CostStore, generation_costs, lm_evaluate, size_mb, stored_cost
+from objectives.evaluation import (
+    CostStore,
+    decode_round,
+    generation_costs,
+    interleaved_speedup,
+    lm_evaluate,
+    size_mb,
+    speedup_clock,
+    stored_cost,
+)
 from objectives.students import (
     Importance,
     cached_importance,
@@ -66,6 +75,10 @@ per-token latency is measured in (shorter for a model with fewer positions than 
 
 NEW_TOKENS = 32
 """Tokens generated after the prompt for per-token latency and throughput."""
+
+SPEEDUP_ROUNDS = 7
+"""Interleaved rounds of :data:`NEW_TOKENS` decoding steps per model for ``speedup``: each round's median is over
+32 steps already, and a round of SmolLM2-135M costs about 1.3 s on one CPU thread."""
 
 
 @dataclass
@@ -145,23 +158,32 @@ def evaluation_rows(data: DataArgs, model: str) -> dict[str, int]:
     return {split: len(_packed(tokenizer, corpus, split)) for split in ("validation", "test")}
 
 
-def measure_cost(model: torch.nn.Module, work: Workload, costs: CostStore | None = None) -> dict[str, float]:
+def measure_cost(
+    model: torch.nn.Module, work: Workload, costs: CostStore | None = None, teacher: torch.nn.Module | None = None
+) -> dict[str, float]:
     """Per-token generation latency (batch 1, KV cache), prefill, throughput (batch 8), FLOPs per token, size,
-    after a fixed prompt of validation text; once per architecture, hardware and prompt
-    (:func:`objectives.evaluation._costs.stored_cost`)."""
+    after a fixed prompt of validation text, and with a ``teacher`` the ``speedup`` of per-token decoding over it
+    (:func:`objectives.evaluation.interleaved_speedup` of :func:`objectives.evaluation.decode_round`); once per
+    architecture, hardware, prompt and teacher (:func:`objectives.evaluation._costs.stored_cost`)."""
     device = next(model.parameters()).device
     # A model with few positions (GPT-2 style absolute embeddings) gets a shorter prompt: prompt + new tokens fit.
-    limit = getattr(model.config, "max_position_embeddings", None) or COST_PROMPT + NEW_TOKENS
-    length = min(COST_PROMPT, limit - NEW_TOKENS)
+    limits = [getattr(m.config, "max_position_embeddings", None) for m in (model, teacher) if m is not None]
+    length = min([COST_PROMPT, *(limit - NEW_TOKENS for limit in limits if limit)])
     flat = work.validation.batch(range(min(len(work.validation), -(-length // work.validation.block_size))))
     prompt = flat["input_ids"].reshape(1, -1)[:, :length].to(device)
 
     def measure() -> dict[str, float]:
         params = count_parameters(model)
         cost = generation_costs(model, prompt, new_tokens=NEW_TOKENS, prefill_tokens=length)
+        if teacher is not None:
+            clock = speedup_clock(device)
+            student_round = decode_round(model, prompt, NEW_TOKENS, clock)
+            teacher_round = decode_round(teacher, prompt, NEW_TOKENS, clock)
+            teacher_round()  # warm-up (the student's was in generation_costs)
+            cost["speedup"] = interleaved_speedup(student_round, teacher_round, SPEEDUP_ROUNDS)
         return {**cost, "params": float(params), "size_mb": size_mb(params)}
 
-    return stored_cost(model, prompt.tolist(), measure, costs)
+    return stored_cost(model, prompt.tolist(), measure, costs, teacher)
 
 
 def _fit(
@@ -173,15 +195,17 @@ def _fit(
     report: Report | None = None,
     on_cost: CostHook | None = None,
     costs: CostStore | None = None,
+    teacher: torch.nn.Module | None = None,
 ) -> dict[str, Any]:
-    """Train ``model`` through ``stages`` and return every metric of the task plus ``val_loss`` and ``steps``."""
+    """Train ``model`` through ``stages`` and return every metric of the task plus ``val_loss`` and ``steps``; the
+    ``speedup`` is over ``teacher``."""
     evaluation, metrics = fit(
         model,
         stages,
         work.validation,
         device=work.device,
         evaluate=lm_evaluate,
-        cost=lambda m: measure_cost(m, work, costs),
+        cost=lambda m: measure_cost(m, work, costs, teacher),
         seed=seed,
         report=report,
         on_cost=on_cost,
@@ -198,7 +222,7 @@ def finetune_teacher(work: Workload, args: TeacherArgs, seed: int, out_dir: Path
     metrics = _fit(model, work, [Stage(work.train, args.train, get_loss("lm_ce"))], seed=seed)
     model.save_pretrained(out_dir)
     work.tokenizer.save_pretrained(out_dir)
-    return metrics
+    return {**metrics, "speedup": 1.0}  # over itself
 
 
 def load_teacher(path: Path, work: Workload) -> torch.nn.Module:
@@ -283,7 +307,9 @@ def finetune_student(
     else:
         model = init
     stages = [Stage(work.train, args, get_loss("lm_ce"))]
-    return model, _fit(model, work, stages, seed=seed, report=report, on_cost=on_cost, costs=costs)
+    # the speedup is over the teacher's architecture: the base model's (adapting it changes weights, not speed)
+    reference = frozen_teacher(Path(base_model), work.device, load_causal_lm)
+    return model, _fit(model, work, stages, seed=seed, report=report, on_cost=on_cost, costs=costs, teacher=reference)
 
 
 def transfer_blocks(work: Workload, distill: DistillArgs) -> Blocks:
@@ -382,7 +408,7 @@ def distill_student(
         signal=signal,
         transfer=lambda: transfer_blocks(work, distill),
     )
-    return model, _fit(model, work, stages, seed=seed, report=report, on_cost=on_cost, costs=costs)
+    return model, _fit(model, work, stages, seed=seed, report=report, on_cost=on_cost, costs=costs, teacher=teacher)
 
 
 @torch.inference_mode()

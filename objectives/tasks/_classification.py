@@ -15,7 +15,18 @@ import torch
 
 from objectives._config import DataArgs, DistillArgs, StudentArgs, TeacherArgs, TrainArgs, check_layer_terms
 from objectives.data import Encoded, Rows, Task, collate, encode, open_data, transfer_texts
-from objectives.evaluation import CostStore, gflops, latency_ms, per_class, size_mb, stored_cost, throughput
+from objectives.evaluation import (
+    CostStore,
+    forward_round,
+    gflops,
+    interleaved_speedup,
+    latency_ms,
+    per_class,
+    size_mb,
+    speedup_clock,
+    stored_cost,
+    throughput,
+)
 from objectives.students import (
     build_student,
     count_parameters,
@@ -115,10 +126,16 @@ def latency_input(work: Workload, device: torch.device) -> dict[str, torch.Tenso
     return {k: v.to(device) for k, v in collate(work.validation, [typical]).items() if k in inputs}
 
 
-def measure_cost(model: torch.nn.Module, work: Workload, costs: CostStore | None = None) -> dict[str, float]:
-    """Latency (batch 1, example of the validation set's mean length), throughput (batch 32), size and FLOPs; on
-    the CPU with :data:`objectives.evaluation._costs.COST_THREADS` threads, once per architecture, hardware and input
-    (:func:`objectives.evaluation._costs.stored_cost`)."""
+def measure_cost(
+    model: torch.nn.Module,
+    work: Workload,
+    costs: CostStore | None = None,
+    teacher: tuple[torch.nn.Module, Workload] | None = None,
+) -> dict[str, float]:
+    """Latency (batch 1, example of the validation set's mean length), throughput (batch 32), size and FLOPs, and
+    with a ``teacher`` (the model and the workload it reads) the ``speedup`` over it, each on its own tokens (:func:`objectives.evaluation.interleaved_speedup`,
+    rounds of :data:`SPEEDUP_CALLS` calls); on the CPU with :data:`objectives.evaluation._costs.COST_THREADS`
+    threads, once per architecture, hardware, input and teacher (:func:`objectives.evaluation._costs.stored_cost`)."""
     device = next(model.parameters()).device
     one = latency_input(work, device)
     inputs = ("input_ids", "attention_mask")
@@ -135,9 +152,38 @@ def measure_cost(model: torch.nn.Module, work: Workload, costs: CostStore | None
             "params": float(params),
             "size_mb": size_mb(params),
             "gflops": gflops(model, one),
+            **(
+                {}
+                if teacher is None
+                else {"speedup": speedup(model, one, teacher[0], latency_input(teacher[1], device))}
+            ),
         }
 
-    return stored_cost(model, [one["input_ids"].tolist(), list(batch["input_ids"].shape)], measure, costs)
+    return stored_cost(
+        model, [one["input_ids"].tolist(), list(batch["input_ids"].shape)], measure, costs, teacher and teacher[0]
+    )
+
+
+SPEEDUP_CALLS = 2
+"""Forward passes per model in each interleaved round of a classifier's ``speedup``: short rounds, so a change in
+the host's load between a teacher round and the next student round is rare."""
+
+SPEEDUP_ROUNDS = 60
+"""Interleaved rounds of a classifier's ``speedup``: 120 batch-1 passes of each model, about 1 s for MiniLM's 6
+layers on one CPU thread, once per architecture. On a 2-core VM at load average 7-9 the ratio's spread between 5
+processes was 1.5% with 2 x 60 against 2-6% with 10 x 7 (``bench/latency_stability.py``)."""
+
+
+def speedup(
+    model: torch.nn.Module, one: dict[str, torch.Tensor], teacher: torch.nn.Module, teacher_one: dict[str, torch.Tensor]
+) -> float:
+    """The teacher's batch-1 latency on ``teacher_one`` over the student's on ``one``, timed in interleaved rounds
+    after a warm-up round each (:func:`objectives.evaluation.interleaved_speedup`)."""
+    clock = speedup_clock(next(model.parameters()).device)
+    student_round = forward_round(model, one, SPEEDUP_CALLS, clock)
+    teacher_round = forward_round(teacher, teacher_one, SPEEDUP_CALLS, clock)
+    student_round(), teacher_round()
+    return interleaved_speedup(student_round, teacher_round, SPEEDUP_ROUNDS)
 
 
 def _fit(
@@ -149,17 +195,18 @@ def _fit(
     report: Report | None = None,
     on_cost: CostHook | None = None,
     costs: CostStore | None = None,
+    teacher: tuple[torch.nn.Module, Workload] | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` through ``stages`` (:func:`objectives.training._fit.fit`) and return every metric of the task plus
     ``val_loss``, ``steps``, ``top_share`` and ``per_class`` (validation scores of each class by name,
-    :func:`objectives.evaluation.per_class`)."""
+    :func:`objectives.evaluation.per_class`); the ``speedup`` is over ``teacher``."""
     evaluation, metrics = fit(
         model,
         stages,
         work.validation,
         device=work.device,
         evaluate=evaluate,
-        cost=lambda m: measure_cost(m, work, costs),
+        cost=lambda m: measure_cost(m, work, costs, teacher),
         seed=seed,
         report=report,
         on_cost=on_cost,
@@ -187,7 +234,7 @@ def finetune_teacher(work: Workload, args: TeacherArgs, seed: int, out_dir: Path
     name_labels(model, work.task.rows.label_names)
     model.save_pretrained(out_dir)
     work.tokenizer.save_pretrained(out_dir)
-    return metrics
+    return {**metrics, "speedup": 1.0}  # over itself
 
 
 def load_teacher(path: Path, work: Workload) -> torch.nn.Module:
@@ -222,7 +269,11 @@ def finetune_student(
     if own is not work:
         _OWN_TOKENS[model] = own
     stages = [Stage(own.train, args, get_loss("ce", **own.class_weights(args)))]
-    return model, _fit(model, own, stages, seed=seed, report=report, on_cost=on_cost, costs=costs)
+    # the speedup is over the teacher's architecture: the base model's (its fine-tuning changes weights, not speed)
+    reference = frozen_teacher(Path(base_model), work.device, lambda p: load_classifier(p, work.num_labels))
+    return model, _fit(
+        model, own, stages, seed=seed, report=report, on_cost=on_cost, costs=costs, teacher=(reference, work)
+    )
 
 
 def transfer_set(work: Workload, distill: DistillArgs) -> Encoded:
@@ -334,7 +385,9 @@ def distill_student(
         signal=signal,
         transfer=lambda: transfer_set(own, distill),
     )
-    return model, _fit(model, own, stages, seed=seed, report=report, on_cost=on_cost, costs=costs)
+    return model, _fit(
+        model, own, stages, seed=seed, report=report, on_cost=on_cost, costs=costs, teacher=(teacher, work)
+    )
 
 
 def evaluation_rows(data: DataArgs, model: str) -> dict[str, int]:

@@ -6,7 +6,7 @@ scale; the real objectives are tested on real models. Parameters arrive normalis
     quality  = 1 - mean_i (u_i - target)^2                    (1 at u_i = target for every i)
     accuracy = 0.5 + 0.45 * quality + noise,  f1 = accuracy - 0.02
     cost     = 1 + 9 * mean_i u_i                             (larger settings: slower, bigger students)
-    latency_ms = cost,  params = 1e6 * cost,  size_mb = params * 4 / 2^20
+    latency_ms = cost,  speedup = 10 / cost,  params = 1e6 * cost,  size_mb = params * 4 / 2^20
 
 Intermediate accuracies rise toward the final value as accuracy * (step / steps) ** e: e = 1/2 for every setting
 (``curve: rising``), or e = max(1/10, 1/4 + 6 * (quality - 1/2)) (``curve: crossing``: the better a setting ends, the slower it
@@ -61,6 +61,7 @@ def run_synthetic(
     costs = {
         "latency_ms": cost,
         "latency_ms_p95": cost * 1.1,
+        "speedup": 10 / cost,
         "throughput": 1000 / cost,
         "params": 1e6 * cost,
         "size_mb": size_mb(round(1e6 * cost)),

@@ -111,6 +111,7 @@ class TaskSpec:
 _COSTS = (
     "latency_ms",
     "latency_ms_p95",
+    "speedup",
     "throughput",
     "params",
     "size_mb",
@@ -135,19 +136,21 @@ TASKS: dict[str, TaskSpec] = {
         },
         cost_note=(
             "Latency: batch 1 at the validation set's mean length, after warm-up, median (p50) and 95th percentile "
-            "over repeats until the median is stable; throughput: examples/s at batch 32."
+            "over repeats until the median is stable; speedup: the teacher's latency over the student's, timed in "
+            "interleaved rounds in one process; throughput: examples/s at batch 32."
         ),
     ),
     "causal-lm": TaskSpec(
         name="causal-lm",
-        metrics=("perplexity", "token_accuracy", *_COSTS[:2], "prefill_ms", *_COSTS[2:]),
+        metrics=("perplexity", "token_accuracy", *_COSTS[:3], "prefill_ms", *_COSTS[3:]),
         validation_metrics=("perplexity", "token_accuracy", "val_loss"),
         card_metrics=("perplexity", "token_accuracy", "latency_ms", "prefill_ms", "throughput", "params", "size_mb"),
         module="objectives.tasks._causal_lm",
         pipeline_tag="text-generation",
         cost_note=(
             "Latency: ms per generated token at batch 1 with the KV cache after a fixed prompt, median (p50) and 95th "
-            "percentile; prefill: one forward pass over a 128-token prompt; throughput: generated tokens/s at "
+            "percentile; speedup: the teacher's per-token latency over the student's, timed in interleaved rounds in one "
+            "process; prefill: one forward pass over a 128-token prompt; throughput: generated tokens/s at "
             "batch 8 (greedy)."
         ),
         unit="documents",
@@ -171,9 +174,33 @@ TASKS: dict[str, TaskSpec] = {
 }
 """Tasks by name; ``classification`` is the default of every config."""
 
-HIGHER_IS_BETTER = frozenset({"accuracy", "f1", "token_accuracy", "throughput"})
+HIGHER_IS_BETTER = frozenset({"accuracy", "f1", "token_accuracy", "throughput", "speedup"})
 """Metrics where more is better; for every other metric of any task less is better (``perplexity``, ``val_loss``,
 the costs)."""
+
+ARCHITECTURE_COSTS = frozenset(
+    {"latency_ms", "latency_ms_p95", "speedup", "prefill_ms", "throughput", "params", "size_mb", "gflops"}
+)
+"""Costs fixed by the student's architecture alone (measured once per architecture and hardware): no training
+setting moves them; ``train_seconds`` and ``peak_memory_mb`` also depend on the batch size and steps."""
+
+ARCHITECTURE_PARAMS = frozenset(
+    {
+        "student.model",
+        "student.num_layers",
+        "student.layers",
+        "student.init",
+        "student.hidden_size",
+        "student.intermediate_size",
+        "student.num_attention_heads",
+        "student.hidden_ratio",
+        "student.ffn_ratio",
+        "student.heads_ratio",
+    }
+)
+"""Config keys that change a student's architecture (depth, widths, family), the only searched parameters that
+can move an :data:`ARCHITECTURE_COSTS` metric; ``student.layer_selection`` and ``calibration_size`` choose which
+layers and units are kept, not how many."""
 
 ALL_METRICS = tuple(dict.fromkeys(m for spec in TASKS.values() for m in spec.metrics))
 """Every metric of every task, in order of first appearance."""

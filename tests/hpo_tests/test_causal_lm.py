@@ -109,6 +109,7 @@ def test_an_lm_study_records_every_lm_metric_then_exports_and_trains_a_generatin
     for trial in trials:
         assert trial.user_attrs["teacher_logits"] == "cache"
         assert trial.user_attrs["params"] < teacher["params"]  # 2 of the teacher's 4 layers, narrower
+        assert trial.user_attrs["speedup"] > 1  # per-token decoding, timed against the teacher in one process
         # The pruning curve is the study's quality metric: the last reported value is the final perplexity.
         curve = {int(k.rsplit("_", 1)[1]): v for k, v in trial.user_attrs.items() if k.startswith("val_step_")}
         assert curve[max(curve)] == pytest.approx(trial.user_attrs["perplexity"])

@@ -44,6 +44,7 @@ def check_metrics(trial: optuna.trial.FrozenTrial) -> None:
     assert 0 <= a["accuracy"] <= 1 and 0 <= a["f1"] <= 1
     assert 0 < a["latency_ms"] <= a["latency_ms_p95"] < 1000
     assert a["throughput"] > 1
+    assert a["speedup"] > 1  # a 1-2 layer cut of a 4- or 6-layer teacher, timed against it in the same process
     assert 1e6 < a["params"] < 23e6  # a 1-2 layer cut of the tiny BERT or of MiniLM
     assert a["size_mb"] == pytest.approx(a["params"] * 4 / 2**20)
     assert a["train_seconds"] > 0 and a["peak_memory_mb"] >= 0
@@ -123,6 +124,29 @@ def test_finetune_study_on_postgresql(tmp_path: Path, pg_url: str) -> None:
     check_metrics(trial)
     assert trial.value == trial.user_attrs["f1"]
     optuna.delete_study(study_name=name, storage=pg_url)
+
+
+@pytest.mark.slow  # 20-26 s: a grid of two real trials through the CLI
+def test_speedup_is_an_objective_and_a_constraint(tmp_path: Path) -> None:
+    # speedup over the teacher (4 layers) measured in the trial's process: a 1-layer cut is faster than a 2-layer one
+    config = tiny_config(
+        "speedup",
+        objective="finetune",
+        search_space={"student.num_layers": {"type": "categorical", "choices": [1, 2]}},
+        sampler={"name": "grid"},
+        directions={"accuracy": "maximize", "speedup": "maximize"},
+        constraints={"speedup": ">= 1.2"},
+    )
+    url = f"sqlite:///{tmp_path}/study.db"
+    result = hpo("run", str(write(tmp_path, config)), "--storage", url, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    trials = {t.params["student.num_layers"]: t for t in optuna.load_study(study_name="speedup", storage=url).trials}
+    for trial in trials.values():
+        assert trial.state == optuna.trial.TrialState.COMPLETE
+        assert trial.values[1] == trial.user_attrs["speedup"] > 1.2
+        assert trial.user_attrs["feasible"] is True
+        assert trial.constraints == {"speedup": pytest.approx(1.2 - trial.user_attrs["speedup"])}
+    assert trials[1].user_attrs["speedup"] > trials[2].user_attrs["speedup"]
 
 
 def test_unreachable_database_is_retried_then_fails_in_one_line_without_the_password(tmp_path: Path) -> None:

@@ -418,7 +418,7 @@ def test_workers_report_one_latency_per_architecture(tmp_path: Path, pg_url: str
     assert result.returncode == 0, result.stderr[-3000:]
     complete = [t for t in trials(pg_url, name) if t.state == TrialState.COMPLETE]
     assert len(complete) >= 6 and len({t.user_attrs["pid"] for t in complete}) == 2
-    for metric in ("latency_ms", "latency_ms_p95", "throughput"):
+    for metric in ("latency_ms", "latency_ms_p95", "speedup", "throughput"):
         assert len({t.user_attrs[metric] for t in complete}) == 1, metric
     study = optuna.load_study(study_name=name, storage=pg_url)
     stored = study._storage.get_study_system_attrs(study._study_id)

@@ -12,7 +12,7 @@ import yaml
 from optuna.trial import TrialState
 
 from hpo.views import figures
-from tests.hpo_tests.execution_tests.test_workers import synthetic
+from tests.hpo_tests.execution_tests.test_workers import SPACE, synthetic
 from tests.hpo_tests.views_tests import browser
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -42,6 +42,7 @@ def multi_objective(name: str = "pareto") -> dict:
         sampler={"name": "nsga2"},
         synthetic={"steps": 4, "crash_trials": [2]},
         worker={"max_retries": 0},
+        search_space={**SPACE, "student.num_layers": {"type": "int", "low": 1, "high": 4}},
     )
 
 
@@ -54,6 +55,17 @@ def test_multi_objective_report_renders_every_figure_offline_with_the_exported_p
     pick = min(study.best_trials, key=lambda t: t.values[1]).number
     study.set_user_attr("export", {"trial": pick, "path": "exported/"})
     study.set_user_attr("teacher", {**TEACHER, "throughput": 251.0, "params": 22.7e6, "size_mb": 86.6})
+
+    # 12 completed trials of 3 parameters: importances for accuracy over all three; latency, a cost, over the one
+    # architecture parameter (the synthetic cost also follows train.lr, which a real student's latency cannot)
+    figs = {f.slug: f for f in figures(study)}
+    assert set(figs["importance_accuracy"].figure.data[0].y) == {
+        "train.lr",
+        "distill.temperature",
+        "student.num_layers",
+    }
+    assert list(figs["importance_latency_ms"].figure.data[0].y) == ["student.num_layers"]
+    assert "architecture parameters only" in figs["importance_latency_ms"].title
 
     out = tmp_path / "out" / "report.html"
     result = hpo("report", "--storage", url, "--study", "pareto", "--out", str(out), cwd=tmp_path)
@@ -105,7 +117,9 @@ def test_single_objective_report_marks_where_trials_were_pruned(tmp_path: Path) 
 
     figs = {f.slug: f for f in figures(study)}
     assert set(figs) == {"history_accuracy", "importance_accuracy", "intermediate_values", "parallel_accuracy"}
-    assert all(f.figure is not None for f in figs.values())
+    assert all(f.figure is not None for slug, f in figs.items() if slug != "importance_accuracy")
+    completed = len(study.get_trials(states=(TrialState.COMPLETE,)))  # pruned trials do not count toward the floor
+    assert (figs["importance_accuracy"].figure is None) == (completed < 10), figs["importance_accuracy"].missing
     curves = figs["intermediate_values"].figure.data
     assert len(curves) == len(study.trials)
     marked = [trace for trace in curves if "x" in trace.marker.symbol]
@@ -149,3 +163,39 @@ def test_report_of_a_study_without_finished_trials_says_why_figures_are_missing(
     assert result.returncode == 0, result.stderr
     assert ": 0 figures" in result.stdout and result.stdout.count("not available") == 4
     assert "No completed trials yet." in out.read_text()
+
+
+def run_here(tmp_path: Path, config: dict) -> optuna.Study:
+    """Run a synthetic study to its budget in this process (no CLI start-up) in a SQLite file."""
+    from hpo import config_from_dict
+    from hpo.execution import run
+
+    url = f"sqlite:///{tmp_path / (config['name'] + '.db')}"
+    run(config_from_dict(config), url)
+    return optuna.load_study(study_name=config["name"], storage=url)
+
+
+def test_importances_need_enough_trials_and_a_cost_needs_a_searched_architecture_parameter(tmp_path: Path) -> None:
+    # 4 trials searching distill.alpha and the depth: too few for any importance (the floor is 10), however plotly
+    # would rank them
+    few = synthetic(
+        "few",
+        n_trials=4,
+        directions={"accuracy": "maximize", "latency_ms": "minimize"},
+        search_space={
+            "distill.alpha": {"type": "float", "low": 0.0, "high": 1.0},
+            "student.num_layers": {"type": "int", "low": 1, "high": 4},
+        },
+    )
+    figs = {f.slug: f for f in figures(run_here(tmp_path, few))}
+    assert figs["importance_accuracy"].figure is None and figs["importance_latency_ms"].figure is None
+    floor = "not available: 4 completed trials; importances over {} parameters need at least 10"
+    assert figs["importance_accuracy"].missing.startswith(floor.format(2))
+    assert figs["importance_latency_ms"].missing.startswith(floor.format(1))  # the depth alone: latency is a cost
+
+    # latency is a cost and no architecture parameter is searched: nothing to rank, whatever the number of trials
+    costs = synthetic("costs", n_trials=2, directions={"latency_ms": "minimize"})
+    (latency,) = [f for f in figures(run_here(tmp_path, costs)) if f.slug.startswith("importance_")]
+    assert latency.figure is None
+    assert "latency_ms is a cost moved only by architecture parameters" in latency.missing
+    assert "none is searched" in latency.missing

@@ -191,3 +191,35 @@ def test_generation_costs_report_every_cost() -> None:
     assert set(costs) == {"latency_ms", "latency_ms_p95", "prefill_ms", "throughput", "gflops"}
     assert all(value > 0 for value in costs.values())
     assert costs["latency_ms"] <= costs["latency_ms_p95"]
+
+
+def test_interleaved_speedup_is_the_median_of_per_round_ratios_and_alternates_the_models() -> None:
+    from objectives.evaluation import interleaved_speedup
+
+    calls: list[str] = []
+    # the host slows down for round 2 (both models 3x): the ratio of that round is still 4
+    teacher_times = iter([[8.0, 8.0, 9.0], [24.0, 24.0], [8.0], [100.0]])
+    student_times = iter([[2.0, 2.0, 1.0], [6.0, 6.0], [4.0], [2.0]])
+
+    def teacher() -> list[float]:
+        calls.append("teacher")
+        return next(teacher_times)
+
+    def student() -> list[float]:
+        calls.append("student")
+        return next(student_times)
+
+    # per-round ratios 8/2, 24/6, 8/4, 100/2 = 4, 4, 2, 50: median 4
+    assert interleaved_speedup(student, teacher, rounds=4) == 4.0
+    assert calls == ["teacher", "student"] * 4
+
+
+def test_a_real_model_is_faster_than_a_deeper_one_by_interleaved_rounds() -> None:
+    from objectives.evaluation import forward_round, interleaved_speedup
+
+    torch.manual_seed(0)
+    deep = torch.nn.Sequential(*[torch.nn.Linear(256, 256) for _ in range(8)])
+    shallow = torch.nn.Sequential(*list(deep)[:2])
+    x = {"input": torch.randn(16, 256)}
+    ratio = interleaved_speedup(forward_round(shallow, x, 20), forward_round(deep, x, 20), rounds=5)
+    assert 1.5 < ratio < 8  # 4x the layers; per-call overhead keeps it under 4 or so

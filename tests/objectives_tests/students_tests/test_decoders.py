@@ -39,6 +39,27 @@ def test_a_cut_copies_the_kept_layers_embeddings_and_final_norm_exactly(family: 
     assert tied == [family != "gpt_neox"] * 2
 
 
+def assert_decodes_with_its_cache(model: torch.nn.Module, prompt: torch.Tensor, steps: int = 4) -> None:
+    """Greedy decoding one token at a time through the KV cache gives the logits of a full uncached forward pass
+    over the whole sequence, and the cache holds every position so far. A cache silently dropped (or written at
+    the wrong layer index) fails this: a token fed alone sees no context, and its logits differ (checked here too,
+    so the comparison can fail). ``generate(use_cache=True)`` against ``use_cache=False`` cannot tell: generate
+    recomputes the whole sequence when it has no cache."""
+    with torch.no_grad():
+        out = model(input_ids=prompt, use_cache=True)
+        cache, ids = out.cache, prompt  # transformers >= 5.24 names it cache
+        assert cache.get_seq_length() == prompt.shape[1]
+        for _ in range(steps):
+            token = out.logits[:, -1:].argmax(-1)
+            ids = torch.cat([ids, token], dim=1)
+            out = model(input_ids=token, cache=cache, use_cache=True)
+            assert cache.get_seq_length() == ids.shape[1]  # every position attended so far is in the cache
+            full = model(input_ids=ids, use_cache=False).logits[:, -1]
+            torch.testing.assert_close(out.logits[:, -1], full, rtol=1e-4, atol=1e-4)
+            alone = model(input_ids=token, use_cache=False).logits[:, -1]
+            assert not torch.allclose(alone, full, rtol=1e-3, atol=1e-3)
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_keeping_every_layer_gives_the_teachers_logits_and_the_cut_generates_with_a_cache(family: str) -> None:
     teacher = tiny_decoder(family)
@@ -51,6 +72,7 @@ def test_keeping_every_layer_gives_the_teachers_logits_and_the_cut_generates_wit
     cached = student.generate(prompt, use_cache=True, **settings)
     assert cached.shape == (1, 11)
     assert torch.equal(cached, student.generate(prompt, use_cache=False, **settings))
+    assert_decodes_with_its_cache(student, prompt)
 
 
 def test_per_layer_config_lists_are_cut_with_the_layers() -> None:

@@ -10,6 +10,7 @@ import torch
 from objectives import ConfigError, Importance, StudentArgs
 from objectives.students import count_parameters, decoder_importance, decoder_layers, prune_decoder
 from tests.conftest import tiny_decoder
+from tests.objectives_tests.students_tests.test_decoders import assert_decodes_with_its_cache
 from tests.objectives_tests.students_tests.test_pruning import assert_beats_random_pruning
 
 VOCAB, H, FFN, HEADS, KV, HEAD_DIM, LAYERS = 128, 32, 64, 4, 2, 8, 4
@@ -127,6 +128,8 @@ def test_a_pruned_decoder_saves_loads_and_generates_with_a_cache(family: str, tm
     ids = batches()[0]["input_ids"][:1, :5]
     cached = student.generate(ids, max_new_tokens=4, do_sample=False, use_cache=True)
     assert torch.equal(cached, student.generate(ids, max_new_tokens=4, do_sample=False, use_cache=False))
+    assert_decodes_with_its_cache(student, ids)
+    assert_decodes_with_its_cache(again, ids)
 
 
 def test_width_pruning_another_family_is_one_error_naming_the_ratio() -> None:

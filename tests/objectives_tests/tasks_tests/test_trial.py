@@ -27,6 +27,10 @@ def test_cost_is_measured_once_per_architecture_and_reused() -> None:
     deeper = measure_cost(build_student(teacher, StudentArgs(num_layers=3)), work)
     assert deeper["params"] > first["params"] and deeper["latency_ms"] != first["latency_ms"]
     assert torch.get_num_threads() == 2
+    # with the teacher: its speedup over it too, under another key (the teacher is part of it), then reused
+    timed = measure_cost(build_student(teacher, StudentArgs(num_layers=2)), work, teacher=(teacher, work))
+    assert "speedup" not in first and 1.5 < timed["speedup"] < 6  # 2 of MiniLM's 6 layers (the embeddings stay)
+    assert measure_cost(build_student(teacher, StudentArgs(layers=[0, 5])), work, teacher=(teacher, work)) == timed
 
 
 def test_a_cost_store_keeps_the_first_measurement_under_a_key_naming_the_hardware() -> None:
