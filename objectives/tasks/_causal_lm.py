@@ -298,7 +298,7 @@ def finetune_student(
     The base model is loaded once per process (frozen; the student gets copies of its weights), so its importance
     scores are measured once per study, not per trial. ``init``: start from this model instead (e.g. a copy of
     :func:`initial_student`, the distilled student's starting point: the same student trained without the
-    teacher); no model is loaded."""
+    teacher): no model is loaded to train it, the base model only to time the ``speedup`` against."""
     torch.manual_seed(seed)
     quiet_transformers()
     if init is None:

@@ -256,7 +256,8 @@ def finetune_student(
     """The student architecture, initialised from the base (pretrained, not fine-tuned) model, or from
     ``student.model`` with its own tokenizer, trained on hard labels with cross-entropy; returns the trained model
     and its metrics. ``init``: start from this model instead (e.g. a copy of :func:`initial_student`, the
-    distilled student's starting point: the same student trained without the teacher); no model is loaded."""
+    distilled student's starting point: the same student trained without the teacher): no model is loaded to train
+    it, the base model only to time the ``speedup`` against (once per process)."""
     torch.manual_seed(seed)
     quiet_transformers()
     own = student_workload(work, student)
