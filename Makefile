@@ -11,9 +11,11 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-# Test processes (pytest-xdist): tests mostly wait on subprocesses, databases and heartbeats, so two share two cores;
-# each process (and every hpo it starts) computes with one thread, so they do not oversubscribe the cores.
-TEST_WORKERS ?= 2
+# Test processes (pytest-xdist): many tests wait on subprocesses, databases and heartbeats, so three share two cores
+# (two left a third of the CPU idle); each process (and every hpo it starts) computes with one thread. The slow set's
+# tests start many processes each, so it runs two at a time.
+TEST_WORKERS ?= 3
+SLOW_TEST_WORKERS ?= 2
 TEST_ENV := OMP_NUM_THREADS=1
 
 .PHONY: setup quickstart test test-slow lint
@@ -40,7 +42,7 @@ test: setup
 	$(TEST_ENV) $(BIN)/pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=10
 
 test-slow: setup
-	$(TEST_ENV) $(BIN)/pytest -q -m slow -n $(TEST_WORKERS) --dist worksteal --durations=10
+	$(TEST_ENV) $(BIN)/pytest -q -m slow -n $(SLOW_TEST_WORKERS) --dist worksteal --durations=10
 
 lint: setup
 	$(BIN)/ruff check .

@@ -81,6 +81,7 @@ def lm_config(name: str, model: str, corpus: str, **overrides: object) -> dict:
     return config
 
 
+@pytest.mark.slow  # a minute or more of real training and several processes; CI runs it
 def test_an_lm_study_records_every_lm_metric_then_exports_and_trains_a_generating_model(
     tiny_lm: str, tmp_path: Path
 ) -> None:

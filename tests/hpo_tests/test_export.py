@@ -154,6 +154,7 @@ def hpo(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow  # a minute or more of real training and several processes; CI runs it
 def test_study_export_and_full_training_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Both approaches from study to exported job to a fully trained model, on a 240-row CSV: the export lifts the
     study's row cap, and full training (seeds, baselines, test split, card) runs on every row in seconds."""

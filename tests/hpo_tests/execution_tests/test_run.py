@@ -53,6 +53,7 @@ def check_metrics(trial: optuna.trial.FrozenTrial) -> None:
     assert a["pid"] > 0 and a["host"]
 
 
+@pytest.mark.slow  # a minute or more of real training and several processes; CI runs it
 def test_distill_study_on_sqlite_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     minilm = {"model": "minilm-l6", "train": {"max_steps": 4, "batch_size": 16, "eval_every": 4}}
     config = write(tmp_path, tiny_config("e2e", teacher=minilm))  # the real offline MiniLM, end to end

@@ -410,7 +410,7 @@ def test_mariadb_create_and_worker(tmp_path: Path, mysql_url: str, name: str) ->
 
 @pytest.mark.slow
 def test_workers_report_one_latency_per_architecture(tmp_path: Path, pg_url: str, name: str) -> None:
-    # Real MiniLM students, one architecture, two worker processes: each would measure its own latency (a few
+    # Real (tiny BERT) students, one architecture, two worker processes: each would measure its own latency (a few
     # percent apart); the first measurement stored in the study is the one every trial reports.
     space = {"train.lr": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True}}
     create(tmp_path, pg_url, tiny_config(name, objective="finetune", n_trials=6, search_space=space))
