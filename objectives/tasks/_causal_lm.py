@@ -130,14 +130,19 @@ def _packed(tokenizer: Any, corpus: Corpus, split: str) -> Blocks:
     return _PACKED[key]
 
 
-def prepare_workload(data: DataArgs, model: str, device: str | torch.device = "cpu") -> Workload:
-    """Load the corpus and pack its train and validation splits with ``model``'s tokenizer (cached per process)."""
+def _corpus_and_tokenizer(data: DataArgs, model: str) -> tuple[Any, Any]:
+    """The corpus of ``data`` (its errors named under ``data.``) and ``model``'s tokenizer."""
     quiet_transformers()
     try:
         corpus = load_corpus(data)
     except ConfigError as exc:
         raise exc.under("data") from None
-    tokenizer = load_lm_tokenizer(model)
+    return corpus, load_lm_tokenizer(model)
+
+
+def prepare_workload(data: DataArgs, model: str, device: str | torch.device = "cpu") -> Workload:
+    """Load the corpus and pack its train and validation splits with ``model``'s tokenizer (cached per process)."""
+    corpus, tokenizer = _corpus_and_tokenizer(data, model)
     train = _packed(tokenizer, corpus, "train")
     validation = _packed(tokenizer, corpus, "validation")
     for name, blocks in (("train", train), ("validation", validation)):
@@ -149,12 +154,7 @@ def prepare_workload(data: DataArgs, model: str, device: str | torch.device = "c
 def evaluation_rows(data: DataArgs, model: str) -> dict[str, int]:
     """Blocks of the validation and test splits one evaluation pass reads (``data.max_eval_rows`` at most), packed
     with ``model``'s tokenizer (cached per process; ``datasets`` caches the tokenising of files)."""
-    quiet_transformers()
-    try:
-        corpus = load_corpus(data)
-    except ConfigError as exc:
-        raise exc.under("data") from None
-    tokenizer = load_lm_tokenizer(model)
+    corpus, tokenizer = _corpus_and_tokenizer(data, model)
     return {split: len(_packed(tokenizer, corpus, split)) for split in ("validation", "test")}
 
 
