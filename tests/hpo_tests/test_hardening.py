@@ -142,6 +142,7 @@ def test_concurrent_creators_queue_the_grid_once_on_a_fresh_postgresql_database(
 SECRET = "Hunter2pw"
 
 
+@pytest.mark.slow  # a minute of real processes; CI runs it
 def test_no_command_prints_the_password_on_success_or_failure(tmp_path: Path, pg_url: str) -> None:
     # The password in the query string (trust authentication ignores it, so these succeed); on failure in both places.
     name = f"pw-{uuid.uuid4().hex[:8]}"

@@ -258,6 +258,7 @@ def test_a_trial_past_max_minutes_fails_as_timeout_and_the_worker_goes_on(
     assert "restarting this worker" not in worker.stderr  # interrupted where it slept: no restart needed
 
 
+@pytest.mark.slow  # a minute of real processes; CI runs it
 def test_a_trial_hung_in_a_c_call_is_timed_out_and_its_worker_restarted(tmp_path: Path, pg_url: str, name: str) -> None:
     config = synthetic(name, n_trials=2, train={"max_minutes": 0.05})
     config["synthetic"] = {"steps": 2, "sleep": 0.2, "hang_trials": [0]}  # trial 0 blocks every signal and hangs
