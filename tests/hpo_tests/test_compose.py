@@ -82,9 +82,11 @@ def test_the_image_is_a_version_built_with_cuda_torch_and_every_extra_the_exampl
     args = set(re.findall(r"^ARG (\w+)=", dockerfile, re.MULTILINE))
     assert {"BASE_IMAGE", "TORCH_SPEC", "TORCH_INDEX"} <= args
     assert re.search(r"^FROM \$\{BASE_IMAGE\}$", dockerfile, re.MULTILINE)
-    (extras,) = re.findall(r'pip install --no-cache-dir "\.\[([\w,]+)\]"', dockerfile)
-    # postgres: the compose and Kubernetes database; lm: examples/smollm2_wikitext.yaml; samplers: gp, qmc, cmaes
-    assert {"postgres", "lm", "samplers"} <= set(extras.split(","))
+    (extras,) = re.findall(r'pip install --no-cache-dir -c deploy/constraints.txt "\.\[([\w,]+)\]"', dockerfile)
+    # postgres: the compose and Kubernetes database; lm: examples/smollm2_wikitext.yaml; samplers: gp, qmc, cmaes;
+    # s3: an object-store artifacts_dir
+    assert {"postgres", "lm", "samplers", "s3"} <= set(extras.split(","))
+    assert "COPY deploy/constraints.txt deploy/constraints.txt" in dockerfile
     for example in sorted((ROOT / "examples").glob("*.yaml")):
         load_config(example)  # every example the image ships is valid
     # The offline models and data sets: those make setup installs for the examples and tests.
@@ -107,3 +109,19 @@ def test_the_password_file_fills_in_the_url(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setenv("HPO_STORAGE_PASSWORD_FILE", str(tmp_path / "missing"))
     with pytest.raises(ConfigError, match="HPO_STORAGE_PASSWORD_FILE: cannot read"):
         _storage_url(None)
+
+
+def test_the_constraints_pin_the_versions_the_tests_run_with() -> None:
+    """deploy/constraints.txt pins (==) every package it names, and the ones a study's processes must agree on at
+    exactly the versions installed here: an image built with it runs what the tests ran."""
+    from importlib.metadata import version
+
+    pins = {}
+    for line in (ROOT / "deploy" / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, pinned = line.partition("==")
+            assert pinned and re.fullmatch(r"[\w.+!-]+", pinned), line  # exact pins only
+            pins[name.lower().replace("_", "-")] = pinned
+    for name in ("optuna", "sqlalchemy", "alembic", "transformers", "datasets", "psycopg", "fsspec", "s3fs"):
+        assert pins[name] == version(name), name
+    assert "torch" not in pins  # TORCH_SPEC pins torch; a CUDA build carries another local label
