@@ -23,10 +23,9 @@ from typing import Any
 import torch
 
 from hpo.execution import resolve_device, usable_cores
-from hpo.study import TrainJob, dump_job, teacher_warning
+from hpo.study import TrainJob, dump_job, open_store, store_error, teacher_warning
 from hpo.views import PER_CLASS_HEADER, format_cell, per_class_rows, render
 from objectives import HIGHER_IS_BETTER, ConfigError, Report, cost_hardware
-from storage import ArtifactDir, redact_text
 
 log = logging.getLogger("hpo")
 
@@ -269,14 +268,8 @@ def store_teacher(job: TrainJob, artifacts: str | None = None) -> Path:
     """The study's teacher named by ``job`` (``teacher_entry`` in ``artifacts_dir``, or in ``artifacts``: the same
     store under this machine's path), as a local folder: downloaded into this node's cache from a remote store.
     Raises ConfigError naming ``artifacts_dir`` and ``--artifacts`` when it cannot be reached."""
-    root = artifacts or job.artifacts_dir
     fix = "reach the study's store with hpo train --artifacts PATH (or HPO_ARTIFACTS_DIR)"
-    try:
-        store = ArtifactDir(root, job.source.study, options=job.artifacts_options)
-    except ImportError as exc:
-        raise ConfigError(
-            "artifacts_dir", f"{root} needs a package missing here ({exc}); e.g. pip install s3fs"
-        ) from None
+    store = open_store(artifacts or job.artifacts_dir, job.source.study, job.artifacts_options)
     try:
         path = store.fetch(job.teacher_entry)
     except FileNotFoundError:
@@ -286,10 +279,7 @@ def store_teacher(job: TrainJob, artifacts: str | None = None) -> Path:
             "teacher_entry from the job to fine-tune a new teacher",
         ) from None
     except Exception as exc:
-        reason = redact_text(str(exc).strip().splitlines()[0]) if str(exc).strip() else ""
-        raise ConfigError(
-            "artifacts_dir", f"cannot reach {store.location} ({type(exc).__name__}: {reason}); {fix}"
-        ) from None
+        raise ConfigError("artifacts_dir", f"cannot reach {store.location} ({store_error(exc)}); {fix}") from None
     log.info("teacher %s from the study's store %s (%s)", job.teacher_entry, store.location, path)
     return path
 

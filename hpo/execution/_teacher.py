@@ -62,8 +62,8 @@ def ensure_teacher(
         metrics = config.task_spec.implementation().finetune_teacher(work, config.teacher, config.seed, tmp)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
 
-    artifacts.produce(name, train, leases)
-    path = artifacts.fetch(name)
+    artifacts.produce(name, train, leases)  # leaves this node a local copy, whoever wrote it
+    path = artifacts.entry(name)
     metrics = json.loads((path / "metrics.json").read_text())
     warning = teacher_warning(metrics)
     if warning:

@@ -171,17 +171,18 @@ def _absolute(name: str) -> str:
     return os.path.abspath(path) if path.exists() else name
 
 
-def open_store(config: Config) -> ArtifactDir:
-    """The artifact store of ``config`` (its ``artifacts_dir``, in this process), unchecked."""
+def open_store(root: str, study_name: str, options: dict[str, Any]) -> ArtifactDir:
+    """The artifact store of study ``study_name`` under ``root`` (``artifacts_dir``, in this process), unchecked."""
     try:
-        return ArtifactDir(config.artifacts_dir, config.name, options=config.artifacts_options)
+        return ArtifactDir(root, study_name, options=options)
     except ImportError as exc:  # s3:// without s3fs, say
         raise ConfigError(
-            "artifacts_dir", f"{config.artifacts_dir} needs a package missing here ({exc}); e.g. pip install s3fs"
+            "artifacts_dir", f"{root} needs a package missing here ({exc}); e.g. pip install s3fs"
         ) from None
 
 
-def _reason(exc: Exception) -> str:
+def store_error(exc: Exception) -> str:
+    """An exception of a store's filesystem as one safe line: its type and the first line of its message."""
     text = str(exc).strip()
     return f"{type(exc).__name__}: {redact_text(text.splitlines()[0])}" if text else type(exc).__name__
 
@@ -189,13 +190,13 @@ def _reason(exc: Exception) -> str:
 def _mark_store(config: Config) -> dict[str, str]:
     """Write the store marker of a new study into its artifact store; returns what the study keeps of it."""
     store = {"root": config.artifacts_dir, "id": uuid.uuid4().hex}
-    artifacts = open_store(config)
+    artifacts = open_store(config.artifacts_dir, config.name, config.artifacts_options)
     try:
         artifacts.write_json(STORE_MARKER, {"study": config.name, "id": store["id"]})
     except Exception as exc:
         raise ConfigError(
             "artifacts_dir",
-            f"cannot write to the artifact store {artifacts.location} ({_reason(exc)}); use a folder or URL this "
+            f"cannot write to the artifact store {artifacts.location} ({store_error(exc)}); use a folder or URL this "
             "machine can write, and check artifacts_options and the credentials",
         ) from None
     return store
@@ -206,7 +207,7 @@ def study_store(config: Config, attrs: dict[str, Any]) -> ArtifactDir:
     ``HPO_ARTIFACTS_DIR`` may have replaced), checked against the marker its creator wrote there (``attrs``: the
     study's user attributes): a process reading another folder would train a private teacher. Raises ConfigError
     (``artifacts_dir``) naming the store and the fix when it is not the study's or cannot be reached."""
-    artifacts = open_store(config)
+    artifacts = open_store(config.artifacts_dir, config.name, config.artifacts_options)
     expected = attrs.get(STORE_ATTR)
     if expected is None:  # a study created before stores were marked
         return artifacts
@@ -215,7 +216,7 @@ def study_store(config: Config, attrs: dict[str, Any]) -> ArtifactDir:
     except Exception as exc:
         raise ConfigError(
             "artifacts_dir",
-            f"cannot reach {artifacts.location}, the artifact store of study {config.name!r} ({_reason(exc)}); "
+            f"cannot reach {artifacts.location}, the artifact store of study {config.name!r} ({store_error(exc)}); "
             f"{STORE_FIX}, and check artifacts_options and the credentials",
         ) from None
     if found.get("id") != expected["id"]:
@@ -297,7 +298,7 @@ def delete_study(
     if stored:
         config = config_from_dict(stored)
         config.artifacts_dir = artifacts_dir or config.artifacts_dir
-        artifacts = open_store(config)
+        artifacts = open_store(config.artifacts_dir, config.name, config.artifacts_options)
     else:  # not created by hpo
         artifacts = ArtifactDir(artifacts_dir or "hpo-artifacts", name)
     if not confirm(f"study {name!r} ({summary.n_trials} trials, {running} running)"):
