@@ -1,6 +1,6 @@
 """The study's artifact store across nodes: ``hpo create`` marks the store, and a worker that looks elsewhere
 (another folder, a store it cannot reach) refuses the study in one line, or a pool worker skips it, rather than
-train a teacher of its own. Real processes on real SQLite."""
+train a teacher of its own. Real processes on real SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import optuna
@@ -81,14 +82,15 @@ def _node(tmp_path: Path, name: str) -> tuple[Path, dict[str, str]]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("store", ["shared-folder", "s3"])
-def test_nodes_share_one_teacher_and_train_finds_it_in_the_store(store: str, tmp_path: Path, request) -> None:
-    """Two worker nodes (separate processes, working directories, HOME and caches; the same SQLite database and
+def test_nodes_share_one_teacher_and_train_finds_it_in_the_store(
+    store: str, tmp_path: Path, pg_url: str, request
+) -> None:
+    """Two worker nodes (separate processes, working directories, HOME and caches; the same PostgreSQL database and
     artifact store) run one trial each: the teacher is trained once, by one of them, and both distil from it. A
     third node exports the best trial and trains it from the exported job (``hpo train`` as a process of its own on
     S3; on the folder, mounted under another path, its teacher lookup in this process): it finds the teacher in the
     store and fine-tunes none; a store out of reach is one error naming artifacts_dir and --artifacts."""
-    url = f"sqlite:///{tmp_path}/db/s.db"
-    (tmp_path / "db").mkdir()
+    url, study = pg_url, f"nodes-{uuid.uuid4().hex[:8]}"  # the real PostgreSQL every node reaches
     data = sentiment_csv(tmp_path / "reviews.csv")
     if store == "s3":
         root, options = (
@@ -98,7 +100,7 @@ def test_nodes_share_one_teacher_and_train_finds_it_in_the_store(store: str, tmp
     else:
         root, options = str(tmp_path / "shared"), {}
     config = tiny_config(
-        "nodes",
+        study,
         n_trials=2,
         artifacts_dir=root,
         artifacts_options=options,
@@ -119,7 +121,7 @@ def test_nodes_share_one_teacher_and_train_finds_it_in_the_store(store: str, tmp
     environ = {k: v for k, v in os.environ.items() if k not in ("HPO_STORAGE", "HPO_ARTIFACTS_DIR")}
     workers = [
         subprocess.Popen(
-            [sys.executable, "-m", "hpo._cli", "worker", "--storage", url, "--study", "nodes", "--n-trials", "1", *f],
+            [sys.executable, "-m", "hpo._cli", "worker", "--storage", url, "--study", study, "--n-trials", "1", *f],
             cwd=cwd,
             env={**environ, **env},
             stdout=subprocess.DEVNULL,
@@ -133,16 +135,16 @@ def test_nodes_share_one_teacher_and_train_finds_it_in_the_store(store: str, tmp
         assert worker.returncode == 0, log[-3000:]
         assert "ran 1 trials" in log and "teacher: validation" in log  # each node ran a trial with the teacher
     assert sum(log.count("fine-tuning the teacher") for log in logs) == 1  # trained once, by one node
-    trials = optuna.load_study(study_name="nodes", storage=url).trials
+    trials = optuna.load_study(study_name=study, storage=url).trials
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
     assert sorted(t.user_attrs["pid"] for t in trials) == sorted(w.pid for w in workers)  # one trial per node
     if store == "s3":  # each node read the teacher from a copy in its own cache
         for name in ("node-a", "node-b"):
-            assert list((tmp_path / name / ".cache" / "distill-hpo" / "artifacts").glob("*/nodes/teacher-*"))
+            assert list((tmp_path / name / ".cache" / "distill-hpo" / "artifacts").glob(f"*/{study}/teacher-*"))
         assert not (first / "hpo-artifacts").exists()
 
     third, third_env = _node(tmp_path, "node-c")
-    exported = main(["export", "--storage", url, "--study", "nodes", "--out", str(third / "job.yaml"),
+    exported = main(["export", "--storage", url, "--study", study, "--out", str(third / "job.yaml"),
                      "--objective", "accuracy", "--steps-factor", "1"])  # fmt: skip
     assert exported == 0
     job = yaml.safe_load((third / "job.yaml").read_text())
@@ -151,17 +153,19 @@ def test_nodes_share_one_teacher_and_train_finds_it_in_the_store(store: str, tmp
     if store == "shared-folder":  # hpo train on a shared folder: test_export's round trip; here its teacher lookup
         loaded = load_job(third / "job.yaml")
         mounted = store_teacher(loaded, str(tmp_path / "node-b" / "mnt"))  # the store under this node's path
-        assert mounted == tmp_path / "shared" / "nodes" / job["teacher_entry"] and mounted.is_dir()  # through it
+        assert mounted == tmp_path / "shared" / study / job["teacher_entry"] and mounted.is_dir()  # through it
         with pytest.raises(ConfigError, match="--artifacts PATH") as lost:
             store_teacher(loaded, str(tmp_path / "nowhere"))
         assert lost.value.key == "artifacts_dir" and "is not in" in str(lost.value)
+        optuna.delete_study(study_name=study, storage=url)
         return
     trained = hpo("train", "job.yaml", "--out", "model", cwd=third, env=third_env)
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert f"teacher {job['teacher_entry']} from the study's store" in trained.stderr
     assert "fine-tuning the teacher" not in trained.stderr and not (third / "model" / "teacher").exists()
     assert json.loads((third / "model" / "metrics.json").read_text())["test"]["teacher"]["accuracy"] >= 0
-    assert list((tmp_path / "node-c" / ".cache" / "distill-hpo" / "artifacts").glob("*/nodes/teacher-*"))
+    assert list((tmp_path / "node-c" / ".cache" / "distill-hpo" / "artifacts").glob(f"*/{study}/teacher-*"))
+    optuna.delete_study(study_name=study, storage=url)
 
 
 def test_a_store_out_of_reach_is_one_error_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -209,13 +213,13 @@ def test_local_data_and_model_paths_are_stored_absolute(tmp_path: Path, monkeypa
 
 
 @pytest.mark.slow
-def test_a_node_killed_while_training_the_teacher_is_taken_over_by_the_other(tmp_path: Path) -> None:
+def test_a_node_killed_while_training_the_teacher_is_taken_over_by_the_other(tmp_path: Path, pg_url: str) -> None:
     """Node a takes the teacher's lease and starts fine-tuning it; kill -9 of its process group mid-training leaves
     half a teacher unpublished; node b, waiting on the lease, takes it over once it expires (the study's
     worker.grace_period), trains the teacher, publishes it and runs the trial with it."""
-    url = f"sqlite:///{tmp_path}/s.db"
+    url, study_name = pg_url, f"takeover-{uuid.uuid4().hex[:8]}"  # the real PostgreSQL every node reaches
     config = tiny_config(
-        "takeover",
+        study_name,
         n_trials=1,
         artifacts_dir=str(tmp_path / "shared"),
         teacher={"model": tiny_bert(), "train": {"max_steps": 100, "batch_size": 16, "eval_every": 100}},
@@ -230,7 +234,7 @@ def test_a_node_killed_while_training_the_teacher_is_taken_over_by_the_other(tmp
     def start(name: str) -> tuple[subprocess.Popen, Path]:
         cwd, env = _node(tmp_path, name)
         log = cwd / "worker.log"
-        command = [sys.executable, "-m", "hpo._cli", "worker", "--storage", url, "--study", "takeover"]
+        command = [sys.executable, "-m", "hpo._cli", "worker", "--storage", url, "--study", study_name]
         with log.open("w") as handle:
             proc = subprocess.Popen(
                 command, cwd=cwd, env={**environ, **env}, stdout=subprocess.DEVNULL, stderr=handle,
@@ -249,10 +253,11 @@ def test_a_node_killed_while_training_the_teacher_is_taken_over_by_the_other(tmp
     a.wait()
     assert "teacher: validation" not in a_log.read_text()  # killed mid-training: a published no teacher
     assert b.wait(timeout=600) == 0, b_log.read_text()[-3000:]
-    study = optuna.load_study(study_name="takeover", storage=url)
+    study = optuna.load_study(study_name=study_name, storage=url)
     assert [t.state.name for t in study.trials] == ["COMPLETE"] and study.trials[0].user_attrs["pid"] == b.pid
     assert "fine-tuning the teacher" in b_log.read_text()  # b trained it after a died
-    store = tmp_path / "shared" / "takeover"
+    store = tmp_path / "shared" / study_name
     published = [p for p in store.glob("teacher-*") if p.is_dir()]
     assert len(published) == 1 and (published[0] / "config.json").is_file()
     assert study.user_attrs["teacher"]["path"] == str(published[0])
+    optuna.delete_study(study_name=study_name, storage=url)
