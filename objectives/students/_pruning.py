@@ -198,7 +198,9 @@ def prune_state(
 ) -> dict[str, torch.Tensor]:
     """``state`` (a teacher's, keys already renumbered to the student's layers) sliced to the kept units by
     ``rules``: ``hidden`` channel indices, and per kind of unit (``attention``, ``ffn``, ...) the kept indices of
-    every student layer. ``layer_of(key)`` is the student layer a key belongs to, or None."""
+    every student layer. ``layer_of(key)`` is the student layer a key belongs to, or None. The indices (computed on
+    the CPU) move to each tensor's device, so a teacher on a GPU is sliced there (``index_select`` refuses an index
+    on another device). The tensors returned may be views of ``state``'s (``load_state_dict`` copies them)."""
     out = {}
     for key, tensor in state.items():
         rule = next(((r, c) for pattern, r, c in rules if pattern.search(key)), (None, None))
@@ -206,8 +208,8 @@ def prune_state(
         index = {"hidden": hidden, **{kind: kept.get(layer) for kind, kept in units.items()}}
         for dim, kind in enumerate(rule):
             if kind is not None and dim < tensor.dim():
-                tensor = tensor.index_select(dim, index[kind])
-        out[key] = tensor.clone()
+                tensor = tensor.index_select(dim, index[kind].to(tensor.device))
+        out[key] = tensor
     return out
 
 

@@ -13,6 +13,7 @@ from transformers import AutoModelForSequenceClassification, BertConfig
 from objectives import ConfigError, Importance, StudentArgs, build_student, load_classifier, measure_importance
 from objectives.data import Encoded
 from objectives.students import calibration_batches, count_parameters, prune_widths, renumbered_state, student_layers
+from objectives.students._pruning import prune_state
 
 H, FFN, HEADS, LAYERS, VOCAB, POSITIONS, LABELS = 64, 128, 4, 4, 120, 64, 3
 
@@ -125,6 +126,28 @@ def assert_beats_random_pruning(importance: Importance, error: Callable[[Importa
         assert all(ours < error(r, args) for r in randoms), args
     half = StudentArgs(hidden_ratio=0.5, ffn_ratio=0.5, heads_ratio=0.5)
     assert error(importance, half) < sum(error(r, half) for r in randoms) / len(randoms)
+
+
+def test_indices_follow_the_device_of_the_tensors_they_slice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A teacher on a GPU is sliced on the GPU with the kept-unit indices (computed on the CPU) moved there: CUDA's
+    ``index_select`` refuses a CPU index on a CUDA tensor. No GPU here: the teacher sits on the meta device and
+    ``index_select`` is wrapped to refuse an index on another device, as CUDA does (the meta kernel accepts it)."""
+    real = torch.Tensor.index_select
+
+    def strict(self: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:
+        if index.device != self.device:
+            raise RuntimeError(f"index on {index.device}, tensor on {self.device}")
+        return real(self, dim, index)
+
+    monkeypatch.setattr(torch.Tensor, "index_select", strict)
+    teacher = tiny_bert().to("meta")
+    state, layer_of = renumbered_state(teacher, [0, 2])
+    half = {"attention": torch.arange(H // 2), "ffn": torch.arange(FFN // 2)}
+    units = {kind: {layer: index for layer in (0, 1)} for kind, index in half.items()}
+    out = prune_state(state, layer_of, torch.arange(0, H, 2), units)
+    assert {t.device.type for t in out.values()} == {"meta"}
+    assert out["bert.encoder.layer.1.intermediate.dense.weight"].shape == (FFN // 2, H // 2)
+    assert out["bert.encoder.layer.1.attention.self.query.weight"].shape == (H // 2, H // 2)
 
 
 def test_head_count_independent_of_hidden_width_saves_and_loads(tmp_path: Path) -> None:
