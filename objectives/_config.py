@@ -139,8 +139,9 @@ class TrainArgs:
     """Run the training forward/backward through ``torch.compile`` (dynamic shapes). Each trial pays the compile
     time (inductor's disk cache shortens it for later trials); see ``bench/trial_cost.py`` before turning it on."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    """Mixed precision: ``auto`` is bf16 autocast on GPUs that support it, fp16 with a grad scaler on older ones,
-    fp32 on CPU."""
+    """Mixed precision: ``auto`` is bf16 autocast on GPUs of compute capability 8.0 and above (Ampere on), fp16 with
+    a grad scaler on older ones (a step the scaler skips does not advance the LR schedule), fp32 on CPU. Parameters
+    stay fp32 (the master weights) whatever the checkpoint was saved in."""
     class_weights: Literal["none", "balanced"] = "none"
     """Weights of the classes in the cross-entropy on labels: ``none`` (all 1), or ``balanced`` (inverse frequency
     in the training split, w_c = N / (C * n_c)), so a rare class is not given up. Searchable as a categorical."""

@@ -71,7 +71,11 @@ def load_tokenizer(name: str) -> Any:
 
 
 def load_classifier(name: str, num_labels: int, dropout: float | None = None) -> Any:
-    """A sequence classifier from ``name`` with a ``num_labels`` head (new head when the checkpoint has none)."""
+    """A sequence classifier from ``name`` with a ``num_labels`` head (new head when the checkpoint has none), in
+    fp32 whatever dtype the checkpoint was saved in (transformers' default, ``dtype="auto"``, would keep a hub
+    checkpoint's fp16 or bf16): training keeps fp32 master weights under autocast, and a GradScaler refuses to unscale
+    fp16 gradients."""
+    import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     quiet_transformers()
@@ -79,7 +83,7 @@ def load_classifier(name: str, num_labels: int, dropout: float | None = None) ->
     config = set_dropout(AutoConfig.from_pretrained(path, num_labels=num_labels), dropout)
     if hasattr(config, "attention_head_size"):  # a width-pruned student
         return load_narrow_classifier(path, config)
-    return AutoModelForSequenceClassification.from_pretrained(path, config=config)
+    return AutoModelForSequenceClassification.from_pretrained(path, config=config, dtype=torch.float32)
 
 
 def name_labels(model: Any, names: list[str]) -> None:
@@ -106,16 +110,17 @@ def head_size(config: Any) -> int:
 def narrow_classifier(config: Any) -> Any:
     """A BERT-style sequence classifier from ``config``; with ``config.attention_head_size`` set (a pruned student
     keeps its teacher's head size), its attention has that size per head whatever the hidden size (transformers
-    otherwise ties it to hidden_size / heads)."""
+    otherwise ties it to hidden_size / heads). Built in fp32, whatever ``config.dtype`` says (``from_config`` would
+    follow it: fp16 for a checkpoint saved in fp16)."""
     import torch
     from transformers import AutoModelForSequenceClassification
 
     if not hasattr(config, "attention_head_size"):
-        return AutoModelForSequenceClassification.from_config(config)
+        return AutoModelForSequenceClassification.from_config(config, dtype=torch.float32)
     heads, size = config.num_attention_heads, head_size(config)
     config = copy.deepcopy(config)
     config.num_attention_heads = 1  # always divides hidden_size; the attention is resized below
-    model = AutoModelForSequenceClassification.from_config(config)
+    model = AutoModelForSequenceClassification.from_config(config, dtype=torch.float32)
     model.config.num_attention_heads = heads
     hidden, inner = config.hidden_size, heads * size
     for layer in encoder_layers(model, "student"):

@@ -92,13 +92,43 @@ class TrainResult:
     """Validation passes run."""
 
 
+BF16_CAPABILITY = (8, 0)
+"""The CUDA compute capability from which ``precision: auto`` trains in bf16 (Ampere on: bf16 tensor cores)."""
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``precision`` on ``device``; None means plain fp32."""
+    """The autocast dtype for ``precision`` on ``device``; None means plain fp32 (always on a CPU). ``auto`` is bf16
+    on compute capability :data:`BF16_CAPABILITY` and above, else fp16 (with a GradScaler): not
+    ``torch.cuda.is_bf16_supported()``, which also answers true where bf16 is only emulated (a V100, a T4)."""
     if device.type != "cuda" or precision == "fp32":
         return None
-    if precision == "bf16" or (precision == "auto" and torch.cuda.is_bf16_supported()):
+    if precision == "bf16" or (precision == "auto" and torch.cuda.get_device_capability(device) >= BF16_CAPABILITY):
         return torch.bfloat16
     return torch.float16
+
+
+def optimizer_step(
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    params: list[torch.nn.Parameter],
+    max_grad_norm: float | None,
+) -> bool:
+    """One optimiser step through ``scaler`` (gradients unscaled and clipped to ``max_grad_norm`` first, if set),
+    then the gradients cleared; returns whether the step was taken. An fp16 GradScaler skips a step whose gradients
+    hold inf or NaN and lowers its scale: that is how a skipped step is told (the scale drops only then), and the
+    LR ``schedule`` advances only with a step taken, so skipped steps do not use up warmup or decay."""
+    if max_grad_norm is not None:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    before = scaler.get_scale() if scaler.is_enabled() else None  # no sync without a scaler
+    scaler.step(optimizer)  # an enabled scaler syncs here anyway, to test for inf
+    scaler.update()
+    taken = before is None or scaler.get_scale() >= before
+    if taken:
+        schedule.step()
+    optimizer.zero_grad(set_to_none=True)
+    return taken
 
 
 def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -268,13 +298,7 @@ def train(
             if on_step is not None:
                 running_loss += loss.detach().float()
             scaler.scale(loss).backward()
-        if args.max_grad_norm is not None:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_([*model.parameters(), *extra], args.max_grad_norm)
-        scaler.step(optimizer)
-        scaler.update()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer_step(optimizer, schedule, scaler, [*model.parameters(), *extra], args.max_grad_norm)
 
         validating = not (step % args.eval_every and step != args.max_steps)
         mean_loss = None
