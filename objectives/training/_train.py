@@ -204,6 +204,30 @@ def teacher_logits(teacher: torch.nn.Module, data: Any, batch_size: int) -> torc
     return HeadInputs(stored, head.weight.detach().float().cpu().clone(), bias)
 
 
+def teacher_targets(
+    teacher: torch.nn.Module | torch.Tensor | HeadInputs | None,
+    inputs: dict[str, torch.Tensor],
+    outputs: dict[str, bool],
+    rows: torch.Tensor,
+    device: torch.device,
+) -> Any:
+    """What the student learns from on a batch: the live ``teacher``'s outputs on ``inputs`` (with the extra
+    ``outputs`` a layer loss asks for), or the cached logits of the examples ``rows``; None without a teacher.
+
+    Always fp32, outside any autocast, whatever the training precision: a cache is built in fp32
+    (:func:`teacher_logits`, which CPU workers sharing the study's cache can only do in fp32), so a live teacher
+    runs in fp32 too and trials with and without the cache learn from the same numbers (bf16 logits are off by up
+    to 2^-8 relative, which a low KD temperature magnifies). The price is the live teacher's forward in fp32
+    (on TF32 tensor cores on a GPU) rather than bf16; the cache avoids it altogether."""
+    if teacher is None:
+        return None
+    with torch.autocast(device.type, enabled=False):
+        if isinstance(teacher, torch.nn.Module):
+            with torch.no_grad():
+                return teacher(**inputs, **outputs)
+        return cached_rows(teacher, rows, device)
+
+
 def train(
     model: torch.nn.Module,
     train_data: Any,
@@ -281,13 +305,7 @@ def train(
             inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
             with amp():
                 student_out = forward(**inputs, **outputs)
-                teacher_out = None
-                if isinstance(teacher, torch.nn.Module):
-                    with torch.no_grad():
-                        teacher_out = teacher(**inputs, **outputs)
-                elif teacher is not None:
-                    with torch.autocast(device.type, enabled=False):  # the cached logits in fp32, as stored
-                        teacher_out = cached_rows(teacher, rows, device)
+            teacher_out = teacher_targets(teacher, inputs, outputs, rows, device)
             if outputs:
                 loss = loss_fn(student_out, batch["labels"], teacher_out, batch["attention_mask"])
             else:

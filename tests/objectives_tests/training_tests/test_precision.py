@@ -1,6 +1,6 @@
 """Mixed precision on a GPU, shown without one: the choice by compute capability (faked), a step the fp16 scaler
 skips leaving the LR schedule where it was (a real CPU GradScaler), and fp32 master weights from a checkpoint
-saved in fp16."""
+saved in fp16; live and cached teacher targets in the same precision under autocast."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from objectives import load_classifier
+from objectives.data import Encoded
 from objectives.students._models import narrow_classifier
-from objectives.training._train import autocast_dtype, optimizer_step
+from objectives.training._train import autocast_dtype, optimizer_step, teacher_logits, teacher_targets
 from tests.conftest import tiny_bert
 
 CUDA = torch.device("cuda", 0)
@@ -85,3 +86,26 @@ def test_checkpoints_saved_in_half_precision_load_with_fp32_parameters(tmp_path:
     for name in ("plain", "narrow"):
         loaded = load_classifier(str(tmp_path / name), 2)
         assert {p.dtype for p in loaded.parameters()} == {torch.float32}, name
+
+
+def test_live_and_cached_teacher_targets_are_the_same_fp32_numbers_under_autocast() -> None:
+    """Under bf16 autocast (here the CPU's, as on a GPU) a live teacher would give bf16 logits while the cache holds
+    fp32 ones: teacher_targets runs the live teacher outside autocast, so both give the same fp32 numbers."""
+    teacher = load_classifier(tiny_bert(), 2)
+    g = torch.Generator().manual_seed(0)
+    texts = [[101, *torch.randint(1000, 5000, (int(n),), generator=g).tolist(), 102] for n in range(4, 36)]
+    data = Encoded(texts, [i % 2 for i in range(len(texts))], 0)
+    cache = teacher_logits(teacher, data, 8)
+    cpu = torch.device("cpu")
+    batch = next(data.train_batches(8, 0))
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.no_grad():
+            under_autocast = teacher(**inputs).logits  # what the live teacher gave before
+        live = teacher_targets(teacher, inputs, {}, batch["index"], cpu).logits
+        cached = teacher_targets(cache, inputs, {}, batch["index"], cpu)
+    assert under_autocast.dtype == torch.bfloat16
+    assert live.dtype == cached.dtype == torch.float32
+    torch.testing.assert_close(live, cached)
+    assert not torch.allclose(under_autocast.float(), cached)  # the difference the test would see otherwise
+    assert teacher_targets(None, inputs, {}, batch["index"], cpu) is None
