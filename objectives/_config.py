@@ -136,8 +136,10 @@ class TrainArgs:
     """Batch training examples of similar length (shuffled within pools of 50 batches, batch order shuffled), so
     dynamic padding computes few pad tokens; false draws batches uniformly at random."""
     compile: bool = False
-    """Run the training forward/backward through ``torch.compile`` (dynamic shapes). Each trial pays the compile
-    time (inductor's disk cache shortens it for later trials); see ``bench/trial_cost.py`` before turning it on."""
+    """Run the training forward/backward through ``torch.compile`` (dynamic shapes), compiled once per
+    architecture (and dropout) per worker process; the compile time is recorded as ``compile_seconds``, outside
+    ``train_seconds``; past Dynamo's recompile limit new architectures train eager, with one warning. See
+    ``bench/trial_cost.py`` before turning it on."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """Mixed precision: ``auto`` is bf16 autocast on GPUs of compute capability 8.0 and above (Ampere on), fp16 with
     a grad scaler on older ones (a step the scaler skips does not advance the LR schedule), fp32 on CPU. Parameters

@@ -49,9 +49,10 @@ def teacher_warning(metrics: dict) -> str | None:
     )
 
 
-TIMING_ATTRS = ("step_seconds", "eval_seconds", "eval_rows")
+TIMING_ATTRS = ("step_seconds", "eval_seconds", "eval_rows", "compile_seconds")
 """Trial user attributes saying where a trial's time (``train_seconds``) went, as ``objectives.training.fit``
-measured it: one optimiser step, one validation pass, and the rows (blocks) of that pass. ``hpo export`` estimates
+measured it: one optimiser step, one validation pass, the rows (blocks) of that pass, and ``train.compile``'s
+compile time (outside ``train_seconds``). ``hpo export`` estimates
 a full training's time from them (the synthetic objective records none)."""
 
 

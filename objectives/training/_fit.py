@@ -106,8 +106,10 @@ def fit(
     """Train ``model`` through ``stages``, scoring on ``validation`` with ``evaluate``; returns the last evaluation
     and the metrics every task records: its ``cost(model)`` (measured before training, handed to ``on_cost``),
     ``steps``, ``train_seconds``, ``peak_memory_mb``, and what its time went to: ``step_seconds`` (mean wall time of
-    an optimiser step, validations left out), ``eval_seconds`` (of one validation pass, mean) and ``eval_rows``
-    (examples or blocks of ``validation``: one pass).
+    an optimiser step, validations left out), ``eval_seconds`` (of one validation pass, mean), ``eval_rows``
+    (examples or blocks of ``validation``: one pass) and ``compile_seconds`` (``train.compile``'s compile time, 0
+    for an architecture this process compiled before; left out of ``train_seconds`` and ``step_seconds``, so a
+    trial's searchable time does not depend on which trial of its architecture came first).
 
     Steps are numbered across stages, so reports of a later stage continue where the earlier one ended; only the
     last stage's last validation is reported as final.
@@ -117,7 +119,7 @@ def fit(
     if on_cost is not None:
         on_cost(measured)
     start = time.perf_counter()
-    done, eval_seconds, evals = 0, 0.0, 0
+    done, eval_seconds, evals, compile_seconds = 0, 0.0, 0, 0.0
     with PeakMemory(device) as memory:
         for stage in stages:
             attentions = getattr(stage.loss_fn, "model_outputs", {}).get("output_attentions", False)
@@ -137,13 +139,15 @@ def fit(
                 )
             done += result.steps
             eval_seconds, evals = eval_seconds + result.eval_seconds, evals + result.evals
-    seconds = time.perf_counter() - start
+            compile_seconds += result.compile_seconds
+    seconds = time.perf_counter() - start - compile_seconds
     metrics = {
         "steps": float(done),
         "train_seconds": seconds,
         "step_seconds": (seconds - eval_seconds) / max(1, done),
         "eval_seconds": eval_seconds / max(1, evals),
         "eval_rows": float(len(validation)),
+        "compile_seconds": compile_seconds,
         "peak_memory_mb": memory.peak_mb,
         **measured,
     }

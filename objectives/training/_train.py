@@ -16,6 +16,7 @@ import torch
 from objectives._config import TrainArgs
 from objectives.data import Encoded
 from objectives.evaluation import accuracy, macro_f1
+from objectives.training._compile import CompileClock, compiled_forward
 from objectives.training._logits import HeadInputs, cached_rows, check_head, lm_head
 from objectives.training._optim import build_optimizer
 
@@ -90,6 +91,9 @@ class TrainResult:
     """Wall time of its validation passes, all together."""
     evals: int = 0
     """Validation passes run."""
+    compile_seconds: float = 0.0
+    """Time ``train.compile`` spent compiling (the first step's extra time; 0 for an architecture compiled before
+    in this process), part of the run's wall time but not of its training."""
 
 
 BF16_CAPABILITY = (8, 0)
@@ -271,7 +275,7 @@ def train(
     scaler = torch.amp.GradScaler("cuda", enabled=dtype is torch.float16)
     amp = (lambda: torch.autocast("cuda", dtype=dtype)) if dtype else contextlib.nullcontext
     # Compiled forward for the training steps only: validation runs rarely and its batch shapes vary more.
-    forward = torch.compile(model, dynamic=True) if args.compile else model
+    forward = compiled_forward(model) if args.compile else model
     batches = train_data.train_batches(args.batch_size, seed, group_by_length=args.group_by_length)
     if isinstance(teacher, torch.nn.Module):
         teacher.eval()  # frozen teacher: no dropout, so its logits are a fixed function of the input
@@ -297,6 +301,7 @@ def train(
         return TrainResult(0, validate(), False, eval_seconds, evals)
     model.train()
     step = 0
+    clock = CompileClock(device) if args.compile else None
     for step in range(1, args.max_steps + 1):
         for _ in range(args.grad_accum_steps):
             batch = next(batches)
@@ -317,6 +322,8 @@ def train(
                 running_loss += loss.detach().float()
             scaler.scale(loss).backward()
         optimizer_step(optimizer, schedule, scaler, [*model.parameters(), *extra], args.max_grad_norm)
+        if clock is not None and step == 1:
+            clock.first_step()
 
         validating = not (step % args.eval_every and step != args.max_steps)
         mean_loss = None
@@ -346,10 +353,11 @@ def train(
             report(step, scores, stop or step == args.max_steps)
         if stop:
             break
+    compile_seconds = clock.seconds(step, eval_seconds) if clock is not None else 0.0
     stopped_early = step < args.max_steps
     if best_state is not None:
         model.load_state_dict(best_state)
         evaluation = best_eval
     assert evaluation is not None
     model.eval()
-    return TrainResult(step, evaluation, stopped_early, eval_seconds, evals)
+    return TrainResult(step, evaluation, stopped_early, eval_seconds, evals, compile_seconds)
