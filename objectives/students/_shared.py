@@ -56,15 +56,19 @@ def student_layers(args: StudentArgs, teacher_layers: int, influence: Any = None
 
 def renumbered_state(teacher: Any, keep: list[int]) -> tuple[dict[str, Any], Callable[[str], int | None]]:
     """The teacher's tensors of the kept layers renumbered 0.. (and every tensor outside the layers), with a
-    function naming the student layer of a key (None outside the layers)."""
+    function naming the student layer of a key (None outside the layers).
+
+    The tensors are the teacher's own (detached, not copied: ``load_state_dict`` copies them into the student, and
+    width pruning slices them into new ones), so building a student allocates nothing on the teacher's device
+    beyond what it keeps; the teacher's layers the student drops are never touched."""
     renumber = {old: new for new, old in enumerate(keep)}
     state = {}
     for key, tensor in teacher.state_dict().items():
         match = _LAYER_KEY.match(key)
         if match is None:
-            state[key] = tensor.clone()
+            state[key] = tensor
         elif int(match["index"]) in renumber:
-            state[f"{match['head']}{renumber[int(match['index'])]}.{match['tail']}"] = tensor.clone()
+            state[f"{match['head']}{renumber[int(match['index'])]}.{match['tail']}"] = tensor
 
     def layer_of(key: str) -> int | None:
         match = _LAYER_KEY.match(key)

@@ -14,6 +14,7 @@ import torch
 from objectives._config import DistillArgs, TrainArgs
 from objectives.evaluation import PeakMemory
 from objectives.students import num_layers
+from objectives.training._device import enable_tf32
 from objectives.training._logits import HeadInputs
 from objectives.training._train import Evaluate, Report, eager_attention, train
 
@@ -115,6 +116,7 @@ def fit(
     last stage's last validation is reported as final.
     """
     model.to(device)
+    enable_tf32(device)  # before the cost: latency is measured as the trial's fp32 runs go
     measured = cost(model)
     if on_cost is not None:
         on_cost(measured)

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from objectives._config import ConfigError
+from objectives.training._device import to_device
 
 HEAD_CHECK_TOLERANCE = 1e-3
 """The largest difference, relative to the largest logit, allowed between a teacher's logits and its LM head
@@ -49,7 +50,7 @@ class HeadInputs:
     def logits(self, rows: torch.Tensor) -> torch.Tensor:
         """(B, L, V) the exact fp32 logits of the examples ``rows`` (a CPU index), on the head's device: only those
         rows of the states are read and moved there."""
-        states = self.states[rows].to(self.weight.device, non_blocking=True).float()
+        states = to_device(self.states[rows], self.weight.device).float()
         return F.linear(states, self.weight, self.bias)
 
     def state(self) -> dict[str, torch.Tensor]:
@@ -95,4 +96,4 @@ def cached_rows(cache: torch.Tensor | HeadInputs, rows: torch.Tensor, device: to
     already on ``device``, :meth:`HeadInputs.head_to`) recomputes them exactly."""
     if isinstance(cache, HeadInputs):
         return cache.logits(rows)
-    return cache[rows].to(device, non_blocking=True)
+    return to_device(cache[rows], device)

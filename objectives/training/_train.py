@@ -17,6 +17,7 @@ from objectives._config import TrainArgs
 from objectives.data import Encoded
 from objectives.evaluation import accuracy, macro_f1
 from objectives.training._compile import CompileClock, compiled_forward
+from objectives.training._device import enable_tf32, to_device
 from objectives.training._logits import HeadInputs, cached_rows, check_head, lm_head
 from objectives.training._optim import build_optimizer
 
@@ -136,7 +137,7 @@ def optimizer_step(
 
 
 def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    return {k: to_device(v, device) for k, v in batch.items()}
 
 
 class Scored(Protocol):
@@ -181,6 +182,7 @@ def teacher_logits(teacher: torch.nn.Module, data: Any, batch_size: int) -> torc
     the full (N, L, V) array never exists. The head is checked against the teacher's own logits on the first batch
     (:func:`check_head`)."""
     device = next(teacher.parameters()).device
+    enable_tf32(device)
     teacher.eval()
     head = lm_head(teacher)
     inputs: list[torch.Tensor] = []  # what the head read, captured as it reads it (no other hidden state is kept)
@@ -264,6 +266,7 @@ def train(
     """
     on_step = on_step if on_step is not None else _ON_STEP.get()
     device = next(model.parameters()).device
+    enable_tf32(device)
     torch.manual_seed(seed)
     # A layer-distillation loss asks both models for hidden states or attentions and may train parameters of its
     # own (a projection); every other loss sees logits only, and no extra outputs are computed for it.

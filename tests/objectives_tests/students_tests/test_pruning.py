@@ -150,6 +150,20 @@ def test_indices_follow_the_device_of_the_tensors_they_slice(monkeypatch: pytest
     assert out["bert.encoder.layer.1.attention.self.query.weight"].shape == (H // 2, H // 2)
 
 
+def test_students_are_cut_from_the_teachers_tensors_without_copying_them_and_share_none() -> None:
+    """Building a student copies no teacher tensor on the teacher's device (on a GPU: every trial): the renumbered
+    state holds the teacher's own storage, of the kept layers only, and the students loaded from it own theirs."""
+    teacher = uneven_bert()
+    own = {t.untyped_storage().data_ptr() for t in teacher.state_dict().values()}
+    state, _ = renumbered_state(teacher, [1, 3])
+    assert {t.untyped_storage().data_ptr() for t in state.values()} <= own
+    assert "bert.encoder.layer.1.output.dense.weight" in state and not any(".layer.2." in k for k in state)
+    assert sum(t.numel() for t in state.values()) < count_parameters(teacher)
+    for args in (StudentArgs(layers=[1, 3]), StudentArgs(layers=[1, 3], hidden_ratio=0.5, ffn_ratio=0.5)):
+        student = build_student(teacher, args, calibration=calibration())
+        assert not {p.untyped_storage().data_ptr() for p in student.parameters()} & own, args
+
+
 def test_head_count_independent_of_hidden_width_saves_and_loads(tmp_path: Path) -> None:
     teacher, data = uneven_bert(), calibration()
     args = StudentArgs(num_layers=3, hidden_ratio=0.5, ffn_ratio=0.3, heads_ratio=0.75)
