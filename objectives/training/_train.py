@@ -222,8 +222,8 @@ def teacher_targets(
 
     Always fp32, outside any autocast, whatever the training precision: a cache is built in fp32
     (:func:`teacher_logits`, which CPU workers sharing the study's cache can only do in fp32), so a live teacher
-    runs in fp32 too and trials with and without the cache learn from the same numbers (bf16 logits are off by up
-    to 2^-8 relative, which a low KD temperature magnifies). The price is the live teacher's forward in fp32
+    runs in fp32 too and trials with and without the cache learn from the same numbers (bf16 logits carry the
+    rounding of a whole bf16 forward pass, at least 2^-9 relative each, which a low KD temperature magnifies). The price is the live teacher's forward in fp32
     (on TF32 tensor cores on a GPU) rather than bf16; the cache avoids it altogether."""
     if teacher is None:
         return None
