@@ -157,29 +157,59 @@ def forward_round(
     return run_round
 
 
+def paired_speedup(
+    student_steps: Callable[[], Iterator[float]],
+    teacher_steps: Callable[[], Iterator[float]],
+    rounds: int,
+) -> float:
+    """How many times faster the student is than the teacher, timed step by step in the same process: each round
+    starts both ``*_steps`` iterators (each yields one call's time in ms, e.g. :func:`decode_steps`) and takes their
+    calls alternately (teacher, student, teacher, ...), so the two calls of a pair run microseconds apart:
+
+        speedup = median over rounds r and steps i of  teacher time (r, i) / student time (r, i)
+
+    Finer than :func:`interleaved_speedup`'s rounds of many calls, where a change in the host's load (another
+    process's cache and memory traffic slows even a thread's CPU time) between two long rounds moves the ratio."""
+    ratios = []
+    for _ in range(rounds):
+        for teacher, student in zip(teacher_steps(), student_steps(), strict=True):
+            ratios.append(teacher / student)
+    return statistics.median(ratios)
+
+
+def decode_steps(
+    model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int, clock: Callable[[], float] = time.perf_counter
+) -> Callable[[], Iterator[float]]:
+    """A function starting one round of greedy decoding with the KV cache at batch 1: it prefills ``prompt``
+    (1, P) untimed, then yields the time of each of ``new_tokens`` one-token steps (forward and argmax, ms each,
+    by ``clock``) as it is taken: a caller can interleave the steps of two models (:func:`paired_speedup`)."""
+    device = next(model.parameters()).device
+
+    def run_round() -> Iterator[float]:
+        with torch.inference_mode():  # entered and left around each step: the caller runs between steps
+            model.eval()
+            out = model(input_ids=prompt, use_cache=True)
+            cache, token = out.cache, out.logits[:, -1:].argmax(-1)  # transformers >= 5.24 names it cache
+            _sync(device)
+        for _ in range(new_tokens):
+            with torch.inference_mode():
+                start = clock()
+                out = model(input_ids=token, cache=cache, use_cache=True)
+                token = out.logits[:, -1:].argmax(-1)
+                _sync(device)
+                elapsed = (clock() - start) * 1000
+            yield elapsed
+
+    return run_round
+
+
 def decode_round(
     model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int, clock: Callable[[], float] = time.perf_counter
 ) -> Callable[[], list[float]]:
-    """A function timing one round of greedy decoding with the KV cache at batch 1: it prefills ``prompt`` (1, P)
-    untimed, then times ``new_tokens`` one-token steps (forward and argmax, ms each, by ``clock``)."""
-    device = next(model.parameters()).device
-
-    @torch.inference_mode()
-    def run_round() -> list[float]:
-        model.eval()
-        out = model(input_ids=prompt, use_cache=True)
-        cache, token = out.cache, out.logits[:, -1:].argmax(-1)  # transformers >= 5.24 names it cache
-        _sync(device)
-        times = []
-        for _ in range(new_tokens):
-            start = clock()
-            out = model(input_ids=token, cache=cache, use_cache=True)
-            token = out.logits[:, -1:].argmax(-1)
-            _sync(device)
-            times.append((clock() - start) * 1000)
-        return times
-
-    return run_round
+    """A function timing one round of greedy decoding with the KV cache at batch 1 (:func:`decode_steps`, all
+    ``new_tokens`` steps in a row): the prefill of ``prompt`` (1, P) untimed, then each step's ms by ``clock``."""
+    steps = decode_steps(model, prompt, new_tokens, clock)
+    return lambda: list(steps())
 
 
 def speedup_clock(device: torch.device) -> Callable[[], float]:

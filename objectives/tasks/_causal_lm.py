@@ -27,10 +27,10 @@ from objectives._config import (
 from objectives.data import Blocks, Corpus, load_corpus, pack, transfer_texts
 from objectives.evaluation import (
     CostStore,
-    decode_round,
+    decode_steps,
     generation_costs,
-    interleaved_speedup,
     lm_evaluate,
+    paired_speedup,
     size_mb,
     speedup_clock,
     stored_cost,
@@ -77,8 +77,9 @@ NEW_TOKENS = 32
 """Tokens generated after the prompt for per-token latency and throughput."""
 
 SPEEDUP_ROUNDS = 7
-"""Interleaved rounds of :data:`NEW_TOKENS` decoding steps per model for ``speedup``: each round's median is over
-32 steps already, and a round of SmolLM2-135M costs about 1.3 s on one CPU thread."""
+"""Rounds of :data:`NEW_TOKENS` decoding steps per model for ``speedup``, the two models' steps alternating
+(:func:`objectives.evaluation.paired_speedup`): 224 step ratios; a round of SmolLM2-135M costs about 1.3 s on one
+CPU thread."""
 
 
 @dataclass
@@ -163,7 +164,7 @@ def measure_cost(
 ) -> dict[str, float]:
     """Per-token generation latency (batch 1, KV cache), prefill, throughput (batch 8), FLOPs per token, size,
     after a fixed prompt of validation text, and with a ``teacher`` the ``speedup`` of per-token decoding over it
-    (:func:`objectives.evaluation.interleaved_speedup` of :func:`objectives.evaluation.decode_round`); once per
+    (:func:`objectives.evaluation.paired_speedup` of :func:`objectives.evaluation.decode_steps`); once per
     architecture, hardware, prompt and teacher (:func:`objectives.evaluation._costs.stored_cost`)."""
     device = next(model.parameters()).device
     # A model with few positions (GPT-2 style absolute embeddings) gets a shorter prompt: prompt + new tokens fit.
@@ -177,10 +178,10 @@ def measure_cost(
         cost = generation_costs(model, prompt, new_tokens=NEW_TOKENS, prefill_tokens=length)
         if teacher is not None:
             clock = speedup_clock(device)
-            student_round = decode_round(model, prompt, NEW_TOKENS, clock)
-            teacher_round = decode_round(teacher, prompt, NEW_TOKENS, clock)
-            teacher_round()  # warm-up (the student's was in generation_costs)
-            cost["speedup"] = interleaved_speedup(student_round, teacher_round, SPEEDUP_ROUNDS)
+            student_steps = decode_steps(model, prompt, NEW_TOKENS, clock)
+            teacher_steps = decode_steps(teacher, prompt, NEW_TOKENS, clock)
+            list(teacher_steps())  # warm-up (the student's was in generation_costs)
+            cost["speedup"] = paired_speedup(student_steps, teacher_steps, SPEEDUP_ROUNDS)
         return {**cost, "params": float(params), "size_mb": size_mb(params)}
 
     return stored_cost(model, prompt.tolist(), measure, costs, teacher)

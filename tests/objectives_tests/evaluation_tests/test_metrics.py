@@ -1,9 +1,11 @@
 import time
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch
 
 from objectives.evaluation import PeakMemory, _metrics, accuracy, gflops, latency_ms, macro_f1, size_mb, throughput
+from tests.conftest import tiny_decoder
 
 
 def test_accuracy_and_macro_f1_by_hand() -> None:
@@ -212,6 +214,39 @@ def test_interleaved_speedup_is_the_median_of_per_round_ratios_and_alternates_th
     # per-round ratios 8/2, 24/6, 8/4, 100/2 = 4, 4, 2, 50: median 4
     assert interleaved_speedup(student, teacher, rounds=4) == 4.0
     assert calls == ["teacher", "student"] * 4
+
+
+def test_paired_speedup_alternates_the_two_models_step_by_step_and_takes_the_median_step_ratio() -> None:
+    from objectives.evaluation import paired_speedup
+
+    calls: list[str] = []
+    # the host slows down for the second step pair (both 3x): that pair's ratio is still 4
+    teacher_rounds = iter([[8.0, 24.0, 8.0], [100.0, 8.0, 4.0]])
+    student_rounds = iter([[2.0, 6.0, 4.0], [2.0, 2.0, 2.0]])
+
+    def steps(name: str, rounds: Iterator[list[float]]) -> Callable[[], Iterator[float]]:
+        def run() -> Iterator[float]:
+            for ms in next(rounds):
+                calls.append(name)
+                yield ms
+
+        return run
+
+    # step ratios 4, 4, 2, 50, 4, 2: median 4
+    assert paired_speedup(steps("student", student_rounds), steps("teacher", teacher_rounds), rounds=2) == 4.0
+    assert calls == ["teacher", "student"] * 6  # one step of each in turn, not one model's round then the other's
+
+
+def test_paired_decoding_steps_of_real_decoders_find_the_shallower_one_faster() -> None:
+    from objectives.evaluation import decode_round, decode_steps, paired_speedup
+    from objectives.students import cut_decoder
+
+    teacher = tiny_decoder("llama", num_hidden_layers=8, layer_types=["full_attention"] * 8)
+    student = cut_decoder(teacher, [0])  # 1 of its 8 layers
+    prompt = torch.randint(0, teacher.config.vocab_size, (1, 8))
+    assert len(decode_round(teacher, prompt, 5)()) == 5
+    # each model keeps its own KV cache while their steps alternate
+    assert paired_speedup(decode_steps(student, prompt, 6), decode_steps(teacher, prompt, 6), rounds=3) > 1
 
 
 def test_a_real_model_is_faster_than_a_deeper_one_by_interleaved_rounds() -> None:
