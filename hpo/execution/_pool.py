@@ -206,7 +206,7 @@ class Pool:
         if runner is None:
             try:
                 slot = slot_config(config, self.gpu)
-                runner = prepare_runner(slot, study, {"gpu": self.gpu if self.gpu is not None else "cpu"})
+                runner = prepare_runner(slot, study, self.gpu)
             except Exception as exc:
                 if not is_storage_error(exc):
                     trial.set_user_attr(FAIL_REASON, f"preparing the study: {type(exc).__name__}: {exc}"[:1000])
