@@ -11,6 +11,8 @@ import hashlib
 import logging
 import os
 import socket
+import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -58,14 +60,27 @@ def trial_seed(study_seed: int, trial_number: int) -> int:
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
+OOM_MESSAGES = ("out of memory", "can't allocate memory", "_alloc_failed", "_allocation_failed")
+"""Lower-cased parts of an error message that mean memory ran out: "CUDA error: out of memory", a refused CPU
+allocation, the libraries' ``CUBLAS_STATUS_ALLOC_FAILED`` (a cuBLAS handle or workspace; cuSOLVER and cuSPARSE alike),
+``CUDNN_STATUS_ALLOC_FAILED`` and cuDNN 9's ``CUDNN_STATUS_INTERNAL_ERROR_{HOST,DEVICE}_ALLOCATION_FAILED``."""
+
+
 def is_oom(exc: BaseException) -> bool:
-    """Whether ``exc`` is an out-of-memory error (CUDA OOM, a refused CPU allocation, MemoryError)."""
+    """Whether ``exc`` is an out-of-memory error (CUDA OOM, MemoryError, or a message of :data:`OOM_MESSAGES`)."""
     message = str(exc).lower()
-    return (
-        isinstance(exc, torch.OutOfMemoryError | MemoryError)
-        or "out of memory" in message
-        or "can't allocate memory" in message
-    )
+    return isinstance(exc, torch.OutOfMemoryError | MemoryError) or any(part in message for part in OOM_MESSAGES)
+
+
+def drop_frames(exc: BaseException | None) -> None:
+    """Clear the local variables of the finished frames ``exc`` and the exceptions it chains to passed through (its
+    traceback keeps the lines, so it is still logged whole). An exception in flight holds every frame it left, and
+    with them a trial's model, optimiser and activations: memory can only be freed once they are dropped."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        traceback.clear_frames(exc.__traceback__)  # skips the frames still running (this runner's)
+        exc = exc.__cause__ or exc.__context__
 
 
 class TrialRunner:
@@ -201,6 +216,7 @@ class TrialRunner:
             trial.set_user_attr(FAIL_REASON, reason)
             raise
         finally:
+            drop_frames(sys.exc_info()[1])  # a failed or pruned trial's model is held by the exception's frames
             gc.collect()  # free the trial's model and optimiser before the next one
             # What survives is long-lived (libraries, the study, a teacher): frozen, later collections skip it, so
             # this one costs what the trial allocated, not the ~0.25 s a full pass over torch and transformers takes.
