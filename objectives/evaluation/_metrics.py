@@ -379,12 +379,17 @@ def _reset_rss_peak() -> bool:
 
 
 class PeakMemory:
-    """Peak memory of a block, in MiB: CUDA max allocated on GPU; on CPU the peak growth of the process RSS over
-    its value at entry, with freed heap first returned to the OS.
+    """Peak memory of a block, in MiB, on every device the growth over what the process held at the block's start
+    (``peak_memory_mb``: a trial's training, so its optimiser state, gradients, activations and batches; neither
+    the weights already loaded nor what other models, caches or earlier trials of the process hold):
 
-    On CPU the kernel's own high-water mark (VmHWM, reset through ``/proc/self/clear_refs``) is exact, so
-    a short-lived allocation is never missed; where that reset is not allowed, a background thread samples
-    the RSS every ``interval`` seconds instead."""
+        peak_mb = (max over the block of M(t) - M(start)) / 2^20
+
+    with M the bytes the CUDA caching allocator has allocated on a GPU (``max_memory_allocated`` after a reset of
+    the peak, minus ``memory_allocated`` at entry), and on a CPU the process's resident memory, freed heap first
+    returned to the OS. On CPU the kernel's own high-water mark (VmHWM, reset through ``/proc/self/clear_refs``)
+    is exact, so a short-lived allocation is never missed; where that reset is not allowed, a background thread
+    samples the RSS every ``interval`` seconds instead."""
 
     def __init__(self, device: torch.device, interval: float = 0.02) -> None:
         self.device = device
@@ -414,7 +419,7 @@ class PeakMemory:
 
     def __exit__(self, *exc: Any) -> None:
         if self.device.type == "cuda":
-            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+            self.peak_mb = max(0, torch.cuda.max_memory_allocated(self.device) - self._start) / 2**20
             return
         if self._thread is None:
             self._peak = process_memory("VmHWM")

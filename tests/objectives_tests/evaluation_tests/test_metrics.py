@@ -73,6 +73,22 @@ def test_peak_memory_samples_where_the_peak_cannot_be_reset(monkeypatch: pytest.
     assert 48 <= memory.peak_mb < 1024
 
 
+def test_peak_memory_is_growth_over_the_start_on_a_gpu_as_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A GPU process holding 3 GiB (teacher, base model, cache) whose block peaks at 3.5 GiB allocated: 512 MiB.
+    allocated = {"now": 3 * 2**30, "peak": 5 * 2**30}  # the peak of an earlier block, before the reset
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device: allocated.update(peak=allocated["now"]))
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: allocated["now"])
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device: allocated["peak"])
+    with PeakMemory(torch.device("cuda:0")) as gpu:
+        allocated.update(peak=allocated["now"] + 2**29)
+    assert gpu.peak_mb == 512
+    held = torch.ones(256 * 2**20 // 4)  # the same on the CPU: 256 MiB held at entry are not counted
+    with PeakMemory(torch.device("cpu")) as cpu:
+        block = torch.ones(64 * 2**20 // 4)
+        del block
+    assert 48 <= cpu.peak_mb < 200 and held.sum() > 0
+
+
 def test_per_class_scores_by_hand_and_a_class_never_predicted() -> None:
     from objectives.evaluation import never_predicted, per_class
 
