@@ -14,6 +14,7 @@ from typing import Any
 import optuna
 import torch
 
+from hpo.execution._costs import check_hardware
 from hpo.execution._runner import TrialRunner, describe, warn_never_predicted
 from hpo.execution._slots import usable_cores
 from hpo.execution._teacher import LogitCache, ensure_teacher, study_leases
@@ -76,6 +77,7 @@ def prepare_runner(config: Config, study: optuna.Study, gpu: int | None = None) 
     """The trial runner of ``config``: data tokenised once for this process, the teacher trained once per study.
     Every trial records the device it runs on (:func:`placement`; ``gpu`` is the slot's GPU when pinned)."""
     device = resolve_device(config.device)
+    check_hardware(study, config, device.type)
     attrs = placement(device, gpu)
     if config.objective == "synthetic":
         return TrialRunner(config, attrs=attrs)

@@ -81,9 +81,16 @@ def torch_threads(n: int) -> Iterator[None]:
 
 
 def hardware(device: torch.device, threads: int) -> str:
-    """What a cost was measured on: the GPU's name, or the CPU's model name and the torch thread count."""
+    """What a cost was measured on, in full: on a GPU its name, memory, compute capability, count of SMs (a MIG
+    slice or a power-capped variant of a card differs in them) and the CUDA runtime torch uses, e.g.
+    ``NVIDIA H100 80GB HBM3, 81559 MiB, sm_90, 132 SMs, CUDA 12.8``; on a CPU its model name and the torch thread
+    count."""
     if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
+        p = torch.cuda.get_device_properties(device)
+        memory = p.total_memory // 2**20
+        return (
+            f"{p.name}, {memory} MiB, sm_{p.major}{p.minor}, {p.multi_processor_count} SMs, CUDA {torch.version.cuda}"
+        )
     try:
         info = Path("/proc/cpuinfo").read_text()
     except OSError:  # not Linux
@@ -228,12 +235,24 @@ def throughput(model: torch.nn.Module, inputs: dict[str, torch.Tensor], *, repea
     return repeats * inputs["input_ids"].shape[0] / (time.perf_counter() - start)
 
 
+def _sdpa_flops(query: Any, key: Any, value: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+    """FLOPs of a fused attention kernel from its query, key and value shapes: the two matrix products
+    Q K^T and (softmax) V, as ``torch.utils.flop_counter`` counts its CUDA kernels and eager attention's ``bmm``."""
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return sdpa_flop_count(query, key, value)
+
+
 def gflops(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> float:
-    """Forward GFLOPs per example, counted by ``torch.utils.flop_counter`` on ``inputs`` (one example)."""
+    """Forward GFLOPs per example, counted by ``torch.utils.flop_counter`` on ``inputs`` (one example): the same on
+    every device and attention kernel. The counter has formulas for the CUDA attention kernels (flash, efficient,
+    cuDNN) but not for the CPU's fused one, which it would count as 0; it is counted here as they are
+    (:func:`_sdpa_flops`)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     model.eval()
-    counter = FlopCounterMode(display=False)
+    cpu_attention = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    counter = FlopCounterMode(display=False, custom_mapping={cpu_attention: _sdpa_flops})
     with torch.inference_mode(), counter:
         model(**inputs)
     return counter.get_total_flops() / inputs["input_ids"].shape[0] / 1e9
