@@ -23,7 +23,8 @@ ARTIFACTS_HELP = (
     "the same store mounted under another path (default: HPO_ARTIFACTS_DIR)"
 )
 MEMORY_HELP = (
-    "cap on CPU data memory in MiB; a trial that needs more ends FAIL (fail_reason oom) and the worker goes on"
+    "cap on CPU data memory in MiB (set after CUDA starts on a GPU); a trial that needs more ends FAIL "
+    "(fail_reason oom) and the worker goes on"
 )
 
 
@@ -128,7 +129,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from hpo.execution import StopFlag, run
 
     config, url = _load(args)
-    _limit_memory(args.memory_limit)
+    if args.memory_limit is not None:
+        from hpo.execution import resolve_device
+
+        _start_memory(args.memory_limit, cuda=resolve_device(config.device).type == "cuda")
     stop = StopFlag()
     stop.install()
     stop.restart = _restart
@@ -174,7 +178,13 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         raise ConfigError("--keep", f"must be >= 1, got {args.keep}")
     if args.study is not None and args.until_idle:
         raise ConfigError("--until-idle", "is for pool workers (without --study); a study's worker stops at its budget")
-    if args.slot_gpu is not None or (args.gpus == "none" and args.procs == 1):
+    if args.slot_gpu is not None:
+        return _run_slot(args, url)
+    if args.gpus == "none" and args.per_gpu is not None:
+        raise ConfigError("--per-gpu", "is for GPU slots (--gpus all or indices); CPU workers take --procs N")
+    if args.gpus != "none" and args.procs is not None:
+        raise ConfigError("--procs", "is for CPU workers; with --gpus, --per-gpu K runs K processes per GPU")
+    if args.gpus == "none" and (args.procs or 1) == 1:
         return _run_slot(args, url)
     visible = 0
     if args.gpus != "none":
@@ -185,8 +195,10 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         gpus = parse_gpus(args.gpus, visible)
     except ValueError as exc:
         raise _flag_error(exc) from None
-    slots = plan_slots(gpus, args.per_gpu, args.procs, args.threads or usable_cores())
+    slots = plan_slots(gpus, args.per_gpu or 1, args.procs or 1, args.threads or usable_cores())
     child = ["--study", args.study] if args.study is not None else _pool_flags(args)
+    if gpus:
+        child += ["--per-gpu", str(args.per_gpu or 1)]  # each slot's share of its GPU's memory
     if args.n_trials is not None:
         child += ["--n-trials", str(args.n_trials)]
     if args.timeout is not None:
@@ -209,13 +221,12 @@ def _flag_error(exc: ValueError) -> ConfigError:
     return ConfigError(flag, message)
 
 
-def _limit_memory(mib: int | None) -> None:
-    from hpo.execution import limit_memory
+def _start_memory(mib: int | None, *, cuda: bool, per_gpu: int = 1) -> None:
+    """This process's memory set up before its first trial (:func:`hpo.execution.start_memory`)."""
+    from hpo.execution import start_memory
 
-    if mib is None:
-        return
     try:
-        limit_memory(mib)
+        start_memory(cuda=cuda, per_gpu=per_gpu, mib=mib)
     except ValueError as exc:
         raise _flag_error(exc) from None
 
@@ -231,7 +242,8 @@ def _restart() -> None:
 def _run_slot(args: argparse.Namespace, url: str) -> int:
     from hpo.execution import StopFlag, run_slot, usable_cores
 
-    _limit_memory(args.memory_limit)
+    # a slot pinned to a GPU trains there; any other on the CPU (device auto) or a device the study names
+    _start_memory(args.memory_limit, cuda=args.slot_gpu is not None, per_gpu=args.per_gpu or 1)
     stop = StopFlag()
     stop.install()
     stop.restart = _restart
@@ -510,10 +522,12 @@ def _parser() -> argparse.ArgumentParser:
         "--gpus",
         default="none",
         help="all, none (default) or indices like 0,1,3: one process per listed GPU slot, running there whatever "
-        "the study's device; with none, each process runs trials on the study's device (config device)",
+        "the study's device; with none, each process runs trials on the CPU (device auto) or the study's device",
     )
-    worker.add_argument("--per-gpu", type=int, default=1, help="worker processes per GPU (small students)")
-    worker.add_argument("--procs", type=int, default=1, help="worker processes on a CPU-only node")
+    worker.add_argument(
+        "--per-gpu", type=int, help="worker processes per GPU (small students; each gets 1/K of its memory; 1)"
+    )
+    worker.add_argument("--procs", type=int, help="CPU worker processes (without --gpus; 1)")
     worker.add_argument("--n-trials", type=int, help="trials each process runs at most (the study budget rules)")
     worker.add_argument(
         "--timeout",

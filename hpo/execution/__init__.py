@@ -8,7 +8,16 @@ Imports ``hpo.study``, ``hpo.views`` (progress bars, results tables), ``objectiv
 from __future__ import annotations
 
 from hpo.execution._pool import Pool, rank, serve
-from hpo.execution._slots import Slot, device_of, launch, limit_memory, parse_gpus, plan_slots, usable_cores
+from hpo.execution._slots import (
+    Slot,
+    device_of,
+    launch,
+    limit_memory,
+    parse_gpus,
+    plan_slots,
+    start_memory,
+    usable_cores,
+)
 from hpo.execution._worker import Budget, Retry, StopFlag, StorageUnavailable, TooManyFailures, Worker
 from objectives import lazy_exports
 
@@ -52,6 +61,7 @@ __all__ = [
     "run",
     "run_slot",
     "serve",
+    "start_memory",
     "trial_seed",
     "usable_cores",
     "warn_never_predicted",

@@ -181,12 +181,14 @@ class Pool:
 
     def _worker(self, standing: Standing) -> Worker:
         """The worker loop of a study (cheap: no model or data until it runs a trial)."""
-        from hpo.execution._run import process_salt, store_config, study_worker
+        from hpo.execution._costs import check_hardware
+        from hpo.execution._run import process_salt, resolve_device, slot_config, store_config, study_worker
 
         worker = self.workers.get(standing.study_id)
         if worker is None:
             study, _ = self.retry(load_study, self.storage, standing.name, process_salt(), what="loading the study")
             config = store_config(standing.config, self.artifacts)
+            check_hardware(study, config, resolve_device(slot_config(config, self.gpu).device).type)
             if config.objective == "distill":  # a store that is not the study's: skipped, never a private teacher
                 study_store(config, study.user_attrs)
             objective = functools.partial(self._objective, standing.study_id, study, config)
@@ -206,7 +208,7 @@ class Pool:
         if runner is None:
             try:
                 slot = slot_config(config, self.gpu)
-                runner = prepare_runner(slot, study, {"gpu": self.gpu if self.gpu is not None else "cpu"})
+                runner = prepare_runner(slot, study, self.gpu)
             except Exception as exc:
                 if not is_storage_error(exc):
                     trial.set_user_attr(FAIL_REASON, f"preparing the study: {type(exc).__name__}: {exc}"[:1000])

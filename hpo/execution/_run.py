@@ -14,6 +14,7 @@ from typing import Any
 import optuna
 import torch
 
+from hpo.execution._costs import check_hardware
 from hpo.execution._runner import TrialRunner, describe, warn_never_predicted
 from hpo.execution._slots import usable_cores
 from hpo.execution._teacher import LogitCache, ensure_teacher, study_leases
@@ -27,21 +28,39 @@ log = logging.getLogger("hpo")
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` is the first visible CUDA device when there is one, else the CPU."""
+    """``auto`` is the first visible CUDA device when there is one, else the CPU (``hpo run``, ``hpo train``: one
+    process, which has the GPU to itself). Worker slots resolve ``auto`` first (:func:`slot_config`)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
 
 
 def slot_config(config: Config, gpu: int | None) -> Config:
-    """``config`` as a worker slot runs it: a slot pinned to a GPU (``hpo worker --gpus``; CUDA_VISIBLE_DEVICES
-    shows it that GPU alone, as ``cuda:0``) runs there whatever the study's ``device``; any other slot on the
-    study's ``device``."""
-    if gpu is None:
+    """``config`` as a worker slot runs it. A slot pinned to a GPU (``hpo worker --gpus``; CUDA_VISIBLE_DEVICES
+    shows it that GPU alone, as ``cuda:0``) runs there whatever the study's ``device``. A slot not pinned
+    (``--gpus none``, ``--procs N``, a pool worker without ``--gpus``) runs ``device: auto`` on the CPU: resolved
+    to CUDA, every such process would land on GPU 0, unplanned and unrecorded. An explicit ``device`` is kept."""
+    if gpu is None and config.device != "auto":
         return config
-    pinned = copy.copy(config)
-    pinned.device = "cuda:0"
-    return pinned
+    placed = copy.copy(config)
+    placed.device = "cuda:0" if gpu is not None else "cpu"
+    if gpu is None and torch.cuda.is_available():
+        log.info(
+            "device auto: this worker is not pinned to a GPU, so it trains on the CPU (hpo worker --gpus all "
+            "runs a process per GPU)"
+        )
+    return placed
+
+
+def placement(device: torch.device, gpu: int | None) -> dict[str, Any]:
+    """What every trial records of where it ran: ``device`` (as torch names it in this process) and ``gpu``: the
+    slot's GPU index when pinned (``hpo worker --gpus``), the CUDA device's index in an unpinned process on a GPU,
+    else ``"cpu"``."""
+    if device.type != "cuda":
+        return {"device": str(device), "gpu": "cpu"}
+    if gpu is None:
+        gpu = device.index if device.index is not None else torch.cuda.current_device()
+    return {"device": str(device), "gpu": gpu}
 
 
 def store_config(config: Config, artifacts: str | None) -> Config:
@@ -54,11 +73,12 @@ def store_config(config: Config, artifacts: str | None) -> Config:
     return moved
 
 
-def prepare_runner(config: Config, study: optuna.Study, attrs: dict[str, Any] | None = None) -> TrialRunner:
+def prepare_runner(config: Config, study: optuna.Study, gpu: int | None = None) -> TrialRunner:
     """The trial runner of ``config``: data tokenised once for this process, the teacher trained once per study.
-    Every trial records the device it runs on (``device``) besides ``attrs``."""
+    Every trial records the device it runs on (:func:`placement`; ``gpu`` is the slot's GPU when pinned)."""
     device = resolve_device(config.device)
-    attrs = {**(attrs or {}), "device": str(device)}
+    check_hardware(study, config, device.type)
+    attrs = placement(device, gpu)
     if config.objective == "synthetic":
         return TrialRunner(config, attrs=attrs)
     # the store is checked first: a process that cannot reach the study's teacher must not train its own
@@ -179,10 +199,12 @@ def _bars(study: optuna.Study, config: Config, show: bool) -> Progress | None:
     return Progress(config.n_trials, finished)
 
 
-def _prepare_and_work(study: optuna.Study, config: Config, bars: Progress | None, attrs: Any = None, **kw: Any) -> int:
+def _prepare_and_work(
+    study: optuna.Study, config: Config, bars: Progress | None, gpu: int | None = None, **kw: Any
+) -> int:
     try:
         with bars.training("teacher") if bars is not None else contextlib.nullcontext():
-            runner = prepare_runner(config, study, attrs)
+            runner = prepare_runner(config, study, gpu)
         return work(study, config, runner, bars=bars, **kw)
     finally:
         if bars is not None:
@@ -249,7 +271,7 @@ def run_slot(
         study,
         slot_config(store_config(config, artifacts), gpu),
         _bars(study, config, progress),
-        {"gpu": gpu if gpu is not None else "cpu"},
+        gpu,
         max_trials=max_trials,
         timeout=timeout,
         stop=stop,

@@ -11,6 +11,8 @@ import hashlib
 import logging
 import os
 import socket
+import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ from typing import Any
 import optuna
 import torch
 
-from hpo.execution._costs import StudyCosts
+from hpo.execution._costs import StudyCosts, gpu_lock
 from hpo.study import CURVE_PREFIX, TIMING_ATTRS, Config, ParetoRungPruner, apply_params, make_pruner, suggest_params
 from hpo.views import format_params
 from objectives import (
@@ -58,14 +60,27 @@ def trial_seed(study_seed: int, trial_number: int) -> int:
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
+OOM_MESSAGES = ("out of memory", "can't allocate memory", "_alloc_failed", "_allocation_failed")
+"""Lower-cased parts of an error message that mean memory ran out: "CUDA error: out of memory", a refused CPU
+allocation, the libraries' ``CUBLAS_STATUS_ALLOC_FAILED`` (a cuBLAS handle or workspace; cuSOLVER and cuSPARSE alike),
+``CUDNN_STATUS_ALLOC_FAILED`` and cuDNN 9's ``CUDNN_STATUS_INTERNAL_ERROR_{HOST,DEVICE}_ALLOCATION_FAILED``."""
+
+
 def is_oom(exc: BaseException) -> bool:
-    """Whether ``exc`` is an out-of-memory error (CUDA OOM, a refused CPU allocation, MemoryError)."""
+    """Whether ``exc`` is an out-of-memory error (CUDA OOM, MemoryError, or a message of :data:`OOM_MESSAGES`)."""
     message = str(exc).lower()
-    return (
-        isinstance(exc, torch.OutOfMemoryError | MemoryError)
-        or "out of memory" in message
-        or "can't allocate memory" in message
-    )
+    return isinstance(exc, torch.OutOfMemoryError | MemoryError) or any(part in message for part in OOM_MESSAGES)
+
+
+def drop_frames(exc: BaseException | None) -> None:
+    """Clear the local variables of the finished frames ``exc`` and the exceptions it chains to passed through (its
+    traceback keeps the lines, so it is still logged whole). An exception in flight holds every frame it left, and
+    with them a trial's model, optimiser and activations: memory can only be freed once they are dropped."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        traceback.clear_frames(exc.__traceback__)  # skips the frames still running (this runner's)
+        exc = exc.__cause__ or exc.__context__
 
 
 class TrialRunner:
@@ -93,7 +108,7 @@ class TrialRunner:
         self.constraints = config.parsed_constraints()
         self._study_costs: StudyCosts | None = None
 
-    def _report(self, trial: optuna.Trial) -> Report:
+    def _report(self, trial: optuna.Trial, costs: StudyCosts) -> Report:
         """The training loop's report callback: records the pruning metric's curve and asks the pruner.
 
         A single-objective study reports the value to Optuna, negated when the metric's direction differs from the
@@ -107,6 +122,7 @@ class TrialRunner:
         better = 1.0 if direction == "maximize" else -1.0
 
         def report(step: int, scores: dict[str, float], final: bool) -> None:
+            costs.let_in()  # a cost measurement waiting for this GPU runs now
             value = scores[metric]
             if multi:  # Optuna rejects trial.report on multi-objective studies: keep the curve ourselves
                 trial.set_user_attr(f"{CURVE_PREFIX}{step}", value)
@@ -164,9 +180,11 @@ class TrialRunner:
         )
 
     def _costs(self, study: optuna.Study) -> StudyCosts:
-        """The study's shared cost store (one per runner: a runner serves one study)."""
+        """The study's shared cost store (one per runner: a runner serves one study), with the lock of the GPU the
+        trials run on (the synthetic objective touches no device)."""
         if self._study_costs is None:
-            self._study_costs = StudyCosts(study)
+            real = self.config.objective != "synthetic"
+            self._study_costs = StudyCosts(study, gpu_lock(self.attrs.get("device", "cpu")) if real else None)
         return self._study_costs
 
     def __call__(self, trial: optuna.Trial) -> list[float]:
@@ -176,6 +194,12 @@ class TrialRunner:
         trial.set_user_attr("seed", seed)
         for key, value in self.attrs.items():
             trial.set_user_attr(key, value)
+        costs = self._costs(trial.study)
+
+        def on_cost(cost: dict[str, float]) -> None:
+            self._record(trial, cost)
+            costs.training()  # from here the trial trains, beside the other processes on its GPU
+
         try:
             config = apply_params(self.config, params)
             if config.objective == "distill":  # which teacher path the trial used (a searched weight may change it)
@@ -185,9 +209,9 @@ class TrialRunner:
                 params,
                 seed,
                 trial.number,
-                self._report(trial),
-                lambda cost: self._record(trial, cost),
-                self._costs(trial.study),
+                self._report(trial, costs),
+                on_cost,
+                costs,
             )
         except optuna.TrialPruned:
             raise
@@ -201,6 +225,8 @@ class TrialRunner:
             trial.set_user_attr(FAIL_REASON, reason)
             raise
         finally:
+            costs.trained()
+            drop_frames(sys.exc_info()[1])  # a failed or pruned trial's model is held by the exception's frames
             gc.collect()  # free the trial's model and optimiser before the next one
             # What survives is long-lived (libraries, the study, a teacher): frozen, later collections skip it, so
             # this one costs what the trial allocated, not the ~0.25 s a full pass over torch and transformers takes.

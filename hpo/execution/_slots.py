@@ -105,6 +105,36 @@ def limit_memory(mib: int) -> None:
     log.info("memory limit: %d MiB of data per worker process", mib)
 
 
+def _start_cuda() -> None:
+    """Create this process's CUDA context and load cuBLAS (one small matrix product on the GPU)."""
+    import torch
+
+    x = torch.ones(8, 8, device="cuda")
+    (x @ x).sum().item()
+
+
+def start_memory(*, cuda: bool, per_gpu: int = 1, mib: int | None = None) -> None:
+    """Set up a trial process's memory before its first trial; ``cuda``: it trains on a GPU.
+
+    1. On a GPU, CUDA starts first (:func:`_start_cuda`): the driver and cuBLAS map host memory as they start, and
+       under a data cap set before, context creation may fail with "out of memory" (then every trial would end
+       ``oom``).
+    2. With ``per_gpu`` >= 2 processes on the GPU, this one may hold at most ``1 / per_gpu`` of its memory
+       (``torch.cuda.set_per_process_memory_fraction``): a trial that outgrows its share fails OOM itself, rather
+       than a co-tenant's trial failing with an OOM recorded against that trial's hyperparameters.
+    3. ``mib`` caps data memory (:func:`limit_memory`, ``--memory-limit``), on a GPU with CUDA's own host memory
+       already counted in what the process holds. GPU memory is not capped by it (step 2 is the GPU's cap)."""
+    if cuda:
+        import torch
+
+        _start_cuda()
+        if per_gpu > 1:
+            torch.cuda.set_per_process_memory_fraction(1 / per_gpu)
+            log.info("GPU memory: at most 1/%d of the device for this process (--per-gpu %d)", per_gpu, per_gpu)
+    if mib is not None:
+        limit_memory(mib)
+
+
 def plan_slots(gpus: list[int], per_gpu: int, procs: int, cores: int) -> list[Slot]:
     """K slots per listed GPU, or ``procs`` CPU slots sharing the cores (so they do not oversubscribe them)."""
     if gpus:

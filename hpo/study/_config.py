@@ -115,6 +115,13 @@ class WorkerArgs:
             raise ConfigError("max_consecutive_failures", f"must be >= 1, got {self.max_consecutive_failures}")
 
 
+HARDWARE_METRICS = frozenset(
+    {"latency_ms", "latency_ms_p95", "prefill_ms", "throughput", "speedup", "train_seconds", "peak_memory_mb"}
+)
+"""Metrics measured on the hardware, whose values differ between a CPU and a GPU (``params``, ``size_mb``,
+``gflops`` and the scores do not)."""
+
+
 @dataclass
 class Config:
     """A study: what each trial trains, what it is scored on, and how the search proceeds."""
@@ -161,9 +168,14 @@ class Config:
     http://minio:9000}`` for an S3-compatible server. Stored with the study, so no credentials: those come from the
     environment (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``), ``~/.aws`` or the node's role."""
     device: str = "auto"
-    """``auto`` (CUDA if available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``: where trials run, in every worker
-    (kept with the study; ``hpo worker --gpus`` pins each slot to its GPU instead). Each trial records it
-    (``device``)."""
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``: where trials run, in every worker (kept with the study). ``auto`` is
+    CUDA when there is one in ``hpo run``; in ``hpo worker`` the slot's GPU when pinned with ``--gpus``, else the
+    CPU. ``hpo worker --gpus`` pins each slot to its GPU whatever the device. Each trial records where it ran
+    (``device``, ``gpu``)."""
+    mix_hardware: bool = False
+    """Allow workers on CPUs and on GPUs in one study whose objectives or constraints depend on the hardware
+    (:data:`HARDWARE_METRICS`). By default the first worker's kind of device is the study's and a worker of the
+    other kind refuses it: its latencies would share one Pareto front with the others'."""
     sampler: SamplerArgs = field(default_factory=SamplerArgs)
     """The sampler; see :class:`SamplerArgs`."""
     pruner: PrunerArgs = field(default_factory=PrunerArgs)
@@ -228,6 +240,13 @@ class Config:
         if self.timeout is not None and self.timeout <= 0:
             raise ConfigError("timeout", f"must be > 0 seconds or null, got {self.timeout}")
         _check_device(self.device)
+        if not isinstance(self.mix_hardware, bool):
+            raise ConfigError("mix_hardware", f"must be true or false, got {self.mix_hardware!r}")
+        if self.mix_hardware and not self.hardware_metrics:
+            raise ConfigError(
+                "mix_hardware",
+                "does nothing: no objective or constraint of the study depends on the hardware; remove it",
+            )
         _check_artifacts(self.artifacts_dir, self.artifacts_options)
         _check_student_model(self)
         for name, param in self.search_space.items():
@@ -246,6 +265,11 @@ class Config:
             parse_constraint(expr, f"constraints.{metric}", metric, metrics)
             for metric, expr in self.constraints.items()
         ]
+
+    @property
+    def hardware_metrics(self) -> list[str]:
+        """The objectives and constrained metrics whose values depend on the hardware a trial ran on."""
+        return [m for m in dict.fromkeys([*self.directions, *self.constraints]) if m in HARDWARE_METRICS]
 
     @property
     def metric_names(self) -> list[str]:

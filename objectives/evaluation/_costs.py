@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections.abc import Callable
@@ -16,7 +17,10 @@ from objectives.students import count_parameters
 class CostStore(Protocol):
     """Where measured costs are kept, by a key naming the architecture, hardware and input: a dict per process
     by default; a study passes one shared by all its workers, so every trial of an architecture on the same
-    hardware reports the same latency, whichever worker ran it and when."""
+    hardware reports the same latency, whichever worker ran it and when.
+
+    A store may also have ``measuring()``, a context manager :func:`stored_cost` measures under (a study's holds
+    its GPU idle of the other worker processes on it: :class:`hpo.execution._costs.StudyCosts`)."""
 
     def get(self, key: str, /) -> dict[str, float] | None: ...
 
@@ -72,7 +76,10 @@ def stored_cost(
     store = _COSTS if costs is None else costs
     cost = store.get(key)
     if cost is None:
-        with torch_threads(_cost_threads(device)):
-            measured = measure()
-        cost = store.setdefault(key, measured)
+        with getattr(store, "measuring", contextlib.nullcontext)():
+            cost = store.get(key)  # measured by another process while this one waited
+            if cost is None:
+                with torch_threads(_cost_threads(device)):
+                    measured = measure()
+                cost = store.setdefault(key, measured)
     return dict(cost)

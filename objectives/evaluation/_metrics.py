@@ -81,9 +81,16 @@ def torch_threads(n: int) -> Iterator[None]:
 
 
 def hardware(device: torch.device, threads: int) -> str:
-    """What a cost was measured on: the GPU's name, or the CPU's model name and the torch thread count."""
+    """What a cost was measured on, in full: on a GPU its name, memory, compute capability, count of SMs (a MIG
+    slice or a power-capped variant of a card differs in them) and the CUDA runtime torch uses, e.g.
+    ``NVIDIA H100 80GB HBM3, 81559 MiB, sm_90, 132 SMs, CUDA 12.8``; on a CPU its model name and the torch thread
+    count."""
     if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
+        p = torch.cuda.get_device_properties(device)
+        memory = p.total_memory // 2**20
+        return (
+            f"{p.name}, {memory} MiB, sm_{p.major}{p.minor}, {p.multi_processor_count} SMs, CUDA {torch.version.cuda}"
+        )
     try:
         info = Path("/proc/cpuinfo").read_text()
     except OSError:  # not Linux
@@ -258,12 +265,24 @@ def throughput(model: torch.nn.Module, inputs: dict[str, torch.Tensor], *, repea
     return repeats * inputs["input_ids"].shape[0] / (time.perf_counter() - start)
 
 
+def _sdpa_flops(query: Any, key: Any, value: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+    """FLOPs of a fused attention kernel from its query, key and value shapes: the two matrix products
+    Q K^T and (softmax) V, as ``torch.utils.flop_counter`` counts its CUDA kernels and eager attention's ``bmm``."""
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return sdpa_flop_count(query, key, value)
+
+
 def gflops(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> float:
-    """Forward GFLOPs per example, counted by ``torch.utils.flop_counter`` on ``inputs`` (one example)."""
+    """Forward GFLOPs per example, counted by ``torch.utils.flop_counter`` on ``inputs`` (one example): the same on
+    every device and attention kernel. The counter has formulas for the CUDA attention kernels (flash, efficient,
+    cuDNN) but not for the CPU's fused one, which it would count as 0; it is counted here as they are
+    (:func:`_sdpa_flops`)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     model.eval()
-    counter = FlopCounterMode(display=False)
+    cpu_attention = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    counter = FlopCounterMode(display=False, custom_mapping={cpu_attention: _sdpa_flops})
     with torch.inference_mode(), counter:
         model(**inputs)
     return counter.get_total_flops() / inputs["input_ids"].shape[0] / 1e9
@@ -409,12 +428,17 @@ def _reset_rss_peak() -> bool:
 
 
 class PeakMemory:
-    """Peak memory of a block, in MiB: CUDA max allocated on GPU; on CPU the peak growth of the process RSS over
-    its value at entry, with freed heap first returned to the OS.
+    """Peak memory of a block, in MiB, on every device the growth over what the process held at the block's start
+    (``peak_memory_mb``: a trial's training, so its optimiser state, gradients, activations and batches; neither
+    the weights already loaded nor what other models, caches or earlier trials of the process hold):
 
-    On CPU the kernel's own high-water mark (VmHWM, reset through ``/proc/self/clear_refs``) is exact, so
-    a short-lived allocation is never missed; where that reset is not allowed, a background thread samples
-    the RSS every ``interval`` seconds instead."""
+        peak_mb = (max over the block of M(t) - M(start)) / 2^20
+
+    with M the bytes the CUDA caching allocator has allocated on a GPU (``max_memory_allocated`` after a reset of
+    the peak, minus ``memory_allocated`` at entry), and on a CPU the process's resident memory, freed heap first
+    returned to the OS. On CPU the kernel's own high-water mark (VmHWM, reset through ``/proc/self/clear_refs``)
+    is exact, so a short-lived allocation is never missed; where that reset is not allowed, a background thread
+    samples the RSS every ``interval`` seconds instead."""
 
     def __init__(self, device: torch.device, interval: float = 0.02) -> None:
         self.device = device
@@ -444,7 +468,7 @@ class PeakMemory:
 
     def __exit__(self, *exc: Any) -> None:
         if self.device.type == "cuda":
-            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+            self.peak_mb = max(0, torch.cuda.max_memory_allocated(self.device) - self._start) / 2**20
             return
         if self._thread is None:
             self._peak = process_memory("VmHWM")

@@ -54,6 +54,36 @@ def test_cost_metrics_are_plausible_and_flops_scale_with_width() -> None:
     assert gflops(_Tiny(128), one) == pytest.approx(2 * gflops(_Tiny(64), one))
 
 
+def test_attention_flops_count_the_same_with_the_cpu_fused_kernel_as_with_eager_attention() -> None:
+    from tests.conftest import tiny_decoder
+
+    one = {"input_ids": torch.randint(0, 100, (1, 16))}
+    fused, eager = tiny_decoder("llama"), tiny_decoder("llama")  # GQA: 4 query heads read 2 key/value heads
+    eager.set_attn_implementation("eager")
+    assert fused.config._attn_implementation == "sdpa"
+    # Q K^T and (softmax) V per layer: 2 products of 2 * heads * L * L * head_dim FLOPs (4 layers, 4 heads of 8)
+    attention = 4 * 2 * 2 * 4 * 16 * 16 * 8 / 1e9
+    assert gflops(fused, one) == pytest.approx(gflops(eager, one))
+    assert gflops(fused, one) > attention  # the projections and MLPs besides: attention was counted, not 0
+
+
+def test_the_hardware_of_a_gpu_cost_names_the_device_in_full(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from objectives.evaluation import cost_hardware
+
+    card = {"name": "NVIDIA A100-SXM4-80GB", "major": 8, "minor": 0, "total_memory": 80 * 2**30}
+    cards = {
+        0: SimpleNamespace(**card, multi_processor_count=108),
+        1: SimpleNamespace(**card, multi_processor_count=42),
+    }
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: cards[device.index])
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+    whole = cost_hardware(torch.device("cuda:0"))
+    assert whole == "NVIDIA A100-SXM4-80GB, 81920 MiB, sm_80, 108 SMs, CUDA 12.8"
+    assert cost_hardware(torch.device("cuda:1")) != whole  # a MIG slice of the same card: another key
+
+
 def test_peak_memory_sees_a_short_lived_allocation_in_reused_heap() -> None:
     # ~400 MiB of small blocks freed before: without trimming, the heap would serve the block with no RSS growth
     small = [torch.ones(1000) for _ in range(100_000)]
@@ -73,6 +103,22 @@ def test_peak_memory_samples_where_the_peak_cannot_be_reset(monkeypatch: pytest.
         del block
     assert memory._thread is not None
     assert 48 <= memory.peak_mb < 1024
+
+
+def test_peak_memory_is_growth_over_the_start_on_a_gpu_as_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A GPU process holding 3 GiB (teacher, base model, cache) whose block peaks at 3.5 GiB allocated: 512 MiB.
+    allocated = {"now": 3 * 2**30, "peak": 5 * 2**30}  # the peak of an earlier block, before the reset
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device: allocated.update(peak=allocated["now"]))
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: allocated["now"])
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device: allocated["peak"])
+    with PeakMemory(torch.device("cuda:0")) as gpu:
+        allocated.update(peak=allocated["now"] + 2**29)
+    assert gpu.peak_mb == 512
+    held = torch.ones(256 * 2**20 // 4)  # the same on the CPU: 256 MiB held at entry are not counted
+    with PeakMemory(torch.device("cpu")) as cpu:
+        block = torch.ones(64 * 2**20 // 4)
+        del block
+    assert 48 <= cpu.peak_mb < 200 and held.sum() > 0
 
 
 def test_per_class_scores_by_hand_and_a_class_never_predicted() -> None:
