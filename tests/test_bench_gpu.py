@@ -82,3 +82,73 @@ def test_gpu_workers_cpu_mode_trains_the_teacher_once(tmp_path: Path) -> None:
     assert out.count("computing the teacher's logits on") == 1, out[-3000:]  # in the warm-up alone
     rows = [line.split() for line in run.stdout.splitlines() if line.startswith("fp32 ")]
     assert [(r[1], r[4]) for r in rows] == [("1", "2"), ("2", "2")], run.stdout
+
+
+def _smoke(*args: str) -> subprocess.CompletedProcess[str]:
+    """``bash bench/gpu_smoke.sh ARGS`` with this interpreter, from another folder."""
+    env = {**os.environ, "PYTHON": sys.executable}
+    command = ["bash", str(ROOT / "bench" / "gpu_smoke.sh"), *args]
+    return subprocess.run(command, cwd="/", env=env, capture_output=True, text=True, timeout=900)
+
+
+def _lines(run: subprocess.CompletedProcess[str]) -> dict[str, str]:
+    """{check: PASS|FAIL|SKIP} of the smoke script's output, plus its summary line."""
+    found = {}
+    for line in run.stdout.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[1] in ("PASS", "FAIL", "SKIP"):
+            found[parts[0]] = parts[1]
+        elif line.startswith("summary "):
+            found["summary"] = line
+    return found
+
+
+def test_gpu_smoke_dry_run_imports_everything_and_reports_every_check() -> None:
+    run = _smoke("--dry-run")
+    assert run.returncode == 0, run.stdout + run.stderr[-3000:]
+    assert "optuna" in run.stdout.splitlines()[0]  # the versions of what it imported
+    assert _lines(run) == {
+        **dict.fromkeys(["pruning", "workers", "precision", "oom", "smollm2"], "SKIP"),
+        "summary": "summary 0 PASS, 0 FAIL, 5 SKIP",
+    }
+
+
+def test_gpu_smoke_cpu_parts_pass_and_cuda_parts_skip() -> None:
+    run = _smoke("--cpu", "--only", "oom", "smollm2")
+    assert run.returncode == 0, run.stdout + run.stderr[-3000:]
+    assert _lines(run) == {"oom": "SKIP", "smollm2": "PASS", "summary": "summary 1 PASS, 0 FAIL, 1 SKIP"}
+    assert "SKIP no CUDA" in run.stdout and "host copy" in run.stdout and "latency_ms" in run.stdout
+
+
+def test_gpu_smoke_reports_a_failing_check_and_runs_the_next(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    smoke = _script("gpu_smoke")
+
+    def broken(*_: object) -> str:
+        raise RuntimeError("planted")
+
+    monkeypatch.setitem(smoke.CHECKS, "pruning", broken)
+    monkeypatch.setitem(smoke.CHECKS, "oom", lambda s, b: s.need_cuda("planted") or "")
+    results = smoke.run_checks(["pruning", "oom"], smoke.Smoke(cpu=True, work=tmp_path))
+    assert results == {"pruning": "FAIL", "oom": "SKIP"}
+
+
+def test_gpu_smoke_checks_stop_at_their_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    smoke = _script("gpu_smoke")
+    monkeypatch.setitem(smoke.BUDGETS, "workers", 1)
+    monkeypatch.setitem(smoke.CHECKS, "workers", lambda s, b: time.sleep(30) or "")
+    start = time.perf_counter()
+    assert smoke.run_checks(["workers"], smoke.Smoke(cpu=True, work=tmp_path)) == {"workers": "FAIL"}
+    assert time.perf_counter() - start < 5
+
+
+@pytest.mark.slow
+def test_gpu_smoke_cpu_mode_runs_every_cpu_part() -> None:
+    """The whole ``--cpu`` run: pruning on the CPU, a study through ``--gpus none --procs 2`` (each trial records
+    gpu ``cpu`` and its costs), the fp32 loop and cache agreement, the LM cache split; no FAIL."""
+    run = _smoke("--cpu")
+    assert run.returncode == 0, run.stdout + run.stderr[-3000:]
+    found = _lines(run)
+    assert [found[k] for k in ("pruning", "workers", "precision", "oom", "smollm2")] == ["PASS"] * 3 + ["SKIP", "PASS"]
+    assert "gpu ['cpu']" in run.stdout and "KD live/cached gap" in run.stdout
