@@ -7,6 +7,9 @@ checkout and any carried wheels on ``PYTHONPATH`` and sets the offline switches)
     bash bench/gpu_smoke.sh --only oom      # some checks only
     bash bench/gpu_smoke.sh --cpu           # on this CPU: each check's CPU part, SKIP (no CUDA) for the rest
 
+Through the ``device`` tool, from the checkout the session started in, after ``--prepare`` there: ``run(command=
+"set -o pipefail; bash bench/gpu_smoke.sh 2>&1 | tee $OUT/gpu_smoke.log", carry=[".gpu-smoke"], timeout_s=600)``.
+
 Assumptions about the GPU machine (``/work/.library/device/KINDS.md``): no network; ``python3`` holds a CUDA build of
 PyTorch (2.11 was seen) with transformers 5, accelerate, peft, safetensors, pyyaml, pandas and pyarrow; it lacks
 this project's Optuna stack, ``datasets`` and the offline asset packages. ``python bench/gpu_smoke.py --prepare``,
@@ -63,8 +66,12 @@ WHEELS = (
 """Packages this project needs that the GPU image lacks or has too old (``KINDS.md``: transformers 5.17 there, 5.24
 needed), at the versions ``deploy/constraints.txt`` pins."""
 
-BUDGETS = {"pruning": 60, "workers": 200, "precision": 100, "oom": 90, "smollm2": 120}
-"""Seconds each check may take on a GPU (570 in all, under the 600 of one device call)."""
+BUDGETS = {"pruning": 60, "workers": 160, "precision": 140, "oom": 90, "smollm2": 100}
+"""Seconds each check may take on a GPU (550 in all: with the wheels' install and the imports, under the 600 of one
+device call; ``precision`` compiles six times)."""
+
+CPU_SLOWER = 4
+"""``--cpu`` runs get budgets this many times longer (the CPU parts are meant for a slow, shared machine)."""
 
 
 class Skip(Exception):
@@ -171,7 +178,24 @@ def hpo_cli(*args: str, cwd: Path, timeout: float) -> subprocess.CompletedProces
     path = os.pathsep.join([str(ROOT), *([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])])
     env = {**os.environ, "PYTHONPATH": path, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     command = [sys.executable, "-m", "hpo._cli", *args]
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    # its own process group, so a timeout stops the worker processes it started too (SIGTERM: trials recorded)
+    proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+        err += f"\ntimed out after {timeout:.0f} s"
+    except BaseException:  # the check's budget: leave no worker behind
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    return subprocess.CompletedProcess(command, proc.returncode, out, err)
 
 
 def gpu_apps() -> dict[int, int]:
@@ -539,9 +563,10 @@ def run_checks(names: list[str], smoke: Smoke, dry_run: bool = False) -> dict[st
         if dry_run:
             status, text = "SKIP", "dry run"
         else:
+            budget = BUDGETS[name] * (1 if smoke.cuda else CPU_SLOWER)
             try:
-                with time_budget(BUDGETS[name]):
-                    status, text = "PASS", CHECKS[name](smoke, BUDGETS[name])
+                with time_budget(budget):
+                    status, text = "PASS", CHECKS[name](smoke, budget)
             except Skip as exc:
                 status, text = "SKIP", str(exc)
             except Exception as exc:  # one check's failure must not stop the others

@@ -137,6 +137,7 @@ def test_gpu_smoke_checks_stop_at_their_budget(tmp_path: Path, monkeypatch: pyte
 
     smoke = _script("gpu_smoke")
     monkeypatch.setitem(smoke.BUDGETS, "workers", 1)
+    monkeypatch.setattr(smoke, "CPU_SLOWER", 1)
     monkeypatch.setitem(smoke.CHECKS, "workers", lambda s, b: time.sleep(30) or "")
     start = time.perf_counter()
     assert smoke.run_checks(["workers"], smoke.Smoke(cpu=True, work=tmp_path)) == {"workers": "FAIL"}
