@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -108,8 +109,12 @@ class LogitCache:
 
             def compute(tmp: Path) -> None:
                 log.info("computing the teacher's logits on %d %s examples, once for this study", len(data), name)
-                logits = teacher_logits(teacher, data, self.batch_size)
+                logits = teacher_logits(teacher, data, self.batch_size)  # logs its device / host-copy split
+                start = time.perf_counter()
                 torch.save(logits if isinstance(logits, torch.Tensor) else logits.state(), tmp)
+                log.info(
+                    "teacher cache written in %.2f s (%.1f MB)", time.perf_counter() - start, tmp.stat().st_size / 2**20
+                )
 
             self.computed += self.artifacts.produce(entry, compute, self.leases)
             # never unpickled; memory-mapped, so a large LM cache is paged in as trials read it

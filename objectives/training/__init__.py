@@ -21,6 +21,7 @@ _LAZY = {
     "lm_head": "._logits",
     "load_logits": "._logits",
     "read_logits": "._logits",
+    "teacher_logits": "._logits",
     "LOSSES": "._losses",
     "LayerDistillLoss": "._losses",
     "attention_loss": "._losses",
@@ -40,7 +41,6 @@ _LAZY = {
     "Report": "._train",
     "evaluate": "._train",
     "report_steps": "._train",
-    "teacher_logits": "._train",
     "train": "._train",
 }
 """Names whose modules load torch: imported on first use."""

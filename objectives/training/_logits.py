@@ -3,6 +3,8 @@ large one (a causal LM's vocabulary), from which every batch's exact logits are 
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,7 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from objectives._config import ConfigError
-from objectives.training._device import to_device
+from objectives.training._device import enable_tf32, to_device
+
+log = logging.getLogger(__name__)
 
 HEAD_CHECK_TOLERANCE = 1e-3
 """The largest difference, relative to the largest logit, allowed between a teacher's logits and its LM head
@@ -97,3 +101,76 @@ def cached_rows(cache: torch.Tensor | HeadInputs, rows: torch.Tensor, device: to
     if isinstance(cache, HeadInputs):
         return cache.logits(rows)
     return to_device(cache[rows], device)
+
+
+@torch.inference_mode()
+def teacher_logits(
+    teacher: torch.nn.Module, data: Any, batch_size: int, timings: dict[str, float] | None = None
+) -> torch.Tensor | HeadInputs:
+    """The frozen ``teacher``'s logits for every example of ``data`` (row i for example i), on the CPU: a text's (V,)
+    logits in fp32 when the output space is small (a classifier), or for a causal LM (a linear head with more
+    outputs than inputs, :func:`lm_head`) each token's final hidden state in fp16 plus the head
+    (:class:`HeadInputs`; the head's input as it reads it), from which training recomputes the exact (L, V) logits:
+    the full (N, L, V) array never exists, and no batch's (B, L, V) logits are computed or copied to the host.
+
+    The work stays on the teacher's device: the LM head runs on the first batch only, whose logits are checked
+    against the head applied to the states (:func:`check_head`); on later batches a pre-hook captures the head's
+    input and hands the head an empty slice of it, so no (B, L, V) product is computed. Only the (B, L, d) fp16
+    states (a classifier's (B, V) logits) are copied to the host, per batch.
+
+    The time is split (and logged): ``device`` (the forward passes, synchronised on CUDA), ``host_copy`` (the copies
+    to the host), and ``bytes`` copied; ``timings``, when given, receives them (and ``batches``)."""
+    device = next(teacher.parameters()).device
+    enable_tf32(device)
+    teacher.eval()
+    head = lm_head(teacher)
+    inputs: list[torch.Tensor] = []  # what the head read, captured as it reads it (no other hidden state is kept)
+    parts: list[torch.Tensor] = []
+    rows: list[torch.Tensor] = []
+
+    def capture(_: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        inputs.append(args[0])
+        return None if not parts else (args[0][..., :0, :], *args[1:])  # the first batch's logits are checked
+
+    hook = head.register_forward_pre_hook(capture) if head is not None else None
+    spent = {"device": 0.0, "host_copy": 0.0, "bytes": 0.0, "batches": 0.0}
+    try:
+        for batch in data.eval_batches(batch_size):
+            start = time.perf_counter()
+            ids = batch["input_ids"].to(device, non_blocking=True)
+            mask = batch["attention_mask"].to(device, non_blocking=True)
+            logits = teacher(input_ids=ids, attention_mask=mask).logits
+            if head is None:
+                kept = logits.float()
+            else:
+                states = inputs.pop()
+                if not parts:
+                    check_head(logits, states, head)
+                kept = states.half()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            copied = time.perf_counter()
+            parts.append(kept.cpu())
+            rows.append(batch["index"])
+            spent["device"] += copied - start
+            spent["host_copy"] += time.perf_counter() - copied
+            spent["bytes"] += kept.numel() * kept.element_size()
+            spent["batches"] += 1
+    finally:
+        if hook is not None:
+            hook.remove()
+    log.info(
+        "teacher cache on %s: %d batches, %.2f s on the device, %.2f s copying %.1f MB to the host",
+        device,
+        spent["batches"],
+        spent["device"],
+        spent["host_copy"],
+        spent["bytes"] / 2**20,
+    )
+    if timings is not None:
+        timings.update(spent)
+    stored = torch.cat(parts)[torch.cat(rows).argsort()]
+    if head is None:
+        return stored
+    bias = None if head.bias is None else head.bias.detach().float().cpu().clone()
+    return HeadInputs(stored, head.weight.detach().float().cpu().clone(), bias)

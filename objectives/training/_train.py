@@ -18,7 +18,7 @@ from objectives.data import Encoded
 from objectives.evaluation import accuracy, macro_f1
 from objectives.training._compile import CompileClock, compiled_forward
 from objectives.training._device import enable_tf32, to_device
-from objectives.training._logits import HeadInputs, cached_rows, check_head, lm_head
+from objectives.training._logits import HeadInputs, cached_rows
 from objectives.training._optim import build_optimizer
 
 Report = Callable[[int, dict[str, float], bool], None]
@@ -171,43 +171,6 @@ def evaluate(model: torch.nn.Module, data: Encoded, batch_size: int) -> Evaluati
     loss = total_loss.item() / len(labels)
     top_share = max(preds.count(c) for c in set(preds)) / len(preds)
     return Evaluation(loss, accuracy(preds, labels), macro_f1(preds, labels), top_share, preds, labels)
-
-
-@torch.inference_mode()
-def teacher_logits(teacher: torch.nn.Module, data: Any, batch_size: int) -> torch.Tensor | HeadInputs:
-    """The frozen ``teacher``'s logits for every example of ``data`` (row i for example i), on the CPU: a text's (V,)
-    logits in fp32 when the output space is small (a classifier), or for a causal LM (a linear head with more
-    outputs than inputs, :func:`lm_head`) each token's final hidden state in fp16 plus the head
-    (:class:`HeadInputs`; the head's input as it reads it), from which training recomputes the exact (L, V) logits:
-    the full (N, L, V) array never exists. The head is checked against the teacher's own logits on the first batch
-    (:func:`check_head`)."""
-    device = next(teacher.parameters()).device
-    enable_tf32(device)
-    teacher.eval()
-    head = lm_head(teacher)
-    inputs: list[torch.Tensor] = []  # what the head read, captured as it reads it (no other hidden state is kept)
-    hook = head.register_forward_pre_hook(lambda _, args: inputs.append(args[0])) if head is not None else None
-    parts, rows = [], []
-    try:
-        for batch in data.eval_batches(batch_size):
-            batch = _to(batch, device)
-            logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            if head is None:
-                parts.append(logits.float().cpu())
-            else:
-                states = inputs.pop()
-                if not parts:
-                    check_head(logits, states, head)
-                parts.append(states.half().cpu())
-            rows.append(batch["index"].cpu())
-    finally:
-        if hook is not None:
-            hook.remove()
-    stored = torch.cat(parts)[torch.cat(rows).argsort()]
-    if head is None:
-        return stored
-    bias = None if head.bias is None else head.bias.detach().float().cpu().clone()
-    return HeadInputs(stored, head.weight.detach().float().cpu().clone(), bias)
 
 
 def teacher_targets(

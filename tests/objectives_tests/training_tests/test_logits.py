@@ -106,3 +106,31 @@ def test_classification_logits_are_stored_whole() -> None:
     rows = torch.tensor([7, 2])
     assert torch.equal(cached_rows(full, rows, torch.device("cpu")), full[rows])
     assert load_logits(full) is full
+
+
+def test_a_decoders_cache_build_copies_states_only_and_runs_the_head_once(monkeypatch) -> None:
+    """No (B, L, V) logits reach the host: every copy to the CPU is a (B, L, d) fp16 batch of states; the LM head
+    runs on the first batch only (checked against the logits), and the build's time split is filled in."""
+    teacher, data = _sharp_decoder(), _blocks(n=6, length=12)
+    head_outputs: list[tuple[int, ...]] = []
+    teacher.get_output_embeddings().register_forward_hook(lambda m, a, out: head_outputs.append(tuple(out.shape)))
+    copies: list[tuple[tuple[int, ...], torch.dtype]] = []
+    real_cpu = torch.Tensor.cpu
+
+    def spy(tensor: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        copies.append((tuple(tensor.shape), tensor.dtype))
+        return real_cpu(tensor, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "cpu", spy)
+    timings: dict[str, float] = {}
+    stored = teacher_logits(teacher, data, batch_size=4, timings=timings)
+    monkeypatch.undo()
+    assert head_outputs == [(4, 12, 128), (2, 0, 128)]  # the second batch's head got an empty slice
+    batches = [(shape, dtype) for shape, dtype in copies if len(shape) == 3]
+    assert batches == [((4, 12, 32), torch.float16), ((2, 12, 32), torch.float16)]
+    assert not any(shape[-1] == 128 and len(shape) == 3 for shape, _ in copies)  # never a batch of logits
+    assert timings["batches"] == 2 and timings["bytes"] == 6 * 12 * 32 * 2
+    assert timings["device"] > 0 and timings["host_copy"] >= 0
+    with torch.no_grad():
+        live = teacher(input_ids=data.batch([5])["input_ids"]).logits
+    assert _rel(stored.logits(torch.tensor([5])), live) < 1e-3  # the truncated batches stored the right states
