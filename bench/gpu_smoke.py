@@ -360,7 +360,7 @@ def check_precision(smoke: Smoke) -> str:
     from objectives.data import Blocks
     from objectives.training import get_loss, lm_kd_loss, teacher_logits, train
     from objectives.training._logits import cached_rows
-    from objectives.training._train import autocast_dtype
+    from objectives.training._train import autocast_dtype, teacher_targets
     from tests.conftest import tiny_decoder
 
     ids = torch.randint(0, 128, (8, 32), generator=torch.Generator().manual_seed(0)).int().numpy()
@@ -376,11 +376,13 @@ def check_precision(smoke: Smoke) -> str:
     parts, problems = [], []
     for precision in precisions:
         dtype = autocast_dtype(precision, smoke.device)
-        with torch.no_grad(), torch.autocast(smoke.device.type, dtype=dtype, enabled=dtype is not None):
-            live = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        # as the training loop takes the live teacher's targets under the trial's autocast (teacher_targets)
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        with torch.autocast(smoke.device.type, dtype=dtype, enabled=dtype is not None):
+            live = teacher_targets(teacher, inputs, {}, rows, smoke.device).logits
         kd = [lm_kd_loss(student, batch["labels"], z, temperature=2.0, alpha=1.0).item() for z in (live, cached)]
         gap = abs(kd[0] - kd[1]) / max(abs(kd[1]), 1e-12)
-        if gap > 2e-2:
+        if live.dtype != torch.float32 or gap > 5e-3:  # fp16 cached states against fp32 (TF32 on a GPU) logits
             problems.append(f"{precision}: live vs cached KD differ by {gap:.2e}")
         for compiled in compiles:
             model = tiny_decoder("llama", max_position_embeddings=256).to(smoke.device)
