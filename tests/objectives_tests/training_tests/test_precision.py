@@ -13,7 +13,8 @@ import torch
 from objectives import load_classifier
 from objectives.data import Encoded
 from objectives.students._models import narrow_classifier
-from objectives.training._train import autocast_dtype, optimizer_step, teacher_logits, teacher_targets
+from objectives.training._logits import teacher_logits
+from objectives.training._train import autocast_dtype, optimizer_step, teacher_targets
 from tests.conftest import tiny_bert
 
 CUDA = torch.device("cuda", 0)
