@@ -7,14 +7,18 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import optuna
 import psutil
 import pytest
+import yaml
 
 from hpo.execution import prepare_runner, trial_seed
 from hpo.execution._distributed import RankFailed
@@ -252,3 +256,22 @@ def test_a_pruned_trial_stops_every_rank(reviews: str, caplog: pytest.LogCapture
     assert list(trial.intermediate_values) == [2]
     assert "rank 1 pruned" in caplog.text
     assert watch.pids and watch.left() == []
+
+
+@pytest.mark.slow
+def test_hpo_run_distills_on_two_ranks_reading_the_cached_teacher_logits(tmp_path: Path) -> None:
+    # through the CLI (ranks spawned from `python -m hpo._cli`), a distillation study whose teacher logits are cached
+    # by rank 0 and read from the same file by rank 1
+    study = tiny_config("dist-e2e", n_trials=1, train={"max_steps": 2, "batch_size": 16, "eval_every": 2, "devices": 2})
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    url = f"sqlite:///{tmp_path}/study.db"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env.pop("HPO_STORAGE", None)
+    command = [sys.executable, "-m", "hpo._cli", "run", str(path), "--storage", url]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    [trial] = optuna.load_study(study_name="dist-e2e", storage=url).trials
+    assert trial.state == optuna.trial.TrialState.COMPLETE
+    assert trial.user_attrs["teacher_logits"] == "cache" and trial.user_attrs["devices"] == 2
+    assert f"rank 1 complete: seed {trial.user_attrs['seed']}, params {trial.params}" in result.stderr
