@@ -36,7 +36,7 @@ import optuna
 import torch
 import torch.distributed as dist
 
-from objectives import ConfigError, RankGroup, Report, distributed_training, read_logits
+from objectives import ConfigError, NonFiniteLoss, RankGroup, Report, distributed_training, read_logits
 
 log = logging.getLogger("hpo")
 
@@ -211,10 +211,18 @@ def _wait(ranks: list[_Rank], kind: str, timeout: float | None) -> None:
                 del waiting[rank.rank]
             elif (message is not None and message[0] == "error") or not rank.process.is_alive():
                 rank.process.join(1)
-                raise RankFailed(f"rank {rank.rank}: {rank.reason() or 'exited'}")
+                raise _failed(rank)
 
 
-def _failure(ranks: list[_Rank]) -> RankFailed | None:
+def _failed(rank: _Rank) -> Exception:
+    """The exception that fails the trial for ``rank``'s failure: a NaN loss stays :class:`NonFiniteLoss` (the
+    trial is pruned with ``fail_reason: nan``, as on one device), anything else is :class:`RankFailed`."""
+    reason = rank.reason() or "exited"
+    kind = NonFiniteLoss if reason.startswith(f"{NonFiniteLoss.__name__}: ") else RankFailed
+    return kind(f"rank {rank.rank}: {reason}")
+
+
+def _failure(ranks: list[_Rank]) -> Exception | None:
     """The failure of another rank that made rank 0's collective fail, waited for up to ``FAILURE_WAIT_S``."""
     deadline = datetime.datetime.now() + datetime.timedelta(seconds=FAILURE_WAIT_S)
     while True:
@@ -222,7 +230,7 @@ def _failure(ranks: list[_Rank]) -> RankFailed | None:
             rank.poll()
             if rank.reason() is not None:
                 rank.process.join(1)
-                return RankFailed(f"rank {rank.rank}: {rank.reason()}")
+                return _failed(rank)
         left = (deadline - datetime.datetime.now()).total_seconds()
         if left <= 0:
             return None
@@ -316,6 +324,8 @@ def train_distributed(
                     _wait(ranks, "done", STOP_WAIT_S)
                 _log_ranks(ranks)
                 raise
+            except NonFiniteLoss:
+                raise  # rank 0's own NaN: pruned with fail_reason nan, as on one device
             except Exception as exc:
                 failure = _failure(ranks) if not isinstance(exc, RankFailed) else None
                 if failure is not None:

@@ -275,3 +275,12 @@ def test_hpo_run_distills_on_two_ranks_reading_the_cached_teacher_logits(tmp_pat
     assert trial.state == optuna.trial.TrialState.COMPLETE
     assert trial.user_attrs["teacher_logits"] == "cache" and trial.user_attrs["devices"] == 2
     assert f"rank 1 complete: seed {trial.user_attrs['seed']}, params {trial.params}" in result.stderr
+
+
+@pytest.mark.slow
+def test_a_nan_loss_prunes_a_distributed_trial_as_on_one_device(reviews: str) -> None:
+    study = optuna.create_study(direction="maximize")
+    watch = run_trial(study, config(reviews, 2, "ddp", train={"lr": 1e12, "max_grad_norm": None}))
+    [trial] = study.trials
+    assert trial.state == optuna.trial.TrialState.PRUNED and trial.user_attrs[FAIL_REASON] == "nan"
+    assert watch.pids and watch.left() == []
