@@ -284,3 +284,55 @@ def test_a_nan_loss_prunes_a_distributed_trial_as_on_one_device(reviews: str) ->
     [trial] = study.trials
     assert trial.state == optuna.trial.TrialState.PRUNED and trial.user_attrs[FAIL_REASON] == "nan"
     assert watch.pids and watch.left() == []
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_worker_drains_every_rank(tmp_path: Path, reviews: str) -> None:
+    long = tiny_config(
+        "dist-term",
+        objective="finetune",
+        n_trials=1,
+        data={"name": reviews, "max_length": 32},
+        train={"max_steps": 400, "batch_size": 16, "eval_every": 2, "devices": 2},
+        search_space={"student.num_layers": {"type": "int", "low": 2, "high": 2}},
+    )
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(long))
+    url = f"sqlite:///{tmp_path}/study.db"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env.pop("HPO_STORAGE", None)
+    command = [sys.executable, "-m", "hpo._cli", "run", str(path), "--storage", url]
+    log_file = (tmp_path / "worker.log").open("w")
+    worker = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=log_file)
+    seen: set[int] = set()
+
+    def started() -> bool:  # rank 1 runs (so the study exists) and the trial has reported a validation
+        seen.update(p.pid for p in psutil.Process(worker.pid).children(recursive=True))
+        ranks = [p for p in psutil.Process(worker.pid).children() if "spawn_main" in " ".join(p.cmdline())]
+        return bool(ranks) and any(t.intermediate_values for t in _trials(url))
+
+    try:
+        while worker.poll() is None and not started():
+            time.sleep(0.5)
+        seen |= {p.pid for p in psutil.Process(worker.pid).children(recursive=True)}
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=120)
+    finally:
+        worker.kill()
+        log_file.close()
+    trial, *retry = _trials(url)  # a stopped worker's trial is failed and queued again for another worker
+    assert trial.state == optuna.trial.TrialState.FAIL, (tmp_path / "worker.log").read_text()[-2000:]
+    assert trial.user_attrs[FAIL_REASON] == "worker stopped"
+    assert [t.state for t in retry] in ([], [optuna.trial.TrialState.WAITING])
+    assert len(seen) >= 2  # rank 1 and multiprocessing's resource tracker
+    deadline = time.monotonic() + 10
+    while [pid for pid in seen if psutil.pid_exists(pid)] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert [pid for pid in seen if psutil.pid_exists(pid)] == []
+
+
+def _trials(url: str) -> list[optuna.trial.FrozenTrial]:
+    try:
+        return optuna.load_study(study_name="dist-term", storage=url).trials
+    except KeyError:  # not created yet
+        return []
