@@ -26,6 +26,10 @@ class ConfigError(ValueError):
         return ConfigError(f"{section}.{self.key}", self.message)
 
 
+STRATEGIES = ("ddp", "fsdp", "deepspeed-zero3")
+"""The values of ``train.strategy``: how a trial on several devices splits its work."""
+
+
 def _check(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise ConfigError(key, message)
@@ -152,9 +156,35 @@ class TrainArgs:
     ``fail_reason: timeout`` and its worker goes on to the next trial: the trial is interrupted, and a worker hung
     in a call that no signal interrupts is restarted in place (same process id, same command line) a little
     later. Trials only: the teacher has no limit."""
+    devices: int = 1
+    """Devices one trial trains on: GPUs, or on a CPU-only machine processes of the gloo backend. Above 1 the trial
+    runs as that many ranks of a ``torch.distributed`` group; ``batch_size`` is the global batch, split evenly across
+    them, so it must divide by ``devices``. Fixed per study (not searchable)."""
+    strategy: Literal["ddp", "fsdp", "deepspeed-zero3"] = "ddp"
+    """How a trial on several devices splits its work: ``ddp`` copies the model to every device (fastest while the
+    model, its gradients and AdamW state fit one device), ``fsdp`` shards them across the devices (FSDP2
+    ``fully_shard``: for students that do not fit one). ``deepspeed-zero3`` is refused for now: deepspeed is not
+    installed here and needs CUDA; ``fsdp`` shards as ZeRO-3 does. Fixed per study (not searchable)."""
 
     def __post_init__(self) -> None:
         _check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        _check(self.devices >= 1, "devices", f"must be >= 1, got {self.devices}")
+        _check(
+            self.strategy in STRATEGIES,
+            "strategy",
+            f"must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}",
+        )
+        _check(
+            self.strategy != "deepspeed-zero3",
+            "strategy",
+            "deepspeed-zero3 is not available (deepspeed is not installed and needs CUDA); use fsdp, which shards "
+            "parameters, gradients and optimizer state as ZeRO-3 does",
+        )
+        _check(
+            self.batch_size % self.devices == 0,
+            "batch_size",
+            f"is the global batch, split evenly across train.devices ({self.devices}); got {self.batch_size}",
+        )
         _check(
             self.max_minutes is None or self.max_minutes > 0,
             "max_minutes",
@@ -203,6 +233,7 @@ class TeacherArgs:
 
     def __post_init__(self) -> None:
         _check(bool(self.model), "model", "must name a model, e.g. minilm-l6")
+        _check(self.train.devices == 1, "train.devices", "the teacher is fine-tuned on one device; remove it")
         _check(
             self.train.max_minutes is None,
             "train.max_minutes",

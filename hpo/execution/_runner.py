@@ -21,6 +21,7 @@ import optuna
 import torch
 
 from hpo.execution._costs import StudyCosts, gpu_lock
+from hpo.execution._distributed import train_distributed
 from hpo.study import CURVE_PREFIX, TIMING_ATTRS, Config, ParetoRungPruner, apply_params, make_pruner, suggest_params
 from hpo.views import format_params
 from objectives import (
@@ -28,6 +29,7 @@ from objectives import (
     LogitSource,
     NonFiniteLoss,
     Report,
+    current_group,
     never_predicted,
     run_synthetic,
 )
@@ -157,7 +159,10 @@ class TrialRunner:
         costs: CostStore | None = None,
     ) -> dict[str, float]:
         """Run the configured objective with ``config`` (the trial's ``params`` already applied); cost metrics are
-        kept in ``costs`` (by default this process's own store)."""
+        kept in ``costs`` (by default this process's own store). A trial on several devices (``train.devices``)
+        runs with this process as rank 0 (``hpo.execution._distributed``)."""
+        if config.train.devices > 1 and current_group() is None:
+            return train_distributed(self, config, params, seed, trial_number, report, on_cost, costs)
         if config.objective == "synthetic":
             space = config.search_space
             normalised = {name: space[name].normalise(value) for name, value in params.items()}

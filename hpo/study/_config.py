@@ -214,6 +214,8 @@ class Config:
             raise ConfigError("objective", f"must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
         if self.objective == "synthetic" and self.task != "classification":
             raise ConfigError("objective", "synthetic stands in for a classifier; use it with task: classification")
+        if self.train.devices > 1 and self.objective == "synthetic":
+            raise ConfigError("train.devices", "the synthetic objective trains nothing to spread; remove it")
         if self.train.max_steps < 1:
             raise ConfigError("train.max_steps", f"must be >= 1 (a trial trains), got {self.train.max_steps}")
         if not self.directions:
@@ -504,6 +506,8 @@ def _check_searchable(config: Config, name: str, spec: ParamSpec) -> None:
         raise ConfigError(f"search_space.{name}", f"{section} has no field {key!r}{_suggest(key, fields)}")
     if section == "student" and key == "layers":
         raise ConfigError(f"search_space.{name}", "search student depth with student.num_layers (an int range)")
+    if name in ("train.devices", "train.strategy"):  # one process layout for the whole study
+        raise ConfigError(f"search_space.{name}", f"is fixed per study, not searched; set {name} instead")
     for value in spec.bounds():
         try:
             _check_student_model(apply_params(config, {name: value}))

@@ -15,6 +15,7 @@ from objectives._config import DistillArgs, TrainArgs
 from objectives.evaluation import PeakMemory
 from objectives.students import num_layers
 from objectives.training._device import enable_tf32
+from objectives.training._distributed import current_group
 from objectives.training._logits import HeadInputs
 from objectives.training._train import Evaluate, Report, eager_attention, train
 
@@ -117,9 +118,12 @@ def fit(
     """
     model.to(device)
     enable_tf32(device)  # before the cost: latency is measured as the trial's fp32 runs go
-    measured = cost(model)
+    group = current_group()  # one rank of a trial on several devices: rank 0 measures, then every rank wraps
+    measured = cost(model) if group is None or group.rank == 0 else {}
     if on_cost is not None:
         on_cost(measured)
+    if group is not None:
+        model, stages = group.prepare(model, stages)
     start = time.perf_counter()
     done, eval_seconds, evals, compile_seconds = 0, 0.0, 0, 0.0
     with PeakMemory(device) as memory:
@@ -153,4 +157,6 @@ def fit(
         "peak_memory_mb": memory.peak_mb,
         **measured,
     }
+    if group is not None:  # the largest of any rank, and this rank's own
+        metrics["peak_memory_mb"], metrics["rank_peak_memory_mb"] = max(group.gather(memory.peak_mb)), memory.peak_mb
     return result.evaluation, metrics

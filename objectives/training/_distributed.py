@@ -1,0 +1,114 @@
+"""One training run across the ranks of a ``torch.distributed`` process group (``train.devices`` > 1).
+
+Every rank builds the same student from the same seed and draws the same global batches (``train.batch_size``
+examples); each trains on its own contiguous slice of every batch (:class:`RankShard`), and the strategy averages
+the gradients: ``ddp`` replicates the model (``torch.distributed._composable.replicate``, DDP under the hood,
+parameter names unchanged), ``fsdp`` shards parameters, gradients and optimizer state (FSDP2's ``fully_shard``, one
+unit per transformer layer, as ``_no_split_modules`` names them, then the root). The mean of the ranks' slice means
+is the global batch's mean, so a trial on N ranks trains the model one rank would, up to floating-point order.
+Validation runs on the whole validation set on every rank (identical scores: the ranks hold identical weights), so
+early stopping and pruning decide the same everywhere. Costs (latency, size, FLOPs) are measured by rank 0 alone,
+before the model is wrapped: on one device at batch 1. Optuna-free: the launcher (``hpo.execution._distributed``)
+owns the process group and the trial.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class RankGroup:
+    """This process's place in the trial's process group (initialised by the launcher)."""
+
+    rank: int
+    world: int
+    strategy: str
+    """``ddp`` or ``fsdp`` (see the module docstring)."""
+
+    def prepare(self, model: torch.nn.Module, stages: list[Any]) -> tuple[torch.nn.Module, list[Any]]:
+        """``model`` wrapped by the strategy and ``stages`` (``objectives.training._fit.Stage``) reading this rank's
+        shard. A loss with parameters of its own (a layer term's projection) is refused: its gradients would not be
+        averaged across ranks."""
+        for stage in stages:
+            if isinstance(stage.loss_fn, torch.nn.Module) and any(True for _ in stage.loss_fn.parameters()):
+                raise ValueError(
+                    "train.devices > 1 does not train a loss with parameters of its own (a layer term's projection); "
+                    "use train.devices: 1 or drop distill.hidden_weight"
+                )
+        return self.wrap(model), [replace(stage, data=self.shard(stage.data)) for stage in stages]
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """``model`` (already on this rank's device) made data-parallel in place by the strategy; returns it."""
+        if self.strategy == "ddp":
+            from torch.distributed._composable import replicate
+
+            device = next(model.parameters()).device
+            return replicate(model, device_ids=[device.index or 0] if device.type == "cuda" else None)
+        if self.strategy == "fsdp":
+            from torch.distributed.device_mesh import init_device_mesh
+            from torch.distributed.fsdp import fully_shard
+
+            device = next(model.parameters()).device
+            mesh = init_device_mesh(device.type, (self.world,))
+            units = set(getattr(model, "_no_split_modules", None) or ())
+            for module in list(model.modules())[1:]:
+                if type(module).__name__ in units:
+                    fully_shard(module, mesh=mesh)
+            return fully_shard(model, mesh=mesh)
+        raise ValueError(f"strategy {self.strategy!r} is not one that trains here (ddp, fsdp)")
+
+    def shard(self, data: Any) -> RankShard:
+        """``data`` whose training batches are this rank's slice of each global batch."""
+        return RankShard(data, self.rank, self.world)
+
+    def gather(self, value: Any) -> list[Any]:
+        """``value`` of every rank, by rank (a collective: every rank calls it)."""
+        import torch.distributed as dist
+
+        values: list[Any] = [None] * self.world
+        dist.all_gather_object(values, value)
+        return values
+
+
+class RankShard:
+    """A data set seen by one rank: ``train_batches(batch_size, ...)`` yields rows ``[r * b / N, (r + 1) * b / N)``
+    of each of the data's global batches of ``batch_size`` (drawn with the same seed on every rank); everything
+    else (``eval_batches``, ``len``, ``fingerprint``) is the whole data's."""
+
+    def __init__(self, data: Any, rank: int, world: int) -> None:
+        self.data, self.rank, self.world = data, rank, world
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.data, name)
+
+    def train_batches(self, batch_size: int, seed: int, **options: Any) -> Iterator[dict[str, Any]]:
+        for batch in self.data.train_batches(batch_size, seed, **options):
+            yield {key: value.tensor_split(self.world)[self.rank] for key, value in batch.items()}
+
+
+_GROUP: contextvars.ContextVar[RankGroup | None] = contextvars.ContextVar("rank_group", default=None)
+
+
+@contextlib.contextmanager
+def distributed_training(group: RankGroup) -> Iterator[None]:
+    """Make every training run inside the block (``fit``) one rank's part of a run across ``group``."""
+    token = _GROUP.set(group)
+    try:
+        yield
+    finally:
+        _GROUP.reset(token)
+
+
+def current_group() -> RankGroup | None:
+    """The rank group of an enclosing :func:`distributed_training`, or None (one process)."""
+    return _GROUP.get()

@@ -1,0 +1,338 @@
+"""Trials on several devices (``train.devices``): real ranks (spawned processes, gloo on CPU), real tiny BERTs, real
+studies. A 2-rank trial (global batch 16 split 8 + 8) trains the model the 1-process trial does: validation loss at
+every validation and the final scores agree within ``TOLERANCE``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import optuna
+import psutil
+import pytest
+import yaml
+
+from hpo.execution import prepare_runner, trial_seed
+from hpo.execution._distributed import RankFailed
+from hpo.study import config_from_dict
+from objectives import ConfigError
+from objectives.training._distributed import RankShard
+from storage import FAIL_REASON, create_storage
+from tests.conftest import sentiment_csv, tiny_config
+
+TOLERANCE = 1e-5
+"""Largest difference allowed between a 2-rank and a 1-process trial's validation loss, accuracy and F1: the ranks'
+gradients are averaged in another floating-point order than one batch's."""
+
+PARAMS = {"student.num_layers": 2}
+
+
+@pytest.fixture(scope="module")
+def reviews(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A small labelled CSV whose labels the tiny BERT learns within a few steps."""
+    return sentiment_csv(tmp_path_factory.mktemp("data") / "reviews.csv", rows=160)
+
+
+def config(data: str, devices: int = 1, strategy: str = "ddp", **overrides: Any) -> Any:
+    """A finetune study of the tiny BERT on ``data`` whose one parameter has one value, validated every 2 steps on
+    val_loss."""
+    train = {"max_steps": 6, "lr": 1e-2, "warmup_ratio": 0.0, "batch_size": 16, "eval_every": 2, "dropout": 0.0}
+    train.update(overrides.pop("train", {}))
+    return config_from_dict(
+        tiny_config(
+            "dist",
+            objective="finetune",
+            n_trials=1,
+            data={"name": data, "max_length": 32},
+            pruning_metric="val_loss",
+            train={**train, "devices": devices, "strategy": strategy},
+            search_space={"student.num_layers": {"type": "int", "low": 2, "high": 2}},
+            **overrides,
+        )
+    )
+
+
+@pytest.fixture(scope="module")
+def one_process(reviews: str) -> tuple[list[tuple[int, float]], dict[str, float]]:
+    """The 1-process trial 0 of a study with seed 0: its validation-loss curve and final metrics."""
+    single = config(reviews)
+    curve: list[tuple[int, float]] = []
+    metrics = prepare_runner(single, optuna.create_study()).train(
+        single, PARAMS, trial_seed(0, 0), 0, lambda step, scores, final: curve.append((step, scores["val_loss"]))
+    )
+    return curve, metrics
+
+
+def ranks_of_this_process() -> list[psutil.Process]:
+    """The spawned rank processes below this one (not multiprocessing's resource tracker)."""
+    ranks = []
+    for process in psutil.Process().children(recursive=True):
+        try:
+            if "spawn_main" in " ".join(process.cmdline()):
+                ranks.append(process)
+        except psutil.Error:  # exited meanwhile
+            pass
+    return ranks
+
+
+class Watch:
+    """Polls this process's ranks while a trial runs: their pids and the TCP peers they connect to."""
+
+    def __init__(self) -> None:
+        self.pids: set[int] = set()
+        self.peer_ports: set[int] = set()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            for process in ranks_of_this_process():
+                try:
+                    self.pids.add(process.pid)
+                    self.peer_ports |= {c.raddr.port for c in process.net_connections("inet") if c.raddr}
+                except psutil.Error:
+                    pass
+            time.sleep(0.2)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    def left(self) -> list[int]:
+        """Rank pids seen that still exist (not reaped)."""
+        return [pid for pid in self.pids if psutil.pid_exists(pid)]
+
+
+def run_trial(study: optuna.Study, cfg: Any, **optimize: Any) -> Watch:
+    watch = Watch()
+    try:
+        study.optimize(prepare_runner(cfg, study), n_trials=1, **optimize)
+    finally:
+        watch.close()
+    return watch
+
+
+def test_each_rank_trains_its_slice_of_every_global_batch(reviews: str) -> None:
+    work = prepare_runner(config(reviews), optuna.create_study()).work
+    whole = work.train.train_batches(16, 7)
+    shards = [RankShard(work.train, rank, 2).train_batches(16, 7) for rank in range(2)]
+    for _ in range(3):
+        batch, parts = next(whole), [next(s) for s in shards]
+        assert [len(p["index"]) for p in parts] == [8, 8]
+        for key in batch:
+            assert (batch[key][:8] == parts[0][key]).all() and (batch[key][8:] == parts[1][key]).all()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            {"search_space": {"train.strategy": {"type": "categorical", "choices": ["ddp", "fsdp"]}}},
+            "search_space.train.strategy: is fixed per study, not searched; set train.strategy instead",
+        ),
+        (
+            {"search_space": {"train.devices": {"type": "int", "low": 1, "high": 2}}},
+            "search_space.train.devices: is fixed per study",
+        ),
+        ({"train": {"devices": 3}}, "train.batch_size: is the global batch, split evenly across train.devices (3)"),
+        ({"train": {"strategy": "deepspeed-zero3"}}, "train.strategy: deepspeed-zero3 is not available"),
+        ({"teacher": {"train": {"devices": 2}}}, "teacher.train.devices: the teacher is fine-tuned on one device"),
+        ({"objective": "synthetic"}, "train.devices: the synthetic objective trains nothing to spread"),
+    ],
+)
+def test_distributed_settings_are_checked(overrides: dict[str, Any], message: str) -> None:
+    data = tiny_config("dist", train={"batch_size": 16, "devices": 2})
+    for key, value in overrides.items():
+        data[key] = {**data[key], **value} if key == "train" else value
+    with pytest.raises(ConfigError) as error:
+        config_from_dict(data)
+    assert message in str(error.value)
+
+
+@pytest.mark.slow
+def test_a_ddp_trial_is_one_optuna_trial_and_matches_one_process(
+    one_process: tuple[list[tuple[int, float]], dict[str, float]],
+    reviews: str,
+    pg_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    curve, metrics = one_process
+    assert curve[0][1] != pytest.approx(curve[-1][1], abs=1e-3)  # it trains: the comparison is not of a flat line
+    name = f"dist-{uuid.uuid4().hex[:8]}"
+    study = optuna.create_study(study_name=name, storage=create_storage(pg_url), direction="maximize")
+    try:
+        with caplog.at_level(logging.INFO, logger="hpo"):
+            watch = run_trial(study, config(reviews, 2, "ddp"))
+        [trial] = study.trials  # one Optuna trial for the two ranks
+        assert trial.state == optuna.trial.TrialState.COMPLETE
+        # val_loss reported at each validation (negated: the study maximises), then the final scores
+        assert sorted(trial.intermediate_values) == [step for step, _ in curve]
+        for step, value in curve:
+            assert -trial.intermediate_values[step] == pytest.approx(value, abs=TOLERANCE)
+        for key in ("val_loss", "accuracy", "f1"):
+            assert trial.user_attrs[key] == pytest.approx(metrics[key], abs=TOLERANCE), key
+        assert trial.user_attrs["devices"] == 2 and trial.user_attrs["strategy"] == "ddp"
+        assert len(trial.user_attrs["rank_peak_memory_mb"]) == 2
+        # rank 1 trained the parameters and seed rank 0 asked the study for, and never connected to PostgreSQL
+        seed = trial.user_attrs["seed"]
+        assert f"rank 1 complete: seed {seed}, params {trial.params}" in caplog.text
+        assert watch.pids and 5432 not in watch.peer_ports
+        assert watch.left() == []
+    finally:
+        optuna.delete_study(study_name=name, storage=pg_url)
+
+
+@pytest.mark.slow
+def test_an_fsdp_trial_matches_one_process(
+    one_process: tuple[list[tuple[int, float]], dict[str, float]], reviews: str
+) -> None:
+    curve, metrics = one_process
+    study = optuna.create_study(direction="maximize")
+    watch = run_trial(study, config(reviews, 2, "fsdp"))
+    [trial] = study.trials
+    assert trial.state == optuna.trial.TrialState.COMPLETE
+    for step, value in curve:
+        assert -trial.intermediate_values[step] == pytest.approx(value, abs=TOLERANCE)
+    for key in ("val_loss", "accuracy", "f1"):
+        assert trial.user_attrs[key] == pytest.approx(metrics[key], abs=TOLERANCE), key
+    assert trial.user_attrs["strategy"] == "fsdp" and watch.left() == []
+
+
+@pytest.mark.slow
+def test_kill_9_of_rank_1_fails_the_trial_and_leaves_no_process(reviews: str) -> None:
+    study = optuna.create_study(direction="maximize")
+    long = config(reviews, 2, "ddp", train={"max_steps": 400})
+    watch = Watch()
+    done = threading.Event()
+
+    def optimize() -> None:
+        try:
+            study.optimize(prepare_runner(long, study), n_trials=1, catch=(RankFailed,))
+        finally:
+            done.set()
+
+    worker = threading.Thread(target=optimize)
+    worker.start()
+    try:
+        while not done.is_set() and not (study.trials and study.trials[0].intermediate_values):
+            time.sleep(0.2)  # mid-trial: it has reported a validation
+        [rank1] = ranks_of_this_process()
+        os.kill(rank1.pid, signal.SIGKILL)
+        failed_at = time.monotonic()
+        while not done.is_set() and study.trials[0].state == optuna.trial.TrialState.RUNNING:
+            time.sleep(0.1)
+        seconds = time.monotonic() - failed_at
+    finally:
+        worker.join(600)
+        watch.close()
+    first = study.trials[0]
+    assert first.state == optuna.trial.TrialState.FAIL
+    assert first.user_attrs[FAIL_REASON] == "RankFailed: rank 1: killed by SIGKILL"
+    assert seconds < 15
+    assert rank1.pid in watch.pids and watch.left() == []
+    # the worker goes on: its next trial on two ranks completes (a new process group in the same process)
+    again = run_trial(study, config(reviews, 2, "ddp"))
+    assert study.trials[1].state == optuna.trial.TrialState.COMPLETE and again.left() == []
+
+
+@pytest.mark.slow
+def test_a_pruned_trial_stops_every_rank(reviews: str, caplog: pytest.LogCaptureFixture) -> None:
+    # -val_loss (reported: the study maximises) is always below 0: the threshold pruner stops the trial at once
+    pruned = config(reviews, 2, "ddp", train={"max_steps": 400})
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=0.0))
+    with caplog.at_level(logging.INFO, logger="hpo"):
+        watch = run_trial(study, pruned)
+    [trial] = study.trials
+    assert trial.state == optuna.trial.TrialState.PRUNED
+    assert list(trial.intermediate_values) == [2]
+    assert "rank 1 pruned" in caplog.text
+    assert watch.pids and watch.left() == []
+
+
+@pytest.mark.slow
+def test_hpo_run_distills_on_two_ranks_reading_the_cached_teacher_logits(tmp_path: Path) -> None:
+    # through the CLI (ranks spawned from `python -m hpo._cli`), a distillation study whose teacher logits are cached
+    # by rank 0 and read from the same file by rank 1
+    study = tiny_config("dist-e2e", n_trials=1, train={"max_steps": 2, "batch_size": 16, "eval_every": 2, "devices": 2})
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    url = f"sqlite:///{tmp_path}/study.db"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env.pop("HPO_STORAGE", None)
+    command = [sys.executable, "-m", "hpo._cli", "run", str(path), "--storage", url]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    [trial] = optuna.load_study(study_name="dist-e2e", storage=url).trials
+    assert trial.state == optuna.trial.TrialState.COMPLETE
+    assert trial.user_attrs["teacher_logits"] == "cache" and trial.user_attrs["devices"] == 2
+    assert f"rank 1 complete: seed {trial.user_attrs['seed']}, params {trial.params}" in result.stderr
+
+
+@pytest.mark.slow
+def test_a_nan_loss_prunes_a_distributed_trial_as_on_one_device(reviews: str) -> None:
+    study = optuna.create_study(direction="maximize")
+    watch = run_trial(study, config(reviews, 2, "ddp", train={"lr": 1e12, "max_grad_norm": None}))
+    [trial] = study.trials
+    assert trial.state == optuna.trial.TrialState.PRUNED and trial.user_attrs[FAIL_REASON] == "nan"
+    assert watch.pids and watch.left() == []
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_worker_drains_every_rank(tmp_path: Path, reviews: str) -> None:
+    long = tiny_config(
+        "dist-term",
+        objective="finetune",
+        n_trials=1,
+        data={"name": reviews, "max_length": 32},
+        train={"max_steps": 400, "batch_size": 16, "eval_every": 2, "devices": 2},
+        search_space={"student.num_layers": {"type": "int", "low": 2, "high": 2}},
+    )
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(long))
+    url = f"sqlite:///{tmp_path}/study.db"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env.pop("HPO_STORAGE", None)
+    command = [sys.executable, "-m", "hpo._cli", "run", str(path), "--storage", url]
+    log_file = (tmp_path / "worker.log").open("w")
+    worker = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=log_file)
+    seen: set[int] = set()
+
+    def started() -> bool:  # rank 1 runs (so the study exists) and the trial has reported a validation
+        seen.update(p.pid for p in psutil.Process(worker.pid).children(recursive=True))
+        ranks = [p for p in psutil.Process(worker.pid).children() if "spawn_main" in " ".join(p.cmdline())]
+        return bool(ranks) and any(t.intermediate_values for t in _trials(url))
+
+    try:
+        while worker.poll() is None and not started():
+            time.sleep(0.5)
+        seen |= {p.pid for p in psutil.Process(worker.pid).children(recursive=True)}
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=120)
+    finally:
+        worker.kill()
+        log_file.close()
+    trial, *retry = _trials(url)  # a stopped worker's trial is failed and queued again for another worker
+    assert trial.state == optuna.trial.TrialState.FAIL, (tmp_path / "worker.log").read_text()[-2000:]
+    assert trial.user_attrs[FAIL_REASON] == "worker stopped"
+    assert [t.state for t in retry] in ([], [optuna.trial.TrialState.WAITING])
+    assert len(seen) >= 2  # rank 1 and multiprocessing's resource tracker
+    deadline = time.monotonic() + 10
+    while [pid for pid in seen if psutil.pid_exists(pid)] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert [pid for pid in seen if psutil.pid_exists(pid)] == []
+
+
+def _trials(url: str) -> list[optuna.trial.FrozenTrial]:
+    try:
+        return optuna.load_study(study_name="dist-term", storage=url).trials
+    except KeyError:  # not created yet
+        return []
