@@ -13,7 +13,7 @@ import torch
 
 from objectives._config import DistillArgs, TrainArgs
 from objectives.evaluation import PeakMemory
-from objectives.students import num_layers
+from objectives.students import num_layers, trainable_parameters
 from objectives.training._logits import HeadInputs
 from objectives.training._train import Evaluate, Report, eager_attention, train
 
@@ -105,7 +105,7 @@ def fit(
 ) -> tuple[Any, dict[str, float]]:
     """Train ``model`` through ``stages``, scoring on ``validation`` with ``evaluate``; returns the last evaluation
     and the metrics every task records: its ``cost(model)`` (measured before training, handed to ``on_cost``),
-    ``steps``, ``train_seconds``, ``peak_memory_mb``, and what its time went to: ``step_seconds`` (mean wall time of
+    ``trainable_params`` (those the optimiser updates: a LoRA adapter's, or all), ``steps``, ``train_seconds``, ``peak_memory_mb``, and what its time went to: ``step_seconds`` (mean wall time of
     an optimiser step, validations left out), ``eval_seconds`` (of one validation pass, mean) and ``eval_rows``
     (examples or blocks of ``validation``: one pass).
 
@@ -145,6 +145,7 @@ def fit(
         "eval_seconds": eval_seconds / max(1, evals),
         "eval_rows": float(len(validation)),
         "peak_memory_mb": memory.peak_mb,
+        "trainable_params": float(trainable_parameters(model)),
         **measured,
     }
     return result.evaluation, metrics
