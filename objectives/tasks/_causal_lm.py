@@ -450,7 +450,7 @@ def heldout_metrics(model: torch.nn.Module, work: Workload) -> dict[str, Any]:
     model.to(work.device)
     evaluation = lm_evaluate(model, work.test(), 16)
     scores = {**evaluation.scores(), "tokens": evaluation.tokens}
-    return {**scores, "samples": samples(model, work), **measure_cost(model, work)}
+    return {**scores, "samples": samples(model, work), **measure_cost(merged(model), work)}
 
 
 model_identity = lm_identity

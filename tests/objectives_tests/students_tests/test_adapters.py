@@ -119,3 +119,33 @@ def test_qlora_on_a_cpu_is_one_line_naming_the_key(tiny_lm: str, work) -> None:
         lm.finetune_student(work, tiny_lm, StudentArgs(num_layers=2, adapter="qlora"), ARGS, seed=0)
     assert error.value.key == "student.adapter" and "needs a CUDA device" in str(error.value)
     assert "\n" not in str(error.value)
+
+
+def test_a_classifier_student_adapts_its_encoder_and_trains_its_head(tmp_path: Path) -> None:
+    from transformers import AutoModelForSequenceClassification
+
+    from objectives import load_classifier, prepare_workload
+    from objectives.tasks import _classification as classification
+    from tests.conftest import tiny_bert
+
+    load_classifier(tiny_bert(), num_labels=2).save_pretrained(tmp_path / "teacher")
+    work = prepare_workload(DataArgs(max_train_rows=64, max_val_rows=16, max_length=32), tiny_bert())
+    args = TrainArgs(max_steps=3, batch_size=8, eval_every=3, eval_batch_size=16, lr=1e-2)
+    student = StudentArgs(num_layers=2, **LORA)
+    start = classification.initial_student(work, tmp_path / "teacher", student, args, seed=0)
+    before = {name: p.detach().clone() for name, p in start.named_parameters()}
+    model, metrics = classification.distill_student(
+        work, tmp_path / "teacher", student, args, DistillArgs(), seed=0, init=start
+    )
+    changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+    assert {name.split(".")[-3] for name in changed} == {"lora_A", "lora_B", "modules_to_save"}
+    assert any(".classifier.modules_to_save." in name for name in changed)  # the new head trains whole
+    assert metrics["trainable_params"] == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    classification.save_model(model, work, tmp_path / "merged")
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged").eval()
+    from objectives.data import collate
+
+    batch = {k: v for k, v in collate(work.validation, list(range(8))).items() if k in ("input_ids", "attention_mask")}
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(loaded(**batch).logits, model(**batch).logits, atol=1e-5)
