@@ -149,3 +149,28 @@ def test_a_classifier_student_adapts_its_encoder_and_trains_its_head(tmp_path: P
     model.eval()
     with torch.no_grad():
         assert torch.allclose(loaded(**batch).logits, model(**batch).logits, atol=1e-5)
+
+
+@pytest.mark.slow  # the real SmolLM2-135M (20 s to load) on WikiText-2 blocks
+def test_a_lora_smollm2_student_trains_only_its_adapter_and_exports_the_same_generations(tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from objectives.tasks import _causal_lm as lm
+
+    work = lm.prepare_workload(
+        DataArgs(name="wikitext-2", block_size=32, max_train_rows=16, max_val_rows=4), "smollm2-135m"
+    )
+    student = StudentArgs(num_layers=4, adapter="lora", lora_r=8, target_modules="all-linear")
+    args = TrainArgs(max_steps=3, batch_size=4, eval_every=3, eval_batch_size=4, lr=5e-3, warmup_ratio=0.0)
+    model, metrics = lm.finetune_student(work, "smollm2-135m", student, args, seed=0)
+    frozen = [p for name, p in model.named_parameters() if "lora_" not in name]
+    assert not any(p.requires_grad for p in frozen)
+    # all-linear on 4 SmolLM2 layers (576 wide, 3 key/value heads of 64, 1,536-wide MLP), rank 8; not the tied head
+    per_layer = 8 * ((576 + 576) * 2 + (576 + 192) * 2 + (576 + 1536) * 2 + (1536 + 576))
+    assert metrics["trainable_params"] == 4 * per_layer
+    lm.save_model(model, work, tmp_path)
+    prompt = work.tokenizer(lm.PROMPTS[1], return_tensors="pt")["input_ids"]
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    model.eval()
+    kwargs = {"attention_mask": torch.ones_like(prompt), "max_new_tokens": 16, "do_sample": False}
+    assert loaded.generate(prompt, **kwargs).tolist() == model.generate(prompt, **kwargs).tolist()
