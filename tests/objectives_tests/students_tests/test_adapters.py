@@ -151,6 +151,22 @@ def test_a_classifier_student_adapts_its_encoder_and_trains_its_head(tmp_path: P
         assert torch.allclose(loaded(**batch).logits, model(**batch).logits, atol=1e-5)
 
 
+def test_a_classifier_teacher_is_corrected_through_an_adapter_and_saved_merged(tmp_path: Path) -> None:
+    from transformers import AutoModelForSequenceClassification
+
+    from objectives import prepare_workload
+    from objectives.tasks import _classification as classification
+    from tests.conftest import tiny_bert
+
+    work = prepare_workload(DataArgs(max_train_rows=32, max_val_rows=8, max_length=16), tiny_bert())
+    args = TrainArgs(max_steps=2, batch_size=8, eval_every=2, eval_batch_size=8, lr=1e-2)
+    metrics = classification.finetune_teacher(work, TeacherArgs(model=tiny_bert(), train=args, **LORA), 0, tmp_path)
+    saved = AutoModelForSequenceClassification.from_pretrained(tmp_path)
+    assert not any("lora" in name or "modules_to_save" in name for name, _ in saved.named_parameters())
+    assert saved.config.id2label == dict(enumerate(work.task.rows.label_names))
+    assert metrics["trainable_params"] < sum(p.numel() for p in saved.parameters()) / 10  # adapter and head
+
+
 @pytest.mark.slow  # the real SmolLM2-135M (20 s to load) on WikiText-2 blocks
 def test_a_lora_smollm2_student_trains_only_its_adapter_and_exports_the_same_generations(tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM
