@@ -4,8 +4,9 @@ The student keeps ``--layers`` evenly spaced decoder layers of the model (SmolLM
 then trains ``--steps`` steps of next-token cross-entropy on WikiText-2 blocks, once with every weight trained
 (``--lr-full``) and once through a LoRA adapter on ``attention+mlp`` (``--rank``, alpha = 2 r, ``--lr-lora``),
 with the same data, schedule and seed; each seed's validation perplexity, ``train_seconds``, ``peak_memory_mb``
-(process RSS on a CPU, allocated memory on a GPU) and trainable parameters are printed, then mean and standard
-deviation per setting, and the paired per-seed perplexity difference with its 95% t interval.
+(the peak growth of the process RSS over training on a CPU, max allocated on a GPU) and trainable parameters are
+printed, then mean and standard deviation per setting, and the paired per-seed perplexity difference with its 95%
+t interval.
 
     python bench/lora_vs_full.py [--model smollm2-135m] [--layers 8] [--steps 30] [--seeds 3] [--block-size 64]
 """
