@@ -408,13 +408,22 @@ def _cmd_train(args: argparse.Namespace) -> int:
     job = load_job(args.job)
     if args.seeds < 1:
         raise ConfigError("--seeds", f"must be >= 1, got {args.seeds}")
+    if args.adapter_only and job.student.adapter == "none":
+        raise ConfigError("--adapter-only", "writes a LoRA adapter alone, and the job's student.adapter is none")
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
         raise ConfigError(
             "--out", f"{args.out} exists and is not an empty directory; pass --overwrite to write into it"
         )
     with evaluation_bars() if sys.stderr.isatty() else contextlib.nullcontext():  # plain logs: INFO lines
-        result = train_job(job, out, threads=args.threads, seeds=args.seeds, artifacts=_artifacts(args.artifacts))
+        result = train_job(
+            job,
+            out,
+            threads=args.threads,
+            seeds=args.seeds,
+            artifacts=_artifacts(args.artifacts),
+            adapter_only=args.adapter_only,
+        )
     print(f"{args.out}: model, tokenizer, metrics.json and README.md (model card)")
     print(Path(args.out, "README.md").read_text().split("```")[1].strip())
     quality = job.task_spec.quality
@@ -603,6 +612,12 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("job", help="YAML job written by hpo export")
     train.add_argument("--out", required=True, help="output model directory (new or empty)")
     train.add_argument("--overwrite", action="store_true", help="write into --out even if it holds files")
+    train.add_argument(
+        "--adapter-only",
+        action="store_true",
+        help="student.adapter: write the student's weights before training and the LoRA adapter alone (OUT/adapter) "
+        "instead of the adapter merged into them",
+    )
     train.add_argument("--threads", type=int, help="torch CPU threads (default: the cores this process may use)")
     train.add_argument("--artifacts", metavar="PATH", help=ARTIFACTS_HELP)
     train.add_argument(

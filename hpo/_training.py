@@ -285,10 +285,17 @@ def store_teacher(job: TrainJob, artifacts: str | None = None) -> Path:
 
 
 def train_job(
-    job: TrainJob, out: Path, threads: int | None = None, seeds: int = 1, artifacts: str | None = None
+    job: TrainJob,
+    out: Path,
+    threads: int | None = None,
+    seeds: int = 1,
+    artifacts: str | None = None,
+    adapter_only: bool = False,
 ) -> dict[str, Any]:
     """Run ``job`` and write the model directory ``out``; returns what ``metrics.json`` holds. A job exported from
     a study distils from the study's teacher in its store (at ``artifacts`` when given: :func:`store_teacher`).
+    A student with a LoRA adapter (``student.adapter``) is written merged into its weights; ``adapter_only``: the
+    student's weights before training and the adapter alone in ``out/adapter``.
 
     With ``seeds`` > 1 the students are trained with seeds ``job.seed``, ``job.seed + 1``, ...; the saved model is
     the first seed's; ``test`` holds the means over seeds and ``test_by_seed`` every run."""
@@ -318,7 +325,7 @@ def train_job(
         for name, metrics in rows.items():
             by_seed.setdefault(name, []).append(metrics)
     name = next(n for n in by_seed if n != "teacher")
-    task.save_model(model, work, out)
+    task.save_model(model, work, out, adapter_only)
     # Means of the numbers; per-class scores and samples (not numbers) are kept per seed in ``test_by_seed``.
     means = {
         n: {m: statistics.mean(r[m] for r in runs) for m, v in runs[0].items() if isinstance(v, int | float)}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 
 class ConfigError(ValueError):
@@ -40,6 +40,45 @@ def _check_fraction(value: float, key: str, *, low_open: bool = False, high_open
     high_ok = value < 1 if high_open else value <= 1
     bounds = f"{'(' if low_open else '['}0, 1{')' if high_open else ']'}"
     _check(low_ok and high_ok, key, f"must be in {bounds}, got {value}")
+
+
+TARGET_PRESETS = ("attention", "attention+mlp", "all-linear")
+"""Named sets of layers a LoRA adapter adapts (``target_modules``), mapped to each architecture's module names in
+``objectives.students._adapters``: the attention projections, those and the feed-forward ones, or every linear
+layer but the output head."""
+
+LORA_DEFAULTS = {"lora_r": 8, "lora_alpha": 16.0, "lora_dropout": 0.0, "target_modules": "attention+mlp"}
+"""Defaults of the LoRA fields of :class:`StudentArgs` and :class:`TeacherArgs`."""
+
+
+class LoraFields(Protocol):
+    """The LoRA fields :class:`StudentArgs` and :class:`TeacherArgs` share."""
+
+    adapter: str
+    lora_r: int
+    lora_alpha: float
+    lora_dropout: float
+    target_modules: str
+
+
+def _check_lora(args: LoraFields, adapters: tuple[str, ...], section: str) -> None:
+    """Valid LoRA fields; a field set away from its default without an adapter is refused (it would do nothing)."""
+    _check(args.adapter in adapters, "adapter", f"must be one of {', '.join(adapters)}, got {args.adapter!r}")
+    _check(args.lora_r >= 1, "lora_r", f"must be >= 1, got {args.lora_r}")
+    _check(args.lora_alpha > 0, "lora_alpha", f"must be > 0, got {args.lora_alpha}")
+    _check_fraction(args.lora_dropout, "lora_dropout", high_open=True)
+    _check(
+        args.target_modules in TARGET_PRESETS,
+        "target_modules",
+        f"must be one of {', '.join(TARGET_PRESETS)}, got {args.target_modules!r}",
+    )
+    if args.adapter == "none":
+        for key, default in LORA_DEFAULTS.items():
+            _check(
+                getattr(args, key) == default,
+                key,
+                f"sets the LoRA adapter, and {section}.adapter is none: set {section}.adapter: lora or remove {key}",
+            )
 
 
 @dataclass
@@ -230,10 +269,30 @@ class TeacherArgs:
     """``minilm-l6`` (bundled offline all-MiniLM-L6-v2), a local model directory, or a Hugging Face model id."""
     train: TrainArgs = field(default_factory=lambda: TrainArgs(lr=5e-5, max_steps=150, eval_every=50))
     """How the teacher is fine-tuned on the task (once per study)."""
+    adapter: Literal["none", "lora"] = "none"
+    """``lora``: teacher correction (as Minitron does): the teacher is adapted to the study's data through a LoRA
+    adapter for ``train.max_steps`` steps, once per study, then merged into its weights, before its logits are
+    cached, so every trial learns from the adapted teacher. ``none``: all its weights train (or none, with
+    ``train.max_steps: 0``)."""
+    lora_r: int = 8
+    """Rank r of the teacher's adapter (as ``student.lora_r``)."""
+    lora_alpha: float = 16.0
+    """Scale alpha of the teacher's adapter (as ``student.lora_alpha``)."""
+    lora_dropout: float = 0.0
+    """Dropout on the teacher adapter's input (as ``student.lora_dropout``)."""
+    target_modules: str = "attention+mlp"
+    """Which layers the teacher's adapter adapts (as ``student.target_modules``)."""
 
     def __post_init__(self) -> None:
         _check(bool(self.model), "model", "must name a model, e.g. minilm-l6")
         _check(self.train.devices == 1, "train.devices", "the teacher is fine-tuned on one device; remove it")
+        _check_lora(self, ("none", "lora"), "teacher")
+        _check(
+            self.adapter == "none" or self.train.max_steps > 0,
+            "adapter",
+            "lora adapts the teacher in teacher.train.max_steps steps, which is 0: set teacher.train.max_steps "
+            "(e.g. 100) or adapter: none",
+        )
         _check(
             self.train.max_minutes is None,
             "train.max_minutes",
@@ -281,6 +340,21 @@ class StudentArgs:
     calibration_size: int = 256
     """Training examples (a fixed seeded sample; every one where the training split has fewer) whose activations
     rank heads, neurons, channels and layers for the ratios and ``layer_selection: importance``."""
+    adapter: Literal["none", "lora", "qlora"] = "none"
+    """``lora``: the student (once cut or pruned) trains a LoRA adapter through PEFT, its own weights frozen:
+    W' = W + (lora_alpha / lora_r) * B A on the ``target_modules``; trials record ``trainable_params``, and ``hpo
+    train`` writes the adapter merged into the weights. ``qlora``: the same over a 4-bit NF4 base (bitsandbytes),
+    CUDA only. ``none``: every weight trains."""
+    lora_r: int = 8
+    """Rank r of the adapter's A (r x d_in) and B (d_out x r). Searchable as an int."""
+    lora_alpha: float = 16.0
+    """Scale alpha of the adapter's update, applied as alpha / r. Searchable."""
+    lora_dropout: float = 0.0
+    """Dropout on the adapter's input, in [0, 1). Searchable."""
+    target_modules: str = "attention+mlp"
+    """Which layers the adapter adapts: ``attention`` (the query, key, value and output projections),
+    ``attention+mlp`` (and the feed-forward layers), ``all-linear`` (every linear layer but the output head);
+    mapped to each architecture's module names. Searchable as a categorical."""
 
     @property
     def narrower(self) -> bool:
@@ -325,6 +399,7 @@ class StudentArgs:
             "importance ranks the teacher's layers, so needs init: teacher and no explicit layers list",
         )
         _check(self.calibration_size >= 1, "calibration_size", f"must be >= 1, got {self.calibration_size}")
+        _check_lora(self, ("none", "lora", "qlora"), "student")
         _check(
             self.num_layers is None or self.num_layers >= 1,
             "num_layers",

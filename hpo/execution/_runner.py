@@ -22,7 +22,16 @@ import torch
 
 from hpo.execution._costs import StudyCosts, gpu_lock
 from hpo.execution._distributed import train_distributed
-from hpo.study import CURVE_PREFIX, TIMING_ATTRS, Config, ParetoRungPruner, apply_params, make_pruner, suggest_params
+from hpo.study import (
+    CURVE_PREFIX,
+    TIMING_ATTRS,
+    TRAINING_ATTRS,
+    Config,
+    ParetoRungPruner,
+    apply_params,
+    make_pruner,
+    suggest_params,
+)
 from hpo.views import format_params
 from objectives import (
     CostStore,
@@ -239,7 +248,8 @@ class TrialRunner:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
         kept = {key: metrics[key] for key in (*self.config.task_spec.metrics, "val_loss", "steps")}
-        self._record(trial, {**kept, **{key: metrics[key] for key in TIMING_ATTRS if key in metrics}})
+        extra = (*TIMING_ATTRS, *TRAINING_ATTRS)
+        self._record(trial, {**kept, **{key: metrics[key] for key in extra if key in metrics}})
         if PER_CLASS_ATTR in metrics:  # the real objectives (the synthetic one has no classes)
             trial.set_user_attr(PER_CLASS_ATTR, metrics[PER_CLASS_ATTR])
             warn_never_predicted(f"trial {trial.number}", metrics[PER_CLASS_ATTR])

@@ -31,6 +31,7 @@ from hpo.study._records import (
     STORE_ATTR,
     TEACHER_ATTR,
     TIMING_ATTRS,
+    TRAINING_ATTRS,
     teacher_warning,
 )
 from hpo.study._samplers import SAMPLERS, make_sampler
@@ -61,6 +62,7 @@ __all__ = [
     "STORE_MARKER",
     "TEACHER_ATTR",
     "TIMING_ATTRS",
+    "TRAINING_ATTRS",
     "Config",
     "Constraint",
     "ParamSpec",

@@ -251,6 +251,7 @@ class Config:
             )
         _check_artifacts(self.artifacts_dir, self.artifacts_options)
         _check_student_model(self)
+        _check_adapter(self)
         for name, param in self.search_space.items():
             _check_searchable(self, name, param)
         check_used(self, self.task_spec, self.objective, self.search_space)
@@ -492,6 +493,32 @@ def _check_student_model(config: Config) -> None:
     not layer by layer (:func:`objectives.check_layer_terms`)."""
     if config.objective == "distill":
         check_layer_terms(config.student, config.distill)
+
+
+LORA_KEYS = ("student.lora_r", "student.lora_alpha", "student.lora_dropout", "student.target_modules")
+"""The student's LoRA fields, which only ``student.adapter: lora`` (or ``qlora``) reads."""
+
+
+def _check_adapter(config: Config) -> None:
+    """Refuse ``student.adapter: qlora`` (set, or a searched choice) in a study whose device is the CPU (bitsandbytes'
+    4-bit layers need CUDA; with ``device: auto`` the trial refuses it when it starts on a CPU), and a searched LoRA
+    field without a fixed adapter: a trial without one would ignore it."""
+    space = config.search_space.get("student.adapter")
+    adapters = {config.student.adapter, *(space.bounds() if space is not None else ())}
+    if "qlora" in adapters and config.device == "cpu":
+        raise ConfigError(
+            "search_space.student.adapter" if config.student.adapter != "qlora" else "student.adapter",
+            "qlora keeps the base in 4 bits through bitsandbytes, which needs a CUDA device, and this study's device is "
+            "cpu: use lora, or device: cuda",
+        )
+    for name in LORA_KEYS:
+        if name in config.search_space and (space is not None or config.student.adapter == "none"):
+            raise ConfigError(
+                f"search_space.{name}",
+                "is read only by a LoRA adapter, and student.adapter is "
+                + ("searched (a trial without one would ignore it)" if space is not None else "none")
+                + ": set student.adapter: lora and do not search it",
+            )
 
 
 def _check_searchable(config: Config, name: str, spec: ParamSpec) -> None:

@@ -55,6 +55,10 @@ measured it: one optimiser step, one validation pass, the rows (blocks) of that 
 compile time (outside ``train_seconds``). ``hpo export`` estimates
 a full training's time from them (the synthetic objective records none)."""
 
+TRAINING_ATTRS = ("trainable_params",)
+"""Trial user attributes on what a trial trained: the parameters its optimiser updated (a LoRA adapter's with
+``student.adapter``, else every one), as ``objectives.training.fit`` counted them."""
+
 
 CURVE_PREFIX = "val_step_"
 """User attributes of a multi-objective trial's validation curve (``val_step_<step>``: the pruning metric)."""

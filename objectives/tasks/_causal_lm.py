@@ -37,6 +37,7 @@ from objectives.evaluation import (
 )
 from objectives.students import (
     Importance,
+    add_adapter,
     cached_importance,
     calibration_batches,
     count_parameters,
@@ -46,9 +47,11 @@ from objectives.students import (
     lm_identity,
     load_causal_lm,
     load_lm_tokenizer,
+    merged,
     num_layers,
     prune_decoder,
     quiet_transformers,
+    save_adapter,
     scratch_decoder,
     set_dropout,
     student_layers,
@@ -206,7 +209,7 @@ def _fit(
         work.validation,
         device=work.device,
         evaluate=lm_evaluate,
-        cost=lambda m: measure_cost(m, work, costs, teacher),
+        cost=lambda m: measure_cost(merged(m), work, costs, teacher),  # an adapter's: the merged model's
         seed=seed,
         report=report,
         on_cost=on_cost,
@@ -216,12 +219,14 @@ def _fit(
 
 def finetune_teacher(work: Workload, args: TeacherArgs, seed: int, out_dir: Path) -> dict[str, Any]:
     """Adapt the base model to the corpus with next-token CE for ``args.train.max_steps`` (0: use it as it is),
-    save it and the tokenizer to ``out_dir``, return its validation metrics (perplexity: the study's baseline)."""
+    all its weights or, with ``teacher.adapter: lora``, a LoRA adapter merged into them afterwards (teacher
+    correction); save it and the tokenizer to ``out_dir``, return its validation metrics (perplexity: the study's
+    baseline)."""
     torch.manual_seed(seed)
     quiet_transformers()
-    model = load_causal_lm(args.model, args.train.dropout)
+    model = add_adapter(load_causal_lm(args.model, args.train.dropout), args, work.device, "teacher", causal=True)
     metrics = _fit(model, work, [Stage(work.train, args.train, get_loss("lm_ce"))], seed=seed)
-    model.save_pretrained(out_dir)
+    merged(model).save_pretrained(out_dir)
     work.tokenizer.save_pretrained(out_dir)
     return {**metrics, "speedup": 1.0}  # over itself
 
@@ -271,10 +276,18 @@ def _kept_layers(base: torch.nn.Module, args: StudentArgs, calibration: Blocks) 
         raise exc.under("student") from None
 
 
-def _student(base: torch.nn.Module, args: StudentArgs, dropout: float | None, calibration: Blocks) -> torch.nn.Module:
+def _student(base: torch.nn.Module, args: StudentArgs, dropout: float | None, work: Workload) -> torch.nn.Module:
     """``base`` with the decoder layers ``args`` keeps (:func:`_kept_layers`), weights copied and tied embeddings
     tied, and with width ratios below 1 narrowed to the most important channels, neurons and key/value groups
-    (:func:`objectives.students._pruning.prune_decoder`); or from scratch."""
+    (:func:`objectives.students._pruning.prune_decoder`); or from scratch. With ``student.adapter`` it trains
+    through a LoRA adapter (:func:`objectives.students.add_adapter`)."""
+    return add_adapter(_architecture(base, args, dropout, work.train), args, work.device, "student", causal=True)
+
+
+def _architecture(
+    base: torch.nn.Module, args: StudentArgs, dropout: float | None, calibration: Blocks
+) -> torch.nn.Module:
+    """The student of :func:`_student` before any adapter."""
     keep = _kept_layers(base, args, calibration)
     if args.init == "scratch":
         widths = {k: getattr(args, k) for k in ("hidden_size", "intermediate_size", "num_attention_heads")}
@@ -304,7 +317,7 @@ def finetune_student(
     quiet_transformers()
     if init is None:
         base = _other_model(student, work) or frozen_teacher(Path(base_model), work.device, load_causal_lm)
-        model = _student(base, student, args.dropout, work.train)
+        model = _student(base, student, args.dropout, work)
     else:
         model = init
     stages = [Stage(work.train, args, get_loss("lm_ce"))]
@@ -339,7 +352,7 @@ def initial_student(
     saved at ``teacher_dir`` (or ``student.model``), see :func:`_student`."""
     torch.manual_seed(seed)
     quiet_transformers()
-    return _student(_other_model(student, work) or load_teacher(teacher_dir, work), student, args.dropout, work.train)
+    return _student(_other_model(student, work) or load_teacher(teacher_dir, work), student, args.dropout, work)
 
 
 def distill_student(
@@ -438,14 +451,15 @@ def heldout_metrics(model: torch.nn.Module, work: Workload) -> dict[str, Any]:
     model.to(work.device)
     evaluation = lm_evaluate(model, work.test(), 16)
     scores = {**evaluation.scores(), "tokens": evaluation.tokens}
-    return {**scores, "samples": samples(model, work), **measure_cost(model, work)}
+    return {**scores, "samples": samples(model, work), **measure_cost(merged(model), work)}
 
 
 model_identity = lm_identity
 
 
-def save_model(model: torch.nn.Module, work: Workload, out: Path) -> None:
+def save_model(model: torch.nn.Module, work: Workload, out: Path, adapter_only: bool = False) -> None:
     """Write ``model`` and the tokenizer to ``out`` (``AutoModelForCausalLM.from_pretrained`` and
-    ``pipeline("text-generation")`` load it)."""
-    model.save_pretrained(out)
+    ``pipeline("text-generation")`` load it), an adapter merged into its weights; with ``adapter_only`` the
+    weights it adapts and the adapter alone (:func:`objectives.students.save_adapter`)."""
+    save_adapter(model, out) if adapter_only else merged(model).save_pretrained(out)
     work.tokenizer.save_pretrained(out)

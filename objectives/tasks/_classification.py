@@ -28,13 +28,16 @@ from objectives.evaluation import (
     throughput,
 )
 from objectives.students import (
+    add_adapter,
     build_student,
     count_parameters,
     kept_layers,
     load_classifier,
     load_tokenizer,
+    merged,
     name_labels,
     quiet_transformers,
+    save_adapter,
 )
 from objectives.students import model_identity as model_identity
 from objectives.training import (
@@ -206,7 +209,7 @@ def _fit(
         work.validation,
         device=work.device,
         evaluate=evaluate,
-        cost=lambda m: measure_cost(m, work, costs, teacher),
+        cost=lambda m: measure_cost(merged(m), work, costs, teacher),  # an adapter's: the merged model's
         seed=seed,
         report=report,
         on_cost=on_cost,
@@ -225,12 +228,15 @@ def _scores(evaluation: Any, work: Workload) -> dict[str, Any]:
 
 
 def finetune_teacher(work: Workload, args: TeacherArgs, seed: int, out_dir: Path) -> dict[str, Any]:
-    """Fine-tune the base model on the task, save it (model, with the class names, and tokenizer) to ``out_dir``,
-    return its metrics."""
+    """Fine-tune the base model on the task (all its weights, or with ``teacher.adapter: lora`` a LoRA adapter and
+    the new head, merged afterwards), save it (model, with the class names, and tokenizer) to ``out_dir``, return its
+    metrics."""
     torch.manual_seed(seed)
     model = load_classifier(args.model, work.num_labels, args.train.dropout)
+    model = add_adapter(model, args, work.device, "teacher", causal=False)
     loss = get_loss("ce", **work.class_weights(args.train))
     metrics = _fit(model, work, [Stage(work.train, args.train, loss)], seed=seed)
+    model = merged(model)
     name_labels(model, work.task.rows.label_names)
     model.save_pretrained(out_dir)
     work.tokenizer.save_pretrained(out_dir)
@@ -263,7 +269,9 @@ def finetune_student(
     own = student_workload(work, student)
     if init is None:
         base = load_classifier(student.model or base_model, work.num_labels)
-        model = build_student(base, student, args.dropout, own.train)
+        model = add_adapter(
+            build_student(base, student, args.dropout, own.train), student, work.device, "student", False
+        )
         del base
     else:
         model = init
@@ -305,6 +313,7 @@ def initial_student(
     teacher saved at ``teacher_dir`` (:func:`_distilled_student`)."""
     torch.manual_seed(seed)
     model = _distilled_student(load_teacher(teacher_dir, work), work, student, args)
+    model = add_adapter(model, student, work.device, "student", causal=False)
     own = student_workload(work, student)
     if own is not work:
         _OWN_TOKENS[model] = own
@@ -405,13 +414,14 @@ def heldout_metrics(model: torch.nn.Module, work: Workload) -> dict[str, Any]:
     test = encode(work.tokenizer, work.task.test(), work.task.args.max_length)
     model.to(work.device)
     evaluation = evaluate(model, test, 128)
-    return {**_scores(evaluation, work), "loss": evaluation.loss, **measure_cost(model, work)}
+    return {**_scores(evaluation, work), "loss": evaluation.loss, **measure_cost(merged(model), work)}
 
 
-def save_model(model: torch.nn.Module, work: Workload, out: Path) -> None:
+def save_model(model: torch.nn.Module, work: Workload, out: Path, adapter_only: bool = False) -> None:
     """Write ``model`` with its class names (``id2label``) and its tokenizer (the study's, or a ``student.model``'s
-    own) to ``out``."""
+    own) to ``out``, an adapter merged into its weights; with ``adapter_only`` the weights it adapts and the adapter
+    alone (:func:`objectives.students.save_adapter`)."""
     work = _OWN_TOKENS.get(model, work)
     name_labels(model, work.task.rows.label_names)
-    model.save_pretrained(out)
+    save_adapter(model, out) if adapter_only else merged(model).save_pretrained(out)
     work.tokenizer.save_pretrained(out)

@@ -65,8 +65,10 @@ class TaskImplementation(Protocol):
         prompts)."""
         ...
 
-    def save_model(self, model: Any, work: Any, out: Path) -> None:
-        """Write ``model`` and the tokenizer as a Hugging Face directory loadable by the task's Auto class."""
+    def save_model(self, model: Any, work: Any, out: Path, adapter_only: bool = False) -> None:
+        """Write ``model`` and the tokenizer as a Hugging Face directory loadable by the task's Auto class (a LoRA
+        adapter merged into the weights); ``adapter_only``: the weights the adapter applies to, and the adapter alone
+        in ``out/adapter``."""
         ...
 
 

@@ -13,7 +13,7 @@ import torch
 
 from objectives._config import DistillArgs, TrainArgs
 from objectives.evaluation import PeakMemory
-from objectives.students import num_layers
+from objectives.students import num_layers, trainable_parameters
 from objectives.training._device import enable_tf32
 from objectives.training._distributed import current_group
 from objectives.training._logits import HeadInputs
@@ -107,7 +107,7 @@ def fit(
 ) -> tuple[Any, dict[str, float]]:
     """Train ``model`` through ``stages``, scoring on ``validation`` with ``evaluate``; returns the last evaluation
     and the metrics every task records: its ``cost(model)`` (measured before training, handed to ``on_cost``),
-    ``steps``, ``train_seconds``, ``peak_memory_mb``, and what its time went to: ``step_seconds`` (mean wall time of
+    ``trainable_params`` (those the optimiser updates: a LoRA adapter's, or all), ``steps``, ``train_seconds``, ``peak_memory_mb``, and what its time went to: ``step_seconds`` (mean wall time of
     an optimiser step, validations left out), ``eval_seconds`` (of one validation pass, mean), ``eval_rows``
     (examples or blocks of ``validation``: one pass) and ``compile_seconds`` (``train.compile``'s compile time, 0
     for an architecture this process compiled before; left out of ``train_seconds`` and ``step_seconds``, so a
@@ -155,6 +155,7 @@ def fit(
         "eval_rows": float(len(validation)),
         "compile_seconds": compile_seconds,
         "peak_memory_mb": memory.peak_mb,
+        "trainable_params": float(trainable_parameters(model)),
         **measured,
     }
     if group is not None:  # the largest of any rank, and this rank's own

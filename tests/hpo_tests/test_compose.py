@@ -122,6 +122,6 @@ def test_the_constraints_pin_the_versions_the_tests_run_with() -> None:
             name, _, pinned = line.partition("==")
             assert pinned and re.fullmatch(r"[\w.+!-]+", pinned), line  # exact pins only
             pins[name.lower().replace("_", "-")] = pinned
-    for name in ("optuna", "sqlalchemy", "alembic", "transformers", "datasets", "psycopg", "fsspec", "s3fs"):
+    for name in ("optuna", "sqlalchemy", "alembic", "transformers", "datasets", "psycopg", "fsspec", "s3fs", "peft"):
         assert pins[name] == version(name), name
     assert "torch" not in pins  # TORCH_SPEC pins torch; a CUDA build carries another local label
