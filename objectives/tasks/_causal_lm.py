@@ -31,7 +31,6 @@ from objectives.evaluation import (
     generation_costs,
     interleaved_speedup,
     lm_evaluate,
-    size_mb,
     speedup_clock,
     stored_cost,
 )
@@ -48,7 +47,9 @@ from objectives.students import (
     load_lm_tokenizer,
     num_layers,
     prune_decoder,
+    quantized,
     quiet_transformers,
+    saved_size_mb,
     scratch_decoder,
     set_dropout,
     student_layers,
@@ -181,7 +182,7 @@ def measure_cost(
             teacher_round = decode_round(teacher, prompt, NEW_TOKENS, clock)
             teacher_round()  # warm-up (the student's was in generation_costs)
             cost["speedup"] = interleaved_speedup(student_round, teacher_round, SPEEDUP_ROUNDS)
-        return {**cost, "params": float(params), "size_mb": size_mb(params)}
+        return {**cost, "params": float(params), "size_mb": saved_size_mb(model)}
 
     return stored_cost(model, prompt.tolist(), measure, costs, teacher)
 
@@ -196,6 +197,7 @@ def _fit(
     on_cost: CostHook | None = None,
     costs: CostStore | None = None,
     teacher: torch.nn.Module | None = None,
+    quantize: str = "none",
 ) -> dict[str, Any]:
     """Train ``model`` through ``stages`` and return every metric of the task plus ``val_loss`` and ``steps``; the
     ``speedup`` is over ``teacher``."""
@@ -209,6 +211,7 @@ def _fit(
         seed=seed,
         report=report,
         on_cost=on_cost,
+        quantize=quantize,
     )
     return {**evaluation.scores(), **metrics}
 
@@ -309,7 +312,17 @@ def finetune_student(
     stages = [Stage(work.train, args, get_loss("lm_ce"))]
     # the speedup is over the teacher's architecture: the base model's (adapting it changes weights, not speed)
     reference = frozen_teacher(Path(base_model), work.device, load_causal_lm)
-    return model, _fit(model, work, stages, seed=seed, report=report, on_cost=on_cost, costs=costs, teacher=reference)
+    return model, _fit(
+        model,
+        work,
+        stages,
+        seed=seed,
+        report=report,
+        on_cost=on_cost,
+        costs=costs,
+        teacher=reference,
+        quantize=student.quantize,
+    )
 
 
 def transfer_blocks(work: Workload, distill: DistillArgs) -> Blocks:
@@ -408,7 +421,17 @@ def distill_student(
         signal=signal,
         transfer=lambda: transfer_blocks(work, distill),
     )
-    return model, _fit(model, work, stages, seed=seed, report=report, on_cost=on_cost, costs=costs, teacher=teacher)
+    return model, _fit(
+        model,
+        work,
+        stages,
+        seed=seed,
+        report=report,
+        on_cost=on_cost,
+        costs=costs,
+        teacher=teacher,
+        quantize=student.quantize,
+    )
 
 
 @torch.inference_mode()
@@ -430,11 +453,12 @@ def samples(model: torch.nn.Module, work: Workload, max_new_tokens: int = 20) ->
     return out
 
 
-def heldout_metrics(model: torch.nn.Module, work: Workload) -> dict[str, Any]:
+def heldout_metrics(model: torch.nn.Module, work: Workload, quantize: str = "none") -> dict[str, Any]:
     """Perplexity and next-token accuracy on the held-out test split (``data.max_eval_rows`` blocks of it at most;
     ``tokens``: those predicted), cost, and greedy continuations of fixed prompts (``samples``), for full-training
-    reports (never called by a trial)."""
-    model.to(work.device)
+    reports (never called by a trial); of a copy quantized with ``quantize`` (``student.quantize``) where it is
+    not ``none``."""
+    model = quantized(model.to(work.device), quantize)
     evaluation = lm_evaluate(model, work.test(), 16)
     scores = {**evaluation.scores(), "tokens": evaluation.tokens}
     return {**scores, "samples": samples(model, work), **measure_cost(model, work)}

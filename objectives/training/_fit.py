@@ -13,7 +13,7 @@ import torch
 
 from objectives._config import DistillArgs, TrainArgs
 from objectives.evaluation import PeakMemory
-from objectives.students import num_layers
+from objectives.students import num_layers, quantized
 from objectives.training._logits import HeadInputs
 from objectives.training._train import Evaluate, Report, eager_attention, train
 
@@ -102,6 +102,7 @@ def fit(
     seed: int,
     report: Report | None = None,
     on_cost: CostHook | None = None,
+    quantize: str = "none",
 ) -> tuple[Any, dict[str, float]]:
     """Train ``model`` through ``stages``, scoring on ``validation`` with ``evaluate``; returns the last evaluation
     and the metrics every task records: its ``cost(model)`` (measured before training, handed to ``on_cost``),
@@ -111,9 +112,13 @@ def fit(
 
     Steps are numbered across stages, so reports of a later stage continue where the earlier one ended; only the
     last stage's last validation is reported as final.
+
+    ``quantize`` (``student.quantize``): the cost is measured on a quantized copy of the model, and the returned
+    evaluation scores a quantized copy of the trained model on ``validation`` (post-training quantization); the
+    reports during training and ``model`` itself stay fp32.
     """
     model.to(device)
-    measured = cost(model)
+    measured = cost(quantized(model, quantize))
     if on_cost is not None:
         on_cost(measured)
     start = time.perf_counter()
@@ -138,6 +143,9 @@ def fit(
             done += result.steps
             eval_seconds, evals = eval_seconds + result.eval_seconds, evals + result.evals
     seconds = time.perf_counter() - start
+    evaluation = result.evaluation
+    if quantize != "none":
+        evaluation = evaluate(quantized(model, quantize), validation, stages[-1].args.eval_batch_size)
     metrics = {
         "steps": float(done),
         "train_seconds": seconds,
@@ -147,4 +155,4 @@ def fit(
         "peak_memory_mb": memory.peak_mb,
         **measured,
     }
-    return result.evaluation, metrics
+    return evaluation, metrics
