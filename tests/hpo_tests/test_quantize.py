@@ -3,9 +3,12 @@ directory loads and runs quantized, scoring what its model card says."""
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
+import optuna
 import pytest
+from optuna.trial import TrialState
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from hpo._training import quantized_name, train_job
@@ -14,6 +17,7 @@ from hpo.study._config import config_from_dict
 from objectives import ConfigError, DataArgs, DistillArgs, StudentArgs, TeacherArgs, TrainArgs
 from objectives.students import quantize
 from tests.conftest import sentiment_csv, tiny_bert, tiny_config, write_corpus
+from tests.hpo_tests.execution_tests.test_run import hpo, write
 
 
 @pytest.mark.parametrize(
@@ -79,3 +83,24 @@ def test_hpo_train_with_int8_writes_fp32_and_int8_rows_and_a_directory_that_runs
         loaded = AutoModelForCausalLM.from_pretrained(out)
     again = impl.heldout_metrics(quantize(loaded, "int8"), work)
     assert again[quality] == int8[quality] and again["size_mb"] == int8["size_mb"]
+
+
+@pytest.mark.slow  # hpo run in a subprocess: a teacher and two trials (30 s of CPU, minutes on a loaded machine)
+def test_a_study_searching_quantize_records_int8_costs_under_their_own_key(tmp_path: Path) -> None:
+    name = f"quant-{uuid.uuid4().hex[:8]}"
+    config = tiny_config(
+        name,
+        device="cpu",
+        sampler={"name": "grid"},
+        search_space={"student.quantize": {"type": "categorical", "choices": ["none", "int8"]}},
+    )
+    url = f"sqlite:///{tmp_path}/study.db"
+    run = hpo("run", str(write(tmp_path, config)), "--storage", url, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    study = optuna.load_study(study_name=name, storage=url)
+    trials = {t.params["student.quantize"]: t.user_attrs for t in study.trials if t.state == TrialState.COMPLETE}
+    assert set(trials) == {"none", "int8"}
+    assert trials["int8"]["params"] == trials["none"]["params"]
+    assert trials["int8"]["size_mb"] < trials["none"]["size_mb"]
+    costs = [k for k in study._storage.get_study_system_attrs(study._study_id) if k.startswith("cost:")]
+    assert len(costs) == 2  # the same architecture, measured once in fp32 and once in int8
