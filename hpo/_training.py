@@ -133,6 +133,8 @@ def model_card(
         f" {' and '.join(spread_of)}: mean ± standard deviation over {seeds} seeds (same data)." if seeds > 1 else ""
     )
     summary = tradeoff(rows, student, quality)
+    if job.student.quantize != "none":
+        summary += " " + quantization_note(rows, student, job.student.quantize, quality)
     if NO_TEACHER in by_seed:
         summary += (
             f" {distillation_gain(by_seed, student, quality)}\n\nRows: *{NO_TEACHER}* is the {student}'s architecture"
@@ -232,6 +234,32 @@ def trained_models(job: TrainJob) -> list[str]:
     return ["distilled student", NO_TEACHER, *([FROM_BASE] if job.teacher.train.max_steps > 0 else [])]
 
 
+def quantized_name(student: str, quantize: str) -> str:
+    """The model card's row of ``student`` quantized with ``quantize``."""
+    return f"{student}, {quantize}"
+
+
+def _quantized_row(job: TrainJob, name: str, model: torch.nn.Module, work: Any) -> dict[str, dict[str, Any]]:
+    """Test metrics of a quantized copy of ``model`` under its :func:`quantized_name` (none without
+    ``student.quantize``)."""
+    quantize = job.student.quantize
+    if quantize == "none":
+        return {}
+    return {quantized_name(name, quantize): job.task_spec.implementation().heldout_metrics(model, work, quantize)}
+
+
+def quantization_note(rows: dict[str, dict[str, float]], student: str, quantize: str, metric: str) -> str:
+    """The quantized student against its fp32 weights in words, and how to load it quantized."""
+    fp32, q = rows[student], rows[quantized_name(student, quantize)]
+    return (
+        f"Quantized to {quantize} (post-training, weight-only, torchao; `student.quantize: {quantize}`), the {student} "
+        f"scores {q[metric]:.4f} {metric} against {fp32[metric]:.4f} in fp32, at {fp32['latency_ms'] / q['latency_ms']:.2f}x "
+        f"the fp32 speed and {q['size_mb']:.1f} MB saved against {fp32['size_mb']:.1f} MB. This directory holds the fp32 "
+        f"weights; load it quantized with `objectives.students.quantize(model, '{quantize}')` after "
+        "`from_pretrained` (it quantizes every linear layer but a tied output head in place, as measured here)."
+    )
+
+
 def _train_models(
     job: TrainJob, work: Any, teacher_dir: Path, seed: int
 ) -> tuple[torch.nn.Module, dict[str, float], dict[str, dict[str, float]]]:
@@ -243,7 +271,7 @@ def _train_models(
         model, validation = task.finetune_student(
             work, job.teacher.model, job.student, job.train, seed, _progress(f"{name}, seed {seed}", steps)
         )
-        return model, validation, {name: task.heldout_metrics(model, work)}
+        return model, validation, {name: task.heldout_metrics(model, work), **_quantized_row(job, name, model, work)}
     name = "distilled student"
     start = task.initial_student(work, teacher_dir, job.student, job.train, seed)
     untaught = copy.deepcopy(start)  # the same initial weights, kept before the distilled student trains
@@ -251,7 +279,7 @@ def _train_models(
     model, validation = task.distill_student(
         work, teacher_dir, job.student, job.train, job.distill, seed, report, init=start
     )
-    rows = {name: task.heldout_metrics(model, work)}
+    rows = {name: task.heldout_metrics(model, work), **_quantized_row(job, name, model, work)}
     # Cross-entropy on the task's own targets only: no teacher is loaded or run (no KD, hidden or attention term).
     report = _progress(f"{NO_TEACHER}, seed {seed}", steps)
     baseline, _ = task.finetune_student(work, job.teacher.model, job.student, job.train, seed, report, init=untaught)

@@ -16,6 +16,7 @@ from objectives._config import (
     TeacherArgs,
     TrainArgs,
     check_layer_terms,
+    check_quantize_device,
 )
 from objectives._lazy import lazy_exports
 from objectives.data import (
@@ -147,6 +148,7 @@ __all__ = [
     "attention_loss",
     "build_student",
     "check_layer_terms",
+    "check_quantize_device",
     "cost_hardware",
     "current_group",
     "cut_decoder",

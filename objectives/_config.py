@@ -30,6 +30,22 @@ STRATEGIES = ("ddp", "fsdp", "deepspeed-zero3")
 """The values of ``train.strategy``: how a trial on several devices splits its work."""
 
 
+QUANTIZE_DEVICES: dict[str, tuple[str, ...]] = {"cpu": ("none", "int8"), "cuda": ("none", "int8", "int4")}
+"""The ``student.quantize`` settings each device type runs: torchao's int4 weight-only kernels (tinygemm) are
+CUDA's; on the CPU its int4 tensors are stored unpacked in int8, so int4 would be neither smaller nor faster."""
+
+
+def check_quantize_device(quantize: str, device_type: str, key: str = "student.quantize") -> None:
+    """Raise a ConfigError naming ``key`` when ``quantize`` does not run on ``device_type`` (``cpu``, ``cuda``)."""
+    valid = QUANTIZE_DEVICES.get(device_type, ("none",))
+    _check(
+        quantize in valid,
+        key,
+        f"{quantize} does not run on {device_type} (torchao's int4 kernels need CUDA); valid on {device_type}: "
+        f"{', '.join(valid)}",
+    )
+
+
 def _check(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise ConfigError(key, message)
@@ -355,6 +371,11 @@ class StudentArgs:
     """Which layers the adapter adapts: ``attention`` (the query, key, value and output projections),
     ``attention+mlp`` (and the feed-forward layers), ``all-linear`` (every linear layer but the output head);
     mapped to each architecture's module names. Searchable as a categorical."""
+    quantize: Literal["none", "int8", "int4"] = "none"
+    """Post-training quantization of the trained student's linear layers (torchao, weight-only): ``int8`` (per
+    output channel; CPU and CUDA) or ``int4`` (groups of 128, CUDA only); ``none`` keeps fp32. The trial's final
+    quality, latency, throughput and ``size_mb`` (bytes of the saved state) are the quantized model's; ``params``
+    stays the parameter count. Searchable, e.g. ``{type: categorical, choices: [none, int8]}``."""
 
     @property
     def narrower(self) -> bool:
@@ -397,6 +418,11 @@ class StudentArgs:
             self.layer_selection == "even" or (self.init == "teacher" and self.layers is None),
             "layer_selection",
             "importance ranks the teacher's layers, so needs init: teacher and no explicit layers list",
+        )
+        _check(
+            self.quantize in QUANTIZE_DEVICES["cuda"],
+            "quantize",
+            f"must be one of {', '.join(QUANTIZE_DEVICES['cuda'])}, got {self.quantize!r}",
         )
         _check(self.calibration_size >= 1, "calibration_size", f"must be >= 1, got {self.calibration_size}")
         _check_lora(self, ("none", "lora", "qlora"), "student")

@@ -32,6 +32,7 @@ from objectives import (
     TeacherArgs,
     TrainArgs,
     check_layer_terms,
+    check_quantize_device,
     direction,
     get_task,
 )
@@ -216,6 +217,13 @@ class Config:
             raise ConfigError("objective", "synthetic stands in for a classifier; use it with task: classification")
         if self.train.devices > 1 and self.objective == "synthetic":
             raise ConfigError("train.devices", "the synthetic objective trains nothing to spread; remove it")
+        if self.train.devices > 1:  # not shown with a sharded model yet: refused, not run half-tested
+            for key in ("student.adapter", "student.quantize"):
+                value = (
+                    self.search_space[key].bounds() if key in self.search_space else [getattr(self.student, key[8:])]
+                )
+                if any(v != "none" for v in value):
+                    raise ConfigError(key, "is not supported with train.devices > 1 yet; set train.devices: 1 or none")
         if self.train.max_steps < 1:
             raise ConfigError("train.max_steps", f"must be >= 1 (a trial trains), got {self.train.max_steps}")
         if not self.directions:
@@ -252,6 +260,7 @@ class Config:
         _check_artifacts(self.artifacts_dir, self.artifacts_options)
         _check_student_model(self)
         _check_adapter(self)
+        _check_quantize(self.device, self.student, self.search_space.get("student.quantize"))
         for name, param in self.search_space.items():
             _check_searchable(self, name, param)
         check_used(self, self.task_spec, self.objective, self.search_space)
@@ -354,6 +363,7 @@ class TrainJob:
         if self.objective not in ("finetune", "distill"):
             raise ConfigError("objective", f"must be finetune or distill, got {self.objective!r}")
         _check_device(self.device)
+        _check_quantize(self.device, self.student)
         if (self.artifacts_dir is None) != (self.teacher_entry is None):
             raise ConfigError(
                 "teacher_entry", "and artifacts_dir name the study's teacher together: give both, or neither"
@@ -485,6 +495,17 @@ def _check_artifacts(root: str, options: dict[str, Any]) -> None:
                 )
             if isinstance(inner, dict):
                 stack.append((f"{where}.{key}", inner))
+
+
+def _check_quantize(device: str, student: StudentArgs, searched: ParamSpec | None = None) -> None:
+    """Refuse a ``student.quantize`` setting (given, or a searched choice) that ``device`` cannot run, where the
+    device is known (``auto`` is checked when a trial starts, on the device it resolved to)."""
+    if device == "auto":
+        return
+    kind = "cpu" if device == "cpu" else "cuda"
+    check_quantize_device(student.quantize, kind)
+    for value in searched.bounds() if searched is not None else []:
+        check_quantize_device(value, kind, "search_space.student.quantize")
 
 
 def _check_student_model(config: Config) -> None:

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 import torch
 
 from objectives.evaluation._metrics import hardware, torch_threads
-from objectives.students import count_parameters
+from objectives.students import count_parameters, quantization
 
 
 class CostStore(Protocol):
@@ -47,14 +47,18 @@ def cost_hardware(device: torch.device) -> str:
 
 
 def architecture(model: torch.nn.Module) -> str:
-    """What a forward pass computes: the model config without dropout (off at inference) and label names."""
+    """What a forward pass computes: the model config without dropout (off at inference) and label names, and its
+    ``student.quantize`` setting where it is quantized."""
     config = {
         k: v
         for k, v in model.config.to_dict().items()
         if "dropout" not in k and k not in ("id2label", "label2id", "_name_or_path", "transformers_version")
     }
     dtype = next(model.parameters()).dtype
-    return json.dumps({**config, "dtype": str(dtype), "params": count_parameters(model)}, sort_keys=True, default=str)
+    quantized = {} if quantization(model) == "none" else {"quantize": quantization(model)}
+    return json.dumps(
+        {**config, "dtype": str(dtype), "params": count_parameters(model), **quantized}, sort_keys=True, default=str
+    )
 
 
 def stored_cost(

@@ -31,7 +31,6 @@ from objectives.evaluation import (
     generation_costs,
     lm_evaluate,
     paired_speedup,
-    size_mb,
     speedup_clock,
     stored_cost,
 )
@@ -50,8 +49,10 @@ from objectives.students import (
     merged,
     num_layers,
     prune_decoder,
+    quantized,
     quiet_transformers,
     save_adapter,
+    saved_size_mb,
     scratch_decoder,
     set_dropout,
     student_layers,
@@ -185,7 +186,7 @@ def measure_cost(
             teacher_steps = decode_steps(teacher, prompt, NEW_TOKENS, clock)
             list(teacher_steps())  # warm-up (the student's was in generation_costs)
             cost["speedup"] = paired_speedup(student_steps, teacher_steps, SPEEDUP_ROUNDS)
-        return {**cost, "params": float(params), "size_mb": size_mb(params)}
+        return {**cost, "params": float(params), "size_mb": saved_size_mb(model)}
 
     return stored_cost(model, prompt.tolist(), measure, costs, teacher)
 
@@ -200,6 +201,7 @@ def _fit(
     on_cost: CostHook | None = None,
     costs: CostStore | None = None,
     teacher: torch.nn.Module | None = None,
+    quantize: str = "none",
 ) -> dict[str, Any]:
     """Train ``model`` through ``stages`` and return every metric of the task plus ``val_loss`` and ``steps``; the
     ``speedup`` is over ``teacher``."""
@@ -213,6 +215,7 @@ def _fit(
         seed=seed,
         report=report,
         on_cost=on_cost,
+        quantize=quantize,
     )
     return {**evaluation.scores(), **metrics}
 
@@ -323,7 +326,17 @@ def finetune_student(
     stages = [Stage(work.train, args, get_loss("lm_ce"))]
     # the speedup is over the teacher's architecture: the base model's (adapting it changes weights, not speed)
     reference = frozen_teacher(Path(base_model), work.device, load_causal_lm)
-    return model, _fit(model, work, stages, seed=seed, report=report, on_cost=on_cost, costs=costs, teacher=reference)
+    return model, _fit(
+        model,
+        work,
+        stages,
+        seed=seed,
+        report=report,
+        on_cost=on_cost,
+        costs=costs,
+        teacher=reference,
+        quantize=student.quantize,
+    )
 
 
 def transfer_blocks(work: Workload, distill: DistillArgs) -> Blocks:
@@ -422,7 +435,17 @@ def distill_student(
         signal=signal,
         transfer=lambda: transfer_blocks(work, distill),
     )
-    return model, _fit(model, work, stages, seed=seed, report=report, on_cost=on_cost, costs=costs, teacher=teacher)
+    return model, _fit(
+        model,
+        work,
+        stages,
+        seed=seed,
+        report=report,
+        on_cost=on_cost,
+        costs=costs,
+        teacher=teacher,
+        quantize=student.quantize,
+    )
 
 
 @torch.inference_mode()
@@ -444,11 +467,12 @@ def samples(model: torch.nn.Module, work: Workload, max_new_tokens: int = 20) ->
     return out
 
 
-def heldout_metrics(model: torch.nn.Module, work: Workload) -> dict[str, Any]:
+def heldout_metrics(model: torch.nn.Module, work: Workload, quantize: str = "none") -> dict[str, Any]:
     """Perplexity and next-token accuracy on the held-out test split (``data.max_eval_rows`` blocks of it at most;
     ``tokens``: those predicted), cost, and greedy continuations of fixed prompts (``samples``), for full-training
-    reports (never called by a trial)."""
-    model.to(work.device)
+    reports (never called by a trial); of a copy quantized with ``quantize`` (``student.quantize``) where it is
+    not ``none``."""
+    model = quantized(model.to(work.device), quantize)
     evaluation = lm_evaluate(model, work.test(), 16)
     scores = {**evaluation.scores(), "tokens": evaluation.tokens}
     return {**scores, "samples": samples(model, work), **measure_cost(merged(model), work)}

@@ -22,7 +22,6 @@ from objectives.evaluation import (
     interleaved_speedup,
     latency_ms,
     per_class,
-    size_mb,
     speedup_clock,
     stored_cost,
     throughput,
@@ -36,8 +35,10 @@ from objectives.students import (
     load_tokenizer,
     merged,
     name_labels,
+    quantized,
     quiet_transformers,
     save_adapter,
+    saved_size_mb,
 )
 from objectives.students import model_identity as model_identity
 from objectives.training import (
@@ -153,7 +154,7 @@ def measure_cost(
             "latency_ms_p95": p95,
             "throughput": throughput(model, batch),
             "params": float(params),
-            "size_mb": size_mb(params),
+            "size_mb": saved_size_mb(model),
             "gflops": gflops(model, one),
             **(
                 {}
@@ -199,6 +200,7 @@ def _fit(
     on_cost: CostHook | None = None,
     costs: CostStore | None = None,
     teacher: tuple[torch.nn.Module, Workload] | None = None,
+    quantize: str = "none",
 ) -> dict[str, Any]:
     """Train ``model`` through ``stages`` (:func:`objectives.training._fit.fit`) and return every metric of the task plus
     ``val_loss``, ``steps``, ``top_share`` and ``per_class`` (validation scores of each class by name,
@@ -213,6 +215,7 @@ def _fit(
         seed=seed,
         report=report,
         on_cost=on_cost,
+        quantize=quantize,
     )
     return {**_scores(evaluation, work), "val_loss": evaluation.loss, **metrics}
 
@@ -281,7 +284,15 @@ def finetune_student(
     # the speedup is over the teacher's architecture: the base model's (its fine-tuning changes weights, not speed)
     reference = frozen_teacher(Path(base_model), work.device, lambda p: load_classifier(p, work.num_labels))
     return model, _fit(
-        model, own, stages, seed=seed, report=report, on_cost=on_cost, costs=costs, teacher=(reference, work)
+        model,
+        own,
+        stages,
+        seed=seed,
+        report=report,
+        on_cost=on_cost,
+        costs=costs,
+        teacher=(reference, work),
+        quantize=student.quantize,
     )
 
 
@@ -396,7 +407,15 @@ def distill_student(
         transfer=lambda: transfer_set(own, distill),
     )
     return model, _fit(
-        model, own, stages, seed=seed, report=report, on_cost=on_cost, costs=costs, teacher=(teacher, work)
+        model,
+        own,
+        stages,
+        seed=seed,
+        report=report,
+        on_cost=on_cost,
+        costs=costs,
+        teacher=(teacher, work),
+        quantize=student.quantize,
     )
 
 
@@ -407,12 +426,13 @@ def evaluation_rows(data: DataArgs, model: str) -> dict[str, int]:
     return {"validation": len(task.val_idx), "test": len(task.test_idx)}
 
 
-def heldout_metrics(model: torch.nn.Module, work: Workload) -> dict[str, Any]:
+def heldout_metrics(model: torch.nn.Module, work: Workload, quantize: str = "none") -> dict[str, Any]:
     """Quality (with ``per_class`` scores) on the held-out test split and cost, for full-training reports (never
-    called by a trial), read through the model's own tokenizer (a ``student.model`` of another architecture)."""
+    called by a trial), read through the model's own tokenizer (a ``student.model`` of another architecture); of a
+    copy quantized with ``quantize`` (``student.quantize``) where it is not ``none``."""
     work = _OWN_TOKENS.get(model, work)
     test = encode(work.tokenizer, work.task.test(), work.task.args.max_length)
-    model.to(work.device)
+    model = quantized(model.to(work.device), quantize)
     evaluation = evaluate(model, test, 128)
     return {**_scores(evaluation, work), "loss": evaluation.loss, **measure_cost(merged(model), work)}
 

@@ -59,10 +59,10 @@ class TaskImplementation(Protocol):
         ``data``, without loading a model (``hpo export`` estimates a full training's time from them)."""
         ...
 
-    def heldout_metrics(self, model: Any, work: Any) -> dict[str, Any]:
+    def heldout_metrics(self, model: Any, work: Any, quantize: str = "none") -> dict[str, Any]:
         """Quality on the held-out test split and cost, for full-training reports (never called by a trial); a
         classifier adds ``per_class`` scores, a language model ``samples`` (greedy continuations of fixed
-        prompts)."""
+        prompts); of a copy quantized with ``quantize`` (``student.quantize``) where it is not ``none``."""
         ...
 
     def save_model(self, model: Any, work: Any, out: Path, adapter_only: bool = False) -> None:
@@ -198,6 +198,7 @@ ARCHITECTURE_PARAMS = frozenset(
         "student.hidden_ratio",
         "student.ffn_ratio",
         "student.heads_ratio",
+        "student.quantize",
     }
 )
 """Config keys that change a student's architecture (depth, widths, family), the only searched parameters that

@@ -13,7 +13,7 @@ import torch
 
 from objectives._config import DistillArgs, TrainArgs
 from objectives.evaluation import PeakMemory
-from objectives.students import num_layers, trainable_parameters
+from objectives.students import num_layers, quantized, trainable_parameters
 from objectives.training._device import enable_tf32
 from objectives.training._distributed import current_group
 from objectives.training._logits import HeadInputs
@@ -104,6 +104,7 @@ def fit(
     seed: int,
     report: Report | None = None,
     on_cost: CostHook | None = None,
+    quantize: str = "none",
 ) -> tuple[Any, dict[str, float]]:
     """Train ``model`` through ``stages``, scoring on ``validation`` with ``evaluate``; returns the last evaluation
     and the metrics every task records: its ``cost(model)`` (measured before training, handed to ``on_cost``),
@@ -115,11 +116,15 @@ def fit(
 
     Steps are numbered across stages, so reports of a later stage continue where the earlier one ended; only the
     last stage's last validation is reported as final.
+
+    ``quantize`` (``student.quantize``): the cost is measured on a quantized copy of the model, and the returned
+    evaluation scores a quantized copy of the trained model on ``validation`` (post-training quantization); the
+    reports during training and ``model`` itself stay fp32.
     """
     model.to(device)
     enable_tf32(device)  # before the cost: latency is measured as the trial's fp32 runs go
     group = current_group()  # one rank of a trial on several devices: rank 0 measures, then every rank wraps
-    measured = cost(model) if group is None or group.rank == 0 else {}
+    measured = cost(quantized(model, quantize)) if group is None or group.rank == 0 else {}
     if on_cost is not None:
         on_cost(measured)
     if group is not None:
@@ -147,6 +152,9 @@ def fit(
             eval_seconds, evals = eval_seconds + result.eval_seconds, evals + result.evals
             compile_seconds += result.compile_seconds
     seconds = time.perf_counter() - start - compile_seconds
+    evaluation = result.evaluation
+    if quantize != "none":
+        evaluation = evaluate(quantized(model, quantize), validation, stages[-1].args.eval_batch_size)
     metrics = {
         "steps": float(done),
         "train_seconds": seconds,
@@ -160,4 +168,4 @@ def fit(
     }
     if group is not None:  # the largest of any rank, and this rank's own
         metrics["peak_memory_mb"], metrics["rank_peak_memory_mb"] = max(group.gather(memory.peak_mb)), memory.peak_mb
-    return result.evaluation, metrics
+    return evaluation, metrics

@@ -84,8 +84,8 @@ def test_the_image_is_a_version_built_with_cuda_torch_and_every_extra_the_exampl
     assert re.search(r"^FROM \$\{BASE_IMAGE\}$", dockerfile, re.MULTILINE)
     (extras,) = re.findall(r'pip install --no-cache-dir -c deploy/constraints.txt "\.\[([\w,]+)\]"', dockerfile)
     # postgres: the compose and Kubernetes database; lm: examples/smollm2_wikitext.yaml; samplers: gp, qmc, cmaes;
-    # s3: an object-store artifacts_dir
-    assert {"postgres", "lm", "samplers", "s3"} <= set(extras.split(","))
+    # s3: an object-store artifacts_dir; quant: student.quantize
+    assert {"postgres", "lm", "samplers", "s3", "quant"} <= set(extras.split(","))
     assert "COPY deploy/constraints.txt deploy/constraints.txt" in dockerfile
     for example in sorted((ROOT / "examples").glob("*.yaml")):
         load_config(example)  # every example the image ships is valid
@@ -122,6 +122,17 @@ def test_the_constraints_pin_the_versions_the_tests_run_with() -> None:
             name, _, pinned = line.partition("==")
             assert pinned and re.fullmatch(r"[\w.+!-]+", pinned), line  # exact pins only
             pins[name.lower().replace("_", "-")] = pinned
-    for name in ("optuna", "sqlalchemy", "alembic", "transformers", "datasets", "psycopg", "fsspec", "s3fs", "peft"):
+    for name in (
+        "optuna",
+        "sqlalchemy",
+        "alembic",
+        "transformers",
+        "datasets",
+        "psycopg",
+        "fsspec",
+        "s3fs",
+        "peft",
+        "torchao",
+    ):
         assert pins[name] == version(name), name
     assert "torch" not in pins  # TORCH_SPEC pins torch; a CUDA build carries another local label

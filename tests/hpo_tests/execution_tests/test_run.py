@@ -46,7 +46,7 @@ def check_metrics(trial: optuna.trial.FrozenTrial) -> None:
     assert a["throughput"] > 1
     assert a["speedup"] > 1  # a 1-2 layer cut of a 4- or 6-layer teacher, timed against it in the same process
     assert 1e6 < a["params"] < 23e6  # a 1-2 layer cut of the tiny BERT or of MiniLM
-    assert a["size_mb"] == pytest.approx(a["params"] * 4 / 2**20)
+    assert a["size_mb"] == pytest.approx(a["params"] * 4 / 2**20, rel=0.01)  # the saved fp32 state: 4 bytes a param
     assert a["train_seconds"] > 0 and a["peak_memory_mb"] >= 0
     assert 0.001 < a["gflops"] < 10
     assert a["seed"] == trial_seed(0, trial.number)

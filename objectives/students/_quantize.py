@@ -1,0 +1,126 @@
+"""Post-training quantization of a student as it will be deployed (``student.quantize``), through torchao.
+
+torch 2.13's eager ``torch.ao.quantization.quantize_dynamic`` is deprecated ("please migrate to use torchao eager
+mode quantize_ API"), so this uses torchao's ``quantize_``: weight-only, the activations stay fp32, every
+``nn.Linear`` but an output head tied to the input embedding (quantizing it would untie it and store the
+embedding twice). Embeddings stay fp32.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from objectives._config import QUANTIZE_DEVICES, check_quantize_device
+
+QUANTIZED_ATTR = "distill_hpo_quantize"
+"""The module attribute :func:`quantize` sets to the setting's name: the cost key reads it
+(:func:`quantization`)."""
+
+
+def _int8() -> Any:
+    from torchao.quantization import Int8WeightOnlyConfig
+
+    return Int8WeightOnlyConfig()
+
+
+def _int4() -> Any:
+    from torchao.quantization import Int4WeightOnlyConfig
+
+    return Int4WeightOnlyConfig(group_size=128, int4_packing_format="tile_packed_to_4d")
+
+
+_FACTORIES: dict[str, Callable[[], Any]] = {"int8": _int8, "int4": _int4}
+
+QUANTIZERS: dict[str, dict[str, Callable[[], Any]]] = {
+    device: {name: _FACTORIES[name] for name in names if name != "none"} for device, names in QUANTIZE_DEVICES.items()
+}
+"""device type -> ``student.quantize`` name -> torchao config factory (``none`` quantizes nothing)."""
+
+
+def _torchao_quiet() -> None:
+    """Import torchao with its warnings about optional CUDA extensions (which the CPU build cannot load) kept out of
+    the log."""
+    root = logging.getLogger("torchao")
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        import torchao.quantization  # noqa: F401
+    finally:
+        root.setLevel(level)
+
+
+def _tied_head(model: torch.nn.Module) -> torch.nn.Module | None:
+    """The output head that shares its weight with the input embedding, if any."""
+    get_out = getattr(model, "get_output_embeddings", None)
+    get_in = getattr(model, "get_input_embeddings", None)
+    if get_out is None or get_in is None:
+        return None
+    head, embedding = get_out(), get_in()
+    if head is None or embedding is None or head.weight is not embedding.weight:
+        return None
+    return head
+
+
+def quantize(model: torch.nn.Module, name: str) -> torch.nn.Module:
+    """Quantize ``model``'s linear layers in place with the ``student.quantize`` setting ``name`` on its device;
+    returns it. ``none`` leaves it as it is. A setting its device cannot run raises a ConfigError naming
+    ``student.quantize`` and the valid ones there."""
+    if name == "none":
+        return model
+    device = next(model.parameters()).device.type
+    check_quantize_device(name, device)
+    _torchao_quiet()
+    from torchao.quantization import quantize_
+
+    tied = _tied_head(model)
+    if name == "int4":  # tinygemm's int4 kernels compute in bfloat16
+        model.to(torch.bfloat16)
+    quantize_(
+        model,
+        QUANTIZERS[device][name](),
+        filter_fn=lambda module, _fqn: isinstance(module, torch.nn.Linear) and module is not tied,
+    )
+    setattr(model, QUANTIZED_ATTR, name)
+    return model
+
+
+def quantized(model: torch.nn.Module, name: str) -> torch.nn.Module:
+    """A quantized copy of ``model`` (``model`` itself for ``none``), in eval mode."""
+    if name == "none":
+        return model
+    return quantize(copy.deepcopy(model), name).eval()
+
+
+def quantization(model: torch.nn.Module) -> str:
+    """The ``student.quantize`` setting ``model`` was quantized with (``none`` for a model :func:`quantize` has
+    not touched)."""
+    return getattr(model, QUANTIZED_ATTR, "none")
+
+
+class _Counter(io.RawIOBase):
+    """A write-only sink that counts the bytes written to it."""
+
+    def __init__(self) -> None:
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        n = memoryview(data).nbytes
+        self.size += n
+        return n
+
+
+def saved_size_mb(model: torch.nn.Module) -> float:
+    """Size of ``model``'s state dict as ``torch.save`` writes it, in MiB (2^20 bytes): the quantized weights with
+    their scales, shared tensors (tied embeddings) once."""
+    sink = _Counter()
+    torch.save(model.state_dict(), sink)
+    return sink.size / 2**20
