@@ -147,6 +147,11 @@ def test_each_rank_trains_its_slice_of_every_global_batch(reviews: str) -> None:
         ({"train": {"strategy": "deepspeed-zero3"}}, "train.strategy: deepspeed-zero3 is not available"),
         ({"teacher": {"train": {"devices": 2}}}, "teacher.train.devices: the teacher is fine-tuned on one device"),
         ({"objective": "synthetic"}, "train.devices: the synthetic objective trains nothing to spread"),
+        ({"student": {"quantize": "int8"}}, "student.quantize: is not supported with train.devices > 1 yet"),
+        (
+            {"search_space": {"student.adapter": {"type": "categorical", "choices": ["none", "lora"]}}},
+            "student.adapter: is not supported with train.devices > 1 yet",
+        ),
     ],
 )
 def test_distributed_settings_are_checked(overrides: dict[str, Any], message: str) -> None:
