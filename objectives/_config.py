@@ -81,6 +81,25 @@ class DataArgs:
     block_size: int = 128
     """``causal-lm``: tokens per packed block (documents are concatenated with an end-of-text token between them
     and cut into blocks of this length, per split); classification ignores it and truncates at ``max_length``."""
+    format: Literal["text", "prompt-completion", "chat"] = "text"
+    """``causal-lm``: ``text`` (documents packed into ``block_size`` blocks: continued pre-training),
+    ``prompt-completion`` (``prompt_column`` and ``completion_column`` of each row) or ``chat`` (``messages_column``:
+    role/content lists rendered with the tokenizer's chat template). The last two make one right-padded example per
+    row, cut at ``max_length`` from the prompt side, with loss and distillation on the completion (assistant) tokens
+    only, and add the generation metrics ``exact_match`` and ``rouge_l``. A built-in labelled set (``rt-snippets``,
+    ``sms-spam``) becomes prompts like ``Review: ...\nSentiment:`` with its class name as the completion."""
+    prompt_column: str = "prompt"
+    """``format: prompt-completion``: the column holding each prompt."""
+    completion_column: str = "completion"
+    """``format: prompt-completion``: the column holding each reference completion (what loss and KD train)."""
+    messages_column: str = "messages"
+    """``format: chat``: the column holding each conversation, a list of ``{role, content}`` messages."""
+    max_new_tokens: int = 16
+    """``prompt-completion`` / ``chat``: tokens greedily generated per held-out prompt for ``exact_match`` and
+    ``rouge_l`` (generation stops earlier at the end-of-sequence token)."""
+    generation_rows: int = 32
+    """``prompt-completion`` / ``chat``: held-out prompts (evenly spaced over the validation split, the same in
+    every evaluation) whose greedy completions are scored against their references at each validation."""
 
     def __post_init__(self) -> None:
         _check(bool(self.name), "name", "must name a dataset, e.g. rt-snippets")
@@ -98,6 +117,13 @@ class DataArgs:
             _check(len(set(names)) == len(names), "label_names", f"names must be unique, got {names}")
         _check(self.max_length >= 8, "max_length", f"must be >= 8 tokens, got {self.max_length}")
         _check(self.block_size >= 8, "block_size", f"must be >= 8 tokens, got {self.block_size}")
+        _check(
+            self.format in ("text", "prompt-completion", "chat"),
+            "format",
+            f"must be text, prompt-completion or chat, got {self.format!r}",
+        )
+        for key in ("max_new_tokens", "generation_rows"):
+            _check(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
         for key in ("max_train_rows", "max_val_rows", "max_eval_rows"):
             value = getattr(self, key)
             _check(value is None or value >= 1, key, f"must be >= 1 or null, got {value}")

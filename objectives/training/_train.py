@@ -257,7 +257,7 @@ def train(
                         teacher_out = teacher(**inputs, **outputs)
                 elif teacher is not None:
                     with torch.autocast(device.type, enabled=False):  # the cached logits in fp32, as stored
-                        teacher_out = cached_rows(teacher, rows, device)
+                        teacher_out = cached_rows(teacher, rows, device, inputs["input_ids"].shape[1])
             if outputs:
                 loss = loss_fn(student_out, batch["labels"], teacher_out, batch["attention_mask"])
             else:
