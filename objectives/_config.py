@@ -408,6 +408,15 @@ class DistillArgs:
     searched every layer would be kept) and its attentions (30 layers x 9 heads x (T + 1) / 2 keys, fp16) 34,830
     bytes per token at ``block_size`` 128, while a live teacher costs one forward pass per batch, without backward."""
 
+    on_policy: float = 0.0
+    """On-policy distillation (GKD, Agarwal et al. 2024), ``causal-lm`` with ``data.format`` prompt-completion or
+    chat: the fraction lambda of training batches whose completions the student samples itself (at
+    ``gen_temperature``, ``data.max_new_tokens`` tokens at most), scored token by token by the live teacher with the
+    ``loss`` divergence alone; the other batches train on the references with the usual loss. 0 turns it off; with
+    it above 0 the teacher runs live on every batch (its cached states cannot score new tokens). Searchable."""
+    gen_temperature: float = 1.0
+    """``on_policy``: the sampling temperature of the student's completions. Searchable."""
+
     @property
     def needs_teacher_states(self) -> bool:
         """Whether a layer term is on, so the teacher must run live (its cached logits cannot serve it)."""
@@ -430,6 +439,19 @@ class DistillArgs:
             f"must be forward_kl, reverse_kl or jsd, got {self.loss!r}",
         )
         _check_fraction(self.jsd_beta, "jsd_beta", low_open=True, high_open=True)
+        _check_fraction(self.on_policy, "on_policy")
+        _check(self.gen_temperature > 0, "gen_temperature", f"must be > 0, got {self.gen_temperature}")
+        if self.on_policy > 0:
+            _check(
+                self.approach == "integrated",
+                "on_policy",
+                f"samples completions in the integrated run; got approach {self.approach!r}: set it to 0 or use integrated",
+            )
+            _check(
+                not self.needs_teacher_states,
+                "on_policy",
+                "scores the student's own tokens by their logits; set hidden_weight and attention_weight to 0, or it to 0",
+            )
         for i, path in enumerate(self.transfer_files):
             _check(Path(path).expanduser().exists(), f"transfer_files[{i}]", f"{path!r} does not exist")
         self.transfer_files = [os.path.abspath(Path(path).expanduser()) for path in self.transfer_files]

@@ -34,7 +34,7 @@ def rouge_l(predictions: list[str], references: list[str]) -> float:
 
 
 @torch.inference_mode()
-def greedy_completions(
+def completions(
     model: torch.nn.Module,
     prompts: list[list[int]],
     *,
@@ -42,9 +42,11 @@ def greedy_completions(
     eos_token_id: int,
     max_new_tokens: int,
     batch_size: int = 16,
+    temperature: float = 0.0,
 ) -> list[list[int]]:
-    """Each prompt's greedy continuation (``model.generate``, KV cache, left-padded batches), up to
-    ``max_new_tokens`` tokens and cut before the first EOS."""
+    """Each prompt's continuation (``model.generate``, KV cache, left-padded batches), up to ``max_new_tokens``
+    tokens and cut before the first EOS: greedy at ``temperature`` 0, else sampled from softmax(z / temperature)
+    (torch's global random state)."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -61,7 +63,11 @@ def greedy_completions(
             input_ids=ids.to(device),
             attention_mask=mask.to(device),
             max_new_tokens=max_new_tokens,
-            do_sample=False,
+            **(
+                {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
+                if temperature
+                else {"do_sample": False}
+            ),
             pad_token_id=pad_token_id,
             eos_token_id=eos_token_id,
         )
@@ -105,7 +111,7 @@ def completion_evaluate(model: torch.nn.Module, examples: Any, batch_size: int) 
     scored = lm_evaluate(model, examples, batch_size)
     sample = examples.generation_sample()
     tokenizer = examples.tokenizer
-    outputs = greedy_completions(
+    outputs = completions(
         model,
         [examples.prompt(i) for i in sample],
         pad_token_id=examples.pad_token_id,

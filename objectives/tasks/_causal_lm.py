@@ -72,6 +72,7 @@ from objectives.training import (
     HeadInputs,
     LayerDistillLoss,
     LogitSource,
+    OnPolicy,
     Report,
     Stage,
     distill_stages,
@@ -412,21 +413,37 @@ def distill_student(
     each model's final norm. They read the live teacher on every batch, and ``logits`` is not used: a cache of
     SmolLM2-135M's hidden states would take 35,712 bytes per token (31 states x 576 x fp16), 31 times the 1,152
     of the last one the logit cache keeps (see ``DistillArgs.attention_weight``), against one teacher forward pass
-    per batch."""
+    per batch.
+
+    ``distill.on_policy`` (lambda > 0, instruction examples): a fraction lambda of the batches are the student's own
+    completions of their prompts, sampled at ``distill.gen_temperature`` and scored by the live teacher with the
+    divergence alone (:class:`objectives.training.OnPolicy`, as TRL's ``GKDTrainer``)."""
     check_layer_terms(student, distill)
     model = init if init is not None else initial_student(work, teacher_dir, student, args, seed)
     torch.manual_seed(seed)  # the same random state from here on, whether the student was built here or passed in
     teacher = load_teacher(teacher_dir, work)
-    if distill.needs_teacher_states:
-        logits = None  # the layer terms read the live teacher's hidden states; cached logits have none
+    if distill.needs_teacher_states or distill.on_policy > 0:
+        logits = None  # the layer terms read the live teacher's hidden states, on-policy batches new tokens
 
     def signal(name: str, data: Blocks) -> torch.nn.Module | torch.Tensor | HeadInputs:
         return teacher if logits is None else logits(name, data, teacher)
 
     divergence = {"divergence": distill.loss, "jsd_beta": distill.jsd_beta, "temperature": distill.temperature}
 
+    train_data: Blocks | Examples | OnPolicy = work.train
+    if distill.on_policy > 0:
+        train_data = OnPolicy(
+            work.train,
+            model,
+            fraction=distill.on_policy,
+            temperature=distill.gen_temperature,
+            max_new_tokens=work.corpus.args.max_new_tokens,
+        )
+
     def kd(alpha: float) -> Any:
         loss = get_loss("lm_kd", alpha=alpha, **divergence)
+        if isinstance(train_data, OnPolicy):
+            return train_data.loss(loss, get_loss("lm_kd", alpha=1.0, **divergence))
         if not distill.needs_teacher_states:
             return loss
         return LayerDistillLoss(
@@ -440,7 +457,7 @@ def distill_student(
         )
 
     stages = distill_stages(
-        work.train,
+        train_data,
         args,
         distill,
         ce=get_loss("lm_ce"),

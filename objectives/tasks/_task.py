@@ -146,7 +146,10 @@ _LM_DATA = (
 )
 """Data keys of a causal LM's instruction formats."""
 
-_EXAMPLE_KEYS = {key: "it reads prompt-completion or chat data; set data.format or remove it" for key in _LM_DATA[1:]}
+_EXAMPLE_KEYS = {
+    key: "it reads prompt-completion or chat data; set data.format or remove it"
+    for key in (*_LM_DATA[1:], "distill.on_policy", "distill.gen_temperature")
+}
 """The instruction formats' keys, which ``data.format: text`` has no use for."""
 
 _GENERATION = ("exact_match", "rouge_l")
@@ -187,7 +190,10 @@ TASKS: dict[str, TaskSpec] = {
         module="objectives.tasks._classification",
         per_class=True,
         ignores={
-            **{key: "it is for task: causal-lm; a classifier reads texts and labels, remove it" for key in _LM_DATA},
+            **{
+                key: "it is for task: causal-lm; a classifier reads texts and labels, remove it"
+                for key in (*_LM_DATA, "distill.on_policy", "distill.gen_temperature")
+            },
             "data.block_size": "a classifier truncates each text at data.max_length; set that instead",
             "data.max_eval_rows": "it caps a causal LM's evaluation blocks; cap a classifier's with data.max_val_rows",
         },

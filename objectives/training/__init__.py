@@ -1,4 +1,4 @@
-"""Training: losses (cross-entropy, Hinton KD, per-token KD, layer terms), stored teacher logits, the optimiser and
+"""Training: losses (cross-entropy, Hinton KD, per-token KD, layer terms), on-policy batches (GKD), stored teacher logits, the optimiser and
 schedule, the training loop, and ``fit`` (the stages of a distillation run).
 
 Imports ``objectives._config``, ``objectives.data``, ``objectives.students`` and ``objectives.evaluation``.
@@ -32,6 +32,7 @@ _LAZY = {
     "kd_loss": "._losses",
     "lm_ce_loss": "._losses",
     "lm_kd_loss": "._losses",
+    "OnPolicy": "._on_policy",
     "build_optimizer": "._optim",
     "layer_depth": "._optim",
     "param_groups": "._optim",
@@ -55,6 +56,7 @@ __all__ = [
     "LayerDistillLoss",
     "LogitSource",
     "NonFiniteLoss",
+    "OnPolicy",
     "Report",
     "Stage",
     "attention_loss",

@@ -29,6 +29,17 @@ def test_generation_metrics_are_objectives_constraints_and_pruning_metrics_of_th
         }
     )
     assert config.pruning == ("rouge_l", "maximize")
+    searched = config_from_dict(
+        {
+            "name": "gkd",
+            **PAIRS,
+            "search_space": {
+                "distill.on_policy": {"type": "float", "low": 0.0, "high": 1.0},
+                "distill.gen_temperature": {"type": "float", "low": 0.5, "high": 1.5},
+            },
+        }
+    )
+    assert set(searched.search_space) == {"distill.on_policy", "distill.gen_temperature"}
     assert "exact_match" in config.task_spec.metrics and config.task_spec.unit == "examples"
 
 
@@ -64,6 +75,14 @@ def test_generation_metrics_are_objectives_constraints_and_pruning_metrics_of_th
         ),
         ({**PAIRS, "distill": {"transfer_files": ["README.md"]}}, "distill.transfer_files", "it adds raw text"),
         ({"task": "causal-lm", "data": {"format": "instruct"}}, "data.format", "text, prompt-completion, chat"),
+        (
+            {"task": "causal-lm", "distill": {"on_policy": 0.5}},
+            "distill.on_policy",
+            "it reads prompt-completion or chat data; set data.format or remove it",
+        ),
+        ({**PAIRS, "distill": {"on_policy": 0.5, "approach": "sequential"}}, "distill.on_policy", "integrated"),
+        ({**PAIRS, "distill": {"on_policy": 1.5}}, "distill.on_policy", "must be in [0, 1]"),
+        ({**PAIRS, "distill": {"gen_temperature": 0}}, "distill.gen_temperature", "must be > 0"),
     ],
 )
 def test_a_key_or_metric_the_data_format_has_no_use_for_is_refused_naming_it(raw: dict, key: str, line: str) -> None:

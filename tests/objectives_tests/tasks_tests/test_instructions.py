@@ -10,10 +10,10 @@ import torch
 
 from objectives import DataArgs, DistillArgs, StudentArgs, TrainArgs
 from objectives.data import IGNORE
-from objectives.evaluation import completion_evaluate, exact_match, greedy_completions, rouge_l
+from objectives.evaluation import completion_evaluate, completions, exact_match, rouge_l
 from objectives.students import load_causal_lm
 from objectives.tasks import _causal_lm as lm
-from objectives.training import HeadInputs, get_loss, teacher_logits
+from objectives.training import HeadInputs, OnPolicy, get_loss, teacher_logits
 from objectives.training._logits import cached_rows
 from tests.objectives_tests.data_tests.test_examples import pairs_file
 
@@ -78,14 +78,12 @@ def test_the_cached_teacher_gives_the_live_teachers_logits_on_a_batch_padded_les
     assert torch.allclose(cached[real], live[real], atol=0.05)
 
 
-def test_greedy_completions_batched_and_left_padded_are_those_of_each_prompt_alone(
-    pairs: lm.Workload, tiny_lm: str
-) -> None:
+def test_completions_batched_and_left_padded_are_those_of_each_prompt_alone(pairs: lm.Workload, tiny_lm: str) -> None:
     model = load_causal_lm(tiny_lm)
     prompts = [pairs.validation.prompt(i) for i in range(4)]
     options = {"pad_token_id": pairs.train.pad_token_id, "eos_token_id": -1, "max_new_tokens": 5}
-    together = greedy_completions(model, prompts, batch_size=4, **options)
-    alone = [greedy_completions(model, [p], batch_size=1, **options)[0] for p in prompts]
+    together = completions(model, prompts, batch_size=4, **options)
+    alone = [completions(model, [p], batch_size=1, **options)[0] for p in prompts]
     assert together == alone and all(len(c) == 5 for c in together)
 
 
@@ -134,3 +132,67 @@ def test_a_distillation_run_on_the_cached_teacher_reports_the_generation_metrics
     assert set(reports[-1][1]) == {"perplexity", "token_accuracy", "exact_match", "rouge_l", "val_loss"}
     held = lm.heldout_metrics(model, pairs)
     assert "exact_match" in held and len(held["samples"]) <= 3 and held["samples"][0][0]
+
+
+def test_on_policy_batches_are_the_students_own_sampled_completions_of_the_prompts(
+    pairs: lm.Workload, tiny_lm: str
+) -> None:
+    student = load_causal_lm(tiny_lm)
+    calls = []
+    generate = student.generate
+    student.generate = lambda **kw: calls.append(kw["input_ids"].shape) or generate(**kw)
+    data = OnPolicy(pairs.train, student, fraction=1.0, temperature=1.5, max_new_tokens=4)
+    torch.manual_seed(0)
+    batches = data.train_batches(4, seed=0)
+    batch = next(batches)
+    assert data.on_policy and len(calls) == 1 and calls[0][0] == 4
+    eos = pairs.tokenizer.eos_token_id
+    for row, i in enumerate(batch["index"].tolist()):
+        prompt = pairs.train.prompt(i)
+        n = int(batch["attention_mask"][row].sum())
+        ids, labels = batch["input_ids"][row, :n].tolist(), batch["labels"][row].tolist()
+        assert ids[: len(prompt)] == prompt  # the example's prompt, then the student's tokens
+        completion = ids[len(prompt) :]
+        assert 1 <= len(completion) <= 5 and (len(completion) == 4 or completion[-1] == eos)
+        assert labels[: len(prompt)] == [IGNORE] * len(prompt) and labels[len(prompt) : n] == completion
+        assert all(y == IGNORE for y in labels[n:])
+    differs = [b["input_ids"].tolist() != pairs.train.batch(b["index"].tolist())["input_ids"].tolist() for b in [batch]]
+    assert differs == [True]
+
+    half = OnPolicy(pairs.train, student, fraction=0.5, temperature=1.0, max_new_tokens=2)
+    plain = pairs.train.train_batches(4, seed=3)
+    drawn = []
+    for mixed, reference in zip(half.train_batches(4, seed=3), plain, strict=False):
+        drawn.append(half.on_policy)
+        if not half.on_policy:
+            assert torch.equal(mixed["input_ids"], reference["input_ids"])  # off-policy: the references
+        if len(drawn) == 20:
+            break
+    assert 5 <= sum(drawn) <= 15 and half.generated == sum(drawn)
+    chosen = half.loss(lambda *a: torch.tensor(0.0), lambda *a: torch.tensor(1.0))
+    half.on_policy = True
+    assert chosen(None, None) == 1.0  # the divergence alone on the student's tokens
+    half.on_policy = False
+    assert chosen(None, None) == 0.0
+
+
+def test_an_on_policy_run_scores_the_students_samples_with_the_live_teacher(pairs: lm.Workload, tiny_lm: str) -> None:
+    teacher = lm.load_teacher(Path(tiny_lm), pairs)
+    seen = []
+    hook = teacher.register_forward_hook(lambda _m, _a, kw, out: seen.append(kw["input_ids"].shape), with_kwargs=True)
+    cached = []
+    try:
+        _, metrics = lm.distill_student(
+            pairs,
+            Path(tiny_lm),
+            StudentArgs(num_layers=2),
+            TrainArgs(max_steps=3, batch_size=4, eval_every=3, eval_batch_size=8, lr=1e-3),
+            DistillArgs(on_policy=1.0, gen_temperature=1.0, loss="jsd"),
+            seed=0,
+            logits=lambda *a: cached.append(a) or teacher_logits(a[2], a[1], 8),
+        )
+    finally:
+        hook.remove()
+    assert cached == []  # new tokens cannot come from the cache
+    assert len([s for s in seen if s[0] == 4]) >= 3  # one live teacher pass per on-policy training batch
+    assert metrics["steps"] == 3 and metrics["exact_match"] == metrics["exact_match"]
