@@ -141,7 +141,8 @@ def _packed(tokenizer: Any, corpus: Corpus | Instructions, split: str) -> Blocks
     args = corpus.args
     if isinstance(corpus, Instructions):
         cap = split_cap(args, split)
-        key = (corpus.fingerprint, str(tokenizer.name_or_path), split, args.max_length, cap, args.max_new_tokens)
+        settings = (args.max_length, args.max_new_tokens, args.generation_rows)
+        key = (corpus.fingerprint, str(tokenizer.name_or_path), split, cap, *settings)
         if key not in _PACKED:
             _PACKED[key] = tokenise_examples(tokenizer, corpus.splits[split], args, cap)
         return _PACKED[key]

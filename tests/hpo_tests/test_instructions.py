@@ -113,3 +113,61 @@ def test_validate_shows_rows_mean_prompt_and_completion_tokens_and_truncations(
     cells = train.replace("|", " ").split()
     assert cells[1] == cells[2] == cells[-1]  # every training example was cut at 8 tokens, and counted
     assert float(cells[3]) + float(cells[4]) == pytest.approx(8.0)
+
+
+@pytest.mark.slow  # a study, an export and a full training in subprocesses
+def test_an_instruction_study_searches_on_policy_then_exports_and_trains_a_generating_model(
+    tiny_lm: str, tmp_path: Path
+) -> None:
+    import json
+
+    import optuna
+    from transformers import pipeline
+
+    from tests.hpo_tests.execution_tests.test_run import hpo
+
+    config = {
+        "name": "sft",
+        "task": "causal-lm",
+        "directions": {"exact_match": "maximize", "latency_ms": "minimize"},
+        "n_trials": 2,
+        "sampler": {"name": "grid"},
+        "pruner": {"name": "none"},
+        "data": {
+            "name": pairs_file(tmp_path / "pairs.jsonl", rows=60),
+            "format": "prompt-completion",
+            "max_length": 32,
+            "max_new_tokens": 6,
+            "generation_rows": 4,
+            "max_eval_rows": 6,
+        },
+        "teacher": {"model": tiny_lm, "train": {"max_steps": 4, "batch_size": 4, "eval_every": 4}},
+        "student": {"num_layers": 2},
+        "train": {"max_steps": 4, "batch_size": 4, "eval_every": 2, "lr": 1e-3},
+        "search_space": {"distill.on_policy": {"type": "categorical", "choices": [0.0, 1.0]}},
+    }
+    path = tmp_path / "sft.yaml"
+    path.write_text(yaml.safe_dump(config))
+    url = f"sqlite:///{tmp_path}/sft.db"
+    run = hpo("run", str(path), "--storage", url, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    study = optuna.load_study(study_name="sft", storage=url)
+    trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert sorted(t.params["distill.on_policy"] for t in trials) == [0.0, 1.0]
+    for attrs in [study.user_attrs["teacher"], *(t.user_attrs for t in trials)]:
+        assert 0 <= attrs["exact_match"] <= 1 and 0 <= attrs["rouge_l"] <= 1
+    job = tmp_path / "job.yaml"
+    exported = hpo(
+        "export", "--storage", url, "--study", "sft", "--objective", "exact_match", "--out", str(job), cwd=tmp_path
+    )
+    assert exported.returncode == 0, exported.stderr
+    assert "block_size" not in yaml.safe_load(job.read_text())["data"]
+    out = tmp_path / "student"
+    trained = hpo("train", str(job), "--out", str(out), cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    rows = json.loads((out / "metrics.json").read_text())["test"]
+    for row in rows.values():
+        assert {"exact_match", "rouge_l", "perplexity"} <= set(row)
+    generate = pipeline("text-generation", model=str(out))
+    text = generate("The species is found in", max_new_tokens=4, do_sample=False)[0]["generated_text"]
+    assert text.startswith("The species is found in")
