@@ -96,7 +96,11 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     validate_search(config)
-    data = None if args.no_data or config.objective == "synthetic" else summarise_data(config.data, config.task)
+    data = (
+        None
+        if args.no_data or config.objective == "synthetic"
+        else summarise_data(config.data, config.task, config.teacher.model)
+    )
     if data is not None and config.objective == "distill" and config.distill.transfer_files:
         data += "\n" + summarise_transfer(config.distill, config.data)
     print(f"{args.config}: valid ({config.objective} study {config.name!r}, {len(config.search_space)} parameters)")
@@ -119,7 +123,7 @@ def _load(args: argparse.Namespace) -> tuple[object, str]:
         config.n_trials = args.n_trials
     validate_search(config)
     if config.objective != "synthetic":
-        log.info("%s", summarise_data(config.data, config.task))
+        log.info("%s", summarise_data(config.data, config.task, config.teacher.model))
     if config.objective == "distill" and config.distill.transfer_files:
         log.info("%s", summarise_transfer(config.distill, config.data))
     return config, _storage_url(args.storage, config.storage)

@@ -140,6 +140,25 @@ class DataArgs:
     block_size: int = 128
     """``causal-lm``: tokens per packed block (documents are concatenated with an end-of-text token between them
     and cut into blocks of this length, per split); classification ignores it and truncates at ``max_length``."""
+    format: Literal["text", "prompt-completion", "chat"] = "text"
+    """``causal-lm``: ``text`` (documents packed into ``block_size`` blocks: continued pre-training),
+    ``prompt-completion`` (``prompt_column`` and ``completion_column`` of each row) or ``chat`` (``messages_column``:
+    role/content lists rendered with the tokenizer's chat template). The last two make one right-padded example per
+    row, cut at ``max_length`` from the prompt side, with loss and distillation on the completion (assistant) tokens
+    only, and add the generation metrics ``exact_match`` and ``rouge_l``. A built-in labelled set (``rt-snippets``,
+    ``sms-spam``) becomes prompts like ``Review: ...\nSentiment:`` with its class name as the completion."""
+    prompt_column: str = "prompt"
+    """``format: prompt-completion``: the column holding each prompt."""
+    completion_column: str = "completion"
+    """``format: prompt-completion``: the column holding each reference completion (what loss and KD train)."""
+    messages_column: str = "messages"
+    """``format: chat``: the column holding each conversation, a list of ``{role, content}`` messages."""
+    max_new_tokens: int = 16
+    """``prompt-completion`` / ``chat``: tokens greedily generated per held-out prompt for ``exact_match`` and
+    ``rouge_l`` (generation stops earlier at the end-of-sequence token)."""
+    generation_rows: int = 32
+    """``prompt-completion`` / ``chat``: held-out prompts (evenly spaced over the validation split, the same in
+    every evaluation) whose greedy completions are scored against their references at each validation."""
 
     def __post_init__(self) -> None:
         _check(bool(self.name), "name", "must name a dataset, e.g. rt-snippets")
@@ -157,6 +176,13 @@ class DataArgs:
             _check(len(set(names)) == len(names), "label_names", f"names must be unique, got {names}")
         _check(self.max_length >= 8, "max_length", f"must be >= 8 tokens, got {self.max_length}")
         _check(self.block_size >= 8, "block_size", f"must be >= 8 tokens, got {self.block_size}")
+        _check(
+            self.format in ("text", "prompt-completion", "chat"),
+            "format",
+            f"must be text, prompt-completion or chat, got {self.format!r}",
+        )
+        for key in ("max_new_tokens", "generation_rows"):
+            _check(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
         for key in ("max_train_rows", "max_val_rows", "max_eval_rows"):
             value = getattr(self, key)
             _check(value is None or value >= 1, key, f"must be >= 1 or null, got {value}")
@@ -517,6 +543,15 @@ class DistillArgs:
     searched every layer would be kept) and its attentions (30 layers x 9 heads x (T + 1) / 2 keys, fp16) 34,830
     bytes per token at ``block_size`` 128, while a live teacher costs one forward pass per batch, without backward."""
 
+    on_policy: float = 0.0
+    """On-policy distillation (GKD, Agarwal et al. 2024), ``causal-lm`` with ``data.format`` prompt-completion or
+    chat: the fraction lambda of training batches whose completions the student samples itself (at
+    ``gen_temperature``, ``data.max_new_tokens`` tokens at most), scored token by token by the live teacher with the
+    ``loss`` divergence alone; the other batches train on the references with the usual loss. 0 turns it off; with
+    it above 0 the teacher runs live on every batch (its cached states cannot score new tokens). Searchable."""
+    gen_temperature: float = 1.0
+    """``on_policy``: the sampling temperature of the student's completions. Searchable."""
+
     @property
     def needs_teacher_states(self) -> bool:
         """Whether a layer term is on, so the teacher must run live (its cached logits cannot serve it)."""
@@ -539,6 +574,19 @@ class DistillArgs:
             f"must be forward_kl, reverse_kl or jsd, got {self.loss!r}",
         )
         _check_fraction(self.jsd_beta, "jsd_beta", low_open=True, high_open=True)
+        _check_fraction(self.on_policy, "on_policy")
+        _check(self.gen_temperature > 0, "gen_temperature", f"must be > 0, got {self.gen_temperature}")
+        if self.on_policy > 0:
+            _check(
+                self.approach == "integrated",
+                "on_policy",
+                f"samples completions in the integrated run; got approach {self.approach!r}: set it to 0 or use integrated",
+            )
+            _check(
+                not self.needs_teacher_states,
+                "on_policy",
+                "scores the student's own tokens by their logits; set hidden_weight and attention_weight to 0, or it to 0",
+            )
         for i, path in enumerate(self.transfer_files):
             _check(Path(path).expanduser().exists(), f"transfer_files[{i}]", f"{path!r} does not exist")
         self.transfer_files = [os.path.abspath(Path(path).expanduser()) for path in self.transfer_files]

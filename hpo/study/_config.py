@@ -210,7 +210,7 @@ class Config:
             )
         if not 0 <= self.seed < 2**32:
             raise ConfigError("seed", f"must be in [0, 2**32), got {self.seed}")
-        spec = get_task(self.task)
+        spec = self.task_spec
         if self.objective not in OBJECTIVES:
             raise ConfigError("objective", f"must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
         if self.objective == "synthetic" and self.task != "classification":
@@ -233,7 +233,7 @@ class Config:
         valid = (*spec.metrics, "val_loss")
         for metric, way in self.directions.items():
             if metric not in valid:
-                raise ConfigError(f"directions.{metric}", f"unknown metric; valid: {', '.join(valid)}")
+                raise ConfigError(f"directions.{metric}", get_task(self.task).unknown_metric(metric, valid))
             if way not in ("maximize", "minimize"):
                 raise ConfigError(f"directions.{metric}", f"must be maximize or minimize, got {way!r}")
         if self.pruning_metric is not None and self.pruning_metric not in spec.validation_metrics:
@@ -268,7 +268,7 @@ class Config:
 
     @property
     def task_spec(self) -> TaskSpec:
-        return get_task(self.task)
+        return get_task(self.task).for_format(self.data.format)
 
     def parsed_constraints(self) -> list[Constraint]:
         """The ``constraints`` as :class:`Constraint` objects."""
@@ -378,7 +378,7 @@ class TrainJob:
 
     @property
     def task_spec(self) -> TaskSpec:
-        return get_task(self.task)
+        return get_task(self.task).for_format(self.data.format)
 
 
 def check_loaded(data: Any, key: str = "", limit: int = MAX_CONFIG_VALUES) -> None:

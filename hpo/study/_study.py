@@ -49,8 +49,10 @@ def stored_config(config: Config) -> dict:
 
 
 def study_task(study: optuna.Study) -> TaskSpec:
-    """The task of a study, from its stored config (classification for a study without one)."""
-    return get_task((study.user_attrs.get(CONFIG_ATTR) or {}).get("task", "classification"))
+    """The task of a study as its data format makes it, from its stored config (classification for a study
+    without one)."""
+    stored = study.user_attrs.get(CONFIG_ATTR) or {}
+    return get_task(stored.get("task", "classification")).for_format((stored.get("data") or {}).get("format", "text"))
 
 
 def is_grid(config: Config) -> bool:

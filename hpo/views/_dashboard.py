@@ -17,8 +17,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import optuna
 import yaml
 
-from hpo.study import CONFIG_ATTR, TEACHER_ATTR
-from objectives import ConfigError, get_task
+from hpo.study import CONFIG_ATTR, TEACHER_ATTR, study_task
+from objectives import ConfigError
 from storage import create_storage, redact_url, schema_exists
 
 NOTE_TITLE = "## Study config (written by hpo dashboard)"
@@ -47,7 +47,7 @@ def config_note(study: optuna.Study) -> str | None:
     lines = [NOTE_TITLE, ""]
     teacher = study.user_attrs.get(TEACHER_ATTR)
     if teacher:
-        metrics = get_task(config.get("task", "classification")).card_metrics[:3]
+        metrics = study_task(study).card_metrics[:3]
         shown = ", ".join(f"{k} {teacher[k]:.4g}" for k in metrics if k in teacher)
         lines += [f"Teacher `{teacher.get('model', '?')}`: {shown}.", ""]
     budget = study.user_attrs.get("n_trials")

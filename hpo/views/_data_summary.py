@@ -1,7 +1,8 @@
 """A study's data, opened before anything is created: ``hpo validate`` prints this summary, ``hpo run`` and
 ``hpo create`` check the data with it before the study is written. No model is loaded.
 
-One summary per task (:data:`SUMMARIES`): labelled rows and their classes, or a language-model corpus."""
+One summary per task (:data:`SUMMARIES`): labelled rows and their classes, or a language-model corpus (or its
+instruction examples, tokenised with the teacher's tokenizer)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,18 @@ from collections import Counter
 from collections.abc import Callable
 
 from hpo.views._table import render
-from objectives import ConfigError, DataArgs, DistillArgs, load_corpus, open_data, transfer_texts
+from objectives import (
+    ConfigError,
+    DataArgs,
+    DistillArgs,
+    load_corpus,
+    load_instructions,
+    load_lm_tokenizer,
+    open_data,
+    split_cap,
+    tokenise_examples,
+    transfer_texts,
+)
 
 RARE_SHARE = 0.02
 """A class with less than this share of the rows is flagged as rare."""
@@ -21,7 +33,7 @@ _FIXES = {
 }
 
 
-def summarise_labelled(args: DataArgs) -> str:
+def summarise_labelled(args: DataArgs, model: str | None = None) -> str:
     """Rows, columns and classes (with their rows in each split) of the data ``args`` names, and warnings for
     classes that are rare or missing from a split. Raises ConfigError (``data.<key>: ...``) when the data cannot
     be read: a missing file, a missing column, label names that do not fit."""
@@ -51,9 +63,44 @@ def summarise_labelled(args: DataArgs) -> str:
     return "\n".join(lines)
 
 
-def summarise_corpus(args: DataArgs) -> str:
+def summarise_examples(args: DataArgs, model: str) -> str:
+    """Rows of each split of prompt-completion or chat data, and of the examples a trial reads (after the caps)
+    their mean prompt and completion tokens and how many ``data.max_length`` cut, tokenised with ``model``'s
+    tokenizer (no model is loaded)."""
+    try:
+        data = load_instructions(args)
+        tokenizer = load_lm_tokenizer(model)
+        examples = {
+            split: tokenise_examples(tokenizer, rows, args, split_cap(args, split))
+            for split, rows in data.splits.items()
+        }
+    except ConfigError as exc:
+        raise exc.under("data") from None
+    table = []
+    for split, rows in data.splits.items():
+        prompt, completion = examples[split].token_counts()
+        used = examples[split]
+        table.append(
+            [split, f"{len(rows):,}", f"{len(used):,}", f"{prompt:.1f}", f"{completion:.1f}", f"{used.truncated:,}"]
+        )
+    header = f"data {args.name}: {sum(len(r) for r in data.splits.values()):,} {args.format} rows"
+    columns = ["split", "rows", "examples", "prompt tokens (mean)", "completion tokens (mean)", "truncated"]
+    notes = (
+        f"loss and KD on completion tokens only; examples longer than data.max_length = {args.max_length} tokens are "
+        f"cut from the prompt side; exact_match / rouge_l on {min(args.generation_rows, len(examples['validation']))} "
+        f"validation prompts, {args.max_new_tokens} new tokens at most"
+    )
+    return "\n".join([header, render(columns, table), notes])
+
+
+def summarise_corpus(args: DataArgs, model: str | None = None) -> str:
     """Documents and characters of each split of a causal-LM corpus (tokens depend on the model, so they are counted
-    when a worker packs them); a split without text is an error naming ``data.name``."""
+    when a worker packs them); a split without text is an error naming ``data.name``. Prompt-completion and chat data
+    (``data.format``): :func:`summarise_examples` with ``model``'s tokenizer."""
+    if args.format != "text":
+        if model is None:
+            raise ConfigError("teacher.model", f"is needed to tokenise {args.format} data")
+        return summarise_examples(args, model)
     try:
         corpus = load_corpus(args)
     except ConfigError as exc:
@@ -77,14 +124,14 @@ def summarise_transfer(distill: DistillArgs, data: DataArgs) -> str:
     return f"transfer files: {len(texts):,} texts from {len(distill.transfer_files)} paths, {used}"
 
 
-SUMMARIES: dict[str, Callable[[DataArgs], str]] = {
+SUMMARIES: dict[str, Callable[[DataArgs, str | None], str]] = {
     "classification": summarise_labelled,
     "causal-lm": summarise_corpus,
 }
 """The data summary of each task."""
 
 
-def summarise_data(args: DataArgs, task: str = "classification") -> str:
-    """The summary of the ``task``'s data (:data:`SUMMARIES`); raises ConfigError (``data.<key>: ...``) when the
-    data cannot be read."""
-    return SUMMARIES[task](args)
+def summarise_data(args: DataArgs, task: str = "classification", model: str | None = None) -> str:
+    """The summary of the ``task``'s data (:data:`SUMMARIES`; ``model``: the teacher, whose tokenizer counts an
+    instruction set's tokens); raises ConfigError (``data.<key>: ...``) when the data cannot be read."""
+    return SUMMARIES[task](args, model)

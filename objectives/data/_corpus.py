@@ -117,16 +117,21 @@ class Corpus:
 
     def blocks(self, tokenizer: Any, split: str) -> Blocks:
         """The split packed into ``args.block_size``-token blocks (:func:`pack`), capped at ``args.max_train_rows``
-        blocks for ``train``, the smaller of ``args.max_val_rows`` and ``args.max_eval_rows`` for ``validation``, and
-        ``args.max_eval_rows`` for ``test``."""
-        evaluated = self.args.max_eval_rows
-        caps = {
-            "train": self.args.max_train_rows,
-            "validation": min((c for c in (self.args.max_val_rows, evaluated) if c is not None), default=None),
-            "test": evaluated,
-        }
-        cap = caps.get(split)
-        return pack(tokenizer, self.splits[split], getattr(self.args, "block_size", 128), cap)
+        blocks (:func:`split_cap`)."""
+        return pack(tokenizer, self.splits[split], getattr(self.args, "block_size", 128), split_cap(self.args, split))
+
+
+def split_cap(args: DataArgs, split: str) -> int | None:
+    """Rows (packed blocks, or instruction examples) of ``split`` a causal LM reads: at most ``args.max_train_rows``
+    of ``train``, the smaller of ``args.max_val_rows`` and ``args.max_eval_rows`` of ``validation``, and
+    ``args.max_eval_rows`` of ``test``."""
+    evaluated = args.max_eval_rows
+    caps = {
+        "train": args.max_train_rows,
+        "validation": min((c for c in (args.max_val_rows, evaluated) if c is not None), default=None),
+        "test": evaluated,
+    }
+    return caps.get(split)
 
 
 def load_corpus(args: DataArgs) -> Corpus:

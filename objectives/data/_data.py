@@ -499,9 +499,10 @@ def collate(data: Encoded, idx: Sequence[int]) -> dict[str, Any]:
 
 
 def train_batches(
-    data: Encoded, batch_size: int, seed: int, *, group_by_length: bool = True, pool: int = 50
+    data: Any, batch_size: int, seed: int, *, group_by_length: bool = True, pool: int = 50
 ) -> Iterator[dict[str, Any]]:
-    """Endless shuffled training batches (reshuffled each epoch by ``seed``), padded per batch.
+    """Endless shuffled training batches (reshuffled each epoch by ``seed``), padded per batch (``data.batch``:
+    :class:`Encoded`, or instruction examples).
 
     With ``group_by_length``, each epoch's shuffled order is cut into pools of ``pool`` batches, each pool is sorted
     by length and cut into batches, and the batches are shuffled: batches hold examples of similar length (little
@@ -521,7 +522,7 @@ def train_batches(
         if group_by_length:
             rng.shuffle(batches)  # else every pool would run from its shortest batch to its longest
         for idx in batches:
-            yield collate(data, idx)
+            yield data.batch(idx)
 
 
 def eval_batches(data: Encoded, batch_size: int) -> Iterator[dict[str, Any]]:

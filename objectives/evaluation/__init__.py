@@ -1,4 +1,5 @@
-"""Measuring a model: quality metrics (accuracy, macro-F1, per-class scores, perplexity), costs (latency, throughput,
+"""Measuring a model: quality metrics (accuracy, macro-F1, per-class scores, perplexity, exact match and ROUGE-L of
+generated completions), costs (latency, throughput,
 size, FLOPs, peak memory, generation speed) and the store that measures each cost once per architecture.
 
 Imports ``objectives._config``, ``objectives.data`` and ``objectives.students``.
@@ -10,6 +11,11 @@ from objectives._lazy import lazy_exports
 from objectives.evaluation._scores import accuracy, macro_f1, never_predicted, per_class
 
 _LAZY = {
+    "CompletionEvaluation": "._generation",
+    "completion_evaluate": "._generation",
+    "exact_match": "._generation",
+    "completions": "._generation",
+    "rouge_l": "._generation",
     "LMEvaluation": "._metrics",
     "cost_hardware": "._costs",
     "COST_THREADS": "._costs",
@@ -38,13 +44,17 @@ __getattr__ = lazy_exports(__name__, _LAZY)
 
 __all__ = [
     "COST_THREADS",
+    "CompletionEvaluation",
     "CostStore",
     "LMEvaluation",
     "PeakMemory",
     "accuracy",
+    "completion_evaluate",
+    "completions",
     "cost_hardware",
     "decode_round",
     "decode_steps",
+    "exact_match",
     "forward_round",
     "generation_costs",
     "gflops",
@@ -57,6 +67,7 @@ __all__ = [
     "per_class",
     "process_memory",
     "report_evaluation",
+    "rouge_l",
     "size_mb",
     "speedup_clock",
     "stored_cost",

@@ -1,7 +1,8 @@
 """The causal-LM task: a decoder-only language model cut from the teacher and distilled over token distributions.
 
 Implements :class:`objectives.tasks._task.TaskImplementation`. Text is packed into ``data.block_size`` token blocks per
-split; the student keeps some of the teacher's decoder layers (weights copied, tied embeddings kept tied) or starts
+split, or (``data.format``: prompt-completion, chat) made into padded examples trained on their completions only and
+also scored by their greedy completions of held-out prompts; the student keeps some of the teacher's decoder layers (weights copied, tied embeddings kept tied) or starts
 from scratch; quality is validation perplexity and next-token accuracy, cost is per-token generation latency with
 the KV cache, prefill time and batched throughput.
 """
@@ -24,9 +25,22 @@ from objectives._config import (
     TrainArgs,
     check_layer_terms,
 )
-from objectives.data import Blocks, Corpus, load_corpus, pack, transfer_texts
+from objectives.data import (
+    Blocks,
+    Corpus,
+    Examples,
+    Instructions,
+    load_corpus,
+    load_instructions,
+    pack,
+    split_cap,
+    tokenise_examples,
+    transfer_texts,
+)
 from objectives.evaluation import (
+    CompletionEvaluation,
     CostStore,
+    completion_evaluate,
     decode_steps,
     generation_costs,
     lm_evaluate,
@@ -62,6 +76,7 @@ from objectives.training import (
     HeadInputs,
     LayerDistillLoss,
     LogitSource,
+    OnPolicy,
     Report,
     Stage,
     distill_stages,
@@ -88,12 +103,13 @@ CPU thread."""
 
 @dataclass
 class Workload:
-    """The packed train and validation blocks of a study, shared by all its trials in a process."""
+    """The packed train and validation blocks (or instruction examples) of a study, shared by all its trials in a
+    process."""
 
-    corpus: Corpus
+    corpus: Corpus | Instructions
     tokenizer: Any
-    train: Blocks
-    validation: Blocks
+    train: Blocks | Examples
+    validation: Blocks | Examples
     device: torch.device
 
     @property
@@ -103,9 +119,15 @@ class Workload:
 
     @property
     def unit(self) -> str:
-        return f"blocks of {self.train.block_size} tokens"
+        return "examples" if isinstance(self.train, Examples) else f"blocks of {self.train.block_size} tokens"
 
-    def test(self) -> Blocks:
+    @property
+    def evaluate(self) -> Any:
+        """How a model is scored on a split: next-token scores of blocks, or of examples' completions with the
+        generation metrics."""
+        return completion_evaluate if isinstance(self.validation, Examples) else lm_evaluate
+
+    def test(self) -> Blocks | Examples:
         """The packed test split (for full-training reports; no trial reads it)."""
         return _packed(self.tokenizer, self.corpus, "test")
 
@@ -115,12 +137,20 @@ class Workload:
         return len(self.corpus.splits["test"])
 
 
-_PACKED: dict[tuple[str, str, str, int, int | None, int | None, int | None], Blocks] = {}
+_PACKED: dict[tuple[Any, ...], Blocks | Examples] = {}
 
 
-def _packed(tokenizer: Any, corpus: Corpus, split: str) -> Blocks:
-    """``Corpus.blocks`` of one split, once per process for a corpus, tokenizer, block size and caps."""
+def _packed(tokenizer: Any, corpus: Corpus | Instructions, split: str) -> Blocks | Examples:
+    """``Corpus.blocks`` of one split, or its instruction examples (:func:`objectives.data.tokenise_examples`,
+    capped as blocks are), once per process for a corpus, tokenizer, block size (or example settings) and caps."""
     args = corpus.args
+    if isinstance(corpus, Instructions):
+        cap = split_cap(args, split)
+        settings = (args.max_length, args.max_new_tokens, args.generation_rows)
+        key = (corpus.fingerprint, str(tokenizer.name_or_path), split, cap, *settings)
+        if key not in _PACKED:
+            _PACKED[key] = tokenise_examples(tokenizer, corpus.splits[split], args, cap)
+        return _PACKED[key]
     key = (
         corpus.fingerprint,
         str(tokenizer.name_or_path),
@@ -139,7 +169,7 @@ def _corpus_and_tokenizer(data: DataArgs, model: str) -> tuple[Any, Any]:
     """The corpus of ``data`` (its errors named under ``data.``) and ``model``'s tokenizer."""
     quiet_transformers()
     try:
-        corpus = load_corpus(data)
+        corpus = load_corpus(data) if data.format == "text" else load_instructions(data)
     except ConfigError as exc:
         raise exc.under("data") from None
     return corpus, load_lm_tokenizer(model)
@@ -153,6 +183,8 @@ def prepare_workload(data: DataArgs, model: str, device: str | torch.device = "c
     for name, blocks in (("train", train), ("validation", validation)):
         if len(blocks) == 0:
             raise ConfigError("data.block_size", f"the {name} split has fewer than {data.block_size} tokens")
+    if isinstance(train, Examples) and not any(y != -100 for labels in train.labels for y in labels[1:]):
+        raise ConfigError("data.max_length", "leaves no completion token to train on; raise it")
     return Workload(corpus, tokenizer, train, validation, torch.device(device))
 
 
@@ -174,8 +206,7 @@ def measure_cost(
     # A model with few positions (GPT-2 style absolute embeddings) gets a shorter prompt: prompt + new tokens fit.
     limits = [getattr(m.config, "max_position_embeddings", None) for m in (model, teacher) if m is not None]
     length = min([COST_PROMPT, *(limit - NEW_TOKENS for limit in limits if limit)])
-    flat = work.validation.batch(range(min(len(work.validation), -(-length // work.validation.block_size))))
-    prompt = flat["input_ids"].reshape(1, -1)[:, :length].to(device)
+    prompt = _cost_prompt(work.validation, length).to(device)
 
     def measure() -> dict[str, float]:
         params = count_parameters(model)
@@ -189,6 +220,17 @@ def measure_cost(
         return {**cost, "params": float(params), "size_mb": saved_size_mb(model)}
 
     return stored_cost(model, prompt.tolist(), measure, costs, teacher)
+
+
+def _cost_prompt(data: Blocks | Examples, length: int) -> torch.Tensor:
+    """(1, ``length``) tokens of ``data``'s first rows, their padding left out (fewer where the split is shorter)."""
+    parts, have, row = [], 0, 0
+    while have < length and row < len(data):
+        batch = data.batch([row])
+        tokens = batch["input_ids"][batch["attention_mask"] == 1]
+        parts.append(tokens)
+        have, row = have + len(tokens), row + 1
+    return torch.cat(parts)[None, :length]
 
 
 def _fit(
@@ -210,7 +252,7 @@ def _fit(
         stages,
         work.validation,
         device=work.device,
-        evaluate=lm_evaluate,
+        evaluate=work.evaluate,
         cost=lambda m: measure_cost(merged(m), work, costs, teacher),  # an adapter's: the merged model's
         seed=seed,
         report=report,
@@ -399,21 +441,37 @@ def distill_student(
     each model's final norm. They read the live teacher on every batch, and ``logits`` is not used: a cache of
     SmolLM2-135M's hidden states would take 35,712 bytes per token (31 states x 576 x fp16), 31 times the 1,152
     of the last one the logit cache keeps (see ``DistillArgs.attention_weight``), against one teacher forward pass
-    per batch."""
+    per batch.
+
+    ``distill.on_policy`` (lambda > 0, instruction examples): a fraction lambda of the batches are the student's own
+    completions of their prompts, sampled at ``distill.gen_temperature`` and scored by the live teacher with the
+    divergence alone (:class:`objectives.training.OnPolicy`, as TRL's ``GKDTrainer``)."""
     check_layer_terms(student, distill)
     model = init if init is not None else initial_student(work, teacher_dir, student, args, seed)
     torch.manual_seed(seed)  # the same random state from here on, whether the student was built here or passed in
     teacher = load_teacher(teacher_dir, work)
-    if distill.needs_teacher_states:
-        logits = None  # the layer terms read the live teacher's hidden states; cached logits have none
+    if distill.needs_teacher_states or distill.on_policy > 0:
+        logits = None  # the layer terms read the live teacher's hidden states, on-policy batches new tokens
 
     def signal(name: str, data: Blocks) -> torch.nn.Module | torch.Tensor | HeadInputs:
         return teacher if logits is None else logits(name, data, teacher)
 
     divergence = {"divergence": distill.loss, "jsd_beta": distill.jsd_beta, "temperature": distill.temperature}
 
+    train_data: Blocks | Examples | OnPolicy = work.train
+    if distill.on_policy > 0:
+        train_data = OnPolicy(
+            work.train,
+            model,
+            fraction=distill.on_policy,
+            temperature=distill.gen_temperature,
+            max_new_tokens=work.corpus.args.max_new_tokens,
+        )
+
     def kd(alpha: float) -> Any:
         loss = get_loss("lm_kd", alpha=alpha, **divergence)
+        if isinstance(train_data, OnPolicy):
+            return train_data.loss(loss, get_loss("lm_kd", alpha=1.0, **divergence))
         if not distill.needs_teacher_states:
             return loss
         return LayerDistillLoss(
@@ -427,7 +485,7 @@ def distill_student(
         )
 
     stages = distill_stages(
-        work.train,
+        train_data,
         args,
         distill,
         ce=get_loss("lm_ce"),
@@ -468,14 +526,16 @@ def samples(model: torch.nn.Module, work: Workload, max_new_tokens: int = 20) ->
 
 
 def heldout_metrics(model: torch.nn.Module, work: Workload, quantize: str = "none") -> dict[str, Any]:
-    """Perplexity and next-token accuracy on the held-out test split (``data.max_eval_rows`` blocks of it at most;
-    ``tokens``: those predicted), cost, and greedy continuations of fixed prompts (``samples``), for full-training
-    reports (never called by a trial); of a copy quantized with ``quantize`` (``student.quantize``) where it is
-    not ``none``."""
+    """Perplexity and next-token accuracy on the held-out test split (``data.max_eval_rows`` blocks or examples of
+    it at most; ``tokens``: those predicted; of examples, their completions', with the generation metrics), cost,
+    and greedy continuations (``samples``: of fixed prompts, or of the test examples' generation sample), for
+    full-training reports (never called by a trial); of a copy quantized with ``quantize`` (``student.quantize``)
+    where it is not ``none``."""
     model = quantized(model.to(work.device), quantize)
-    evaluation = lm_evaluate(model, work.test(), 16)
+    evaluation = work.evaluate(model, work.test(), 16)
     scores = {**evaluation.scores(), "tokens": evaluation.tokens}
-    return {**scores, "samples": samples(model, work), **measure_cost(merged(model), work)}
+    shown = evaluation.samples[:3] if isinstance(evaluation, CompletionEvaluation) else samples(model, work)
+    return {**scores, "samples": shown, **measure_cost(merged(model), work)}
 
 
 model_identity = lm_identity

@@ -9,7 +9,7 @@ implementation module and one entry in :data:`TASKS`.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -101,10 +101,24 @@ class TaskSpec:
     ignores: dict[str, str] = field(default_factory=dict)
     """Config keys (dotted) the task has no use for, each with why and the fix: a study or job of the task refuses
     them set to another value than their default, or searched, and ``hpo export`` leaves them out."""
+    formats: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per ``data.format`` other than ``text``, the fields (metrics, ignores, ...) that format replaces
+    (:meth:`for_format`); a format the task does not list keeps the task as it is."""
 
     @property
     def quality(self) -> str:
         return self.validation_metrics[0]
+
+    def for_format(self, name: str) -> TaskSpec:
+        """The task with the fields of its ``data.format`` ``name`` (:attr:`formats`) replaced."""
+        return replace(self, **self.formats[name]) if name in self.formats else self
+
+    def unknown_metric(self, metric: str, valid: tuple[str, ...]) -> str:
+        """Why ``metric`` is not a metric of this task as its data format makes it, in one line with the fix."""
+        scored = [name for name, fields in self.formats.items() if metric in fields.get("metrics", ())]
+        if scored and metric not in self.metrics:
+            return f"is scored only with data.format {' or '.join(scored)}; set data.format or remove it"
+        return f"unknown metric; valid: {', '.join(valid)}"
 
     def implementation(self) -> TaskImplementation:
         return importlib.import_module(self.module)  # type: ignore[return-value]
@@ -124,6 +138,51 @@ _COSTS = (
 
 _NO_CLASSES = "a language model predicts the next token and has no labels or classes; remove it"
 
+_LM_DATA = (
+    "data.format",
+    "data.prompt_column",
+    "data.completion_column",
+    "data.messages_column",
+    "data.max_new_tokens",
+    "data.generation_rows",
+)
+"""Data keys of a causal LM's instruction formats."""
+
+_EXAMPLE_KEYS = {
+    key: "it reads prompt-completion or chat data; set data.format or remove it"
+    for key in (*_LM_DATA[1:], "distill.on_policy", "distill.gen_temperature")
+}
+"""The instruction formats' keys, which ``data.format: text`` has no use for."""
+
+_GENERATION = ("exact_match", "rouge_l")
+"""Scores of greedy completions of held-out prompts against their references (prompt-completion and chat data)."""
+
+_LM_QUALITY = ("perplexity", "token_accuracy")
+
+
+def _example_format(name: str) -> dict[str, Any]:
+    """The causal-LM task's fields for ``data.format: name`` (prompt-completion or chat): completion perplexity and
+    token accuracy plus :data:`_GENERATION`; examples are padded and cut at ``data.max_length``, not packed."""
+    unused = ("data.prompt_column", "data.completion_column") if name == "chat" else ("data.messages_column",)
+    text_only = "it adds raw text, which data.format text packs; examples distil on their own completions, remove it"
+    return {
+        "metrics": (*_LM_QUALITY, *_GENERATION, *_COSTS[:3], "prefill_ms", *_COSTS[3:]),
+        "validation_metrics": (*_LM_QUALITY, *_GENERATION, "val_loss"),
+        "card_metrics": (*_LM_QUALITY, *_GENERATION, "latency_ms", "prefill_ms", "params", "size_mb"),
+        "unit": "examples",
+        "ignores": {
+            **{key: f"it is not read with data.format {name}; remove it" for key in unused},
+            "data.label_column": _NO_CLASSES,
+            "data.label_names": _NO_CLASSES,
+            "data.block_size": "its examples are padded one per sequence, not packed; cut them with data.max_length",
+            "train.class_weights": _NO_CLASSES,
+            "teacher.train.class_weights": _NO_CLASSES,
+            "distill.transfer_files": text_only,
+            "distill.transfer_only": text_only,
+        },
+    }
+
+
 TASKS: dict[str, TaskSpec] = {
     "classification": TaskSpec(
         name="classification",
@@ -133,6 +192,10 @@ TASKS: dict[str, TaskSpec] = {
         module="objectives.tasks._classification",
         per_class=True,
         ignores={
+            **{
+                key: "it is for task: causal-lm; a classifier reads texts and labels, remove it"
+                for key in (*_LM_DATA, "distill.on_policy", "distill.gen_temperature")
+            },
             "data.block_size": "a classifier truncates each text at data.max_length; set that instead",
             "data.max_eval_rows": "it caps a causal LM's evaluation blocks; cap a classifier's with data.max_val_rows",
         },
@@ -164,6 +227,7 @@ TASKS: dict[str, TaskSpec] = {
             "train": {"eval_batch_size": 16},
         },
         ignores={
+            **_EXAMPLE_KEYS,
             "data.label_column": _NO_CLASSES,
             "data.label_names": _NO_CLASSES,
             "data.max_length": "its text is packed into data.block_size-token blocks, not truncated; set data.block_size",
@@ -172,11 +236,12 @@ TASKS: dict[str, TaskSpec] = {
             "teacher.train.class_weights": _NO_CLASSES,
             "teacher.train.group_by_length": "its packed blocks all have one length; remove it",
         },
+        formats={fmt: _example_format(fmt) for fmt in ("prompt-completion", "chat")},
     ),
 }
 """Tasks by name; ``classification`` is the default of every config."""
 
-HIGHER_IS_BETTER = frozenset({"accuracy", "f1", "token_accuracy", "throughput", "speedup"})
+HIGHER_IS_BETTER = frozenset({"accuracy", "f1", "token_accuracy", *_GENERATION, "throughput", "speedup"})
 """Metrics where more is better; for every other metric of any task less is better (``perplexity``, ``val_loss``,
 the costs)."""
 
@@ -205,10 +270,13 @@ ARCHITECTURE_PARAMS = frozenset(
 can move an :data:`ARCHITECTURE_COSTS` metric; ``student.layer_selection`` and ``calibration_size`` choose which
 layers and units are kept, not how many."""
 
-ALL_METRICS = tuple(dict.fromkeys(m for spec in TASKS.values() for m in spec.metrics))
-"""Every metric of every task, in order of first appearance."""
+_SPECS = [spec.for_format(name) for spec in TASKS.values() for name in ("text", *spec.formats)]
+"""Every task as each of its data formats makes it."""
 
-QUALITY_METRICS = frozenset(m for spec in TASKS.values() for m in spec.validation_metrics)
+ALL_METRICS = tuple(dict.fromkeys(m for spec in _SPECS for m in spec.metrics))
+"""Every metric of every task and data format, in order of first appearance."""
+
+QUALITY_METRICS = frozenset(m for spec in _SPECS for m in spec.validation_metrics)
 """Every validation score of every task (quality); every other objective is a cost."""
 
 

@@ -1,4 +1,4 @@
-"""Training: losses (cross-entropy, Hinton KD, per-token KD, layer terms), stored teacher logits, the optimiser and
+"""Training: losses (cross-entropy, Hinton KD, per-token KD, layer terms), on-policy batches (GKD), stored teacher logits, the optimiser and
 schedule, the training loop, and ``fit`` (the stages of a distillation run).
 
 Imports ``objectives._config``, ``objectives.data``, ``objectives.students`` and ``objectives.evaluation``.
@@ -36,6 +36,7 @@ _LAZY = {
     "kd_loss": "._losses",
     "lm_ce_loss": "._losses",
     "lm_kd_loss": "._losses",
+    "OnPolicy": "._on_policy",
     "build_optimizer": "._optim",
     "layer_depth": "._optim",
     "param_groups": "._optim",
@@ -58,6 +59,7 @@ __all__ = [
     "LayerDistillLoss",
     "LogitSource",
     "NonFiniteLoss",
+    "OnPolicy",
     "RankGroup",
     "Report",
     "Stage",

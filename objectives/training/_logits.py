@@ -51,10 +51,12 @@ class HeadInputs:
         return HeadInputs(self.states, self.weight.to(device), bias)
 
     @torch.no_grad()
-    def logits(self, rows: torch.Tensor) -> torch.Tensor:
+    def logits(self, rows: torch.Tensor, length: int | None = None) -> torch.Tensor:
         """(B, L, V) the exact fp32 logits of the examples ``rows`` (a CPU index), on the head's device: only those
-        rows of the states are read and moved there."""
-        states = to_device(self.states[rows], self.weight.device).float()
+        rows of the states are read and moved there; with ``length``, their first ``length`` positions only (a
+        batch padded to less than the stored width: right-padded examples)."""
+        states = self.states[rows] if length is None else self.states[rows, :length]
+        states = to_device(states, self.weight.device).float()
         return F.linear(states, self.weight, self.bias)
 
     def state(self) -> dict[str, torch.Tensor]:
@@ -94,12 +96,15 @@ def read_logits(path: str | Path) -> torch.Tensor | HeadInputs:
     return load_logits(torch.load(path, mmap=True, weights_only=True))
 
 
-def cached_rows(cache: torch.Tensor | HeadInputs, rows: torch.Tensor, device: torch.device) -> torch.Tensor:
+def cached_rows(
+    cache: torch.Tensor | HeadInputs, rows: torch.Tensor, device: torch.device, length: int | None = None
+) -> torch.Tensor:
     """The teacher's logits of the examples ``rows`` (a CPU index) from a cache, on ``device``: only those rows are
     read (from memory or a memory-mapped file) and moved, never the whole cache; a :class:`HeadInputs` (its head
-    already on ``device``, :meth:`HeadInputs.head_to`) recomputes them exactly."""
+    already on ``device``, :meth:`HeadInputs.head_to`) recomputes them exactly, at their first ``length``
+    positions where given (a training batch of right-padded examples, padded less than the stored width)."""
     if isinstance(cache, HeadInputs):
-        return cache.logits(rows)
+        return cache.logits(rows, length)
     return to_device(cache[rows], device)
 
 

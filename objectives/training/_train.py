@@ -194,7 +194,7 @@ def teacher_targets(
         if isinstance(teacher, torch.nn.Module):
             with torch.no_grad():
                 return teacher(**inputs, **outputs)
-        return cached_rows(teacher, rows, device)
+        return cached_rows(teacher, rows, device, inputs["input_ids"].shape[1])  # a batch narrower than the cache
 
 
 def train(

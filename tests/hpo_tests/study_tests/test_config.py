@@ -232,6 +232,7 @@ def test_a_job_refuses_them_too_and_is_written_without_them(tmp_path: Path) -> N
         "label_column",
         "label_names",
         "max_length",
+        *("prompt_column", "completion_column", "messages_column", "max_new_tokens", "generation_rows"),
     }
     assert not {"class_weights", "group_by_length"} & (set(written["train"]) | set(written["teacher"]["train"]))
     assert "distill" not in written  # a finetune job has no teacher to learn from

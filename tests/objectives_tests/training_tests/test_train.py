@@ -104,9 +104,9 @@ def test_cached_teacher_logits_move_to_the_device_batch_by_batch_never_whole(tin
             self.kept.append(moved.states is self.states)  # only the head moves, the states stay where they are
             return Watched(moved.states, moved.weight, moved.bias, self.rows, self.kept)
 
-        def logits(self, rows: torch.Tensor) -> torch.Tensor:
+        def logits(self, rows: torch.Tensor, length: int | None = None) -> torch.Tensor:
             self.rows.append(rows)
-            return super().logits(rows)
+            return super().logits(rows, length)
 
     cache = Watched(stored.states, stored.weight, stored.bias)
     kd = get_loss("lm_kd", alpha=0.5, divergence="forward_kl", jsd_beta=0.5, temperature=2.0)
