@@ -296,7 +296,7 @@ def check_pruning(smoke: Smoke) -> str:
     llama = tiny_decoder("llama", max_position_embeddings=256).to(smoke.device)
     ids = torch.randint(0, 128, (16, 32), generator=torch.Generator().manual_seed(0)).int().numpy()
     blocks = Blocks(datasets.Dataset.from_dict({"input_ids": ids}).with_format("numpy"), 32, 0)
-    cut = _causal_lm._student(llama, narrow, None, blocks).to(smoke.device)
+    cut = _causal_lm._architecture(llama, narrow, None, blocks).to(smoke.device)
     with torch.no_grad():
         logits = cut(input_ids=torch.as_tensor(ids[:4], device=smoke.device).long()).logits
     if not torch.isfinite(logits).all():

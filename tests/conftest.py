@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 from collections.abc import Iterator
 
 import pytest
@@ -389,3 +390,16 @@ def s3_bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
     bucket = f"hpo-{uuid.uuid4().hex[:12]}"
     s3fs.S3FileSystem(endpoint_url=s3_endpoint, skip_instance_cache=True).mkdir(bucket)
     return f"s3://{bucket}"
+
+
+@pytest.fixture(autouse=True)
+def _sigint_default() -> Iterator[None]:
+    """Every test starts with Python's own SIGINT handler. A test process that somewhere (a library, a module-scoped
+    fixture) left SIGINT ignored would hand that to every ``hpo`` process later tests start, and those would then
+    ignore the Ctrl-C the dashboard and ``status --watch`` tests send (seen in full xdist runs only)."""
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        if os.environ.get("HPO_SIGINT_LOG"):
+            with open(os.environ["HPO_SIGINT_LOG"], "a") as fh:
+                fh.write(f"{os.environ.get('PYTEST_CURRENT_TEST')}: {signal.getsignal(signal.SIGINT)}\n")
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
