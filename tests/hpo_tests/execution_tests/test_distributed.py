@@ -213,6 +213,28 @@ def test_an_fsdp_trial_matches_one_process(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_accumulated_micro_batches_sync_once_a_step_and_match_one_process(reviews: str, strategy: str) -> None:
+    """With ``grad_accum_steps`` 2 the ranks average their gradients on each step's second micro-batch only
+    (``set_requires_gradient_sync``); the trial still trains the 1-process model."""
+    accumulate = {"train": {"grad_accum_steps": 2}}
+    single = config(reviews, **accumulate)
+    curve: list[tuple[int, float]] = []
+    metrics = prepare_runner(single, optuna.create_study()).train(
+        single, PARAMS, trial_seed(0, 0), 0, lambda step, scores, final: curve.append((step, scores["val_loss"]))
+    )
+    study = optuna.create_study(direction="maximize")
+    watch = run_trial(study, config(reviews, 2, strategy, **accumulate))
+    [trial] = study.trials
+    assert trial.state == optuna.trial.TrialState.COMPLETE
+    for step, value in curve:
+        assert -trial.intermediate_values[step] == pytest.approx(value, abs=TOLERANCE)
+    for key in ("val_loss", "accuracy", "f1"):
+        assert trial.user_attrs[key] == pytest.approx(metrics[key], abs=TOLERANCE), key
+    assert watch.left() == []
+
+
+@pytest.mark.slow
 def test_kill_9_of_rank_1_fails_the_trial_and_leaves_no_process(reviews: str) -> None:
     study = optuna.create_study(direction="maximize")
     long = config(reviews, 2, "ddp", train={"max_steps": 400})
