@@ -6,8 +6,12 @@ the gradients: ``ddp`` replicates the model (``torch.distributed._composable.rep
 parameter names unchanged), ``fsdp`` shards parameters, gradients and optimizer state (FSDP2's ``fully_shard``, one
 unit per transformer layer, as ``_no_split_modules`` names them, then the root). The mean of the ranks' slice means
 is the global batch's mean, so a trial on N ranks trains the model one rank would, up to floating-point order.
-Validation runs on the whole validation set on every rank (identical scores: the ranks hold identical weights), so
-early stopping and pruning decide the same everywhere. Costs (latency, size, FLOPs) are measured by rank 0 alone,
+With gradient accumulation the gradients are averaged on each step's last micro-batch only (``_train``).
+Validation with ``ddp`` is sharded (:meth:`RankGroup.sharded`): each rank scores its slice of every validation batch
+and the slices' sums are merged into the whole set's scores on every rank (equal to one process's up to
+floating-point order), so early stopping and pruning decide the same everywhere. With ``fsdp`` every rank scores
+the whole set: a sharded model's forward is a collective that every rank must run alike, and a last batch of fewer
+rows than ranks would leave a rank an empty forward, which the transformers models refuse. Costs (latency, size, FLOPs) are measured by rank 0 alone,
 before the model is wrapped: on one device at batch 1. Optuna-free: the launcher (``hpo.execution._distributed``)
 owns the process group and the trial.
 """
@@ -16,7 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Iterator
+import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -64,6 +69,21 @@ class RankGroup:
             return fully_shard(model, mesh=mesh)
         raise ValueError(f"strategy {self.strategy!r} is not one that trains here (ddp, fsdp)")
 
+    def sharded(
+        self, evaluate: Callable[[torch.nn.Module, Any, int], Any]
+    ) -> Callable[[torch.nn.Module, Any, int], Any]:
+        """``evaluate`` (a task's: classification's, ``lm_evaluate``, ``completion_evaluate``) run by each rank on its
+        slice of every validation batch (:class:`EvalShard`), the ranks' scores merged (:func:`merge_scores`): the
+        whole set's, on every rank. ``evaluate`` itself under ``fsdp`` (see the module docstring)."""
+        if self.strategy != "ddp":
+            return evaluate
+
+        def each_rank(model: torch.nn.Module, data: Any, batch_size: int) -> Any:
+            shard = EvalShard(data, self.rank, self.world)
+            return merge_scores(self.gather(evaluate(model, shard, batch_size)), shard.sizes)
+
+        return each_rank
+
     def shard(self, data: Any) -> RankShard:
         """``data`` whose training batches are this rank's slice of each global batch."""
         return RankShard(data, self.rank, self.world)
@@ -94,6 +114,70 @@ class RankShard:
     def train_batches(self, batch_size: int, seed: int, **options: Any) -> Iterator[dict[str, Any]]:
         for batch in self.data.train_batches(batch_size, seed, **options):
             yield {key: value.tensor_split(self.world)[self.rank] for key, value in batch.items()}
+
+
+class EvalShard:
+    """A validation set seen by one rank: ``eval_batches(batch_size)`` yields rank r's part of each of the data's
+    batches (``tensor_split`` by rows: the first ``n % N`` ranks one row more; a rank whose part is empty skips the
+    batch); :attr:`sizes` records every rank's rows of each batch, for :func:`merge_scores`. Everything else
+    (``len``, ``generation_sample``...) is the whole data's."""
+
+    def __init__(self, data: Any, rank: int, world: int) -> None:
+        self.data, self.rank, self.world = data, rank, world
+        self.sizes: list[list[int]] = []
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.data, name)
+
+    def eval_batches(self, batch_size: int) -> Iterator[dict[str, Any]]:
+        self.sizes = []
+        for batch in self.data.eval_batches(batch_size):
+            rows = len(next(iter(batch.values())))
+            self.sizes.append([len(part) for part in torch.arange(rows).tensor_split(self.world)])
+            if self.sizes[-1][self.rank]:
+                yield {
+                    k: v.tensor_split(self.world)[self.rank] if isinstance(v, torch.Tensor) else v
+                    for k, v in batch.items()
+                }
+
+
+def merge_scores(parts: list[Any], sizes: list[list[int]]) -> Any:
+    """The whole validation set's scores from each rank's scores of its slices (``parts``, by rank; ``sizes`` as
+    :attr:`EvalShard.sizes`). Sums are merged, then divided once, as one process divides them:
+
+    - classification (``Evaluation``): loss = sum_r loss_r * n_r / sum_r n_r; the predictions and labels put back
+      in the data's batch order, accuracy, macro-F1 and the top label's share computed on them;
+    - language models (``LMEvaluation``, ``CompletionEvaluation``): loss = sum_r loss_r * M_r / M (M tokens),
+      perplexity = exp(loss), token_accuracy = sum_r acc_r * M_r / M; generation metrics and samples are rank
+      0's (every rank completes the whole generation sample, alike)."""
+    from objectives.evaluation import LMEvaluation, accuracy, macro_f1
+    from objectives.evaluation._generation import CompletionEvaluation
+    from objectives.training._train import Evaluation
+
+    first = parts[0]
+    if isinstance(first, Evaluation):
+        taken = [0] * len(parts)
+        preds: list[int] = []
+        labels: list[int] = []
+        for batch in sizes:
+            for rank, rows in enumerate(batch):
+                preds += parts[rank].preds[taken[rank] : taken[rank] + rows]
+                labels += parts[rank].labels[taken[rank] : taken[rank] + rows]
+                taken[rank] += rows
+        loss = sum(p.loss * len(p.labels) for p in parts) / len(labels)
+        top_share = max(preds.count(c) for c in set(preds)) / len(preds)
+        return Evaluation(loss, accuracy(preds, labels), macro_f1(preds, labels), top_share, preds, labels)
+    if isinstance(first, LMEvaluation | CompletionEvaluation):
+        tokens = sum(p.tokens for p in parts)
+        loss = sum(p.loss * p.tokens for p in parts) / max(1, tokens)
+        correct = sum(round(p.token_accuracy * p.tokens) for p in parts)
+        return replace(
+            first, loss=loss, perplexity=math.exp(loss), token_accuracy=correct / max(1, tokens), tokens=tokens
+        )
+    raise TypeError(f"cannot merge the ranks' scores of type {type(first).__name__}")
 
 
 _GROUP: contextvars.ContextVar[RankGroup | None] = contextvars.ContextVar("rank_group", default=None)

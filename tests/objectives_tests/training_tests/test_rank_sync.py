@@ -1,6 +1,7 @@
-"""Gradient accumulation on a model data-parallel across ranks: the gradients are averaged (an all-reduce) on the
-last micro-batch of each optimiser step only. Counted by a DDP communication hook on a real ``replicate``-d model
-in a one-rank gloo group in this process (the 2-rank agreement with one process is in the hpo execution tests)."""
+"""Training across ranks, in this process: gradient accumulation averages the gradients (an all-reduce) on the last
+micro-batch of each optimiser step only (counted by a DDP communication hook on a real ``replicate``-d model in a
+one-rank gloo group), and validation sharded by rows merges into the whole set's scores (each rank's part scored
+here in turn). The 2-rank agreement with one process is in the hpo execution tests."""
 
 import socket
 from collections.abc import Iterator
@@ -12,8 +13,9 @@ import torch
 import torch.distributed as dist
 
 from objectives import TrainArgs
-from objectives.training._distributed import RankGroup
+from objectives.training._distributed import EvalShard, RankGroup, merge_scores
 from objectives.training._train import train
+from tests.conftest import tiny_bert
 
 
 class Linear(torch.nn.Module):
@@ -28,7 +30,7 @@ class Linear(torch.nn.Module):
         return SimpleNamespace(logits=self.head(input_ids.float()))
 
 
-class Rows:
+class Features:
     """Random 4-feature rows labelled by the sign of their first feature."""
 
     def train_batches(self, batch_size: int, seed: int, **options: Any) -> Iterator[dict[str, torch.Tensor]]:
@@ -70,7 +72,7 @@ def all_reduces(accumulate: int, steps: int = 3) -> int:
     args = TrainArgs(max_steps=steps, batch_size=8, grad_accum_steps=accumulate, eval_every=steps, warmup_ratio=0.0)
     scored = SimpleNamespace(loss=0.0, scores=dict)
     ce = lambda logits, labels, teacher: torch.nn.functional.cross_entropy(logits, labels)  # noqa: E731
-    train(model, Rows(), None, args, loss_fn=ce, n_layers=0, evaluate=lambda *a: scored, seed=0)
+    train(model, Features(), None, args, loss_fn=ce, n_layers=0, evaluate=lambda *a: scored, seed=0)
     return len(calls)
 
 
@@ -78,3 +80,56 @@ def test_accumulated_micro_batches_all_reduce_once_per_step(one_rank_group: None
     once = all_reduces(1)
     assert once >= 3  # one bucket or more a step
     assert all_reduces(4) == once  # not 4 times as many: the first three micro-batches of a step skip it
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_ranks_scoring_their_slices_merge_into_the_whole_validation_scores(world: int) -> None:
+    """Each "rank" scores its slices (:class:`EvalShard`) of a tiny BERT's 21-example validation set in batches of
+    4 (the last batch of 1 row: ranks but the first skip it); the merged scores are the whole set's."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from objectives.data import Rows, encode
+    from objectives.training._train import evaluate
+
+    texts = [f"{'fine witty' if i % 3 else 'dull bland'} film number {'very ' * (i % 5)}{i}" for i in range(21)]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert())
+    data = encode(tokenizer, Rows(texts, [int(i % 3 > 0) for i in range(21)], ["negative", "positive"]), 32)
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert(), num_labels=2).eval()
+    whole = evaluate(model, data, 4)
+    shards = [EvalShard(data, rank, world) for rank in range(world)]
+    merged = merge_scores([evaluate(model, shard, 4) for shard in shards], shards[0].sizes)
+    assert shards[0].sizes[-1] == [1] + [0] * (world - 1)
+    assert sum(len(evaluate(model, shard, 4).labels) for shard in shards) == 21  # every example once
+    assert (merged.preds, merged.labels) == (whole.preds, whole.labels)  # in the data's batch order
+    assert merged.loss == pytest.approx(whole.loss, abs=1e-6)
+    assert (merged.accuracy, merged.f1, merged.top_share) == (whole.accuracy, whole.f1, whole.top_share)
+
+
+def test_ranks_scoring_their_slices_of_token_blocks_merge_into_the_whole_perplexity() -> None:
+    import datasets
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from objectives import Blocks
+    from objectives.evaluation import lm_evaluate
+
+    ids = torch.randint(0, 64, (7, 8), generator=torch.Generator().manual_seed(0))
+    blocks = Blocks(datasets.Dataset.from_dict({"input_ids": ids.int().tolist()}).with_format("numpy"), 8, 0)
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    whole = lm_evaluate(model, blocks, 3)
+    shards = [EvalShard(blocks, rank, 2) for rank in range(2)]
+    merged = merge_scores([lm_evaluate(model, shard, 3) for shard in shards], shards[0].sizes)
+    assert merged.tokens == whole.tokens == 7 * 7
+    assert merged.loss == pytest.approx(whole.loss, abs=1e-6)
+    assert merged.perplexity == pytest.approx(whole.perplexity, rel=1e-6)
+    assert merged.token_accuracy == whole.token_accuracy
