@@ -125,6 +125,8 @@ class EvalShard:
     def __init__(self, data: Any, rank: int, world: int) -> None:
         self.data, self.rank, self.world = data, rank, world
         self.sizes: list[list[int]] = []
+        self.rows: list[torch.Tensor] = []
+        """The ``index`` (example numbers) of every batch part this rank was given, when the batches carry one."""
 
     def __len__(self) -> int:
         return len(self.data)
@@ -133,15 +135,18 @@ class EvalShard:
         return getattr(self.data, name)
 
     def eval_batches(self, batch_size: int) -> Iterator[dict[str, Any]]:
-        self.sizes = []
+        self.sizes, self.rows = [], []
         for batch in self.data.eval_batches(batch_size):
             rows = len(next(iter(batch.values())))
             self.sizes.append([len(part) for part in torch.arange(rows).tensor_split(self.world)])
             if self.sizes[-1][self.rank]:
-                yield {
+                part = {
                     k: v.tensor_split(self.world)[self.rank] if isinstance(v, torch.Tensor) else v
                     for k, v in batch.items()
                 }
+                if "index" in part:
+                    self.rows.append(part["index"])
+                yield part
 
 
 def merge_scores(parts: list[Any], sizes: list[list[int]]) -> Any:
