@@ -7,11 +7,11 @@ parameter names unchanged), ``fsdp`` shards parameters, gradients and optimizer 
 unit per transformer layer, as ``_no_split_modules`` names them, then the root). The mean of the ranks' slice means
 is the global batch's mean, so a trial on N ranks trains the model one rank would, up to floating-point order.
 With gradient accumulation the gradients are averaged on each step's last micro-batch only (``_train``).
-Validation with ``ddp`` is sharded (:meth:`RankGroup.sharded`): each rank scores its slice of every validation batch
-and the slices' sums are merged into the whole set's scores on every rank (equal to one process's up to
-floating-point order), so early stopping and pruning decide the same everywhere. With ``fsdp`` every rank scores
-the whole set: a sharded model's forward is a collective that every rank must run alike, and a last batch of fewer
-rows than ranks would leave a rank an empty forward, which the transformers models refuse. Costs (latency, size, FLOPs) are measured by rank 0 alone,
+Validation is sharded (:meth:`RankGroup.sharded`): each rank scores its slice of every validation batch and the
+slices' sums are merged into the whole set's scores on every rank (equal to one process's up to floating-point
+order), so early stopping and pruning decide the same everywhere. No rank is left without rows of a batch (with
+``fsdp`` a forward is a collective every rank runs, and the transformers models refuse an empty one): the
+validation batch size is lowered where the last batch would be too small. Costs (latency, size, FLOPs) are measured by rank 0 alone,
 before the model is wrapped: on one device at batch 1. Optuna-free: the launcher (``hpo.execution._distributed``)
 owns the process group and the trial.
 """
@@ -74,13 +74,17 @@ class RankGroup:
     ) -> Callable[[torch.nn.Module, Any, int], Any]:
         """``evaluate`` (a task's: classification's, ``lm_evaluate``, ``completion_evaluate``) run by each rank on its
         slice of every validation batch (:class:`EvalShard`), the ranks' scores merged (:func:`merge_scores`): the
-        whole set's, on every rank. ``evaluate`` itself under ``fsdp`` (see the module docstring)."""
-        if self.strategy != "ddp":
-            return evaluate
+        whole set's, on every rank. Every rank gets rows of every batch (under ``fsdp`` a forward is a collective
+        every rank runs; under ``ddp`` the first forward after training syncs buffers): the batch size is lowered
+        where the last batch would have fewer rows than ranks (:func:`even_batch`), and a set smaller than the
+        ranks is scored whole on every rank."""
 
         def each_rank(model: torch.nn.Module, data: Any, batch_size: int) -> Any:
+            size = even_batch(len(data), batch_size, self.world)  # every rank rows of every batch
+            if size == 0:  # fewer examples than ranks
+                return evaluate(model, data, batch_size)
             shard = EvalShard(data, self.rank, self.world)
-            return merge_scores(self.gather(evaluate(model, shard, batch_size)), shard.sizes)
+            return merge_scores(self.gather(evaluate(model, shard, size)), shard.sizes)
 
         return each_rank
 
@@ -119,7 +123,7 @@ class RankShard:
 class EvalShard:
     """A validation set seen by one rank: ``eval_batches(batch_size)`` yields rank r's part of each of the data's
     batches (``tensor_split`` by rows: the first ``n % N`` ranks one row more; a rank whose part is empty skips the
-    batch); :attr:`sizes` records every rank's rows of each batch, for :func:`merge_scores`. Everything else
+    batch, which :meth:`RankGroup.sharded` avoids); :attr:`sizes` records every rank's rows of each batch, for :func:`merge_scores`. Everything else
     (``len``, ``generation_sample``...) is the whole data's."""
 
     def __init__(self, data: Any, rank: int, world: int) -> None:
@@ -147,6 +151,19 @@ class EvalShard:
                 if "index" in part:
                     self.rows.append(part["index"])
                 yield part
+
+
+def even_batch(rows: int, batch_size: int, world: int) -> int:
+    """The largest batch size from ``world`` up to ``batch_size`` (else the smallest above it) that splits ``rows``
+    into batches of at least ``world`` rows each, the last one too, so every rank gets rows of every batch;
+    ``batch_size`` itself unless its last batch is too small; 0 when ``rows`` < ``world`` (none does)."""
+    if rows < world:
+        return 0
+    smaller = range(min(batch_size, rows), world - 1, -1)
+    for size in [*smaller, *range(max(batch_size + 1, world), rows + 1)]:  # larger only if no smaller one does
+        if rows % size == 0 or rows % size >= world:
+            return size
+    raise AssertionError("unreachable: a batch of every row qualifies")
 
 
 def merge_scores(parts: list[Any], sizes: list[list[int]]) -> Any:

@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 
 from objectives import TrainArgs
-from objectives.training._distributed import EvalShard, RankGroup, merge_scores
+from objectives.training._distributed import EvalShard, RankGroup, even_batch, merge_scores
 from objectives.training._train import train
 from tests.conftest import tiny_bert
 
@@ -133,3 +133,14 @@ def test_ranks_scoring_their_slices_of_token_blocks_merge_into_the_whole_perplex
     assert merged.loss == pytest.approx(whole.loss, abs=1e-6)
     assert merged.perplexity == pytest.approx(whole.perplexity, rel=1e-6)
     assert merged.token_accuracy == whole.token_accuracy
+
+
+def test_the_validation_batch_size_gives_every_rank_rows_of_every_batch() -> None:
+    assert even_batch(20, 4, 2) == 4  # 5 x 4: kept
+    assert even_batch(21, 4, 2) == 3  # 5 x 4 + 1 would leave rank 1 without a row of the last batch: 7 x 3
+    assert even_batch(22, 4, 3) == 6  # 4 (5 x 4 + 2) and 3 (7 x 3 + 1) leave a rank out: 3 x 6 + 4
+    assert even_batch(2, 4, 3) == 0  # fewer examples than ranks: scored whole on every rank
+    for rows in range(3, 40):
+        for batch in range(1, 9):
+            size = even_batch(rows, batch, 3)
+            assert size >= 3 and (rows % size == 0 or rows % size >= 3), (rows, batch, size)
