@@ -153,3 +153,21 @@ def test_hpo_run_on_a_node_runs_a_trial_per_group_of_gpus(
     slots, child = eight_gpus["launch"]
     assert [s.gpus for s in slots] == [(0, 1, 2, 3), (4, 5, 6, 7)] and child == ["--study", "four"]
     assert "study 'four'" in table
+
+
+def test_a_pool_slot_leaves_a_study_of_another_device_count_to_other_workers(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from hpo.execution import Pool
+    from storage import create_storage
+
+    url = f"sqlite:///{tmp_path}/hpo.db"
+    create(spread("four", 4), url)
+    storage = create_storage(url, create_tables=False)
+    pool = Pool(storage, until_idle=True, poll=0.1, gpu="0,1")  # a slot of 2 GPUs (hpo worker --devices 2)
+    with caplog.at_level("WARNING", logger="hpo"):
+        assert pool.run() == 0
+    [reason] = pool.unrunnable.values()
+    assert "train.devices: study 'four' trains each trial on 4 GPUs and this worker's slots have 2" in reason
+    assert "this worker skips it" in caplog.text
+    assert storage.get_all_trials(storage.get_study_id_from_name("four")) == []  # no trial started
