@@ -67,8 +67,8 @@ def slot_config(config: Config, gpu: int | str | None) -> Config:
 
 def placement(device: torch.device, gpu: int | str | None) -> dict[str, Any]:
     """What every trial records of where it ran: ``device`` (as torch names it in this process) and ``gpu``: the
-    slot's GPU index when pinned (``hpo worker --gpus``; ``"4,5,6,7"`` for a slot of several), the CUDA device's index in an unpinned process on a GPU,
-    else ``"cpu"``."""
+    slot's GPU index when pinned (``hpo worker --gpus``; ``"4,5,6,7"`` for a slot of several), the CUDA device's
+    index in an unpinned process on a GPU, else ``"cpu"``."""
     if device.type != "cuda":
         return {"device": str(device), "gpu": "cpu"}
     if gpu is None:
