@@ -130,17 +130,19 @@ def _load(args: argparse.Namespace) -> tuple[object, str]:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from hpo.execution import StopFlag, run
+    from hpo.execution import StopFlag, node_slots, run, usable_cores
 
     config, url = _load(args)
-    if args.memory_limit is not None:
+    # a study run by a worker process per GPU group: each of them takes the cap (this process trains nothing)
+    if args.memory_limit is not None and not node_slots(config, args.threads or usable_cores()):
         from hpo.execution import resolve_device
 
         _start_memory(args.memory_limit, cuda=resolve_device(config.device).type == "cuda")
     stop = StopFlag()
     stop.install()
     stop.restart = _restart
-    print(run(config, url, threads=args.threads, stop=stop, progress=sys.stderr.isatty()))
+    progress = sys.stderr.isatty()
+    print(run(config, url, threads=args.threads, stop=stop, progress=progress, memory_limit=args.memory_limit))
     return 0
 
 

@@ -23,6 +23,7 @@ from objectives import lazy_exports
 
 _LAZY = {
     "create": "._run",
+    "node_slots": "._run",
     "prepare_runner": "._run",
     "resolve_device": "._run",
     "run": "._run",
@@ -54,6 +55,7 @@ __all__ = [
     "ensure_teacher",
     "launch",
     "limit_memory",
+    "node_slots",
     "parse_gpus",
     "plan_slots",
     "prepare_runner",

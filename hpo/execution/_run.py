@@ -241,19 +241,26 @@ def node_slots(config: Config, threads: int) -> list[Slot]:
 
 
 def run(
-    config: Config, url: str, threads: int | None = None, stop: StopFlag | None = None, progress: bool = False
+    config: Config,
+    url: str,
+    threads: int | None = None,
+    stop: StopFlag | None = None,
+    progress: bool = False,
+    memory_limit: int | None = None,
 ) -> str:
     """``hpo run``: create or load the study, run its remaining budget here, return the results table.
 
     ``progress`` shows progress bars (for a terminal). A study whose trials take several GPUs runs one worker
-    process per group of them (:func:`node_slots`), as ``hpo worker --gpus all`` would."""
+    process per group of them (:func:`node_slots`), as ``hpo worker --gpus all`` would, each capped at
+    ``memory_limit`` MiB of data (``--memory-limit``; this process caps itself otherwise, before calling)."""
     # A fixed thread count keeps latency measurements comparable between trials.
     torch.set_num_threads(threads or usable_cores())
     study = create(config, url)
     slots = node_slots(config, threads or usable_cores())
     if slots:
         log.info("%d trials at a time, each on %d GPUs", len(slots), config.train.devices)
-        launch(slots, ["--study", config.name], url, os.environ.get("CUDA_VISIBLE_DEVICES"))
+        cap = [] if memory_limit is None else ["--memory-limit", str(memory_limit)]
+        launch(slots, ["--study", config.name, *cap], url, os.environ.get("CUDA_VISIBLE_DEVICES"))
     elif _prepare_and_work(study, config, _bars(study, config, progress), stop=stop) == 0:
         log.info(
             "study budget (n_trials %s, timeout %s s) already spent; showing results", config.n_trials, config.timeout

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import torch
+import yaml
 
 import hpo.execution as execution
 from hpo._cli import main
@@ -153,6 +154,13 @@ def test_hpo_run_on_a_node_runs_a_trial_per_group_of_gpus(
     slots, child = eight_gpus["launch"]
     assert [s.gpus for s in slots] == [(0, 1, 2, 3), (4, 5, 6, 7)] and child == ["--study", "four"]
     assert "study 'four'" in table
+    # through the CLI: --memory-limit caps each worker process, not this one (which would start CUDA on GPU 0)
+    capped: list[Any] = []
+    monkeypatch.setattr(execution, "start_memory", lambda **kw: capped.append(kw))
+    path = tmp_path / "four.yaml"
+    path.write_text(yaml.safe_dump(tiny_config("four", train={"max_steps": 4, "batch_size": 16, "devices": 4})))
+    assert main(["run", str(path), "--storage", url, "--memory-limit", "9000"]) == 0
+    assert eight_gpus["launch"][1] == ["--study", "four", "--memory-limit", "9000"] and capped == []
 
 
 def test_a_pool_slot_leaves_a_study_of_another_device_count_to_other_workers(
