@@ -130,17 +130,19 @@ def _load(args: argparse.Namespace) -> tuple[object, str]:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from hpo.execution import StopFlag, run
+    from hpo.execution import StopFlag, node_slots, run, usable_cores
 
     config, url = _load(args)
-    if args.memory_limit is not None:
+    # a study run by a worker process per GPU group: each of them takes the cap (this process trains nothing)
+    if args.memory_limit is not None and not node_slots(config, args.threads or usable_cores()):
         from hpo.execution import resolve_device
 
         _start_memory(args.memory_limit, cuda=resolve_device(config.device).type == "cuda")
     stop = StopFlag()
     stop.install()
     stop.restart = _restart
-    print(run(config, url, threads=args.threads, stop=stop, progress=sys.stderr.isatty()))
+    progress = sys.stderr.isatty()
+    print(run(config, url, threads=args.threads, stop=stop, progress=progress, memory_limit=args.memory_limit))
     return 0
 
 
@@ -170,7 +172,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     from hpo.execution import launch, parse_gpus, plan_slots, usable_cores
 
     url = _storage_url(args.storage)
-    for flag in ("per_gpu", "procs", "n_trials"):
+    for flag in ("per_gpu", "procs", "n_trials", "devices"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise ConfigError(f"--{flag.replace('_', '-')}", f"must be >= 1, got {value}")
@@ -188,6 +190,10 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         raise ConfigError("--per-gpu", "is for GPU slots (--gpus all or indices); CPU workers take --procs N")
     if args.gpus != "none" and args.procs is not None:
         raise ConfigError("--procs", "is for CPU workers; with --gpus, --per-gpu K runs K processes per GPU")
+    if args.devices is not None and args.study is not None:
+        raise ConfigError("--devices", "is for pool workers; a study's worker groups its GPUs by its train.devices")
+    if args.devices is not None and args.gpus == "none":
+        raise ConfigError("--devices", "groups the GPUs of --gpus; a CPU worker runs a trial's ranks as processes")
     if args.gpus == "none" and (args.procs or 1) == 1:
         return _run_slot(args, url)
     visible = 0
@@ -199,7 +205,15 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         gpus = parse_gpus(args.gpus, visible)
     except ValueError as exc:
         raise _flag_error(exc) from None
-    slots = plan_slots(gpus, args.per_gpu or 1, args.procs or 1, args.threads or usable_cores())
+    devices = args.devices or 1
+    if gpus and args.study is not None:
+        from hpo.execution import study_devices
+
+        devices = study_devices(url, args.study)
+    try:
+        slots = plan_slots(gpus, args.per_gpu or 1, args.procs or 1, args.threads or usable_cores(), devices)
+    except ValueError as exc:
+        raise _flag_error(exc) from None
     child = ["--study", args.study] if args.study is not None else _pool_flags(args)
     if gpus:
         child += ["--per-gpu", str(args.per_gpu or 1)]  # each slot's share of its GPU's memory
@@ -246,7 +260,9 @@ def _restart() -> None:
 def _run_slot(args: argparse.Namespace, url: str) -> int:
     from hpo.execution import StopFlag, run_slot, usable_cores
 
-    # a slot pinned to a GPU trains there; any other on the CPU (device auto) or a device the study names
+    # a slot pinned to a GPU (or to a group: "4,5,6,7") trains there; any other on the CPU (device auto) or a
+    # device the study names
+    gpu = None if args.slot_gpu is None else int(args.slot_gpu) if args.slot_gpu.isdigit() else args.slot_gpu
     _start_memory(args.memory_limit, cuda=args.slot_gpu is not None, per_gpu=args.per_gpu or 1)
     stop = StopFlag()
     stop.install()
@@ -256,7 +272,7 @@ def _run_slot(args: argparse.Namespace, url: str) -> int:
 
         ran = serve(
             url,
-            gpu=args.slot_gpu,
+            gpu=gpu,
             threads=args.threads or usable_cores(),
             keep=args.keep,
             poll=args.poll,
@@ -271,7 +287,7 @@ def _run_slot(args: argparse.Namespace, url: str) -> int:
     ran = run_slot(
         url,
         args.study,
-        gpu=args.slot_gpu,
+        gpu=gpu,
         threads=args.threads or usable_cores(),
         max_trials=args.n_trials,
         timeout=args.timeout,
@@ -534,8 +550,9 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--gpus",
         default="none",
-        help="all, none (default) or indices like 0,1,3: one process per listed GPU slot, running there whatever "
-        "the study's device; with none, each process runs trials on the CPU (device auto) or the study's device",
+        help="all, none (default) or indices like 0,1,3 or 0-7: one process per listed GPU slot (per group of "
+        "train.devices GPUs), running there whatever the study's device; with none, each process runs trials on "
+        "the CPU (device auto) or the study's device",
     )
     worker.add_argument(
         "--per-gpu", type=int, help="worker processes per GPU (small students; each gets 1/K of its memory; 1)"
@@ -556,7 +573,13 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--poll", type=float, default=5.0, help="pool: seconds between looks for new work (5)")
     worker.add_argument("--keep", type=int, default=2, help="pool: studies whose data stay loaded in memory (2)")
     worker.add_argument("--artifacts", metavar="PATH", help=ARTIFACTS_HELP)
-    worker.add_argument("--slot-gpu", type=int, help=argparse.SUPPRESS)
+    worker.add_argument(
+        "--devices",
+        type=int,
+        help="pool: GPUs per trial, the listed GPUs grouped by it (serves studies with that train.devices; a study's "
+        "worker takes its train.devices; 1)",
+    )
+    worker.add_argument("--slot-gpu", help=argparse.SUPPRESS)
     worker.set_defaults(func=_cmd_worker)
 
     status = sub.add_parser("status", help="trial counts by state and the best values")

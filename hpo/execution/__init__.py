@@ -23,10 +23,12 @@ from objectives import lazy_exports
 
 _LAZY = {
     "create": "._run",
+    "node_slots": "._run",
     "prepare_runner": "._run",
     "resolve_device": "._run",
     "run": "._run",
     "run_slot": "._run",
+    "study_devices": "._run",
     "TrialRunner": "._runner",
     "trial_seed": "._runner",
     "warn_never_predicted": "._runner",
@@ -53,6 +55,7 @@ __all__ = [
     "ensure_teacher",
     "launch",
     "limit_memory",
+    "node_slots",
     "parse_gpus",
     "plan_slots",
     "prepare_runner",
@@ -62,6 +65,7 @@ __all__ = [
     "run_slot",
     "serve",
     "start_memory",
+    "study_devices",
     "trial_seed",
     "usable_cores",
     "warn_never_predicted",

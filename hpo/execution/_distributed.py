@@ -27,6 +27,7 @@ import multiprocessing.connection
 import os
 import signal
 import socket
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +37,18 @@ import optuna
 import torch
 import torch.distributed as dist
 
-from objectives import ConfigError, NonFiniteLoss, RankGroup, Report, distributed_training, read_logits
+from objectives import (
+    ConfigError,
+    EvalShard,
+    HeadInputs,
+    NonFiniteLoss,
+    RankGroup,
+    Report,
+    distributed_training,
+    load_logits,
+    read_logits,
+    teacher_logits,
+)
 
 log = logging.getLogger("hpo")
 
@@ -106,19 +118,71 @@ def _following(step: int, scores: dict[str, float], final: bool) -> None:
 class SharedLogits:
     """The teacher's cached logits across ranks: on rank 0 the study's cache (``LogitCache``: computed once per
     study, under its lease), whose local file path it broadcasts; on the other ranks that file, memory-mapped, so
-    each rank reads only its shard's rows. A collective: every rank asks for the same entries in the same order."""
+    each rank reads only its shard's rows. A collective: every rank asks for the same entries in the same order.
 
-    def __init__(self, cache: Any = None) -> None:
-        self.cache = cache
+    When rank 0 computes an entry (no process did before), every rank computes the teacher's logits of its slice of
+    each batch (:class:`objectives.EvalShard`) on its own device, writes them to a folder of rank 0's (the ranks
+    share the host), and rank 0 puts the rows together in example order (:func:`_parallel_logits`)."""
+
+    def __init__(self, cache: Any = None, rank: int = 0, world: int = 1) -> None:
+        self.cache, self.rank, self.world = cache, rank, world
 
     def __call__(self, name: str, data: Any, teacher: torch.nn.Module) -> Any:
         if self.cache is None:
-            box: list[Any] = [None]
-            dist.broadcast_object_list(box, src=0)
-            return read_logits(box[0])
-        logits = self.cache(name, data, teacher)
-        dist.broadcast_object_list([str(self.cache.artifacts.fetch(self.cache.entry(name, data)))], src=0)
+            while True:  # rank 0 asks for this rank's part of a computation, then sends the path
+                box: list[Any] = [None]
+                dist.broadcast_object_list(box, src=0)
+                kind, *rest = box[0]
+                if kind == "path":
+                    return read_logits(rest[0])
+                folder, batch_size = rest
+                _write_part(teacher, data, batch_size, self.rank, self.world, Path(folder))
+                dist.barrier()
+
+        def parallel(teacher: torch.nn.Module, data: Any, batch_size: int) -> Any:
+            return _parallel_logits(teacher, data, batch_size, self.world)
+
+        plain, self.cache.compute_logits = self.cache.compute_logits, parallel
+        try:
+            logits = self.cache(name, data, teacher)
+        finally:
+            self.cache.compute_logits = plain
+        dist.broadcast_object_list([("path", str(self.cache.artifacts.fetch(self.cache.entry(name, data))))], src=0)
         return logits
+
+
+def _write_part(teacher: torch.nn.Module, data: Any, batch_size: int, rank: int, world: int, folder: Path) -> None:
+    """Rank ``rank``'s part of the teacher's logits of ``data`` and the example numbers of its rows, to ``folder``."""
+    shard = EvalShard(data, rank, world)
+    logits = teacher_logits(teacher, shard, batch_size)  # rows in the order of the shard's example numbers
+    rows = torch.cat(shard.rows).sort().values
+    state = logits.state() if isinstance(logits, HeadInputs) else {"logits": logits}
+    torch.save({**state, "rows": rows}, folder / f"rank-{rank}.pt")
+
+
+def _parallel_logits(teacher: torch.nn.Module, data: Any, batch_size: int, world: int) -> Any:
+    """Rank 0's computation of the teacher's logits of ``data`` with every rank computing its part: rows put back in
+    example order (a causal LM's head is rank 0's; every rank holds the same frozen teacher)."""
+    with tempfile.TemporaryDirectory(prefix="hpo-logits-") as folder:
+        dist.broadcast_object_list([("compute", folder, batch_size)], src=0)
+        _write_part(teacher, data, batch_size, 0, world, Path(folder))
+        dist.barrier()  # every rank wrote its part
+        parts = [torch.load(Path(folder) / f"rank-{r}.pt", weights_only=True) for r in range(world)]
+    log.info("teacher logits computed on %d ranks (%s rows)", world, "/".join(str(len(p["rows"])) for p in parts))
+    return _assemble(parts, len(data))
+
+
+def _assemble(parts: list[dict[str, torch.Tensor]], rows: int) -> torch.Tensor | HeadInputs:
+    """The ``rows`` examples' logits (a classifier's) or head inputs (a causal LM's, with rank 0's head) from the
+    ranks' parts (:func:`_write_part`), in example order."""
+    key = "logits" if "logits" in parts[0] else "states"
+    first = parts[0][key]
+    whole = first.new_empty((rows, *first.shape[1:]))
+    for part in parts:
+        whole[part["rows"]] = part[key]
+    if key == "logits":
+        return whole
+    return load_logits({**{k: v for k, v in parts[0].items() if k != "rows"}, "states": whole})
 
 
 def _die_with_parent() -> None:
@@ -153,7 +217,7 @@ def _rank_main(
         box: list[Any] = [None] * 4
         dist.broadcast_object_list(box, src=0)
         config, params, seed, number = box
-        runner = runner_type(config, work, teacher_dir, logits=SharedLogits() if cached else None)
+        runner = runner_type(config, work, teacher_dir, logits=SharedLogits(None, rank, world) if cached else None)
         try:
             with distributed_training(RankGroup(rank, world, config.train.strategy)):
                 metrics = runner.train(config, params, seed, number, _following)
@@ -312,7 +376,7 @@ def train_distributed(
             ranks.append(_Rank(rank, process, receive))
         _wait(ranks, "ready", None)
         leader = copy.copy(runner)
-        leader.logits = SharedLogits(runner.logits) if runner.logits is not None else None
+        leader.logits = SharedLogits(runner.logits, 0, world) if runner.logits is not None else None
         with _group(backend, address, world):
             try:
                 dist.broadcast_object_list([config, params, seed, trial_number], src=0)

@@ -82,7 +82,7 @@ class Pool:
         poll: float = 5.0,
         until_idle: bool = False,
         stop: StopFlag | None = None,
-        gpu: int | None = None,
+        gpu: int | str | None = None,
         max_trials: int | None = None,
         timeout: float | None = None,
         artifacts: str | None = None,
@@ -242,7 +242,7 @@ class Pool:
 def serve(
     url: str,
     *,
-    gpu: int | None,
+    gpu: int | str | None,
     threads: int,
     keep: int,
     poll: float,

@@ -16,7 +16,7 @@ import torch
 
 from hpo.execution._costs import check_hardware
 from hpo.execution._runner import TrialRunner, describe, warn_never_predicted
-from hpo.execution._slots import usable_cores
+from hpo.execution._slots import Slot, launch, plan_slots, usable_cores
 from hpo.execution._teacher import LogitCache, ensure_teacher, study_leases
 from hpo.execution._worker import Budget, Retry, StopFlag, Worker
 from hpo.study import Config, is_grid, load_study, open_study, study_store
@@ -35,11 +35,24 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def slot_config(config: Config, gpu: int | None) -> Config:
+def slot_gpus(gpu: int | str | None) -> int:
+    """How many GPUs a slot has: ``gpu`` is its GPU index, its GPUs as ``"4,5,6,7"``, or None (not pinned)."""
+    return 0 if gpu is None else len(str(gpu).split(","))
+
+
+def slot_config(config: Config, gpu: int | str | None) -> Config:
     """``config`` as a worker slot runs it. A slot pinned to a GPU (``hpo worker --gpus``; CUDA_VISIBLE_DEVICES
-    shows it that GPU alone, as ``cuda:0``) runs there whatever the study's ``device``. A slot not pinned
+    shows it that GPU alone, as ``cuda:0``) runs there whatever the study's ``device``; a slot of several GPUs
+    (``"4,5,6,7"``: CUDA_VISIBLE_DEVICES shows them as ``cuda:0``..``cuda:3``) runs a study whose
+    ``train.devices`` is their number, rank r on ``cuda:r``, and refuses any other. A slot not pinned
     (``--gpus none``, ``--procs N``, a pool worker without ``--gpus``) runs ``device: auto`` on the CPU: resolved
     to CUDA, every such process would land on GPU 0, unplanned and unrecorded. An explicit ``device`` is kept."""
+    if gpu is not None and config.train.devices != slot_gpus(gpu):
+        raise ConfigError(
+            "train.devices",
+            f"study {config.name!r} trains each trial on {config.train.devices} GPUs and this worker's slots have "
+            f"{slot_gpus(gpu)} (GPUs {gpu}); serve it with hpo worker --gpus ... --devices {config.train.devices}",
+        )
     if gpu is None and config.device != "auto":
         return config
     placed = copy.copy(config)
@@ -52,10 +65,10 @@ def slot_config(config: Config, gpu: int | None) -> Config:
     return placed
 
 
-def placement(device: torch.device, gpu: int | None) -> dict[str, Any]:
+def placement(device: torch.device, gpu: int | str | None) -> dict[str, Any]:
     """What every trial records of where it ran: ``device`` (as torch names it in this process) and ``gpu``: the
-    slot's GPU index when pinned (``hpo worker --gpus``), the CUDA device's index in an unpinned process on a GPU,
-    else ``"cpu"``."""
+    slot's GPU index when pinned (``hpo worker --gpus``; ``"4,5,6,7"`` for a slot of several), the CUDA device's
+    index in an unpinned process on a GPU, else ``"cpu"``."""
     if device.type != "cuda":
         return {"device": str(device), "gpu": "cpu"}
     if gpu is None:
@@ -73,7 +86,7 @@ def store_config(config: Config, artifacts: str | None) -> Config:
     return moved
 
 
-def prepare_runner(config: Config, study: optuna.Study, gpu: int | None = None) -> TrialRunner:
+def prepare_runner(config: Config, study: optuna.Study, gpu: int | str | None = None) -> TrialRunner:
     """The trial runner of ``config``: data tokenised once for this process, the teacher trained once per study.
     Every trial records the device it runs on (:func:`placement`; ``gpu`` is the slot's GPU when pinned)."""
     device = resolve_device(config.device)
@@ -200,7 +213,7 @@ def _bars(study: optuna.Study, config: Config, show: bool) -> Progress | None:
 
 
 def _prepare_and_work(
-    study: optuna.Study, config: Config, bars: Progress | None, gpu: int | None = None, **kw: Any
+    study: optuna.Study, config: Config, bars: Progress | None, gpu: int | str | None = None, **kw: Any
 ) -> int:
     try:
         with bars.training("teacher") if bars is not None else contextlib.nullcontext():
@@ -211,20 +224,60 @@ def _prepare_and_work(
             bars.close()
 
 
+def node_slots(config: Config, threads: int) -> list[Slot]:
+    """The slots ``hpo run`` starts for a study whose trials take several GPUs (``train.devices`` > 1, ``device``
+    ``auto`` or ``cuda``) on a node with GPUs for two trials or more: the visible GPUs in groups of
+    ``train.devices``, one worker process each (8 GPUs, 4 devices: two trials at a time). Empty otherwise: the
+    study runs in this process (one trial at a time, its ranks on ``cuda:0``..)."""
+    devices = config.train.devices
+    if devices == 1 or config.device not in ("auto", "cuda") or not torch.cuda.is_available():
+        return []
+    visible = torch.cuda.device_count()
+    if visible // devices < 2:
+        return []
+    if visible % devices:
+        log.info("%d of %d GPUs idle: train.devices %d groups the rest", visible % devices, visible, devices)
+    return plan_slots(list(range(visible - visible % devices)), 1, 1, threads, devices)
+
+
 def run(
-    config: Config, url: str, threads: int | None = None, stop: StopFlag | None = None, progress: bool = False
+    config: Config,
+    url: str,
+    threads: int | None = None,
+    stop: StopFlag | None = None,
+    progress: bool = False,
+    memory_limit: int | None = None,
 ) -> str:
     """``hpo run``: create or load the study, run its remaining budget here, return the results table.
 
-    ``progress`` shows progress bars (for a terminal)."""
+    ``progress`` shows progress bars (for a terminal). A study whose trials take several GPUs runs one worker
+    process per group of them (:func:`node_slots`), as ``hpo worker --gpus all`` would, each capped at
+    ``memory_limit`` MiB of data (``--memory-limit``; this process caps itself otherwise, before calling)."""
     # A fixed thread count keeps latency measurements comparable between trials.
     torch.set_num_threads(threads or usable_cores())
     study = create(config, url)
-    if _prepare_and_work(study, config, _bars(study, config, progress), stop=stop) == 0:
+    slots = node_slots(config, threads or usable_cores())
+    if slots:
+        log.info("%d trials at a time, each on %d GPUs", len(slots), config.train.devices)
+        cap = [] if memory_limit is None else ["--memory-limit", str(memory_limit)]
+        launch(slots, ["--study", config.name, *cap], url, os.environ.get("CUDA_VISIBLE_DEVICES"))
+    elif _prepare_and_work(study, config, _bars(study, config, progress), stop=stop) == 0:
         log.info(
             "study budget (n_trials %s, timeout %s s) already spent; showing results", config.n_trials, config.timeout
         )
     return f"study {config.name!r}: {state_counts(study)}\n\n{results_table(study, metrics=config.task_spec.metrics)}"
+
+
+def study_devices(url: str, name: str) -> int:
+    """The ``train.devices`` of study ``name``'s stored config (how ``hpo worker --study`` groups its GPUs)."""
+    require_schema(url)
+    bootstrap = Config(name=name)
+    storage = _storage(url, bootstrap, create_tables=False)
+    try:
+        _, config = Retry(bootstrap.worker.storage_retries)(load_study, storage, name, what="loading the study")
+    finally:
+        storage.engine.dispose()
+    return config.train.devices
 
 
 def require_schema(url: str) -> None:
@@ -245,7 +298,7 @@ def run_slot(
     url: str,
     study_name: str,
     *,
-    gpu: int | None,
+    gpu: int | str | None,
     threads: int,
     max_trials: int | None,
     timeout: float | None,

@@ -32,11 +32,21 @@ class Slot:
     """Where one worker process runs: a GPU index (pinned with CUDA_VISIBLE_DEVICES) or the CPU."""
 
     gpu: int | None
+    """The slot's GPU, its first when it has several."""
     threads: int
+    group: tuple[int, ...] = ()
+    """Every GPU of a slot of several (``train.devices`` > 1: one trial's ranks, rank r on the r-th); empty for a
+    slot of one GPU or the CPU."""
+
+    @property
+    def gpus(self) -> tuple[int, ...]:
+        """The GPUs this slot's process sees (CUDA_VISIBLE_DEVICES), in rank order."""
+        return self.group or (() if self.gpu is None else (self.gpu,))
 
 
 def parse_gpus(value: str, visible: int) -> list[int]:
-    """``all`` -> every visible GPU, ``none`` -> [], ``0,1,3`` -> those indices (checked against ``visible``).
+    """``all`` -> every visible GPU, ``none`` -> [], ``0,1,3`` -> those indices, ``0-3,6`` -> 0, 1, 2, 3, 6
+    (checked against ``visible``).
 
     GPUs asked for where none is visible is an error, never a quiet fall-back to one CPU process: a GPU node whose
     driver or ``CUDA_VISIBLE_DEVICES`` is wrong would otherwise run trials on the CPU for hours."""
@@ -50,13 +60,25 @@ def parse_gpus(value: str, visible: int) -> list[int]:
     if value == "all":
         return list(range(visible))
     try:
-        gpus = [int(part) for part in value.split(",")]
+        gpus = [g for part in value.split(",") for g in _indices(part)]
     except ValueError:
-        raise ValueError(f"--gpus: expected all, none or indices like 0,1,3, got {value!r}") from None
+        raise ValueError(f"--gpus: expected all, none or indices like 0,1,3 or 0-7, got {value!r}") from None
+    if len(set(gpus)) != len(gpus):
+        raise ValueError(f"--gpus: {value} lists a GPU twice")
     missing = [g for g in gpus if not 0 <= g < visible]
     if missing:
         raise ValueError(f"--gpus: GPUs {missing} do not exist here ({visible} visible)")
     return gpus
+
+
+def _indices(part: str) -> list[int]:
+    """``3`` -> [3], ``0-3`` -> [0, 1, 2, 3]; ValueError for anything else."""
+    first, dash, last = part.partition("-")
+    if not dash:
+        return [int(part)]
+    if int(last) < int(first):
+        raise ValueError(part)
+    return list(range(int(first), int(last) + 1))
 
 
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
@@ -135,8 +157,27 @@ def start_memory(*, cuda: bool, per_gpu: int = 1, mib: int | None = None) -> Non
         limit_memory(mib)
 
 
-def plan_slots(gpus: list[int], per_gpu: int, procs: int, cores: int) -> list[Slot]:
-    """K slots per listed GPU, or ``procs`` CPU slots sharing the cores (so they do not oversubscribe them)."""
+def plan_slots(gpus: list[int], per_gpu: int, procs: int, cores: int, devices: int = 1) -> list[Slot]:
+    """K slots per listed GPU, or ``procs`` CPU slots sharing the cores (so they do not oversubscribe them).
+
+    With ``devices`` > 1 (a study's ``train.devices``, a pool's ``--devices``) each slot is ``devices`` of the
+    listed GPUs in their order (``--gpus 0-7``, 4 devices: slots 0-3 and 4-7), one trial at a time on each; the
+    list must divide into such groups, and GPUs are not shared (``--per-gpu`` 1). CPU slots are not grouped: a
+    trial's ranks are processes of its slot (gloo)."""
+    if gpus and devices > 1:
+        if per_gpu > 1:
+            raise ValueError(
+                f"--per-gpu: {per_gpu} processes per GPU cannot share GPUs that train.devices ({devices}) spreads one "
+                "trial over; leave --per-gpu out"
+            )
+        if len(gpus) % devices:
+            raise ValueError(
+                f"--gpus: {len(gpus)} GPUs do not divide into groups of train.devices ({devices}); list a multiple "
+                f"of {devices} GPUs or change train.devices"
+            )
+        threads = max(1, cores // (len(gpus) // devices))
+        groups = [tuple(gpus[i : i + devices]) for i in range(0, len(gpus), devices)]
+        return [Slot(group[0], threads, group) for group in groups]
     if gpus:
         return [Slot(gpu, max(1, cores // (len(gpus) * per_gpu))) for gpu in gpus for _ in range(per_gpu)]
     return [Slot(None, max(1, cores // procs)) for _ in range(procs)]
@@ -178,9 +219,9 @@ def launch(
     for slot in slots:
         env = {**os.environ, "HPO_STORAGE": without_password}
         args = [*child_args, "--threads", str(slot.threads)]
-        if slot.gpu is not None:
-            env["CUDA_VISIBLE_DEVICES"] = device_of(slot.gpu, visible_devices)
-            args += ["--slot-gpu", str(slot.gpu)]
+        if slot.gpus:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(device_of(gpu, visible_devices) for gpu in slot.gpus)
+            args += ["--slot-gpu", ",".join(map(str, slot.gpus))]
         fds = (_password_pipe(url.password),) if url.password else ()
         if fds:
             env["HPO_STORAGE_PASSWORD_FILE"] = f"/dev/fd/{fds[0]}"

@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +97,8 @@ class LogitCache:
         self.batch_size = batch_size
         self.teacher_hash = weights_hash(teacher_dir)
         self.computed = 0
+        self.compute_logits: Callable[[torch.nn.Module, Any, int], torch.Tensor | HeadInputs] = teacher_logits
+        """How an entry's logits are computed (a trial on several devices computes them across its ranks)."""
         self._memory: dict[str, torch.Tensor | HeadInputs] = {}
 
     def entry(self, name: str, data: Any) -> str:
@@ -109,7 +112,7 @@ class LogitCache:
 
             def compute(tmp: Path) -> None:
                 log.info("computing the teacher's logits on %d %s examples, once for this study", len(data), name)
-                logits = teacher_logits(teacher, data, self.batch_size)  # logs its device / host-copy split
+                logits = self.compute_logits(teacher, data, self.batch_size)  # logs its device / host-copy split
                 start = time.perf_counter()
                 torch.save(logits if isinstance(logits, torch.Tensor) else logits.state(), tmp)
                 log.info(

@@ -6,8 +6,12 @@ the gradients: ``ddp`` replicates the model (``torch.distributed._composable.rep
 parameter names unchanged), ``fsdp`` shards parameters, gradients and optimizer state (FSDP2's ``fully_shard``, one
 unit per transformer layer, as ``_no_split_modules`` names them, then the root). The mean of the ranks' slice means
 is the global batch's mean, so a trial on N ranks trains the model one rank would, up to floating-point order.
-Validation runs on the whole validation set on every rank (identical scores: the ranks hold identical weights), so
-early stopping and pruning decide the same everywhere. Costs (latency, size, FLOPs) are measured by rank 0 alone,
+With gradient accumulation the gradients are averaged on each step's last micro-batch only (``_train``).
+Validation is sharded (:meth:`RankGroup.sharded`): each rank scores its slice of every validation batch and the
+slices' sums are merged into the whole set's scores on every rank (equal to one process's up to floating-point
+order), so early stopping and pruning decide the same everywhere. No rank is left without rows of a batch (with
+``fsdp`` a forward is a collective every rank runs, and the transformers models refuse an empty one): the
+validation batch size is lowered where the last batch would be too small. Costs (latency, size, FLOPs) are measured by rank 0 alone,
 before the model is wrapped: on one device at batch 1. Optuna-free: the launcher (``hpo.execution._distributed``)
 owns the process group and the trial.
 """
@@ -16,7 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Iterator
+import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -64,6 +69,25 @@ class RankGroup:
             return fully_shard(model, mesh=mesh)
         raise ValueError(f"strategy {self.strategy!r} is not one that trains here (ddp, fsdp)")
 
+    def sharded(
+        self, evaluate: Callable[[torch.nn.Module, Any, int], Any]
+    ) -> Callable[[torch.nn.Module, Any, int], Any]:
+        """``evaluate`` (a task's: classification's, ``lm_evaluate``, ``completion_evaluate``) run by each rank on its
+        slice of every validation batch (:class:`EvalShard`), the ranks' scores merged (:func:`merge_scores`): the
+        whole set's, on every rank. Every rank gets rows of every batch (under ``fsdp`` a forward is a collective
+        every rank runs; under ``ddp`` the first forward after training syncs buffers): the batch size is lowered
+        where the last batch would have fewer rows than ranks (:func:`even_batch`), and a set smaller than the
+        ranks is scored whole on every rank."""
+
+        def each_rank(model: torch.nn.Module, data: Any, batch_size: int) -> Any:
+            size = even_batch(len(data), batch_size, self.world)  # every rank rows of every batch
+            if size == 0:  # fewer examples than ranks
+                return evaluate(model, data, batch_size)
+            shard = EvalShard(data, self.rank, self.world)
+            return merge_scores(self.gather(evaluate(model, shard, size)), shard.sizes)
+
+        return each_rank
+
     def shard(self, data: Any) -> RankShard:
         """``data`` whose training batches are this rank's slice of each global batch."""
         return RankShard(data, self.rank, self.world)
@@ -94,6 +118,88 @@ class RankShard:
     def train_batches(self, batch_size: int, seed: int, **options: Any) -> Iterator[dict[str, Any]]:
         for batch in self.data.train_batches(batch_size, seed, **options):
             yield {key: value.tensor_split(self.world)[self.rank] for key, value in batch.items()}
+
+
+class EvalShard:
+    """A validation set seen by one rank: ``eval_batches(batch_size)`` yields rank r's part of each of the data's
+    batches (``tensor_split`` by rows: the first ``n % N`` ranks one row more; a rank whose part is empty skips the
+    batch, which :meth:`RankGroup.sharded` avoids); :attr:`sizes` records every rank's rows of each batch, for :func:`merge_scores`. Everything else
+    (``len``, ``generation_sample``...) is the whole data's."""
+
+    def __init__(self, data: Any, rank: int, world: int) -> None:
+        self.data, self.rank, self.world = data, rank, world
+        self.sizes: list[list[int]] = []
+        self.rows: list[torch.Tensor] = []
+        """The ``index`` (example numbers) of every batch part this rank was given, when the batches carry one."""
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.data, name)
+
+    def eval_batches(self, batch_size: int) -> Iterator[dict[str, Any]]:
+        self.sizes, self.rows = [], []
+        for batch in self.data.eval_batches(batch_size):
+            rows = len(next(iter(batch.values())))
+            self.sizes.append([len(part) for part in torch.arange(rows).tensor_split(self.world)])
+            if self.sizes[-1][self.rank]:
+                part = {
+                    k: v.tensor_split(self.world)[self.rank] if isinstance(v, torch.Tensor) else v
+                    for k, v in batch.items()
+                }
+                if "index" in part:
+                    self.rows.append(part["index"])
+                yield part
+
+
+def even_batch(rows: int, batch_size: int, world: int) -> int:
+    """The largest batch size from ``world`` up to ``batch_size`` (else the smallest above it) that splits ``rows``
+    into batches of at least ``world`` rows each, the last one too, so every rank gets rows of every batch;
+    ``batch_size`` itself unless its last batch is too small; 0 when ``rows`` < ``world`` (none does)."""
+    if rows < world:
+        return 0
+    smaller = range(min(batch_size, rows), world - 1, -1)
+    for size in [*smaller, *range(max(batch_size + 1, world), rows + 1)]:  # larger only if no smaller one does
+        if rows % size == 0 or rows % size >= world:
+            return size
+    raise AssertionError("unreachable: a batch of every row qualifies")
+
+
+def merge_scores(parts: list[Any], sizes: list[list[int]]) -> Any:
+    """The whole validation set's scores from each rank's scores of its slices (``parts``, by rank; ``sizes`` as
+    :attr:`EvalShard.sizes`). Sums are merged, then divided once, as one process divides them:
+
+    - classification (``Evaluation``): loss = sum_r loss_r * n_r / sum_r n_r; the predictions and labels put back
+      in the data's batch order, accuracy, macro-F1 and the top label's share computed on them;
+    - language models (``LMEvaluation``, ``CompletionEvaluation``): loss = sum_r loss_r * M_r / M (M tokens),
+      perplexity = exp(loss), token_accuracy = sum_r acc_r * M_r / M; generation metrics and samples are rank
+      0's (every rank completes the whole generation sample, alike)."""
+    from objectives.evaluation import LMEvaluation, accuracy, macro_f1
+    from objectives.evaluation._generation import CompletionEvaluation
+    from objectives.training._train import Evaluation
+
+    first = parts[0]
+    if isinstance(first, Evaluation):
+        taken = [0] * len(parts)
+        preds: list[int] = []
+        labels: list[int] = []
+        for batch in sizes:
+            for rank, rows in enumerate(batch):
+                preds += parts[rank].preds[taken[rank] : taken[rank] + rows]
+                labels += parts[rank].labels[taken[rank] : taken[rank] + rows]
+                taken[rank] += rows
+        loss = sum(p.loss * len(p.labels) for p in parts) / len(labels)
+        top_share = max(preds.count(c) for c in set(preds)) / len(preds)
+        return Evaluation(loss, accuracy(preds, labels), macro_f1(preds, labels), top_share, preds, labels)
+    if isinstance(first, LMEvaluation | CompletionEvaluation):
+        tokens = sum(p.tokens for p in parts)
+        loss = sum(p.loss * p.tokens for p in parts) / max(1, tokens)
+        correct = sum(round(p.token_accuracy * p.tokens) for p in parts)
+        return replace(
+            first, loss=loss, perplexity=math.exp(loss), token_accuracy=correct / max(1, tokens), tokens=tokens
+        )
+    raise TypeError(f"cannot merge the ranks' scores of type {type(first).__name__}")
 
 
 _GROUP: contextvars.ContextVar[RankGroup | None] = contextvars.ContextVar("rank_group", default=None)

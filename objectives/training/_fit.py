@@ -129,6 +129,7 @@ def fit(
         on_cost(measured)
     if group is not None:
         model, stages = group.prepare(model, stages)
+        evaluate = group.sharded(evaluate)
     start = time.perf_counter()
     done, eval_seconds, evals, compile_seconds = 0, 0.0, 0, 0.0
     with PeakMemory(device) as memory:

@@ -268,8 +268,13 @@ def train(
     model.train()
     step = 0
     clock = CompileClock(device) if args.compile else None
+    # A model data-parallel across ranks (``replicate``, FSDP2's ``fully_shard``) averages its gradients on the last
+    # micro-batch of a step only: the earlier ones accumulate locally, with no all-reduce (DDP's no_sync).
+    sync = getattr(model, "set_requires_gradient_sync", None) if args.grad_accum_steps > 1 else None
     for step in range(1, args.max_steps + 1):
-        for _ in range(args.grad_accum_steps):
+        for micro in range(args.grad_accum_steps):
+            if sync is not None:
+                sync(micro == args.grad_accum_steps - 1)
             batch = next(batches)
             rows = batch["index"]  # on the CPU, where the cache is
             batch = _to(batch, device)

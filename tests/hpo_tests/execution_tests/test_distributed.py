@@ -18,12 +18,14 @@ from typing import Any
 import optuna
 import psutil
 import pytest
+import torch
 import yaml
 
 from hpo.execution import prepare_runner, trial_seed
 from hpo.execution._distributed import RankFailed
 from hpo.study import config_from_dict
-from objectives import ConfigError
+from objectives import ConfigError, read_logits, teacher_logits
+from objectives.students import load_classifier
 from objectives.training._distributed import RankShard
 from storage import FAIL_REASON, create_storage
 from tests.conftest import sentiment_csv, tiny_config
@@ -213,6 +215,40 @@ def test_an_fsdp_trial_matches_one_process(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    ("strategy", "train"),
+    [
+        ("ddp", {"grad_accum_steps": 2}),
+        ("fsdp", {"grad_accum_steps": 2}),
+        # 16 validation examples in batches of 5 would leave rank 1 no row of the last: the ranks score 4 x 4
+        ("fsdp", {"eval_batch_size": 5}),
+        ("ddp", {"eval_batch_size": 5}),
+    ],
+)
+def test_accumulated_micro_batches_sync_once_a_step_and_match_one_process(
+    reviews: str, strategy: str, train: dict[str, int]
+) -> None:
+    """With ``grad_accum_steps`` 2 the ranks average their gradients on each step's second micro-batch only
+    (``set_requires_gradient_sync``), and validation is sharded across the ranks even where the last batch is
+    smaller than the ranks; the trial still trains and scores as the 1-process one."""
+    accumulate = {"train": train}
+    single = config(reviews, **accumulate)
+    curve: list[tuple[int, float]] = []
+    metrics = prepare_runner(single, optuna.create_study()).train(
+        single, PARAMS, trial_seed(0, 0), 0, lambda step, scores, final: curve.append((step, scores["val_loss"]))
+    )
+    study = optuna.create_study(direction="maximize")
+    watch = run_trial(study, config(reviews, 2, strategy, **accumulate))
+    [trial] = study.trials
+    assert trial.state == optuna.trial.TrialState.COMPLETE
+    for step, value in curve:
+        assert -trial.intermediate_values[step] == pytest.approx(value, abs=TOLERANCE)
+    for key in ("val_loss", "accuracy", "f1"):
+        assert trial.user_attrs[key] == pytest.approx(metrics[key], abs=TOLERANCE), key
+    assert watch.left() == []
+
+
+@pytest.mark.slow
 def test_kill_9_of_rank_1_fails_the_trial_and_leaves_no_process(reviews: str) -> None:
     study = optuna.create_study(direction="maximize")
     long = config(reviews, 2, "ddp", train={"max_steps": 400})
@@ -280,6 +316,16 @@ def test_hpo_run_distills_on_two_ranks_reading_the_cached_teacher_logits(tmp_pat
     assert trial.state == optuna.trial.TrialState.COMPLETE
     assert trial.user_attrs["teacher_logits"] == "cache" and trial.user_attrs["devices"] == 2
     assert f"rank 1 complete: seed {trial.user_attrs['seed']}, params {trial.params}" in result.stderr
+    # the cache was computed by both ranks (each its slice of every batch), and holds the 1-process logits
+    assert "teacher logits computed on 2 ranks" in result.stderr
+    [cached] = tmp_path.glob("hpo-artifacts/**/logits-train-*.pt")
+    [weights] = [p.parent for p in tmp_path.glob("hpo-artifacts/**/config.json")]
+    config = config_from_dict(study)
+    work = config.task_spec.implementation().prepare_workload(config.data, config.teacher.model, torch.device("cpu"))
+    teacher = load_classifier(str(weights), work.num_labels).eval()
+    alone = teacher_logits(teacher, work.train, config.train.eval_batch_size)
+    assert read_logits(cached).shape == alone.shape == (len(work.train), 2)
+    assert torch.allclose(read_logits(cached), alone, atol=1e-5)
 
 
 @pytest.mark.slow
@@ -341,3 +387,25 @@ def _trials(url: str) -> list[optuna.trial.FrozenTrial]:
         return optuna.load_study(study_name="dist-term", storage=url).trials
     except KeyError:  # not created yet
         return []
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_the_ranks_parts_of_a_causal_lm_cache_assemble_into_the_1_process_cache(tmp_path: Path, world: int) -> None:
+    """Each rank's part of a tiny Llama's head inputs over 7 token blocks (batches of 3: a last batch of 1 row), put
+    together in example order, is what one process computes (the collectives around them are in the hpo run test)."""
+    import datasets
+
+    from hpo.execution._distributed import _assemble, _write_part
+    from objectives import Blocks
+    from tests.conftest import tiny_decoder
+
+    ids = torch.randint(0, 64, (7, 8), generator=torch.Generator().manual_seed(0))
+    blocks = Blocks(datasets.Dataset.from_dict({"input_ids": ids.int().tolist()}).with_format("numpy"), 8, 0)
+    teacher = tiny_decoder("llama", vocab_size=200, max_position_embeddings=64).eval()
+    alone = teacher_logits(teacher, blocks, 3)
+    for rank in range(world):
+        _write_part(teacher, blocks, 3, rank, world, tmp_path)
+    parts = [torch.load(tmp_path / f"rank-{r}.pt", weights_only=True) for r in range(world)]
+    assembled = _assemble(parts, len(blocks))
+    assert sorted(torch.cat([p["rows"] for p in parts]).tolist()) == list(range(7))  # every block once
+    assert torch.equal(assembled.states, alone.states) and torch.equal(assembled.weight, alone.weight)

@@ -62,6 +62,7 @@ def test_worker_flags_place_each_process(
     gpu_node: dict[str, Any], tmp_path: Path, flags: list[str], slots: list[Slot] | None, per_gpu: str | None
 ) -> None:
     url = f"sqlite:///{tmp_path}/hpo.db"
+    create(config_from_dict(synthetic("s")), url)  # GPU slots are grouped by its train.devices (1)
     assert main(["worker", "--storage", url, "--study", "s", "--threads", "8", *flags]) == 0  # 8 cores to share
     if slots is None:
         assert "launch" not in gpu_node and gpu_node["slot"] is None and gpu_node["memory"] == (False, 1, None)
