@@ -6,12 +6,13 @@ steps, in pairs that differ in one thing:
 
 - one layer: the teacher's first layer (the old even choice; after it the [CLS] token the head reads hardly
   depends on the input) against its last (the choice now);
-- narrow (hidden 0.375, FFN 0.25, heads 0.25, 2 layers; and hidden 0.25 at 3 layers): the output layer as
+- narrow (hidden 0.375, FFN 0.25, heads 0.25, 2 layers): the output layer as
   pruning slices it (its logits 1-4% of the teacher's spread) against rescaled to the teacher's logits on the
   calibration sample (``objectives.students._pruning.calibrate_head``, the default now).
 
     python bench/narrow_students.py [--data rt-snippets sms-spam] [--steps 100] [--seeds 1]
     python bench/narrow_students.py --data rt-snippets --rows 64 --steps 2 --teacher-steps 2   # smoke run
+    python bench/narrow_students.py --teacher-dir rt-snippets=DIR   # a teacher this script's settings made before
 
 Prints per student the validation accuracy, macro-F1 and ``top_share`` (the share of examples given the most
 often predicted class: 1.0 is a constant prediction), mean over seeds, and the majority class's share.
@@ -44,8 +45,6 @@ STUDENTS: dict[str, tuple[StudentArgs, bool]] = {
     "1 layer: teacher's last (now)": (StudentArgs(num_layers=1), True),
     "2 layers, narrow, head as sliced (old)": (StudentArgs(num_layers=2, **NARROW), False),
     "2 layers, narrow, head calibrated (now)": (StudentArgs(num_layers=2, **NARROW), True),
-    "3 layers, hidden 0.25, head as sliced (old)": (StudentArgs(num_layers=3, hidden_ratio=0.25), False),
-    "3 layers, hidden 0.25, head calibrated (now)": (StudentArgs(num_layers=3, hidden_ratio=0.25), True),
 }
 """Students by name: the architecture and whether the narrowed student's head is calibrated."""
 
@@ -57,6 +56,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=1, help="training seeds of every student (1)")
     parser.add_argument("--rows", type=int, help="training rows (default: all)")
     parser.add_argument("--teacher-steps", type=int, help="teacher fine-tuning steps (default: the example's)")
+    parser.add_argument(
+        "--teacher-dir",
+        nargs="+",
+        default=[],
+        metavar="DATA=DIR",
+        help="use the teacher saved in DIR for DATA (fine-tuned by the example's settings) instead of fine-tuning one",
+    )
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(usable_cores())
@@ -70,10 +76,15 @@ def main() -> None:
             teacher_args = replace(teacher_args, train=replace(teacher_args.train, max_steps=args.teacher_steps))
         tmp = Path(tempfile.mkdtemp(prefix="hpo-narrow-"))
         start = time.perf_counter()
-        row = finetune_teacher(work, teacher_args, config.seed, tmp / "teacher")
-        print(f"{name}: teacher {row['accuracy']:.3f} in {time.perf_counter() - start:.0f} s", flush=True)
-        teacher = load_teacher(tmp / "teacher", work)
-        cache = LogitCache(ArtifactDir(tmp, "bench"), tmp / "teacher", Leases(f"sqlite:///{tmp}/leases.db"))
+        given = dict(pair.split("=", 1) for pair in args.teacher_dir)
+        teacher_dir = Path(given[name]) if name in given else tmp / "teacher"
+        if name not in given:
+            finetune_teacher(work, teacher_args, config.seed, teacher_dir)
+        teacher = load_teacher(teacher_dir, work)
+        scored = evaluate(teacher, work.validation, 128)
+        row = {"accuracy": scored.accuracy, "f1": scored.f1}
+        print(f"{name}: teacher {row['accuracy']:.3f} ({time.perf_counter() - start:.0f} s)", flush=True)
+        cache = LogitCache(ArtifactDir(tmp, "bench"), teacher_dir, Leases(f"sqlite:///{tmp}/leases.db"))
         train = replace(config.train, max_steps=args.steps, eval_every=args.steps, patience=None, lr=1e-4)
         scores: dict[str, list[tuple[float, float, float]]] = {}
         for seed in range(args.seeds):
@@ -83,7 +94,7 @@ def main() -> None:
                 init = build_student(teacher, student, train.dropout, work.train, calibrate=calibrate)
                 before = evaluate(init, work.validation, train.eval_batch_size)
                 model, _ = distill_student(
-                    work, tmp / "teacher", student, train, config.distill, seed, logits=cache, init=init
+                    work, teacher_dir, student, train, config.distill, seed, logits=cache, init=init
                 )
                 after = evaluate(model, work.validation, train.eval_batch_size)
                 scores.setdefault(label, []).append((after.accuracy, after.f1, after.top_share))
