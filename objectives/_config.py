@@ -200,6 +200,12 @@ class TrainArgs:
     """AdamW weight decay, applied to weight matrices only (not to biases and LayerNorm)."""
     warmup_ratio: float = 0.1
     """Share of ``max_steps`` spent warming the learning rate up linearly from 0."""
+    qat_fraction: float = 0.0
+    """Quantization-aware distillation: the last ``round(qat_fraction * max_steps)`` optimiser steps (of the last
+    stage: all steps with integrated distillation) train with the linear weights fake-quantized as
+    ``student.quantize`` will quantize them (torchao QAT: rounded in the forward pass, straight-through gradients);
+    then the fake quantization is removed and the student quantized as without it. In [0, 1); 0 (default) is
+    post-training quantization only. Needs ``student.quantize`` other than none. Searchable."""
     batch_size: int = 32
     """Examples per optimiser step, before gradient accumulation."""
     grad_accum_steps: int = 1
@@ -274,6 +280,7 @@ class TrainArgs:
         _check(0 < self.lr_decay <= 1, "lr_decay", f"must be in (0, 1], got {self.lr_decay}")
         _check(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
         _check_fraction(self.warmup_ratio, "warmup_ratio", high_open=True)
+        _check_fraction(self.qat_fraction, "qat_fraction", high_open=True)
         _check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         _check(self.grad_accum_steps >= 1, "grad_accum_steps", f"must be >= 1, got {self.grad_accum_steps}")
         _check(self.max_steps >= 0, "max_steps", f"must be >= 0, got {self.max_steps}")
@@ -330,6 +337,11 @@ class TeacherArgs:
     def __post_init__(self) -> None:
         _check(bool(self.model), "model", "must name a model, e.g. minilm-l6")
         _check(self.train.devices == 1, "train.devices", "the teacher is fine-tuned on one device; remove it")
+        _check(
+            self.train.qat_fraction == 0,
+            "train.qat_fraction",
+            "the teacher is not quantized (student.quantize quantizes the student): remove it",
+        )
         _check_lora(self, ("none", "lora"), "teacher")
         _check(
             self.adapter == "none" or self.train.max_steps > 0,

@@ -261,6 +261,7 @@ class Config:
         _check_student_model(self)
         _check_adapter(self)
         _check_quantize(self.device, self.student, self.search_space.get("student.quantize"))
+        _check_qat(self.train, self.student, self.search_space)
         for name, param in self.search_space.items():
             _check_searchable(self, name, param)
         check_used(self, self.task_spec, self.objective, self.search_space)
@@ -364,6 +365,7 @@ class TrainJob:
             raise ConfigError("objective", f"must be finetune or distill, got {self.objective!r}")
         _check_device(self.device)
         _check_quantize(self.device, self.student)
+        _check_qat(self.train, self.student)
         if (self.artifacts_dir is None) != (self.teacher_entry is None):
             raise ConfigError(
                 "teacher_entry", "and artifacts_dir name the study's teacher together: give both, or neither"
@@ -506,6 +508,23 @@ def _check_quantize(device: str, student: StudentArgs, searched: ParamSpec | Non
     check_quantize_device(student.quantize, kind)
     for value in searched.bounds() if searched is not None else []:
         check_quantize_device(value, kind, "search_space.student.quantize")
+
+
+def _check_qat(train: TrainArgs, student: StudentArgs, search_space: dict[str, ParamSpec] | None = None) -> None:
+    """Refuse quantization-aware training (``train.qat_fraction`` above 0, or searched) where no trial quantizes:
+    ``student.quantize`` none and not searched to another choice."""
+    space = search_space or {}
+    if train.qat_fraction == 0 and "train.qat_fraction" not in space:
+        return
+    searched = space.get("student.quantize")
+    choices = searched.bounds() if searched is not None else [student.quantize]
+    if all(choice == "none" for choice in choices):
+        key = "train.qat_fraction" if "train.qat_fraction" not in space else "search_space.train.qat_fraction"
+        raise ConfigError(
+            key,
+            "fake-quantizes the weights as student.quantize will quantize them, and it is none: set student.quantize "
+            "(e.g. int8) or remove the key",
+        )
 
 
 def _check_student_model(config: Config) -> None:

@@ -1,9 +1,17 @@
-"""Post-training quantization of a student as it will be deployed (``student.quantize``), through torchao.
+"""Post-training quantization of a student as it will be deployed (``student.quantize``), through torchao, and
+quantization-aware training before it (``train.qat_fraction``).
 
 torch 2.13's eager ``torch.ao.quantization.quantize_dynamic`` is deprecated ("please migrate to use torchao eager
 mode quantize_ API"), so this uses torchao's ``quantize_``: weight-only, the activations stay fp32, every
 ``nn.Linear`` but an output head tied to the input embedding (quantizing it would untie it and store the
 embedding twice). Embeddings stay fp32.
+
+Quantization-aware training uses torchao's QAT API (``QATConfig``, prepare then convert): the linear layers become
+``FakeQuantizedLinear`` modules (the same weight tensors, so the optimiser's state carries on) whose forward rounds
+the weights to the grid ``student.quantize`` will use, with straight-through gradients. torchao 0.18's QAT cannot
+infer the fake quantization from ``Int8WeightOnlyConfig`` (``QATConfig(base_config=...)`` knows int4, float8 and
+intx configs only), so the weight config is given: int8, symmetric, one scale per output channel, as
+``Int8WeightOnlyConfig`` quantizes; int4 is tinygemm's asymmetric groups of 128 (``Int4WeightFakeQuantizeConfig``).
 """
 
 from __future__ import annotations
@@ -87,6 +95,54 @@ def quantize(model: torch.nn.Module, name: str) -> torch.nn.Module:
         filter_fn=lambda module, _fqn: isinstance(module, torch.nn.Linear) and module is not tied,
     )
     setattr(model, QUANTIZED_ATTR, name)
+    return model
+
+
+def _fake_config(name: str) -> Any:
+    from torchao.quantization.qat import IntxFakeQuantizeConfig
+    from torchao.quantization.qat.fake_quantize_config import Int4WeightFakeQuantizeConfig
+
+    if name == "int8":
+        return IntxFakeQuantizeConfig(torch.int8, "per_channel", is_symmetric=True)
+    return Int4WeightFakeQuantizeConfig(group_size=128, activation_dtype=torch.bfloat16)
+
+
+def fake_quantize(model: torch.nn.Module, name: str) -> torch.nn.Module:
+    """Prepare ``model`` for quantization-aware training in place (torchao ``QATConfig(step="prepare")``): every
+    linear layer :func:`quantize` would quantize becomes a ``FakeQuantizedLinear`` over the same weight tensors,
+    whose forward uses the weights rounded as ``student.quantize`` ``name`` rounds them (gradients pass straight
+    through). Returns ``model``. A setting its device cannot run raises a ConfigError naming ``student.quantize``."""
+    check_quantize_device(name, next(model.parameters()).device.type)
+    _torchao_quiet()
+    from torchao.quantization import quantize_
+    from torchao.quantization.qat import QATConfig
+
+    tied = _tied_head(model)
+    quantize_(
+        model,
+        QATConfig(weight_config=_fake_config(name), step="prepare"),
+        filter_fn=lambda module, _fqn: type(module) is torch.nn.Linear and module is not tied,
+    )
+    return model
+
+
+def fake_quantized(model: torch.nn.Module) -> int:
+    """How many of ``model``'s modules fake-quantize their weights (:func:`fake_quantize`)."""
+    from torchao.quantization.qat import FakeQuantizedLinear
+
+    return sum(isinstance(module, FakeQuantizedLinear) for module in model.modules())
+
+
+def end_fake_quantize(model: torch.nn.Module) -> torch.nn.Module:
+    """Undo :func:`fake_quantize` in place (torchao ``QATConfig(step="convert")`` without a base config): each
+    ``FakeQuantizedLinear`` becomes an ``nn.Linear`` over the same, quantization-aware trained fp32 weights, for
+    :func:`quantize` to quantize as after any training. Returns ``model``."""
+    if not fake_quantized(model):
+        return model
+    from torchao.quantization import quantize_
+    from torchao.quantization.qat import FakeQuantizedLinear, QATConfig
+
+    quantize_(model, QATConfig(step="convert"), filter_fn=lambda module, _fqn: isinstance(module, FakeQuantizedLinear))
     return model
 
 

@@ -13,7 +13,7 @@ import torch
 
 from objectives._config import DistillArgs, TrainArgs
 from objectives.evaluation import PeakMemory
-from objectives.students import num_layers, quantized, trainable_parameters
+from objectives.students import end_fake_quantize, num_layers, quantized, trainable_parameters
 from objectives.training._device import enable_tf32
 from objectives.training._distributed import current_group
 from objectives.training._logits import HeadInputs
@@ -119,7 +119,9 @@ def fit(
 
     ``quantize`` (``student.quantize``): the cost is measured on a quantized copy of the model, and the returned
     evaluation scores a quantized copy of the trained model on ``validation`` (post-training quantization); the
-    reports during training and ``model`` itself stay fp32.
+    reports during training and ``model`` itself stay fp32. With ``train.qat_fraction`` the last stage's last steps
+    train fake-quantized (quantization-aware training; those steps' reports score the fake-quantized model), and
+    the fake quantization is removed before the final evaluation quantizes.
     """
     model.to(device)
     enable_tf32(device)  # before the cost: latency is measured as the trial's fp32 runs go
@@ -148,11 +150,13 @@ def fit(
                     seed=seed,
                     teacher=stage.teacher,
                     report=None if report is None else _offset(report, done, last=stage is stages[-1]),
+                    qat=quantize if stage is stages[-1] else "none",
                 )
             done += result.steps
             eval_seconds, evals = eval_seconds + result.eval_seconds, evals + result.evals
             compile_seconds += result.compile_seconds
     seconds = time.perf_counter() - start - compile_seconds
+    end_fake_quantize(model)  # after quantization-aware training: plain linear layers for quantize() to quantize
     evaluation = result.evaluation
     if quantize != "none":
         evaluation = evaluate(quantized(model, quantize), validation, stages[-1].args.eval_batch_size)

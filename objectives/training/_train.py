@@ -16,6 +16,7 @@ import torch
 from objectives._config import TrainArgs
 from objectives.data import Encoded
 from objectives.evaluation import accuracy, macro_f1
+from objectives.students import fake_quantize
 from objectives.training._compile import CompileClock, compiled_forward
 from objectives.training._device import enable_tf32, to_device
 from objectives.training._logits import HeadInputs, cached_rows
@@ -210,6 +211,7 @@ def train(
     teacher: torch.nn.Module | torch.Tensor | HeadInputs | None = None,
     report: Report | None = None,
     on_step: StepCallback | None = None,
+    qat: str = "none",
 ) -> TrainResult:
     """Train ``model`` for ``args.max_steps`` optimiser steps and return its final validation scores.
 
@@ -226,6 +228,10 @@ def train(
     precomputed (rows by example index; :class:`HeadInputs` for large vocabularies): the same numbers without the
     teacher's forward passes. Only each batch's rows of a cache are moved to the device (:func:`cached_rows`), so a
     cache larger than the device's memory works.
+
+    ``qat`` (a ``student.quantize`` setting) with ``args.qat_fraction`` above 0: the last ``round(qat_fraction *
+    max_steps)`` steps train with the linear weights fake-quantized (:func:`objectives.students.fake_quantize`);
+    the model is returned so, for the caller to end it (:func:`objectives.students.end_fake_quantize`).
     """
     on_step = on_step if on_step is not None else _ON_STEP.get()
     device = next(model.parameters()).device
@@ -267,11 +273,14 @@ def train(
         return TrainResult(0, validate(), False, eval_seconds, evals)
     model.train()
     step = 0
+    qat_steps = round(args.qat_fraction * args.max_steps) if qat != "none" else 0
     clock = CompileClock(device) if args.compile else None
     # A model data-parallel across ranks (``replicate``, FSDP2's ``fully_shard``) averages its gradients on the last
     # micro-batch of a step only: the earlier ones accumulate locally, with no all-reduce (DDP's no_sync).
     sync = getattr(model, "set_requires_gradient_sync", None) if args.grad_accum_steps > 1 else None
     for step in range(1, args.max_steps + 1):
+        if qat_steps and step == args.max_steps - qat_steps + 1:
+            fake_quantize(model, qat)  # the same weight tensors: the optimiser's state carries on
         for micro in range(args.grad_accum_steps):
             if sync is not None:
                 sync(micro == args.grad_accum_steps - 1)

@@ -42,6 +42,43 @@ def test_int4_on_a_cpu_study_is_one_line_naming_the_key(overrides: dict, key: st
         TrainJob(name="j", device="cpu", student=StudentArgs(quantize="int4"))
 
 
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        ({"train": {"qat_fraction": 0.25}}, "train.qat_fraction"),
+        (
+            {"search_space": {"train.qat_fraction": {"type": "float", "low": 0.0, "high": 0.5}}},
+            "search_space.train.qat_fraction",
+        ),
+        ({"student": {"num_layers": 2, "quantize": "int8"}, "train": {"qat_fraction": 1.0}}, "train.qat_fraction"),
+        (
+            {"student": {"num_layers": 2, "quantize": "int8"}, "teacher": {"train": {"qat_fraction": 0.5}}},
+            "teacher.train.qat_fraction",
+        ),
+    ],
+)
+def test_qat_fraction_without_quantization_or_out_of_range_is_one_line_naming_the_key(
+    overrides: dict, key: str
+) -> None:
+    with pytest.raises(ConfigError) as error:
+        config_from_dict(tiny_config("q", device="cpu", **overrides))
+    assert error.value.key == key and "\n" not in str(error.value)
+
+
+def test_qat_fraction_is_accepted_where_a_trial_quantizes() -> None:
+    config = config_from_dict(
+        tiny_config("q", device="cpu", student={"num_layers": 2, "quantize": "int8"}, train={"qat_fraction": 0.25})
+    )
+    assert config.train.qat_fraction == 0.25
+    searched = {
+        "student.quantize": {"type": "categorical", "choices": ["none", "int8"]},
+        "train.qat_fraction": {"type": "float", "low": 0.0, "high": 0.5},
+    }
+    config_from_dict(tiny_config("q", device="cpu", search_space=searched))
+    with pytest.raises(ConfigError, match=r"train\.qat_fraction: fake-quantizes"):
+        TrainJob(name="j", device="cpu", train=TrainArgs(qat_fraction=0.5))
+
+
 @pytest.mark.parametrize("task", ["classification", "causal-lm"])
 def test_hpo_train_with_int8_writes_fp32_and_int8_rows_and_a_directory_that_runs_quantized(
     task: str, tmp_path: Path, tiny_lm: str

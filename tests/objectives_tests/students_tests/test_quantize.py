@@ -10,11 +10,20 @@ from transformers import AutoModelForSequenceClassification
 from objectives import ConfigError, DataArgs, StudentArgs, TrainArgs
 from objectives._config import QUANTIZE_DEVICES
 from objectives.evaluation import lm_evaluate
-from objectives.students import count_parameters, quantization, quantize, quantized, saved_size_mb
+from objectives.students import (
+    build_student,
+    count_parameters,
+    fake_quantized,
+    load_classifier,
+    quantization,
+    quantize,
+    quantized,
+    saved_size_mb,
+)
 from objectives.students._quantize import QUANTIZERS
 from objectives.tasks import _causal_lm as lm
 from objectives.tasks import _classification as cls
-from objectives.training._train import evaluate
+from objectives.training._train import evaluate, report_steps
 from tests.conftest import tiny_bert, tiny_decoder, write_corpus
 
 
@@ -114,3 +123,33 @@ def test_a_causal_lm_trial_with_int8_records_the_quantized_model(tiny_lm: str, t
     assert q["perplexity"] == scored.perplexity and q["val_loss"] == scored.loss
     assert q["perplexity"] == pytest.approx(fp32["perplexity"], rel=0.02)
     assert q["size_mb"] < fp32["size_mb"] and q["params"] == fp32["params"] and q["latency_ms"] > 0
+
+
+def test_qat_fake_quantizes_the_last_steps_then_hands_back_plain_layers_that_quantize(bert_work: cls.Workload) -> None:
+    """``train.qat_fraction: 0.5`` of 8 steps: steps 1-4 train plain linear layers, steps 5-8 torchao's
+    FakeQuantizedLinear over the same weights (every linear layer: 6 a BERT layer, the pooler, the classifier);
+    afterwards the model has plain layers again, its recorded scores are its int8 copy's, and the training differed
+    from post-training quantization alone."""
+    runs = {}
+    for fraction in (0.0, 0.5):
+        model = build_student(load_classifier(tiny_bert(), 2), StudentArgs(num_layers=2))
+        linears = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+        seen: dict[int, int] = {}
+        args = TrainArgs(max_steps=8, batch_size=16, eval_every=4, lr=1e-3, qat_fraction=fraction)
+        with report_steps(lambda step, *_, seen=seen, model=model: seen.__setitem__(step, fake_quantized(model))):
+            _, metrics = cls.finetune_student(
+                bert_work, tiny_bert(), StudentArgs(num_layers=2, quantize="int8"), args, seed=0, init=model
+            )
+        runs[fraction] = model, metrics, seen
+    model, metrics, seen = runs[0.5]
+    assert seen == {1: 0, 2: 0, 3: 0, 4: 0, 5: linears, 6: linears, 7: linears, 8: linears} and linears == 14
+    assert fake_quantized(model) == 0 and all(
+        type(m) is torch.nn.Linear for m in model.modules() if isinstance(m, torch.nn.Linear)
+    )
+    final = quantized(model, "int8")
+    assert quantization(final) == "int8" and type(final.classifier.weight) is not torch.nn.Parameter
+    scored = evaluate(final, bert_work.validation, 128)
+    assert metrics["val_loss"] == scored.loss and metrics["accuracy"] == scored.accuracy
+    assert set(runs[0.0][2].values()) == {0}  # qat_fraction 0: never fake-quantized
+    plain = runs[0.0][0].state_dict()
+    assert not all(torch.equal(plain[k], v) for k, v in model.state_dict().items())
