@@ -2,7 +2,7 @@
 
 On the data of ``examples/smollm2_instruct.yaml`` (rt-snippets as ``Review: ...\\nSentiment:`` prompts with
 `` positive`` / `` negative`` completions): SmolLM2-135M-Instruct is fine-tuned once on the completions
-(``--teacher-steps``), its final hidden states over the training examples are cached, then per seed one student
+(``--teacher-steps``; or ``--teacher``, one already adapted), its final hidden states over the training examples are cached, then per seed one student
 (``--layers`` evenly spaced decoder layers, weights copied) is distilled ``--steps`` steps twice from the same
 initial weights, data order and seed: off-policy (``distill.on_policy`` 0, every batch the references, the cached
 teacher) and on-policy (``--lambda``: that fraction of batches the student's own sampled completions, scored by the
@@ -11,7 +11,7 @@ test examples, every one of them generated greedily: exact match, ROUGE-L and co
 seed, then mean and standard deviation per setting, and the paired per-seed difference (on - off) with its 95% t
 interval.
 
-    python bench/on_policy.py [--layers 12] [--steps 30] [--seeds 3] [--lambda 0.5]
+    python bench/on_policy.py [--layers 12] [--steps 30] [--seeds 3] [--lambda 0.5] [--teacher DIR]
 """
 
 from __future__ import annotations
@@ -50,6 +50,9 @@ def main() -> None:
     parser.add_argument("--train-rows", type=int, default=240)
     parser.add_argument("--test-rows", type=int, default=192)
     parser.add_argument("--teacher-steps", type=int, default=30)
+    parser.add_argument(
+        "--teacher", type=Path, help="a teacher already adapted (the example study's), not trained again"
+    )
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--lambda", dest="fraction", type=float, default=0.5, help="distill.on_policy of the GKD arm")
     parser.add_argument("--lr", type=float, default=3e-4)
@@ -73,14 +76,14 @@ def main() -> None:
     work = prepare_workload(data, args.model, device)
     test = work.test()
     teacher_train = TrainArgs(lr=1e-4, max_steps=args.teacher_steps, batch_size=8, eval_every=args.teacher_steps)
-    teacher_dir = Path(tempfile.mkdtemp(prefix="on-policy-teacher-"))
-    teacher_metrics = finetune_teacher(work, TeacherArgs(model=args.model, train=teacher_train), 0, teacher_dir)
+    teacher_dir = args.teacher or Path(tempfile.mkdtemp(prefix="on-policy-teacher-"))
+    if args.teacher is None:
+        finetune_teacher(work, TeacherArgs(model=args.model, train=teacher_train), 0, teacher_dir)
     teacher = load_teacher(teacher_dir, work)
     teacher_scores = work.evaluate(teacher, test, 16).scores()
     cache = teacher_logits(teacher, work.train, 32)
     print(
-        f"{args.model}: teacher fine-tuned {args.teacher_steps} steps ({teacher_metrics['train_seconds']:.0f} s), "
-        f"on the test rows exact_match {teacher_scores['exact_match']:.3f}, rouge_l {teacher_scores['rouge_l']:.3f}; "
+        f"{args.model}: teacher {args.teacher or f'fine-tuned {args.teacher_steps} steps'}, on the test rows exact_match {teacher_scores['exact_match']:.3f}, rouge_l {teacher_scores['rouge_l']:.3f}; "
         f"{args.layers}-layer student, {args.steps} steps of {args.batch_size}, {len(work.train)} training / "
         f"{len(test)} test examples (all generated), {device}, {torch.get_num_threads()} threads",
         flush=True,
