@@ -561,8 +561,9 @@ class DistillArgs:
     """On-policy distillation (GKD, Agarwal et al. 2024), ``causal-lm`` with ``data.format`` prompt-completion or
     chat: the fraction lambda of training batches whose completions the student samples itself (at
     ``gen_temperature``, ``data.max_new_tokens`` tokens at most), scored token by token by the live teacher with the
-    ``loss`` divergence alone; the other batches train on the references with the usual loss. 0 turns it off; with
-    it above 0 the teacher runs live on every batch (its cached states cannot score new tokens). Searchable."""
+    ``loss`` divergence alone; the other batches train on the references with the usual loss. 0 turns it off; the
+    teacher runs live on the on-policy batches (its cached states cannot score new tokens), the others read the cache
+    (``cache_teacher_logits``). Searchable."""
     gen_temperature: float = 1.0
     """``on_policy``: the sampling temperature of the student's completions. Searchable."""
 

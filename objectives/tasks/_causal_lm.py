@@ -79,6 +79,7 @@ from objectives.training import (
     OnPolicy,
     Report,
     Stage,
+    Teachers,
     distill_stages,
     fit,
     frozen_teacher,
@@ -445,16 +446,21 @@ def distill_student(
 
     ``distill.on_policy`` (lambda > 0, instruction examples): a fraction lambda of the batches are the student's own
     completions of their prompts, sampled at ``distill.gen_temperature`` and scored by the live teacher with the
-    divergence alone (:class:`objectives.training.OnPolicy`, as TRL's ``GKDTrainer``)."""
+    divergence alone (:class:`objectives.training.OnPolicy`, as TRL's ``GKDTrainer``); the other batches read
+    ``logits`` where given (:class:`objectives.training.Teachers`), so the teacher runs on lambda of the batches."""
     check_layer_terms(student, distill)
     model = init if init is not None else initial_student(work, teacher_dir, student, args, seed)
     torch.manual_seed(seed)  # the same random state from here on, whether the student was built here or passed in
     teacher = load_teacher(teacher_dir, work)
-    if distill.needs_teacher_states or distill.on_policy > 0:
+    if distill.needs_teacher_states or distill.on_policy == 1:
         logits = None  # the layer terms read the live teacher's hidden states, on-policy batches new tokens
 
-    def signal(name: str, data: Blocks) -> torch.nn.Module | torch.Tensor | HeadInputs:
-        return teacher if logits is None else logits(name, data, teacher)
+    def signal(name: str, data: Blocks | OnPolicy) -> torch.nn.Module | torch.Tensor | HeadInputs | Teachers:
+        if logits is None:
+            return teacher
+        if isinstance(data, OnPolicy):  # the live teacher for the student's batches, the cache for the references
+            return Teachers(teacher, logits(name, data.data, teacher), data)
+        return logits(name, data, teacher)
 
     divergence = {"divergence": distill.loss, "jsd_beta": distill.jsd_beta, "temperature": distill.temperature}
 

@@ -17,6 +17,7 @@ from objectives.students import end_fake_quantize, num_layers, quantized, traina
 from objectives.training._device import enable_tf32
 from objectives.training._distributed import current_group
 from objectives.training._logits import HeadInputs
+from objectives.training._on_policy import Teachers
 from objectives.training._train import Evaluate, Report, eager_attention, train
 
 CostHook = Callable[[dict[str, float]], None]
@@ -55,7 +56,7 @@ class Stage:
     data: Any
     args: TrainArgs
     loss_fn: Any
-    teacher: torch.nn.Module | torch.Tensor | HeadInputs | None = None
+    teacher: torch.nn.Module | torch.Tensor | HeadInputs | Teachers | None = None
 
 
 def distill_stages(

@@ -1,6 +1,7 @@
 """On-policy distillation (generalised knowledge distillation, Agarwal et al. 2024; TRL's ``GKDTrainer``): in a
 fraction lambda of the training batches the student completes the batch's prompts itself, and the live teacher
-scores those completions token by token.
+scores those completions token by token; the other batches, the references, read the study's cached teacher
+logits where there are some (:class:`Teachers`).
 
 :class:`OnPolicy` wraps a split of instruction examples: its training batches are the split's, except that with
 probability ``fraction`` a batch's completions are replaced by the student's own (sampled at ``temperature``), and
@@ -13,11 +14,13 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from objectives.evaluation import completions
+from objectives.training._logits import HeadInputs
 
 Generate = Callable[..., list[list[int]]]
 """(model, prompts, *, pad_token_id, eos_token_id, max_new_tokens, temperature) -> each prompt's new tokens, cut
@@ -101,3 +104,25 @@ class OnPolicy:
             return chosen(student_logits, labels, teacher_logits)
 
         return loss
+
+
+@dataclass
+class Teachers:
+    """The teacher of an on-policy run with a cache: ``live`` scores the student's own batches (new tokens, which no
+    cache holds), ``cached`` (the study's stored logits of the references) serves the off-policy ones, so a trial
+    with 0 < lambda < 1 runs the teacher on a fraction lambda of its batches only. ``data`` says which batch was
+    drawn last (:attr:`OnPolicy.on_policy`)."""
+
+    live: torch.nn.Module
+    cached: torch.Tensor | HeadInputs
+    data: OnPolicy
+
+    def to(self, device: torch.device) -> Teachers:
+        """Ready for training on ``device``: the live teacher in eval mode, the cache's head moved there."""
+        self.live.eval()
+        cached = self.cached.head_to(device) if isinstance(self.cached, HeadInputs) else self.cached
+        return Teachers(self.live, cached, self.data)
+
+    def current(self) -> torch.nn.Module | torch.Tensor | HeadInputs:
+        """The teacher of the batch drawn last: the live model for the student's own tokens, else the cache."""
+        return self.live if self.data.on_policy else self.cached

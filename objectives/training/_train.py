@@ -20,6 +20,7 @@ from objectives.students import fake_quantize
 from objectives.training._compile import CompileClock, compiled_forward
 from objectives.training._device import enable_tf32, to_device
 from objectives.training._logits import HeadInputs, cached_rows
+from objectives.training._on_policy import Teachers
 from objectives.training._optim import build_optimizer
 
 Report = Callable[[int, dict[str, float], bool], None]
@@ -208,7 +209,7 @@ def train(
     n_layers: int,
     evaluate: Evaluate = evaluate,
     seed: int,
-    teacher: torch.nn.Module | torch.Tensor | HeadInputs | None = None,
+    teacher: torch.nn.Module | torch.Tensor | HeadInputs | Teachers | None = None,
     report: Report | None = None,
     on_step: StepCallback | None = None,
     qat: str = "none",
@@ -226,7 +227,7 @@ def train(
     the best weights seen. ``on_step`` (default: the callback of an enclosing ``report_steps``) follows progress.
     ``teacher`` is a frozen model run on every batch, or its logits for every example of ``train_data``,
     precomputed (rows by example index; :class:`HeadInputs` for large vocabularies): the same numbers without the
-    teacher's forward passes. Only each batch's rows of a cache are moved to the device (:func:`cached_rows`), so a
+    teacher's forward passes; or :class:`Teachers`, the two chosen batch by batch (on-policy distillation). Only each batch's rows of a cache are moved to the device (:func:`cached_rows`), so a
     cache larger than the device's memory works.
 
     ``qat`` (a ``student.quantize`` setting) with ``args.qat_fraction`` above 0: the last ``round(qat_fraction *
@@ -253,6 +254,8 @@ def train(
         teacher.eval()  # frozen teacher: no dropout, so its logits are a fixed function of the input
     elif isinstance(teacher, HeadInputs):
         teacher = teacher.head_to(device)
+    elif isinstance(teacher, Teachers):
+        teacher = teacher.to(device)
     # Non-finite losses are accumulated on the device and checked only at validation steps: a per-step .item()
     # would force a host sync every step.
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)
@@ -290,11 +293,12 @@ def train(
             inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
             with amp():
                 student_out = forward(**inputs, **outputs)
-            teacher_out = teacher_targets(teacher, inputs, outputs, rows, device)
+            source = teacher.current() if isinstance(teacher, Teachers) else teacher  # this batch's teacher
+            teacher_out = teacher_targets(source, inputs, outputs, rows, device)
             if outputs:
                 loss = loss_fn(student_out, batch["labels"], teacher_out, batch["attention_mask"])
             else:
-                teacher_logits = teacher_out.logits if isinstance(teacher, torch.nn.Module) else teacher_out
+                teacher_logits = teacher_out.logits if isinstance(source, torch.nn.Module) else teacher_out
                 loss = loss_fn(student_out.logits, batch["labels"], teacher_logits)
             loss = loss / args.grad_accum_steps
             nonfinite |= ~torch.isfinite(loss.detach())

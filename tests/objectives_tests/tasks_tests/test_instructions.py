@@ -196,3 +196,35 @@ def test_an_on_policy_run_scores_the_students_samples_with_the_live_teacher(pair
     assert cached == []  # new tokens cannot come from the cache
     assert len([s for s in seen if s[0] == 4]) >= 3  # one live teacher pass per on-policy training batch
     assert metrics["steps"] == 3 and metrics["exact_match"] == metrics["exact_match"]
+
+
+def test_a_half_on_policy_run_reads_the_cache_for_its_reference_batches(
+    pairs: lm.Workload, tiny_lm: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    teacher = lm.load_teacher(Path(tiny_lm), pairs)
+    cache = teacher_logits(teacher, pairs.train, 8)  # before the hook: its forwards are not the run's
+    live, read, drawn = [], [], []
+    original = OnPolicy.student_batch
+    monkeypatch.setattr(OnPolicy, "student_batch", lambda self, batch: drawn.append(1) or original(self, batch))
+
+    # a student cut from the teacher copies its hooks, the cost compares it with the teacher at batch 1: count the
+    # teacher's own forwards on training batches of 4
+    def forward(module: torch.nn.Module, _args: tuple, kwargs: dict, _out: object) -> None:
+        if module is teacher and kwargs["input_ids"].shape[0] == 4:
+            live.append(1)
+
+    hook = teacher.register_forward_hook(forward, with_kwargs=True)
+    try:
+        lm.distill_student(
+            pairs,
+            Path(tiny_lm),
+            StudentArgs(num_layers=2),
+            TrainArgs(max_steps=12, batch_size=4, eval_every=12, eval_batch_size=8, lr=1e-3),
+            DistillArgs(on_policy=0.5, gen_temperature=1.0),
+            seed=0,
+            logits=lambda name, data, _t: read.append(name) or cache,
+        )
+    finally:
+        hook.remove()
+    assert read == ["train"] and 2 <= len(drawn) <= 10  # some batches of each kind
+    assert len(live) == len(drawn)  # the teacher ran on the student's batches only; the references read the cache
