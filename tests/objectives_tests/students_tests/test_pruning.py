@@ -122,9 +122,11 @@ def assert_beats_random_pruning(importance: Importance, error: Callable[[Importa
     """Pruning by ``importance`` against 5 random scores of the same shape (``error``: how far the pruned model's
     logits are from the teacher's): FFN neurons alone and heads alone beat every random draw; all widths at 0.5
     beat a random draw on average (one draw can come closer)."""
+    scores = {k: v for k, v in vars(importance).items() if k != "logits"}  # the logits are not a ranking
     randoms = [
         Importance(
-            **{k: torch.rand(v.shape, generator=torch.Generator().manual_seed(s)) for k, v in vars(importance).items()}
+            **{k: torch.rand(v.shape, generator=torch.Generator().manual_seed(s)) for k, v in scores.items()},
+            logits=importance.logits,
         )
         for s in range(5)
     ]
