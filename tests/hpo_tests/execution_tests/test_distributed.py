@@ -165,6 +165,20 @@ def test_distributed_settings_are_checked(overrides: dict[str, Any], message: st
     assert message in str(error.value)
 
 
+def matching_one_process(
+    study: optuna.Study, curve: list[tuple[int, float]], metrics: dict[str, float]
+) -> optuna.trial.FrozenTrial:
+    """The study's one trial, complete, having reported the 1-process ``curve`` of val_loss (negated: the study
+    maximises) and ended with its final scores, within ``TOLERANCE``."""
+    [trial] = study.trials
+    assert trial.state == optuna.trial.TrialState.COMPLETE
+    for step, value in curve:
+        assert -trial.intermediate_values[step] == pytest.approx(value, abs=TOLERANCE)
+    for key in ("val_loss", "accuracy", "f1"):
+        assert trial.user_attrs[key] == pytest.approx(metrics[key], abs=TOLERANCE), key
+    return trial
+
+
 @pytest.mark.slow
 def test_a_ddp_trial_is_one_optuna_trial_and_matches_one_process(
     one_process: tuple[list[tuple[int, float]], dict[str, float]],
@@ -179,14 +193,8 @@ def test_a_ddp_trial_is_one_optuna_trial_and_matches_one_process(
     try:
         with caplog.at_level(logging.INFO, logger="hpo"):
             watch = run_trial(study, config(reviews, 2, "ddp"))
-        [trial] = study.trials  # one Optuna trial for the two ranks
-        assert trial.state == optuna.trial.TrialState.COMPLETE
-        # val_loss reported at each validation (negated: the study maximises), then the final scores
+        trial = matching_one_process(study, curve, metrics)  # one Optuna trial for the two ranks
         assert sorted(trial.intermediate_values) == [step for step, _ in curve]
-        for step, value in curve:
-            assert -trial.intermediate_values[step] == pytest.approx(value, abs=TOLERANCE)
-        for key in ("val_loss", "accuracy", "f1"):
-            assert trial.user_attrs[key] == pytest.approx(metrics[key], abs=TOLERANCE), key
         assert trial.user_attrs["devices"] == 2 and trial.user_attrs["strategy"] == "ddp"
         assert len(trial.user_attrs["rank_peak_memory_mb"]) == 2
         # rank 1 trained the parameters and seed rank 0 asked the study for, and never connected to PostgreSQL
@@ -205,12 +213,7 @@ def test_an_fsdp_trial_matches_one_process(
     curve, metrics = one_process
     study = optuna.create_study(direction="maximize")
     watch = run_trial(study, config(reviews, 2, "fsdp"))
-    [trial] = study.trials
-    assert trial.state == optuna.trial.TrialState.COMPLETE
-    for step, value in curve:
-        assert -trial.intermediate_values[step] == pytest.approx(value, abs=TOLERANCE)
-    for key in ("val_loss", "accuracy", "f1"):
-        assert trial.user_attrs[key] == pytest.approx(metrics[key], abs=TOLERANCE), key
+    trial = matching_one_process(study, curve, metrics)
     assert trial.user_attrs["strategy"] == "fsdp" and watch.left() == []
 
 
@@ -239,12 +242,7 @@ def test_accumulated_micro_batches_sync_once_a_step_and_match_one_process(
     )
     study = optuna.create_study(direction="maximize")
     watch = run_trial(study, config(reviews, 2, strategy, **accumulate))
-    [trial] = study.trials
-    assert trial.state == optuna.trial.TrialState.COMPLETE
-    for step, value in curve:
-        assert -trial.intermediate_values[step] == pytest.approx(value, abs=TOLERANCE)
-    for key in ("val_loss", "accuracy", "f1"):
-        assert trial.user_attrs[key] == pytest.approx(metrics[key], abs=TOLERANCE), key
+    matching_one_process(study, curve, metrics)
     assert watch.left() == []
 
 

@@ -108,24 +108,14 @@ def test_ranks_scoring_their_slices_merge_into_the_whole_validation_scores(world
 
 def test_ranks_scoring_their_slices_of_token_blocks_merge_into_the_whole_perplexity() -> None:
     import datasets
-    from transformers import AutoModelForCausalLM, LlamaConfig
 
     from objectives import Blocks
     from objectives.evaluation import lm_evaluate
+    from tests.conftest import tiny_decoder
 
     ids = torch.randint(0, 64, (7, 8), generator=torch.Generator().manual_seed(0))
     blocks = Blocks(datasets.Dataset.from_dict({"input_ids": ids.int().tolist()}).with_format("numpy"), 8, 0)
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config).eval()
+    model = tiny_decoder("llama", vocab_size=64, num_hidden_layers=2)
     whole = lm_evaluate(model, blocks, 3)
     shards = [EvalShard(blocks, rank, 2) for rank in range(2)]
     merged = merge_scores([lm_evaluate(model, shard, 3) for shard in shards], shards[0].sizes)
