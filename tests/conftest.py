@@ -405,20 +405,26 @@ def _sigint_default() -> Iterator[None]:
     yield
 
 
+def word_tokenizer(texts: list[str], **special: str):
+    """A lowercasing word-level fast tokenizer trained on ``texts``; ``special`` names its special tokens
+    (``unk_token`` required, e.g. ``pad_token``, ``eos_token``), added to the vocabulary in that order."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    words = Tokenizer(models.WordLevel(unk_token=special["unk_token"]))
+    words.normalizer = normalizers.Lowercase()
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    words.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=list(special.values())))
+    return PreTrainedTokenizerFast(tokenizer_object=words, **special)
+
+
 def tiny_llama_base(out: os.PathLike[str], texts: list[str]) -> str:
     """A directory holding a randomly initialised 2-layer Llama causal LM (as a hub decoder checkpoint is saved)
     with a word-level tokenizer of ``texts`` that has an EOS token but no pad token, and a config without a pad
     token id: a decoder base model a classification study can fine-tune as its teacher in seconds."""
     from pathlib import Path
 
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    words = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    words.normalizer = normalizers.Lowercase()
-    words.pre_tokenizer = pre_tokenizers.Whitespace()
-    words.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=["<unk>", "<eos>"]))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, unk_token="<unk>", eos_token="<eos>")
+    tokenizer = word_tokenizer(texts, unk_token="<unk>", eos_token="<eos>")
     tokenizer.save_pretrained(out)
     llama = {"vocab_size": len(tokenizer), "max_position_embeddings": 256, "num_hidden_layers": 2}
     tiny_decoder("llama", **llama, eos_token_id=tokenizer.eos_token_id, pad_token_id=None).save_pretrained(out)

@@ -28,7 +28,7 @@ from objectives import (
 )
 from objectives.students import load_tokenizer
 from objectives.tasks._classification import heldout_metrics, save_model, student_workload
-from tests.conftest import write_corpus
+from tests.conftest import word_tokenizer, write_corpus
 
 DATA = DataArgs(max_train_rows=64, max_val_rows=16, max_length=32)
 ARGS = TrainArgs(max_steps=3, batch_size=8, eval_every=3, lr=1e-3)
@@ -75,14 +75,9 @@ def test_layer_distillation_trains_a_narrow_student_from_the_live_teacher(teache
 
 def _tiny_distilbert(texts: list[str], out: Path) -> str:
     """A 2-layer DistilBERT classifier with its own word-level tokenizer of ``texts``, saved to ``out``."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
-    from transformers import DistilBertConfig, DistilBertForSequenceClassification, PreTrainedTokenizerFast
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
 
-    words = Tokenizer(models.WordLevel(unk_token="[UNK]"))
-    words.normalizer = normalizers.Lowercase()
-    words.pre_tokenizer = pre_tokenizers.Whitespace()
-    words.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=["[PAD]", "[UNK]"]))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, unk_token="[UNK]", pad_token="[PAD]")
+    tokenizer = word_tokenizer(texts, pad_token="[PAD]", unk_token="[UNK]")  # [PAD] is id 0, the config's pad
     tokenizer.save_pretrained(out)
     torch.manual_seed(0)
     config = DistilBertConfig(vocab_size=len(tokenizer), dim=32, hidden_dim=64, n_layers=2, n_heads=2, pad_token_id=0)
