@@ -227,8 +227,9 @@ def train(
     the best weights seen. ``on_step`` (default: the callback of an enclosing ``report_steps``) follows progress.
     ``teacher`` is a frozen model run on every batch, or its logits for every example of ``train_data``,
     precomputed (rows by example index; :class:`HeadInputs` for large vocabularies): the same numbers without the
-    teacher's forward passes; or :class:`Teachers`, the two chosen batch by batch (on-policy distillation). Only each batch's rows of a cache are moved to the device (:func:`cached_rows`), so a
-    cache larger than the device's memory works.
+    teacher's forward passes; or :class:`Teachers`, the two chosen batch by batch (on-policy distillation). Only
+    each batch's rows of a cache are moved to the device (:func:`cached_rows`), so a cache larger than the device's
+    memory works.
 
     ``qat`` (a ``student.quantize`` setting) with ``args.qat_fraction`` above 0: the last ``round(qat_fraction *
     max_steps)`` steps train with the linear weights fake-quantized (:func:`objectives.students.fake_quantize`);
