@@ -228,10 +228,13 @@ def warn_short_training(job: TrainJob) -> bool:
 
 def trained_models(job: TrainJob) -> list[str]:
     """The models ``hpo train`` trains per seed, in order: the fine-tuned student alone, or the distilled student,
-    the :data:`NO_TEACHER` baseline and (for a fine-tuned teacher) the :data:`FROM_BASE` one."""
+    the :data:`NO_TEACHER` baseline and the :data:`FROM_BASE` one where it starts elsewhere: not with a teacher used
+    as it is (``teacher.train.max_steps: 0``: the teacher is the base model) nor with a ``student.model`` of its own
+    (the baseline already starts from that pretrained model), where it would repeat the baseline."""
     if job.objective != "distill":
         return ["fine-tuned student"]
-    return ["distilled student", NO_TEACHER, *([FROM_BASE] if job.teacher.train.max_steps > 0 else [])]
+    from_base = job.teacher.train.max_steps > 0 and job.student.model is None
+    return ["distilled student", NO_TEACHER, *([FROM_BASE] if from_base else [])]
 
 
 def quantized_name(student: str, quantize: str) -> str:
@@ -284,7 +287,7 @@ def _train_models(
     report = _progress(f"{NO_TEACHER}, seed {seed}", steps)
     baseline, _ = task.finetune_student(work, job.teacher.model, job.student, job.train, seed, report, init=untaught)
     rows[NO_TEACHER] = task.heldout_metrics(baseline, work)
-    if job.teacher.train.max_steps > 0:  # else the teacher is the base model, and this row the one above
+    if FROM_BASE in trained_models(job):  # else this row would be the one above
         base, _ = task.finetune_student(
             work, job.teacher.model, job.student, job.train, seed, _progress(f"{FROM_BASE}, seed {seed}", steps)
         )

@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -429,3 +430,16 @@ def tiny_llama_base(out: os.PathLike[str], texts: list[str]) -> str:
     llama = {"vocab_size": len(tokenizer), "max_position_embeddings": 256, "num_hidden_layers": 2}
     tiny_decoder("llama", **llama, eos_token_id=tokenizer.eos_token_id, pad_token_id=None).save_pretrained(out)
     return str(Path(out))
+
+
+def tiny_distilbert(texts: list[str], out: Path) -> str:
+    """A 2-layer DistilBERT classifier with its own word-level tokenizer of ``texts``, saved to ``out``."""
+    import torch
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    tokenizer = word_tokenizer(texts, pad_token="[PAD]", unk_token="[UNK]")  # [PAD] is id 0, the config's pad
+    tokenizer.save_pretrained(out)
+    torch.manual_seed(0)
+    config = DistilBertConfig(vocab_size=len(tokenizer), dim=32, hidden_dim=64, n_layers=2, n_heads=2, pad_token_id=0)
+    DistilBertForSequenceClassification(config).save_pretrained(out)
+    return str(out)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import shutil
 from pathlib import Path
 from typing import Any
@@ -10,11 +11,11 @@ from typing import Any
 import pytest
 import torch
 
-from hpo._training import NO_TEACHER, train_job
+from hpo._training import FROM_BASE, NO_TEACHER, train_job, trained_models
 from hpo.study import TrainJob
 from objectives import DataArgs, DistillArgs, StudentArgs, TeacherArgs, TrainArgs
 from objectives.training import unload_teachers
-from tests.conftest import sentiment_csv, write_corpus
+from tests.conftest import sentiment_csv, tiny_distilbert, write_corpus
 
 
 def _job(task: str, tmp_path: Path, tiny_lm: str) -> TrainJob:
@@ -90,3 +91,21 @@ def test_the_student_without_teacher_starts_where_the_distilled_one_does_and_nev
     unload_teachers()
     model, metrics = impl.finetune_student(work, job.teacher.model, job.student, job.train, job.seed, init=start)
     assert model is start and metrics["steps"] == job.train.max_steps
+
+
+def test_a_student_of_its_own_model_is_not_trained_a_third_time_from_the_same_pretrained_start(
+    tmp_path: Path, tiny_lm: str
+) -> None:
+    # With student.model the baseline already starts from that pretrained model (cut, a new head, the same seed):
+    # "from the pretrained base" would be the same run again, so it is neither trained nor listed.
+    job = _job("classification", tmp_path, tiny_lm)
+    texts = [line.rsplit(",", 1)[0] for line in Path(job.data.name).read_text().splitlines()[1:]]
+    other = tiny_distilbert(texts, tmp_path / "distilbert")
+    job = dataclasses.replace(
+        job, student=StudentArgs(model=other, num_layers=1), distill=DistillArgs(cache_teacher_logits=False)
+    )
+    assert trained_models(job) == ["distilled student", NO_TEACHER]
+    result = train_job(job, tmp_path / "out", threads=1)
+    assert set(result["test"]) == {"teacher", "distilled student", NO_TEACHER}
+    # The same job with the teacher's own architecture keeps the row: its baseline starts from the fine-tuned teacher.
+    assert FROM_BASE in trained_models(dataclasses.replace(job, student=StudentArgs(num_layers=1)))

@@ -28,7 +28,7 @@ from objectives import (
 )
 from objectives.students import load_tokenizer
 from objectives.tasks._classification import heldout_metrics, save_model, student_workload
-from tests.conftest import word_tokenizer, write_corpus
+from tests.conftest import tiny_distilbert, write_corpus
 
 DATA = DataArgs(max_train_rows=64, max_val_rows=16, max_length=32)
 ARGS = TrainArgs(max_steps=3, batch_size=8, eval_every=3, lr=1e-3)
@@ -73,23 +73,11 @@ def test_layer_distillation_trains_a_narrow_student_from_the_live_teacher(teache
     assert plain["val_loss"] != metrics["val_loss"]  # same seed: only the layer terms differ
 
 
-def _tiny_distilbert(texts: list[str], out: Path) -> str:
-    """A 2-layer DistilBERT classifier with its own word-level tokenizer of ``texts``, saved to ``out``."""
-    from transformers import DistilBertConfig, DistilBertForSequenceClassification
-
-    tokenizer = word_tokenizer(texts, pad_token="[PAD]", unk_token="[UNK]")  # [PAD] is id 0, the config's pad
-    tokenizer.save_pretrained(out)
-    torch.manual_seed(0)
-    config = DistilBertConfig(vocab_size=len(tokenizer), dim=32, hidden_dim=64, n_layers=2, n_heads=2, pad_token_id=0)
-    DistilBertForSequenceClassification(config).save_pretrained(out)
-    return str(out)
-
-
 def test_a_student_of_another_architecture_learns_from_cached_logits_on_its_own_tokens(
     teacher_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     work = prepare_workload(DATA, str(teacher_dir))
-    other = _tiny_distilbert(list(work.task.train().texts), tmp_path / "distilbert")
+    other = tiny_distilbert(list(work.task.train().texts), tmp_path / "distilbert")
     student = StudentArgs(model=other, num_layers=1)  # the other model's layers are cut too
     own = student_workload(work, student)
     assert own.train.labels == work.train.labels and own.train.input_ids != work.train.input_ids
