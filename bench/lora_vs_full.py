@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import time
 
 import torch
+from _seeds import paired, summary
 
-from hpo._training import interval95
 from hpo.execution import usable_cores
 from objectives import DataArgs, StudentArgs, TrainArgs
 from objectives.tasks._causal_lm import finetune_student, prepare_workload
@@ -73,20 +72,9 @@ def main() -> None:
             runs[name].append(metrics)
             shown = ", ".join(f"{c} {metrics[c]:.1f}" for c in COLUMNS)
             print(f"seed {seed} {name}: {shown}", flush=True)
-    print(f"\n{'setting':<12}" + "".join(f"{c:>26}" for c in COLUMNS))
-    for name, rows in runs.items():
-        cells = []
-        for column in COLUMNS:
-            values = [r[column] for r in rows]
-            sd = statistics.stdev(values) if len(values) > 1 else float("nan")
-            cells.append(f"{statistics.mean(values):>16.1f} ± {sd:<7.1f}")
-        print(f"{name:<12}" + "".join(cells))
+    print("\n" + summary(runs, COLUMNS, 1))
     full, lora = runs.values()
-    diffs = [b["perplexity"] - a["perplexity"] for a, b in zip(full, lora, strict=True)]
-    mean, half = interval95(diffs)
-    print(
-        f"\nperplexity, LoRA - full, paired by seed: {mean:+.2f} (95% interval {mean - half:+.2f} to {mean + half:+.2f})"
-    )
+    print("\n" + paired(full, lora, "perplexity", "LoRA - full", 2))
     print(f"total {time.perf_counter() - start:.0f} s")
 
 

@@ -19,14 +19,13 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from _seeds import paired, summary
 
-from hpo._training import interval95
 from hpo.execution import usable_cores
 from objectives import DataArgs, DistillArgs, StudentArgs, TeacherArgs, TrainArgs
 from objectives.tasks._causal_lm import (
@@ -105,24 +104,11 @@ def main() -> None:
             runs[name].append(scores)
             shown = ", ".join(f"{c} {scores[c]:.3f}" for c in COLUMNS)
             print(f"seed {seed} {name}: {shown}", flush=True)
-    print(f"\n{'setting':<16}" + "".join(f"{c:>24}" for c in COLUMNS))
-    for name, rows in runs.items():
-        cells = []
-        for column in COLUMNS:
-            values = [r[column] for r in rows]
-            sd = statistics.stdev(values) if len(values) > 1 else float("nan")
-            cells.append(f"{statistics.mean(values):>14.3f} ± {sd:<7.3f}")
-        print(f"{name:<16}" + "".join(cells))
+    print("\n" + summary(runs, COLUMNS, 3))
     off, on = runs.values()
     print()
     for column in COLUMNS[:3]:
-        diffs = [b[column] - a[column] for a, b in zip(off, on, strict=True)]
-        mean, half = interval95(diffs)
-        noise = "  within noise" if mean - half <= 0 <= mean + half else ""
-        print(
-            f"{column}, on - off, paired by seed: {mean:+.3f} (95% interval {mean - half:+.3f} to {mean + half:+.3f})"
-            f"{noise}"
-        )
+        print(paired(off, on, column, "on - off", 3))
     print(f"total {time.perf_counter() - start:.0f} s")
 
 
