@@ -333,9 +333,21 @@ class TeacherArgs:
     """Dropout on the teacher adapter's input (as ``student.lora_dropout``)."""
     target_modules: str = "attention+mlp"
     """Which layers the teacher's adapter adapts (as ``student.target_modules``)."""
+    strategy: Literal["replicate", "fsdp"] = "replicate"
+    """Where the frozen teacher lives in a trial on several devices (``train.devices`` > 1) that runs it live (a
+    layer term, ``distill.on_policy``, or no logit cache): ``replicate``, every rank holds the whole teacher;
+    ``fsdp``, each rank holds 1/N of its weights (FSDP2 ``fully_shard``, one unit per transformer layer, on the
+    student's ranks) and every teacher forward gathers one layer at a time: for a teacher that does not fit one
+    device beside the student. The teacher is then kept on the CPU until a trial shards a copy of it onto the
+    devices, and no ``speedup`` is timed (no one device holds the teacher; use ``latency_ms``). Fixed per study."""
 
     def __post_init__(self) -> None:
         _check(bool(self.model), "model", "must name a model, e.g. minilm-l6")
+        _check(
+            self.strategy in ("replicate", "fsdp"),
+            "strategy",
+            f"must be replicate or fsdp, got {self.strategy!r}",
+        )
         _check(self.train.devices == 1, "train.devices", "the teacher is fine-tuned on one device; remove it")
         _check(
             self.train.qat_fraction == 0,

@@ -122,7 +122,10 @@ class SharedLogits:
 
     When rank 0 computes an entry (no process did before), every rank computes the teacher's logits of its slice of
     each batch (:class:`objectives.EvalShard`) on its own device, writes them to a folder of rank 0's (the ranks
-    share the host), and rank 0 puts the rows together in example order (:func:`_parallel_logits`)."""
+    share the host), and rank 0 puts the rows together in example order (:func:`_parallel_logits`). That is done
+    with each rank's whole teacher, before a trial's training shards a copy of it (``teacher.strategy: fsdp``, on
+    the CPU there: :func:`objectives.training._fit.frozen_teacher`), so its slices need not be equal nor the ranks'
+    forwards in lockstep."""
 
     def __init__(self, cache: Any = None, rank: int = 0, world: int = 1) -> None:
         self.cache, self.rank, self.world = cache, rank, world
@@ -219,7 +222,7 @@ def _rank_main(
         config, params, seed, number = box
         runner = runner_type(config, work, teacher_dir, logits=SharedLogits(None, rank, world) if cached else None)
         try:
-            with distributed_training(RankGroup(rank, world, config.train.strategy)):
+            with distributed_training(RankGroup(rank, world, config.train.strategy, config.teacher.strategy)):
                 metrics = runner.train(config, params, seed, number, _following)
             result = RankResult(rank, "complete", params, seed, metrics.get("rank_peak_memory_mb"))
         except _Stopped:
@@ -357,7 +360,9 @@ def train_distributed(
 ) -> dict[str, float]:
     """Train one trial on ``config.train.devices`` ranks, this process being rank 0; returns rank 0's metrics
     (``peak_memory_mb`` the largest of any rank). ``runner`` is the worker's ``TrialRunner``: its ``train`` runs
-    each rank's part, and ``on_cost`` records ``devices``, ``strategy`` and ``rank_peak_memory_mb`` (by rank)."""
+    each rank's part, and ``on_cost`` records ``devices``, ``strategy``, ``rank_peak_memory_mb`` (by rank) and, in
+    a trial with a live teacher, ``rank_teacher_params`` (the teacher's weights each rank held: all, or its shards
+    under ``teacher.strategy: fsdp``)."""
     world, strategy = config.train.devices, config.train.strategy
     backend = _backend(runner.work, world)
     address = _free_address()
@@ -380,7 +385,7 @@ def train_distributed(
         with _group(backend, address, world):
             try:
                 dist.broadcast_object_list([config, params, seed, trial_number], src=0)
-                with distributed_training(RankGroup(0, world, strategy)):
+                with distributed_training(RankGroup(0, world, strategy, config.teacher.strategy)):
                     metrics = leader.train(config, params, seed, trial_number, _leading(report), on_cost, costs)
                 _wait(ranks, "done", STOP_WAIT_S)
             except optuna.TrialPruned:
@@ -402,8 +407,10 @@ def train_distributed(
         if (result.params, result.seed) != (params, seed):  # broadcast guarantees it; a mismatch is a bug
             raise RankFailed(f"rank {result.rank}: trained params {result.params} seed {result.seed}, not rank 0's")
     peaks = [metrics.pop("rank_peak_memory_mb"), *(r.peak_memory_mb for r in results)]
+    held = metrics.pop("rank_teacher_params", None)
     if on_cost is not None:
-        on_cost({"devices": world, "strategy": strategy, "rank_peak_memory_mb": peaks})
+        teacher = {} if held is None else {"rank_teacher_params": held}
+        on_cost({"devices": world, "strategy": strategy, "rank_peak_memory_mb": peaks, **teacher})
     return metrics
 
 

@@ -247,7 +247,10 @@ class TrialRunner:
             gc.freeze()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-        kept = {key: metrics[key] for key in (*self.config.task_spec.metrics, "val_loss", "steps")}
+        untimed = {"speedup"} if self.config.teacher.strategy == "fsdp" else set()  # no one device holds the teacher
+        kept = {
+            key: metrics[key] for key in (*self.config.task_spec.metrics, "val_loss", "steps") if key not in untimed
+        }
         extra = (*TIMING_ATTRS, *TRAINING_ATTRS)
         self._record(trial, {**kept, **{key: metrics[key] for key in extra if key in metrics}})
         if PER_CLASS_ATTR in metrics:  # the real objectives (the synthetic one has no classes)

@@ -262,6 +262,7 @@ class Config:
         _check_adapter(self)
         _check_quantize(self.device, self.student, self.search_space.get("student.quantize"))
         _check_qat(self.train, self.student, self.search_space)
+        _check_teacher_strategy(self)
         for name, param in self.search_space.items():
             _check_searchable(self, name, param)
         check_used(self, self.task_spec, self.objective, self.search_space)
@@ -525,6 +526,56 @@ def _check_qat(train: TrainArgs, student: StudentArgs, search_space: dict[str, P
             "fake-quantizes the weights as student.quantize will quantize them, and it is none: set student.quantize "
             "(e.g. int8) or remove the key",
         )
+
+
+def _values(config: Config, key: str) -> list[Any]:
+    """The values ``key`` (``section.field``) takes in the study's trials: its searched bounds, or its one value."""
+    spec = config.search_space.get(key)
+    section, name = key.split(".")
+    return spec.bounds() if spec is not None else [getattr(getattr(config, section), name)]
+
+
+def _live_teacher(config: Config) -> bool:
+    """Whether a trial of the study (at a bound of its search space) runs the teacher live: a distillation with a
+    layer term (``distill.hidden_weight``, ``attention_weight``), on-policy batches (``distill.on_policy``), or no
+    logit cache (``distill.cache_teacher_logits: false``) with a KD term (``alpha`` > 0, or the sequential
+    approach's KD stage)."""
+    if config.objective != "distill":
+        return False
+    terms = ("distill.hidden_weight", "distill.attention_weight", "distill.on_policy")
+    if any(value > 0 for key in terms for value in _values(config, key)):
+        return True
+    uncached = not all(_values(config, "distill.cache_teacher_logits"))
+    kd = "sequential" in _values(config, "distill.approach") or max(_values(config, "distill.alpha")) > 0
+    return uncached and kd
+
+
+def _check_teacher_strategy(config: Config) -> None:
+    """``teacher.strategy: fsdp`` only where it does something: a trial on several devices (``train.devices`` > 1)
+    that runs the teacher live (:func:`_live_teacher`); and no ``speedup`` to optimise or constrain, which times the
+    teacher on one device, where no sharded teacher is."""
+    if config.teacher.strategy == "replicate":
+        return
+    if config.train.devices == 1:
+        raise ConfigError(
+            "teacher.strategy",
+            "fsdp shards the teacher across train.devices, which is 1, so it would do nothing: set train.devices "
+            "(e.g. 2) or teacher.strategy: replicate",
+        )
+    if not _live_teacher(config):
+        raise ConfigError(
+            "teacher.strategy",
+            "fsdp shards the live teacher, and no trial of this study runs one (they learn from labels or cached logits), so it "
+            "would do nothing: set teacher.strategy: replicate, or a distill.attention_weight / hidden_weight / "
+            "on_policy above 0",
+        )
+    for section in ("directions", "constraints"):
+        if "speedup" in getattr(config, section):
+            raise ConfigError(
+                f"{section}.speedup",
+                "times the teacher on one device, and teacher.strategy: fsdp shards it across train.devices: use "
+                "latency_ms (the student's own), or teacher.strategy: replicate",
+            )
 
 
 def _check_student_model(config: Config) -> None:

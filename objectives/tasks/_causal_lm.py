@@ -84,6 +84,7 @@ from objectives.training import (
     fit,
     frozen_teacher,
     get_loss,
+    shards_teacher,
 )
 
 PROMPTS = ("The history of the city", "In 1998 , the band", "The species is found in")
@@ -487,7 +488,8 @@ def distill_student(
             attention_weight=distill.attention_weight,
             student_width=model.config.hidden_size,
             teacher_width=teacher.config.hidden_size,
-            final_norms=(final_norm(model), final_norm(teacher)),
+            # the kept teacher is on the CPU when a sharded copy trains (teacher.strategy: fsdp): its norm goes along
+            final_norms=(final_norm(model), copy.deepcopy(final_norm(teacher)).to(work.device)),
         )
 
     stages = distill_stages(
@@ -507,7 +509,7 @@ def distill_student(
         report=report,
         on_cost=on_cost,
         costs=costs,
-        teacher=teacher,
+        teacher=None if shards_teacher() else teacher,  # a sharded teacher is timed on no one device
         quantize=student.quantize,
     )
 

@@ -54,6 +54,7 @@ from objectives.training import (
     fit,
     frozen_teacher,
     get_loss,
+    shards_teacher,
     teacher_logits,
 )
 
@@ -414,7 +415,7 @@ def distill_student(
         report=report,
         on_cost=on_cost,
         costs=costs,
-        teacher=(teacher, work),
+        teacher=None if shards_teacher() else (teacher, work),  # a sharded teacher is timed on no one device
         quantize=student.quantize,
     )
 

@@ -36,17 +36,23 @@ class RankGroup:
     world: int
     strategy: str
     """``ddp`` or ``fsdp`` (see the module docstring)."""
+    teacher_strategy: str = "replicate"
+    """``teacher.strategy``: ``replicate`` (every rank holds the whole frozen teacher) or ``fsdp`` (each rank holds
+    1/N of it: :meth:`shard_teacher`)."""
 
     def prepare(self, model: torch.nn.Module, stages: list[Any]) -> tuple[torch.nn.Module, list[Any]]:
         """``model`` wrapped by the strategy and ``stages`` (``objectives.training._fit.Stage``) reading this rank's
-        shard. A loss with parameters of its own (a layer term's projection) is refused: its gradients would not be
-        averaged across ranks."""
+        shard, their live teachers sharded where ``teacher_strategy`` is ``fsdp`` (:meth:`shard_teacher`). A loss
+        with parameters of its own (a layer term's projection) is refused: its gradients would not be averaged across
+        ranks."""
         for stage in stages:
             if isinstance(stage.loss_fn, torch.nn.Module) and any(True for _ in stage.loss_fn.parameters()):
                 raise ValueError(
                     "train.devices > 1 does not train a loss with parameters of its own (a layer term's projection); "
                     "use train.devices: 1 or drop distill.hidden_weight"
                 )
+        if self.teacher_strategy == "fsdp":
+            stages = self._shard_teachers(stages, next(model.parameters()).device)
         return self.wrap(model), [replace(stage, data=self.shard(stage.data)) for stage in stages]
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
@@ -57,17 +63,54 @@ class RankGroup:
             device = next(model.parameters()).device
             return replicate(model, device_ids=[device.index or 0] if device.type == "cuda" else None)
         if self.strategy == "fsdp":
-            from torch.distributed.device_mesh import init_device_mesh
-            from torch.distributed.fsdp import fully_shard
-
-            device = next(model.parameters()).device
-            mesh = init_device_mesh(device.type, (self.world,))
-            units = set(getattr(model, "_no_split_modules", None) or ())
-            for module in list(model.modules())[1:]:
-                if type(module).__name__ in units:
-                    fully_shard(module, mesh=mesh)
-            return fully_shard(model, mesh=mesh)
+            return self._fully_shard(model, next(model.parameters()).device)
         raise ValueError(f"strategy {self.strategy!r} is not one that trains here (ddp, fsdp)")
+
+    def _fully_shard(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+        """``model`` sharded in place across the ranks onto ``device`` (FSDP2: one unit per ``_no_split_modules``
+        layer, then the root); ``fully_shard`` moves each unit's weights to ``device`` as it shards them."""
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = init_device_mesh(device.type, (self.world,))
+        units = set(getattr(model, "_no_split_modules", None) or ())
+        for module in list(model.modules())[1:]:
+            if type(module).__name__ in units:
+                fully_shard(module, mesh=mesh)
+        return fully_shard(model, mesh=mesh)
+
+    def shard_teacher(self, teacher: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+        """A copy of the frozen ``teacher`` sharded across the ranks onto ``device`` (``teacher.strategy: fsdp``):
+        each rank holds 1/N of its weights, and each forward gathers one layer at a time, a collective every rank
+        runs (each rank forwards its slice of every training batch, so they run the same forwards). The copy is
+        made where the process keeps the teacher (the CPU: :func:`shards_teacher`) and moved to ``device`` unit by
+        unit as it is sharded, so the whole teacher is never on the device; the kept teacher stays whole (students
+        are cut from it)."""
+        import copy
+
+        return self._fully_shard(copy.deepcopy(teacher), device)
+
+    def _shard_teachers(self, stages: list[Any], device: torch.device) -> list[Any]:
+        """``stages`` whose live teachers (a model, or the live part of on-policy ``Teachers``) are replaced by one
+        sharded copy each (:meth:`shard_teacher`); cached logits are left as they are."""
+        from objectives.training._on_policy import Teachers
+
+        copies: dict[int, torch.nn.Module] = {}
+
+        def sharded(teacher: torch.nn.Module) -> torch.nn.Module:
+            if id(teacher) not in copies:
+                copies[id(teacher)] = self.shard_teacher(teacher, device)
+            return copies[id(teacher)]
+
+        out = []
+        for stage in stages:
+            teacher = stage.teacher
+            if isinstance(teacher, torch.nn.Module):
+                teacher = sharded(teacher)
+            elif isinstance(teacher, Teachers):
+                teacher = replace(teacher, live=sharded(teacher.live))
+            out.append(replace(stage, teacher=teacher))
+        return out
 
     def sharded(
         self, evaluate: Callable[[torch.nn.Module, Any, int], Any]
@@ -99,6 +142,20 @@ class RankGroup:
         values: list[Any] = [None] * self.world
         dist.all_gather_object(values, value)
         return values
+
+
+def teacher_parameters(stages: list[Any]) -> int | None:
+    """How many of the live teacher's weights this rank holds in ``stages`` (as :meth:`RankGroup.prepare` left
+    them): all of them, or its shards' (``teacher.strategy: fsdp``); None where no stage runs a live teacher."""
+    from torch.distributed.tensor import DTensor
+
+    from objectives.training._on_policy import Teachers
+
+    for stage in stages:
+        teacher = stage.teacher.live if isinstance(stage.teacher, Teachers) else stage.teacher
+        if isinstance(teacher, torch.nn.Module):
+            return sum((p.to_local() if isinstance(p, DTensor) else p).numel() for p in teacher.parameters())
+    return None
 
 
 class RankShard:
@@ -218,3 +275,11 @@ def distributed_training(group: RankGroup) -> Iterator[None]:
 def current_group() -> RankGroup | None:
     """The rank group of an enclosing :func:`distributed_training`, or None (one process)."""
     return _GROUP.get()
+
+
+def shards_teacher() -> bool:
+    """Whether the enclosing trial on several devices shards its teacher (``teacher.strategy: fsdp``): the process
+    then keeps the frozen teacher on the CPU (``objectives.training._fit.frozen_teacher``), a trial's live teacher
+    is a sharded copy on the devices (:meth:`RankGroup.shard_teacher`), and no ``speedup`` is timed against it."""
+    group = _GROUP.get()
+    return group is not None and group.teacher_strategy == "fsdp"

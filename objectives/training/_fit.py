@@ -15,7 +15,7 @@ from objectives._config import DistillArgs, TrainArgs
 from objectives.evaluation import PeakMemory
 from objectives.students import end_fake_quantize, num_layers, quantized, trainable_parameters
 from objectives.training._device import enable_tf32
-from objectives.training._distributed import current_group
+from objectives.training._distributed import current_group, shards_teacher, teacher_parameters
 from objectives.training._logits import HeadInputs
 from objectives.training._on_policy import Teachers
 from objectives.training._train import Evaluate, Report, eager_attention, train
@@ -33,7 +33,11 @@ _TEACHERS: dict[tuple[str, str], torch.nn.Module] = {}
 
 
 def frozen_teacher(path: Path, device: torch.device, load: Callable[[str], torch.nn.Module]) -> torch.nn.Module:
-    """The teacher saved at ``path``, loaded by ``load`` once per process and device, in eval mode, frozen."""
+    """The teacher saved at ``path``, loaded by ``load`` once per process and device, in eval mode, frozen; on the
+    CPU instead of ``device`` in a trial that shards its teacher (``teacher.strategy: fsdp``): only a sharded copy
+    of it goes to the device (:meth:`objectives.training._distributed.RankGroup.shard_teacher`)."""
+    if shards_teacher():
+        device = torch.device("cpu")
     key = (str(path), str(device))
     if key not in _TEACHERS:
         teacher = load(str(path)).to(device).eval()
@@ -128,11 +132,13 @@ def fit(
     enable_tf32(device)  # before the cost: latency is measured as the trial's fp32 runs go
     group = current_group()  # one rank of a trial on several devices: rank 0 measures, then every rank wraps
     measured = cost(quantized(model, quantize)) if group is None or group.rank == 0 else {}
+    teacher_held = None
     if on_cost is not None:
         on_cost(measured)
     if group is not None:
         model, stages = group.prepare(model, stages)
         evaluate = group.sharded(evaluate)
+        teacher_held = teacher_parameters(stages)
     start = time.perf_counter()
     done, eval_seconds, evals, compile_seconds = 0, 0.0, 0, 0.0
     with PeakMemory(device) as memory:
@@ -174,4 +180,6 @@ def fit(
     }
     if group is not None:  # the largest of any rank, and this rank's own
         metrics["peak_memory_mb"], metrics["rank_peak_memory_mb"] = max(group.gather(memory.peak_mb)), memory.peak_mb
+        if teacher_held is not None:  # by rank: the whole live teacher each, or its shards (teacher.strategy: fsdp)
+            metrics["rank_teacher_params"] = group.gather(teacher_held)
     return evaluation, metrics

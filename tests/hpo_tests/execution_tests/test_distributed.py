@@ -407,3 +407,111 @@ def test_the_ranks_parts_of_a_causal_lm_cache_assemble_into_the_1_process_cache(
     assembled = _assemble(parts, len(blocks))
     assert sorted(torch.cat([p["rows"] for p in parts]).tolist()) == list(range(7))  # every block once
     assert torch.equal(assembled.states, alone.states) and torch.equal(assembled.weight, alone.weight)
+
+
+def live_teacher_config(data: str, artifacts: Path, student: str, teacher: str, **overrides: Any) -> Any:
+    """A distillation study of the tiny BERT on ``data`` on 2 ranks (``student`` the train.strategy, ``teacher`` the
+    teacher.strategy) whose attention term makes the teacher run live on every batch; one parameter of one value."""
+    train = {"max_steps": 4, "lr": 1e-2, "warmup_ratio": 0.0, "batch_size": 16, "eval_every": 2, "dropout": 0.0}
+    data_config = tiny_config("x")
+    teacher_train = {"max_steps": 6, "lr": 1e-2, "batch_size": 16, "eval_every": 6, "dropout": 0.0}
+    return config_from_dict(
+        tiny_config(
+            "dist-teacher",
+            n_trials=1,
+            artifacts_dir=str(artifacts),
+            data={"name": data, "max_length": 32},
+            pruning_metric="val_loss",
+            teacher={**data_config["teacher"], "train": teacher_train, "strategy": teacher},
+            train={**train, "devices": 2, "strategy": student},
+            distill={"attention_weight": 1.0},
+            search_space={"student.num_layers": {"type": "int", "low": 2, "high": 2}},
+            **overrides,
+        )
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("student", ["fsdp", "ddp"])
+def test_a_sharded_teacher_holds_half_its_weights_on_each_rank_and_teaches_as_the_whole_one(
+    reviews: str, tmp_path: Path, student: str
+) -> None:
+    """``teacher.strategy: fsdp``: each rank's live teacher is a copy sharded across the 2 ranks (FSDP2), holding
+    half of its weights; the trial trains the student the trial with a whole teacher on every rank does, under an
+    FSDP student and a DDP one, and times no speedup against it."""
+    trials = {}
+    for teacher in ("replicate", "fsdp"):
+        storage = create_storage(f"sqlite:///{tmp_path}/studies.db")  # the teacher's lease needs a database
+        study = optuna.create_study(study_name=f"teacher-{teacher}", storage=storage, direction="maximize")
+        watch = run_trial(study, live_teacher_config(reviews, tmp_path, student, teacher))
+        [trials[teacher]] = study.trials
+        assert trials[teacher].state == optuna.trial.TrialState.COMPLETE and watch.left() == []
+    whole, sharded = trials["replicate"], trials["fsdp"]
+    assert sharded.user_attrs["teacher_logits"] == "live"
+    assert sorted(sharded.intermediate_values) == sorted(whole.intermediate_values) == [2, 4]
+    assert whole.intermediate_values[2] != pytest.approx(whole.intermediate_values[4], abs=1e-3)  # it trains
+    for step, value in whole.intermediate_values.items():
+        assert sharded.intermediate_values[step] == pytest.approx(value, abs=TOLERANCE)
+    for key in ("val_loss", "accuracy", "f1"):
+        assert sharded.user_attrs[key] == pytest.approx(whole.user_attrs[key], abs=TOLERANCE), key
+    weights = next(tmp_path.glob("**/config.json")).parent  # a study's fine-tuned teacher
+    total = sum(p.numel() for p in load_classifier(str(weights), 2).parameters())
+    assert whole.user_attrs["rank_teacher_params"] == [total, total]
+    halves = sharded.user_attrs["rank_teacher_params"]
+    assert sum(halves) == total and all(abs(held - total / 2) < 0.01 * total for held in halves), halves
+    assert "speedup" in whole.user_attrs and "speedup" not in sharded.user_attrs
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            {"train": {"devices": 1}},
+            "teacher.strategy: fsdp shards the teacher across train.devices, which is 1, so it would do nothing",
+        ),
+        (
+            {"distill": {}},
+            "teacher.strategy: fsdp shards the live teacher, and no trial of this study runs one",
+        ),
+        (
+            {"objective": "finetune", "distill": {}},
+            "teacher.strategy: fsdp shards the live teacher, and no trial of this study runs one",
+        ),
+        (
+            {"directions": {"accuracy": "maximize", "speedup": "maximize"}},
+            "directions.speedup: times the teacher on one device, and teacher.strategy: fsdp shards it across "
+            "train.devices: use latency_ms",
+        ),
+        (
+            {"constraints": {"speedup": ">= 2"}},
+            "constraints.speedup: times the teacher on one device, and teacher.strategy: fsdp shards it",
+        ),
+        ({"teacher_strategy": "zero3"}, "teacher.strategy: must be one of replicate, fsdp, got 'zero3'"),
+    ],
+)
+def test_a_sharded_teacher_that_would_do_nothing_or_be_timed_is_refused(
+    overrides: dict[str, Any], message: str
+) -> None:
+    data = tiny_config("dist", train={"batch_size": 16, "devices": 2}, distill={"attention_weight": 1.0})
+    data["teacher"] = {**data["teacher"], "strategy": overrides.get("teacher_strategy", "fsdp")}
+    for key, value in overrides.items():
+        if key != "teacher_strategy":
+            data[key] = {**data[key], **value} if key == "train" else value
+    with pytest.raises(ConfigError) as error:
+        config_from_dict(data)
+    assert message in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "live",
+    [
+        {"distill": {"attention_weight": 1.0}, "train": {"strategy": "ddp"}},  # a DDP student beside it
+        {"search_space": {"distill.hidden_weight": {"type": "float", "low": 0.0, "high": 1.0}}},  # some trials
+        {"distill": {"cache_teacher_logits": False}},
+    ],
+)
+def test_a_sharded_teacher_is_taken_where_some_trial_runs_it_live(live: dict[str, Any]) -> None:
+    train = {"batch_size": 16, "devices": 2, **live.get("train", {})}
+    data = tiny_config("dist", **{**live, "train": train})
+    data["teacher"] = {**data["teacher"], "strategy": "fsdp"}
+    assert config_from_dict(data).teacher.strategy == "fsdp"

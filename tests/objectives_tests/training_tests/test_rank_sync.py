@@ -134,3 +134,35 @@ def test_the_validation_batch_size_gives_every_rank_rows_of_every_batch() -> Non
         for batch in range(1, 9):
             size = even_batch(rows, batch, 3)
             assert size >= 3 and (rows % size == 0 or rows % size >= 3), (rows, batch, size)
+
+
+def test_every_stage_reads_one_sharded_copy_of_the_live_teacher(one_rank_group: None) -> None:
+    """``teacher.strategy: fsdp``: the live teacher of every stage, an on-policy run's too (``Teachers.live``), is one
+    FSDP2-sharded copy (DTensor weights) computing the teacher's outputs; the teacher itself is left whole (students
+    are cut from it) and cached logits as they are."""
+    from torch.distributed.tensor import DTensor
+
+    from objectives.training import Stage, Teachers
+    from objectives.training._distributed import teacher_parameters
+    from tests.conftest import tiny_decoder
+
+    teacher = tiny_decoder("llama").eval().requires_grad_(False)
+    cached = torch.zeros(3, 2)
+    args = TrainArgs(max_steps=1, batch_size=2)
+    stages = [
+        Stage(Features(), args, None, teacher),
+        Stage(Features(), args, None, Teachers(teacher, cached, None)),  # type: ignore[arg-type]
+        Stage(Features(), args, None, None),
+    ]
+    _, prepared = RankGroup(0, 1, "ddp", "fsdp").prepare(Linear(), stages)
+    sharded = prepared[0].teacher
+    assert sharded is not teacher and prepared[1].teacher.live is sharded
+    assert prepared[1].teacher.cached is cached and prepared[2].teacher is None
+    assert all(isinstance(p, DTensor) for p in sharded.parameters())
+    assert not any(isinstance(p, DTensor) for p in teacher.parameters())
+    assert teacher_parameters(prepared) == sum(p.numel() for p in teacher.parameters())  # one rank holds it all
+    ids = torch.randint(0, 100, (2, 6), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(sharded(input_ids=ids).logits, teacher(input_ids=ids).logits)
+    _, kept = RankGroup(0, 1, "ddp").prepare(Linear(), stages)  # teacher.strategy: replicate
+    assert kept[0].teacher is teacher and kept[1].teacher.live is teacher
