@@ -33,7 +33,7 @@ def rouge_l(predictions: list[str], references: list[str]) -> float:
     return sum(scorer.score(r, p)["rougeL"].fmeasure for p, r in pairs) / max(1, len(references))
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: a model wrapped for training (DDP, FSDP2) keeps what its forward makes
 def completions(
     model: torch.nn.Module,
     prompts: list[list[int]],

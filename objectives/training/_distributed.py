@@ -4,8 +4,10 @@ Every rank builds the same student from the same seed and draws the same global 
 examples); each trains on its own contiguous slice of every batch (:class:`RankShard`), and the strategy averages
 the gradients: ``ddp`` replicates the model (``torch.distributed._composable.replicate``, DDP under the hood,
 parameter names unchanged), ``fsdp`` shards parameters, gradients and optimizer state (FSDP2's ``fully_shard``, one
-unit per transformer layer, as ``_no_split_modules`` names them, then the root). The mean of the ranks' slice means
-is the global batch's mean, so a trial on N ranks trains the model one rank would, up to floating-point order.
+unit per transformer layer, as ``_no_split_modules`` names them, then the root). Each rank's slice mean is weighted
+by its share of the batch's targets (:meth:`RankGroup.share`: a causal LM's completions differ in length between
+ranks), so the ranks' average is the global batch's mean, and a trial on N ranks trains the model one rank would, up
+to floating-point order.
 With gradient accumulation the gradients are averaged on each step's last micro-batch only (``_train``).
 Validation is sharded (:meth:`RankGroup.sharded`): each rank scores its slice of every validation batch and the
 slices' sums are merged into the whole set's scores on every rank (equal to one process's up to floating-point
@@ -134,6 +136,21 @@ class RankGroup:
     def shard(self, data: Any) -> RankShard:
         """``data`` whose training batches are this rank's slice of each global batch."""
         return RankShard(data, self.rank, self.world)
+
+    def share(self, labels: torch.Tensor) -> torch.Tensor:
+        """This rank's weight on its slice's mean loss, N * n_r / sum_r n_r (a collective: every rank calls it on
+        each micro-batch), so the ranks' averaged gradients are those of the global batch's mean: n_r is the slice's
+        targets, its rows for a classifier (1-D ``labels``; equal, since ``train.batch_size`` divides by the ranks,
+        so the weight is 1) and its next-token targets for a causal LM (``labels[:, 1:]`` not -100: a prompt-
+        completion batch's completions differ in length between ranks, and each rank's loss is a mean over its own).
+        """
+        import torch.distributed as dist
+
+        mine = labels[:, 1:] != -100 if labels.dim() == 2 else torch.ones_like(labels, dtype=torch.bool)
+        counts = mine.sum().float()
+        total = counts.clone()
+        dist.all_reduce(total)
+        return self.world * counts / total.clamp(min=1.0)
 
     def gather(self, value: Any) -> list[Any]:
         """``value`` of every rank, by rank (a collective: every rank calls it)."""

@@ -158,6 +158,7 @@ def fit(
                     teacher=stage.teacher,
                     report=None if report is None else _offset(report, done, last=stage is stages[-1]),
                     qat=quantize if stage is stages[-1] else "none",
+                    rank_share=None if group is None else group.share,
                 )
             done += result.steps
             eval_seconds, evals = eval_seconds + result.eval_seconds, evals + result.evals

@@ -213,6 +213,7 @@ def train(
     report: Report | None = None,
     on_step: StepCallback | None = None,
     qat: str = "none",
+    rank_share: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> TrainResult:
     """Train ``model`` for ``args.max_steps`` optimiser steps and return its final validation scores.
 
@@ -234,6 +235,9 @@ def train(
     ``qat`` (a ``student.quantize`` setting) with ``args.qat_fraction`` above 0: the last ``round(qat_fraction *
     max_steps)`` steps train with the linear weights fake-quantized (:func:`objectives.students.fake_quantize`);
     the model is returned so, for the caller to end it (:func:`objectives.students.end_fake_quantize`).
+
+    ``rank_share`` (one rank of a trial on several devices: ``RankGroup.share``) weighs each micro-batch's loss by
+    the rank's share of the global batch's targets, so that the ranks' averaged gradients are the global batch's.
     """
     on_step = on_step if on_step is not None else _ON_STEP.get()
     device = next(model.parameters()).device
@@ -302,6 +306,8 @@ def train(
                 teacher_logits = teacher_out.logits if isinstance(source, torch.nn.Module) else teacher_out
                 loss = loss_fn(student_out.logits, batch["labels"], teacher_logits)
             loss = loss / args.grad_accum_steps
+            if rank_share is not None:  # the global batch's mean over the ranks, not the mean of the ranks' means
+                loss = loss * rank_share(batch["labels"])
             nonfinite |= ~torch.isfinite(loss.detach())
             if on_step is not None:
                 running_loss += loss.detach().float()

@@ -515,3 +515,63 @@ def test_a_sharded_teacher_is_taken_where_some_trial_runs_it_live(live: dict[str
     data = tiny_config("dist", **{**live, "train": train})
     data["teacher"] = {**data["teacher"], "strategy": "fsdp"}
     assert config_from_dict(data).teacher.strategy == "fsdp"
+
+
+def on_policy_config(data: str, teacher: str, artifacts: Path, devices: int, strategy: str = "ddp") -> Any:
+    """A prompt-completion study of the tiny Llama whose every training batch is the student's own sampled
+    completions, scored by the live teacher (``distill.on_policy: 1``), validated (with greedy generation) every 2
+    steps."""
+    return config_from_dict(
+        {
+            "name": "dist-on-policy",
+            "task": "causal-lm",
+            "artifacts_dir": str(artifacts),
+            "directions": {"exact_match": "maximize"},
+            "n_trials": 1,
+            "seed": 0,
+            "pruning_metric": "val_loss",
+            "data": {
+                "name": data,
+                "format": "prompt-completion",
+                "max_length": 32,
+                "max_new_tokens": 4,
+                "generation_rows": 4,
+                "max_eval_rows": 8,
+            },
+            "teacher": {"model": teacher, "train": {"max_steps": 0}},
+            "student": {"num_layers": 2},
+            "train": {
+                "max_steps": 4,
+                "batch_size": 4,
+                "eval_every": 2,
+                "lr": 1e-3,
+                "devices": devices,
+                "strategy": strategy,
+            },
+            "distill": {"on_policy": 1.0},
+            "search_space": {"distill.temperature": {"type": "float", "low": 2.0, "high": 2.0}},
+        }
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_an_on_policy_trial_samples_and_trains_on_two_ranks_as_on_one(
+    tiny_lm: str, tmp_path: Path, strategy: str
+) -> None:
+    # The student samples its own completions between training steps and greedy ones at every validation: on two
+    # ranks, wrapped for training, it must still generate, and train the student one process does (every rank samples
+    # the global batch with the same random state and trains its half).
+    from tests.objectives_tests.data_tests.test_examples import pairs_file
+
+    data = pairs_file(tmp_path / "pairs.jsonl", rows=40)
+    curves = {}
+    for devices in (1, 2):
+        study = optuna.create_study(direction="maximize", storage=f"sqlite:///{tmp_path}/{devices}.db")
+        run_trial(study, on_policy_config(data, tiny_lm, tmp_path / f"artifacts-{devices}", devices, strategy))
+        [trial] = study.trials
+        assert trial.state == optuna.trial.TrialState.COMPLETE, trial.user_attrs.get(FAIL_REASON)
+        curves[devices] = trial.intermediate_values
+    assert sorted(curves[2]) == sorted(curves[1]) == [2, 4]
+    for step, value in curves[1].items():
+        assert curves[2][step] == pytest.approx(value, abs=TOLERANCE)
