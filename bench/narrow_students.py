@@ -15,7 +15,7 @@ steps, in pairs that differ in one thing:
     python bench/narrow_students.py --teacher-dir rt-snippets=DIR   # a teacher this script's settings made before
 
 Prints per student the validation accuracy, macro-F1 and ``top_share`` (the share of examples given the most
-often predicted class: 1.0 is a constant prediction), mean over seeds, and the majority class's share.
+often predicted class: 1.0 is a constant prediction), mean ± sd over seeds, and the majority class's share.
 """
 
 from __future__ import annotations
@@ -108,12 +108,15 @@ def main() -> None:
         print(
             f"\n{name}: {len(work.train)} training rows, {len(labels)} validation rows (majority class "
             f"{majority:.3f}); teacher {row['accuracy']:.3f} accuracy, {row['f1']:.3f} F1; students {args.steps} "
-            f"steps of batch {train.batch_size}, lr {train.lr}, seeds 0..{args.seeds - 1} (mean)"
+            f"steps of batch {train.batch_size}, lr {train.lr}, seeds 0..{args.seeds - 1} (mean ± sd)"
         )
-        print(f"{'student':48} {'accuracy':>8} {'F1':>6} {'top_share':>9}")
+        print(f"{'student':48} {'accuracy':>15} {'F1':>15} {'top_share':>15}")
         for label, runs in scores.items():
-            acc, f1, top = (statistics.mean(v) for v in zip(*runs, strict=True))
-            print(f"{label:48} {acc:8.3f} {f1:6.3f} {top:9.3f}")
+            cells = [
+                f"{statistics.mean(v):.3f} ± {statistics.stdev(v) if len(v) > 1 else float('nan'):.3f}"
+                for v in zip(*runs, strict=True)
+            ]
+            print(f"{label:48} " + " ".join(f"{c:>15}" for c in cells))
         print(flush=True)
 
 
