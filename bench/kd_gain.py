@@ -9,8 +9,14 @@ steps, schedule, data and seed, as ``hpo train`` trains its baseline: distilled 
 logits over its own tokens of each example cached once), and on the labels alone with no teacher
 (``finetune_student(init=...)``). Every model is scored on the held-out test split (``heldout_metrics``).
 
+With ``--transfer-rows N`` the distilled student also reads N more training texts without their labels (the rows
+after the first ``--rows`` of the training split), as a user with few labels and more in-domain text would:
+sequential distillation (``distill.approach: sequential``), KD alone on the labelled and unlabelled texts for
+``--transfer-ratio`` of the steps, then cross-entropy on the labelled rows. The student without teacher, which
+cannot use unlabelled text, trains the same steps on the labelled rows.
+
     python bench/kd_gain.py [--data rt-snippets sms-spam] [--seeds 3] [--rows 1200] [--teacher-steps 80]
-                            [--steps 120] [--layers 3] [--json out.json]
+                            [--steps 120] [--layers 3] [--transfer-rows 0] [--json out.json]
     python bench/kd_gain.py --data sms-spam --seeds 2 --rows 96 --teacher-steps 2 --steps 2 --val-rows 32
                             # a smoke run of the whole path (minutes; its figures mean nothing)
 
@@ -28,6 +34,7 @@ import os
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +53,7 @@ from objectives import (
     finetune_teacher,
     heldout_metrics,
     load_teacher,
+    open_data,
     prepare_workload,
 )
 from objectives.tasks._classification import initial_student
@@ -82,6 +90,14 @@ def run_data_set(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, An
     student = StudentArgs(model=REFERENCE, num_layers=args.layers)
     train = TrainArgs(lr=args.lr, max_steps=args.steps, batch_size=32, eval_every=args.steps)
     distill = DistillArgs(temperature=args.temperature, alpha=args.alpha)
+    if args.transfer_rows:  # the training split's next rows, their labels dropped
+        more = open_data(replace(data, max_train_rows=args.rows + args.transfer_rows)).train().texts[args.rows :]
+        unlabelled = tmp / name / "unlabelled.jsonl"
+        unlabelled.write_text("".join(json.dumps({"text": text}) + "\n" for text in more))
+        distill = replace(
+            distill, approach="sequential", transfer_files=[str(unlabelled)], transfer_ratio=args.transfer_ratio
+        )
+        print(f"{name}: {len(more)} more training texts without labels for the distilled student", flush=True)
     for seed in range(args.seeds):
         start = time.perf_counter()
         first = initial_student(work, teacher_dir, student, train, seed)
@@ -152,6 +168,10 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=3, help="MiniLM layers the student keeps")
     parser.add_argument("--temperature", type=float, default=2.0)
     parser.add_argument("--alpha", type=float, default=0.5)
+    parser.add_argument(
+        "--transfer-rows", type=int, default=0, help="unlabelled training texts the distilled student also reads"
+    )
+    parser.add_argument("--transfer-ratio", type=float, default=0.5, help="share of steps distilling on them")
     parser.add_argument("--json", type=Path, help="also write every model's test metrics per seed here")
     args = parser.parse_args()
     torch.set_num_threads(usable_cores())
