@@ -180,9 +180,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="hpo-kd-gain-") as tmp:
         for name in args.data:
             results[name] = run_data_set(name, args, Path(tmp))
+    kd = f"integrated KD, T {args.temperature} alpha {args.alpha}"
+    if args.transfer_rows:
+        kd = (
+            f"sequential KD, T {args.temperature}: KD alone on the labelled and {args.transfer_rows} unlabelled texts "
+            f"for {args.transfer_ratio:.0%} of the steps, then cross-entropy on the labelled rows"
+        )
     print(
-        f"\nstudents: MiniLM-L6 cut to {args.layers} layers, {args.steps} steps of batch 32 (lr {args.lr}), KD T "
-        f"{args.temperature} alpha {args.alpha}; teachers {args.teacher_steps} steps of batch 16 (lr "
+        f"\nstudents: MiniLM-L6 cut to {args.layers} layers, {args.steps} steps of batch 32 (lr {args.lr}), {kd}; "
+        f"teachers {args.teacher_steps} steps of batch 16 (lr "
         f"{args.teacher_lr}); seeds 0..{args.seeds - 1}; latency batch 1, one thread; "
         f"{torch.get_num_threads()} training threads; {time.perf_counter() - start:.0f} s in all; "
         f"load average {os.getloadavg()[0]:.1f}\n"
