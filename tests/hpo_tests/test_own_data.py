@@ -404,6 +404,17 @@ def test_a_library_s_own_tqdm_bar_is_silent_in_plain_logs() -> None:
     assert "\r" not in quiet and "%|" not in quiet, quiet
 
 
+def test_loading_a_model_logs_no_warning_of_optional_extensions_a_user_cannot_act_on() -> None:
+    # transformers imports torchao with every model it loads; torchao warns of CUDA extensions a CPU build cannot
+    # load, torch of a deprecation in torchao's code. hpo's logging keeps them out (hpo._cli.QUIET_LOGGERS).
+    load = "from objectives.students import load_classifier; load_classifier('minilm-l6', 2)"
+    setup = "from hpo._cli import _setup_logging; _setup_logging(False); "
+    noisy = _bars_of("import logging; logging.basicConfig(); " + load, plain=False)
+    assert "torchao" in noisy  # the warnings are there without hpo's logging: the check can fail
+    quiet = _bars_of(setup + load, plain=False)
+    assert "WARNING" not in quiet and "torchao" not in quiet and "register_constant" not in quiet, quiet
+
+
 @pytest.mark.slow
 def test_loading_the_gguf_smollm2_draws_no_bar_in_plain_logs() -> None:
     """The offline SmolLM2 is a GGUF file de-quantised tensor by tensor under a tqdm bar (about 20 s)."""
