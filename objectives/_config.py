@@ -231,6 +231,12 @@ class TrainArgs:
     architecture (and dropout) per worker process; the compile time is recorded as ``compile_seconds``, outside
     ``train_seconds``; past Dynamo's recompile limit new architectures train eager, with one warning. See
     ``bench/trial_cost.py`` before turning it on."""
+    gradient_checkpointing: bool = False
+    """Recompute each transformer layer's activations in the backward pass instead of keeping them from the forward
+    (activation checkpointing: Hugging Face ``activation_checkpointing_enable``, torch's non-reentrant checkpoint,
+    which ``ddp`` and ``fsdp`` support): less activation memory for about one more forward pass a step, the same
+    gradients. For students whose activations do not fit; searchable (it moves ``peak_memory_mb`` and
+    ``train_seconds``, not the model)."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """Mixed precision: ``auto`` is bf16 autocast on GPUs of compute capability 8.0 and above (Ampere on), fp16 with
     a grad scaler on older ones (a step the scaler skips does not advance the LR schedule), fp32 on CPU. Parameters

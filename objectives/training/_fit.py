@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from objectives._config import DistillArgs, TrainArgs
+from objectives._config import ConfigError, DistillArgs, TrainArgs
 from objectives.evaluation import PeakMemory
 from objectives.students import end_fake_quantize, num_layers, quantized, trainable_parameters
 from objectives.training._device import enable_tf32
@@ -44,6 +44,18 @@ def frozen_teacher(path: Path, device: torch.device, load: Callable[[str], torch
         teacher.requires_grad_(False)
         _TEACHERS[key] = teacher
     return _TEACHERS[key]
+
+
+def checkpoint_activations(model: torch.nn.Module) -> None:
+    """``train.gradient_checkpointing``: each transformer layer of ``model`` recomputes its activations in the
+    backward pass (Hugging Face ``activation_checkpointing_enable``, non-reentrant ``torch.utils.checkpoint``); a
+    model without checkpointable layers is a ConfigError naming the key."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ConfigError(
+            "train.gradient_checkpointing",
+            f"{type(model).__name__} has no layers to checkpoint; set it to false",
+        )
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
 
 def unload_teachers() -> None:
@@ -135,6 +147,8 @@ def fit(
     teacher_held = None
     if on_cost is not None:
         on_cost(measured)
+    if stages[0].args.gradient_checkpointing:  # before any wrapper: DDP and FSDP2 wrap the checkpointed layers
+        checkpoint_activations(model)
     if group is not None:
         model, stages = group.prepare(model, stages)
         evaluate = group.sharded(evaluate)

@@ -575,3 +575,48 @@ def test_an_on_policy_trial_samples_and_trains_on_two_ranks_as_on_one(
     assert sorted(curves[2]) == sorted(curves[1]) == [2, 4]
     for step, value in curves[1].items():
         assert curves[2][step] == pytest.approx(value, abs=TOLERANCE)
+
+
+def _training_layer_calls(cfg: Any) -> tuple[list[tuple[int, float]], dict[str, float], int]:
+    """One 1-process trial of ``cfg``: its validation-loss curve, final metrics and how many times a transformer
+    layer's feed-forward block ran in training mode (validation runs the model in eval mode; transformers
+    checkpoints a layer's ``forward``, so the layer's own hooks run once, its submodules' again on the recompute)."""
+    calls = 0
+
+    def count(module: torch.nn.Module, args: Any, output: Any) -> None:
+        nonlocal calls
+        if module.training and type(module).__name__ == "BertIntermediate":
+            calls += 1
+
+    curve: list[tuple[int, float]] = []
+    handle = torch.nn.modules.module.register_module_forward_hook(count)
+    try:
+        metrics = prepare_runner(cfg, optuna.create_study()).train(
+            cfg, PARAMS, trial_seed(0, 0), 0, lambda step, scores, final: curve.append((step, scores["val_loss"]))
+        )
+    finally:
+        handle.remove()
+    return curve, metrics, calls
+
+
+def test_gradient_checkpointing_recomputes_every_layer_and_trains_the_same_model(reviews: str) -> None:
+    plain_curve, plain, plain_calls = _training_layer_calls(config(reviews))
+    curve, metrics, calls = _training_layer_calls(config(reviews, train={"gradient_checkpointing": True}))
+    assert plain_calls == 6 * 2  # 6 steps through the 2 layers of the student
+    assert calls == 2 * plain_calls  # each layer's forward again in the backward pass: checkpointed
+    assert [s for s, _ in curve] == [s for s, _ in plain_curve]
+    for (_, value), (_, expected) in zip(curve, plain_curve, strict=True):
+        assert value == pytest.approx(expected, abs=1e-6)  # recomputed activations: the same gradients
+    assert metrics["accuracy"] == pytest.approx(plain["accuracy"], abs=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_a_checkpointed_trial_on_two_ranks_matches_one_process(
+    one_process: tuple[list[tuple[int, float]], dict[str, float]], reviews: str, strategy: str
+) -> None:
+    curve, metrics = one_process
+    study = optuna.create_study(direction="maximize")
+    watch = run_trial(study, config(reviews, 2, strategy, train={"gradient_checkpointing": True}))
+    matching_one_process(study, curve, metrics)
+    assert watch.left() == []
