@@ -35,18 +35,10 @@ class _RedactingFormatter(logging.Formatter):
         return redact_text(super().format(record))
 
 
-QUIET_LOGGERS = ("torchao", "torch.utils._pytree")
-"""Loggers kept to errors: transformers imports torchao with every model it loads (its quantizer check), and torchao
-then warns of its optional CUDA extensions and Triton, which a CPU build cannot load, and torch of a deprecation in
-torchao's code: five warnings on every run that no user can act on."""
-
-
 def _setup_logging(verbose: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_RedactingFormatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler], force=True)
-    for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR)
     import optuna
 
     optuna.logging.disable_default_handler()

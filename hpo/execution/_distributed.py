@@ -209,8 +209,7 @@ def _rank_main(
     """A rank other than 0: join the group, receive the trial, train its part, report how it ended."""
     _die_with_parent()
     torch.set_num_threads(threads)
-    for name in ("transformers", "torchao", "torch.utils._pytree"):  # as the CLI (hpo._cli.QUIET_LOGGERS), and more
-        logging.getLogger(name).setLevel(logging.ERROR)
+    logging.getLogger("transformers").setLevel(logging.ERROR)
     try:
         if work is not None and work.device.type == "cuda":
             work = copy.copy(work)

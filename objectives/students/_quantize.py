@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import copy
 import io
-import logging
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from objectives._config import QUANTIZE_DEVICES, check_quantize_device
+from objectives.students._shared import quiet_transformers
 
 QUANTIZED_ATTR = "distill_hpo_quantize"
 """The module attribute :func:`quantize` sets to the setting's name: the cost key reads it
@@ -51,18 +51,6 @@ QUANTIZERS: dict[str, dict[str, Callable[[], Any]]] = {
 """device type -> ``student.quantize`` name -> torchao config factory (``none`` quantizes nothing)."""
 
 
-def _torchao_quiet() -> None:
-    """Import torchao with its warnings about optional CUDA extensions (which the CPU build cannot load) kept out of
-    the log."""
-    root = logging.getLogger("torchao")
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        import torchao.quantization  # noqa: F401
-    finally:
-        root.setLevel(level)
-
-
 def _tied_head(model: torch.nn.Module) -> torch.nn.Module | None:
     """The output head that shares its weight with the input embedding, if any."""
     get_out = getattr(model, "get_output_embeddings", None)
@@ -83,7 +71,7 @@ def quantize(model: torch.nn.Module, name: str) -> torch.nn.Module:
         return model
     device = next(model.parameters()).device.type
     check_quantize_device(name, device)
-    _torchao_quiet()
+    quiet_transformers()  # torchao imported without its warnings of CUDA extensions a CPU build lacks
     from torchao.quantization import quantize_
 
     tied = _tied_head(model)
@@ -113,7 +101,7 @@ def fake_quantize(model: torch.nn.Module, name: str) -> torch.nn.Module:
     whose forward uses the weights rounded as ``student.quantize`` ``name`` rounds them (gradients pass straight
     through). Returns ``model``. A setting its device cannot run raises a ConfigError naming ``student.quantize``."""
     check_quantize_device(name, next(model.parameters()).device.type)
-    _torchao_quiet()
+    quiet_transformers()  # torchao imported without its warnings of CUDA extensions a CPU build lacks
     from torchao.quantization import quantize_
     from torchao.quantization.qat import QATConfig
 

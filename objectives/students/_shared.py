@@ -3,6 +3,7 @@ teacher layers a student keeps, the teacher's tensors renumbered for those layer
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from typing import Any
@@ -12,9 +13,17 @@ from objectives._config import ConfigError, StudentArgs
 _LAYER_KEY = re.compile(r"^(?P<head>.*?\.(?:layer|layers|h|block|blocks)\.)(?P<index>\d+)\.(?P<tail>.*)$")
 
 
+QUIET_LOGGERS = ("torchao", "torch.utils._pytree")
+"""Loggers kept to errors: transformers imports torchao with every model it loads (its quantizer check), and torchao
+then warns of its optional CUDA extensions and Triton, which a CPU build cannot load, and torch of a deprecation in
+torchao's code: five warnings per process that no user can act on."""
+
+
 def quiet_transformers() -> None:
     """transformers 5 logs a load report and a progress bar on every load, datasets a bar per ``map`` pass; workers
-    load and pack often."""
+    load and pack often. The :data:`QUIET_LOGGERS` are set before any load imports torchao."""
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
     import datasets
     import transformers
 
