@@ -219,10 +219,7 @@ class Config:
             raise ConfigError("train.devices", "the synthetic objective trains nothing to spread; remove it")
         if self.train.devices > 1:  # not shown with a sharded model yet: refused, not run half-tested
             for key in ("student.adapter", "student.quantize"):
-                value = (
-                    self.search_space[key].bounds() if key in self.search_space else [getattr(self.student, key[8:])]
-                )
-                if any(v != "none" for v in value):
+                if any(v != "none" for v in _values(self, key)):
                     raise ConfigError(key, "is not supported with train.devices > 1 yet; set train.devices: 1 or none")
         if self.train.max_steps < 1:
             raise ConfigError("train.max_steps", f"must be >= 1 (a trial trains), got {self.train.max_steps}")
